@@ -1,0 +1,93 @@
+"""Argument checks shared by every public function.
+
+Each helper raises ``TypeError`` or ``ValueError`` whose message names the
+argument, says what was expected and what came, e.g.
+``rois must have shape (R, 5), got (12, 4)``. They return the array so a call
+can be written inline: ``x = check_array("x", x, ndim=4)``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_array(name, value, *, ndim=None, shape=None, dtype_kind=None):
+    """Check that ``value`` is an ndarray and return it.
+
+    ndim: required number of dimensions, or None.
+    shape: tuple whose entries are ints or None (any size) or strings used only
+        to describe the dimension in the message, e.g. ``("R", 5)``.
+    dtype_kind: string of allowed ``dtype.kind`` letters, e.g. ``"f"`` or
+        ``"iu"``, or None.
+    """
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and value.ndim != ndim:
+        want = describe_shape(shape) if shape is not None else f"{ndim} dimensions"
+        raise ValueError(f"{name} must have shape {want}, got {value.shape}")
+    if shape is not None:
+        for want, got in zip(shape, value.shape):
+            if isinstance(want, numbers.Integral) and want != got:
+                raise ValueError(
+                    f"{name} must have shape {describe_shape(shape)}, got {value.shape}"
+                )
+    if dtype_kind is not None and value.dtype.kind not in dtype_kind:
+        kinds = {"f": "floating", "i": "signed integer", "u": "unsigned integer", "b": "bool"}
+        want = " or ".join(kinds.get(k, k) for k in dtype_kind)
+        raise TypeError(f"{name} must have a {want} dtype, got {value.dtype}")
+    return value
+
+
+def describe_shape(shape):
+    """``("N", "C", None, 4)`` -> ``"(N, C, *, 4)"``."""
+    parts = ["*" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(parts) + (",)" if len(parts) == 1 else ")")
+
+
+def check_positive_int(name, value, *, minimum=1):
+    """Check an integer hyper-parameter (bools are rejected) and return it as int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_pair(name, value, *, minimum=1):
+    """Accept an int or a pair of ints (as torch's ``_pair``) and return a tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return tuple(check_positive_int(name, v, minimum=minimum) for v in value)
+    v = check_positive_int(name, value, minimum=minimum)
+    return (v, v)
+
+
+def check_float(name, value, *, minimum=None, maximum=None):
+    """Check a real-valued hyper-parameter and return it as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_same_dtype(**arrays):
+    """All given arrays (None entries skipped) share one dtype; else TypeError."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    if not items:
+        return
+    first_name, first = items[0]
+    for name, arr in items[1:]:
+        if arr.dtype != first.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of {first_name} ({first.dtype}), got {arr.dtype}"
+            )

@@ -1,0 +1,1 @@
+"""Differentiable primitives: each op is a ``*_forward`` / ``*_backward`` pair."""
