@@ -1,0 +1,473 @@
+"""2-D convolution and transposed convolution: naive loops and im2col + GEMM.
+
+Shape shorthand
+---------------
+N images, C input channels, F filters (output channels), H, W input height and
+width, KH, KW kernel height and width, Ho, Wo output height and width,
+K = C * KH * KW the length of one unrolled receptive field.
+
+Layouts are torch's, so weights move over unchanged:
+
+- ``conv2d``: x (N, C, H, W), w (F, C, KH, KW), b (F,), out (N, F, Ho, Wo) with
+  ``Ho = (H + 2*ph - dh*(KH - 1) - 1) // sh + 1`` (likewise Wo). As in every deep
+  learning library this is a cross-correlation (the kernel is not flipped)::
+
+      out[n, f, i, j] = b[f] + sum_{c, p, q} w[f, c, p, q]
+                                * xpad[n, c, i*sh + p*dh, j*sw + q*dw]
+
+- ``conv_transpose2d`` (torch's ``ConvTranspose2d``): x (N, C_in, H, W),
+  w (C_in, C_out, KH, KW), out (N, C_out, Ho, Wo) with
+  ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + 1``. It is the adjoint of ``conv2d``
+  with respect to its input: every input pixel scatters a copy of its kernel,
+  scaled by its value, into the output::
+
+      full[n, o, i*sh + p*dh, j*sw + q*dw] += x[n, c, i, j] * w[c, o, p, q]
+      out = full[:, :, ph:ph + Ho, pw:pw + Wo] + b
+
+The fast paths unroll the receptive fields of the padded input into a matrix
+(im2col: one strided view, one copy) so that the whole convolution is a single
+matrix product per image; the backward scatters a matrix of column gradients
+back onto the image (col2im: a loop over the KH*KW kernel offsets, each adding
+one strided slice). A 1x1, stride-1, unpadded convolution needs no copy at all.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .._checks import check_array, check_pair, check_same_dtype
+
+__all__ = [
+    "Conv2dCache",
+    "ConvTranspose2dCache",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_naive",
+    "conv2d_backward_naive",
+    "conv_transpose2d_forward",
+    "conv_transpose2d_backward",
+    "conv_transpose2d_naive",
+    "conv_output_size",
+    "im2col",
+    "col2im",
+]
+
+
+class Conv2dCache(NamedTuple):
+    """What ``conv2d_backward`` needs.
+
+    x: the input (N, C, H, W) (a reference, not a copy).
+    w: the weight (F, C, KH, KW).
+    has_bias: whether a bias was given (then ``db`` is returned, else None).
+    stride, padding, dilation: (h, w) pairs.
+    """
+
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+
+
+class ConvTranspose2dCache(NamedTuple):
+    """What ``conv_transpose2d_backward`` needs.
+
+    x: the input (N, C_in, H, W) (a reference, not a copy).
+    w: the weight (C_in, C_out, KH, KW).
+    has_bias: whether a bias was given.
+    stride, padding, dilation: (h, w) pairs.
+    out_hw: (Ho, Wo) of the output (output_padding included).
+    """
+
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    out_hw: tuple
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def conv_output_size(size, kernel, *, stride=1, padding=0, dilation=1):
+    """Output length of a convolution along one axis.
+
+    ``(size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1``.
+    """
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_conv_args(x, w, b, stride, padding, dilation, *, transposed):
+    x = check_array("x", x, ndim=4, dtype_kind="f")
+    w = check_array("w", w, ndim=4, dtype_kind="f")
+    check_same_dtype(x=x, w=w)
+    stride = check_pair("stride", stride, minimum=1)
+    padding = check_pair("padding", padding, minimum=0)
+    dilation = check_pair("dilation", dilation, minimum=1)
+    if transposed:
+        if w.shape[0] != x.shape[1]:
+            raise ValueError(
+                f"w must have shape (C_in, C_out, KH, KW) with C_in = x.shape[1] = "
+                f"{x.shape[1]} input channels, got w {w.shape} for x {x.shape}"
+            )
+        n_out = w.shape[1]
+    else:
+        if w.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"w must have shape (F, C, KH, KW) with C = x.shape[1] = {x.shape[1]} "
+                f"channels, got w {w.shape} for x {x.shape}"
+            )
+        n_out = w.shape[0]
+    if min(w.shape) == 0:
+        raise ValueError(f"w must have no empty dimension, got {w.shape}")
+    if min(x.shape) == 0:
+        raise ValueError(f"x must have no empty dimension, got {x.shape}")
+    if b is not None:
+        b = check_array("b", b, shape=(n_out,), dtype_kind="f")
+        check_same_dtype(x=x, b=b)
+    return x, w, b, stride, padding, dilation
+
+
+def _check_kernel_fits(x, w, padding, dilation):
+    H, W = x.shape[2:]
+    KH, KW = w.shape[2:]
+    (ph, pw), (dh, dw) = padding, dilation
+    eh, ew = dh * (KH - 1) + 1, dw * (KW - 1) + 1
+    if eh > H + 2 * ph or ew > W + 2 * pw:
+        raise ValueError(
+            f"w kernel ({KH}, {KW}) with dilation {dilation} spans ({eh}, {ew}) pixels, "
+            f"larger than the padded input ({H + 2 * ph}, {W + 2 * pw}) "
+            f"(x {x.shape}, padding {padding})"
+        )
+
+
+# --------------------------------------------------------------------------- im2col
+
+
+def _pad(x, padding):
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1):
+    """Unroll every receptive field of ``x`` into a column.
+
+    x: (N, C, H, W). kernel_size, stride, padding, dilation: int or pair.
+    Returns cols (N, C*KH*KW, Ho*Wo), C-contiguous, rows ordered (c, p, q) as
+    ``w.reshape(F, -1)``, so that ``w.reshape(F, -1) @ cols[n]`` is the
+    convolution of image n, flattened to (F, Ho*Wo).
+    For a 1x1 kernel with stride 1 and no padding the result is a view of x.
+    """
+    KH, KW = check_pair("kernel_size", kernel_size)
+    stride = check_pair("stride", stride)
+    padding = check_pair("padding", padding, minimum=0)
+    dilation = check_pair("dilation", dilation)
+    return _im2col(x, KH, KW, stride, padding, dilation)
+
+
+def _im2col(x, KH, KW, stride, padding, dilation, out_hw=None):
+    # out_hw: number of window positions (Ho, Wo); default: all that fit.
+    N, C, H, W = x.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    if out_hw is None:
+        Ho = conv_output_size(H, KH, stride=sh, padding=padding[0], dilation=dh)
+        Wo = conv_output_size(W, KW, stride=sw, padding=padding[1], dilation=dw)
+    else:
+        Ho, Wo = out_hw
+    if KH == 1 and KW == 1 and padding == (0, 0):
+        if stride == (1, 1) and (Ho, Wo) == (H, W):
+            return np.ascontiguousarray(x).reshape(N, C, H * W)
+        return np.ascontiguousarray(x[:, :, ::sh, ::sw][:, :, :Ho, :Wo]).reshape(N, C, Ho * Wo)
+    xp = _pad(x, padding)
+    sN, sC, sH, sW = xp.strides
+    view = as_strided(
+        xp,
+        shape=(N, C, KH, KW, Ho, Wo),
+        strides=(sN, sC, dh * sH, dw * sW, sh * sH, sw * sW),
+        writeable=False,
+    )
+    cols = np.empty((N, C, KH, KW, Ho, Wo), dtype=x.dtype)
+    np.copyto(cols, view)
+    return cols.reshape(N, C * KH * KW, Ho * Wo)
+
+
+def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1):
+    """Adjoint of :func:`im2col`: add every column back onto its receptive field.
+
+    cols: (N, C*KH*KW, Ho*Wo). x_shape: (N, C, H, W) of the image.
+    Returns (N, C, H, W); overlapping fields add up, padding is dropped.
+    """
+    KH, KW = check_pair("kernel_size", kernel_size)
+    stride = check_pair("stride", stride)
+    padding = check_pair("padding", padding, minimum=0)
+    dilation = check_pair("dilation", dilation)
+    return _col2im(cols, tuple(x_shape), KH, KW, stride, padding, dilation)
+
+
+def _col2im(cols, x_shape, KH, KW, stride, padding, dilation, out_hw=None):
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if out_hw is None:
+        Ho = conv_output_size(H, KH, stride=sh, padding=ph, dilation=dh)
+        Wo = conv_output_size(W, KW, stride=sw, padding=pw, dilation=dw)
+    else:
+        Ho, Wo = out_hw
+    if KH == 1 and KW == 1 and padding == (0, 0) and stride == (1, 1) and (Ho, Wo) == (H, W):
+        return cols.reshape(N, C, H, W)
+    c6 = cols.reshape(N, C, KH, KW, Ho, Wo)
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for p in range(KH):
+        hs = slice(p * dh, p * dh + sh * (Ho - 1) + 1, sh)
+        for q in range(KW):
+            ws = slice(q * dw, q * dw + sw * (Wo - 1) + 1, sw)
+            xp[:, :, hs, ws] += c6[:, :, p, q]
+    if ph == 0 and pw == 0:
+        return xp
+    return xp[:, :, ph:ph + H, pw:pw + W]
+
+
+def _batched_outer(a, b):
+    """``sum_n a[n] @ b[n].T`` for a (N, M, L), b (N, K, L) -> (M, K)."""
+    if a.shape[0] == 1:
+        return a[0] @ b[0].T
+    return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
+
+
+def _weight_matrix(w):
+    return np.ascontiguousarray(w).reshape(w.shape[0], -1)
+
+
+# --------------------------------------------------------------------------- conv2d
+
+
+def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
+    """2-D convolution (cross-correlation), torch's ``F.conv2d`` with groups=1.
+
+    x: (N, C, H, W) float. w: (F, C, KH, KW), same dtype. b: (F,) or None.
+    stride, padding, dilation: int or (h, w) pair; padding is zeros.
+    Returns out (N, F, Ho, Wo) in x's dtype and a :class:`Conv2dCache`.
+    """
+    x, w, b, stride, padding, dilation = _check_conv_args(
+        x, w, b, stride, padding, dilation, transposed=False
+    )
+    _check_kernel_fits(x, w, padding, dilation)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
+    Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
+    cols = _im2col(x, KH, KW, stride, padding, dilation)  # (N, K, Ho*Wo)
+    out = np.matmul(_weight_matrix(w), cols)  # (N, F, Ho*Wo)
+    out = out.reshape(N, F, Ho, Wo)
+    if b is not None:
+        out += b.reshape(1, F, 1, 1)
+    cache = Conv2dCache(x, w, b is not None, stride, padding, dilation)
+    return out, cache
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of ``conv2d_forward``.
+
+    dout: (N, F, Ho, Wo). cache: the :class:`Conv2dCache` from the forward.
+    Returns (dx (N, C, H, W), dw (F, C, KH, KW), db (F,) or None).
+
+    ``dw[f] = sum_n dout[n, f] (Ho*Wo) . cols[n]^T`` and
+    ``dx = col2im(w^T . dout)``: the input gradient is the transposed
+    convolution of dout with the same weight.
+    """
+    x, w, has_bias, stride, padding, dilation = cache
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
+    Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
+    dout = check_array("dout", dout, shape=(N, F, Ho, Wo), dtype_kind="f")
+    check_same_dtype(x=x, dout=dout)
+    d2 = dout.reshape(N, F, Ho * Wo)
+    cols = _im2col(x, KH, KW, stride, padding, dilation)
+    dw = _batched_outer(d2, cols)  # (F, K)
+    del cols
+    dcols = np.matmul(_weight_matrix(w).T, d2)  # (N, K, Ho*Wo)
+    dx = _col2im(dcols, x.shape, KH, KW, stride, padding, dilation)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return np.ascontiguousarray(dx), dw.reshape(w.shape), db
+
+
+def conv2d_naive(x, w, b, *, stride=1, padding=0, dilation=1):
+    """Loop version of :func:`conv2d_forward` (for tests and the notebook).
+
+    out[n, f, i, j] = b[f] + sum(w[f] * window(n, i, j)): one dot product of
+    the filter with the (dilated) input window per output pixel.
+    Same arguments and result as ``conv2d_forward`` (without the cache).
+    """
+    x, w, b, stride, padding, dilation = _check_conv_args(
+        x, w, b, stride, padding, dilation, transposed=False
+    )
+    _check_kernel_fits(x, w, padding, dilation)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Ho = conv_output_size(H, KH, stride=sh, padding=ph, dilation=dh)
+    Wo = conv_output_size(W, KW, stride=sw, padding=pw, dilation=dw)
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    out = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
+    for n in range(N):
+        for f in range(F):
+            for i in range(Ho):
+                for j in range(Wo):
+                    window = xp[n, :, i * sh:i * sh + dh * (KH - 1) + 1:dh,
+                                j * sw:j * sw + dw * (KW - 1) + 1:dw]
+                    out[n, f, i, j] = np.sum(window * w[f])
+            if b is not None:
+                out[n, f] += b[f]
+    return out
+
+
+def conv2d_backward_naive(dout, x, w, *, stride=1, padding=0, dilation=1):
+    """Loop version of the conv2d backward (for tests and the notebook).
+
+    Every output pixel (n, f, i, j) used the window ``xpad[n, :, i*sh + p*dh,
+    j*sw + q*dw]`` and the filter ``w[f]``, so it sends ``dout[n, f, i, j] * w[f]``
+    back to that window and ``dout[n, f, i, j] * window`` to ``dw[f]``.
+    dout: (N, F, Ho, Wo), x: (N, C, H, W), w: (F, C, KH, KW).
+    Returns (dx, dw, db) with db = dout summed over n, i, j.
+    """
+    x, w, _, stride, padding, dilation = _check_conv_args(
+        x, w, None, stride, padding, dilation, transposed=False
+    )
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    Ho, Wo = dout.shape[2:]
+    for n in range(N):
+        for f in range(F):
+            for i in range(Ho):
+                for j in range(Wo):
+                    hs = slice(i * sh, i * sh + dh * (KH - 1) + 1, dh)
+                    ws = slice(j * sw, j * sw + dw_ * (KW - 1) + 1, dw_)
+                    dxp[n, :, hs, ws] += dout[n, f, i, j] * w[f]
+                    dw[f] += dout[n, f, i, j] * xp[n, :, hs, ws]
+    dx = dxp[:, :, ph:ph + H, pw:pw + W].copy()
+    return dx, dw, dout.sum(axis=(0, 2, 3))
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+
+
+def _transpose_output_size(size, kernel, stride, padding, dilation, output_padding=0):
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1 + output_padding
+
+
+def _check_transpose_args(x, w, b, stride, padding, dilation, output_padding):
+    x, w, b, stride, padding, dilation = _check_conv_args(
+        x, w, b, stride, padding, dilation, transposed=True
+    )
+    output_padding = check_pair("output_padding", output_padding, minimum=0)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= max(s, d):
+            raise ValueError(
+                f"output_padding must be smaller than stride or dilation, got "
+                f"output_padding {output_padding}, stride {stride}, dilation {dilation}"
+            )
+    H, W = x.shape[2:]
+    KH, KW = w.shape[2:]
+    Ho = _transpose_output_size(H, KH, stride[0], padding[0], dilation[0], output_padding[0])
+    Wo = _transpose_output_size(W, KW, stride[1], padding[1], dilation[1], output_padding[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"padding {padding} crops the whole output of the transposed convolution: "
+            f"x {x.shape}, w {w.shape}, stride {stride} give ({Ho}, {Wo})"
+        )
+    return x, w, b, stride, padding, dilation, output_padding, (Ho, Wo)
+
+
+def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output_padding=0):
+    """Transposed convolution, torch's ``F.conv_transpose2d`` (groups=1).
+
+    x: (N, C_in, H, W). w: (C_in, C_out, KH, KW) (torch's ConvTranspose2d layout),
+    same dtype. b: (C_out,) or None. stride, padding, dilation: int or pair.
+    output_padding: int or pair, each < stride or < dilation (as torch): extra
+    rows/columns added at the bottom/right, which makes the map the exact adjoint
+    of a strided conv2d whose stride does not divide its padded input.
+    Returns out (N, C_out, Ho, Wo),
+    ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + 1 + output_padding_h``,
+    and a :class:`ConvTranspose2dCache`.
+
+    It is ``conv2d``'s input gradient: with ``w`` read as a conv2d weight
+    (F = C_in, C = C_out), ``conv_transpose2d(x, w)`` equals ``conv2d_backward``'s
+    dx for dout = x. Computed as ``cols = w^T . x`` (one GEMM) then col2im.
+    """
+    x, w, b, stride, padding, dilation, output_padding, (Ho, Wo) = _check_transpose_args(
+        x, w, b, stride, padding, dilation, output_padding
+    )
+    N, Cin, H, W = x.shape
+    _, Cout, KH, KW = w.shape
+    x2 = np.ascontiguousarray(x).reshape(N, Cin, H * W)
+    dcols = np.matmul(_weight_matrix(w).T, x2)  # (N, C_out*KH*KW, H*W)
+    out = _col2im(dcols, (N, Cout, Ho, Wo), KH, KW, stride, padding, dilation, out_hw=(H, W))
+    out = np.ascontiguousarray(out)
+    if b is not None:
+        out += b.reshape(1, Cout, 1, 1)
+    cache = ConvTranspose2dCache(x, w, b is not None, stride, padding, dilation, (Ho, Wo))
+    return out, cache
+
+
+def conv_transpose2d_backward(dout, cache):
+    """Gradients of ``conv_transpose2d_forward``.
+
+    dout: (N, C_out, Ho, Wo). cache: the :class:`ConvTranspose2dCache`.
+    Returns (dx (N, C_in, H, W), dw (C_in, C_out, KH, KW), db (C_out,) or None).
+    dx is the ordinary convolution of dout with w (read as (F=C_in, C=C_out, KH, KW)).
+    """
+    x, w, has_bias, stride, padding, dilation, (Ho, Wo) = cache
+    N, Cin, H, W = x.shape
+    _, Cout, KH, KW = w.shape
+    dout = check_array("dout", dout, shape=(N, Cout, Ho, Wo), dtype_kind="f")
+    check_same_dtype(x=x, dout=dout)
+    cols = _im2col(dout, KH, KW, stride, padding, dilation, out_hw=(H, W))  # (N, C_out*KH*KW, H*W)
+    x2 = np.ascontiguousarray(x).reshape(N, Cin, H * W)
+    dx = np.matmul(_weight_matrix(w), cols).reshape(N, Cin, H, W)
+    dw = _batched_outer(x2, cols)  # (C_in, C_out*KH*KW)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw.reshape(w.shape), db
+
+
+def conv_transpose2d_naive(x, w, b, *, stride=1, padding=0, dilation=1, output_padding=0):
+    """Loop version of :func:`conv_transpose2d_forward` (for tests and the notebook).
+
+    Each input pixel x[n, c, i, j] adds ``x[n, c, i, j] * w[c]`` (a C_out x KH x KW
+    block) to the full output at rows ``i*sh + p*dh``, columns ``j*sw + q*dw``;
+    the result is then cropped by ``padding`` on every side (``output_padding``
+    extra rows/columns kept at the bottom/right) and the bias added.
+    """
+    x, w, b, stride, padding, dilation, output_padding, (Ho, Wo) = _check_transpose_args(
+        x, w, b, stride, padding, dilation, output_padding
+    )
+    N, Cin, H, W = x.shape
+    _, Cout, KH, KW = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    full = np.zeros((N, Cout, max(Ho + 2 * ph, (H - 1) * sh + dh * (KH - 1) + 1),
+                     max(Wo + 2 * pw, (W - 1) * sw + dw * (KW - 1) + 1)), dtype=x.dtype)
+    for n in range(N):
+        for c in range(Cin):
+            for i in range(H):
+                for j in range(W):
+                    full[n, :, i * sh:i * sh + dh * (KH - 1) + 1:dh,
+                         j * sw:j * sw + dw * (KW - 1) + 1:dw] += x[n, c, i, j] * w[c]
+    out = full[:, :, ph:ph + Ho, pw:pw + Wo].copy()
+    if b is not None:
+        out += b.reshape(1, Cout, 1, 1)
+    return out
