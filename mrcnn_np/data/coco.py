@@ -1,0 +1,615 @@
+"""COCO-format data in NumPy: annotation files, polygons, RLE masks, results files.
+
+Shape shorthand: G objects of an image, D detections, H, W image height and
+width, K categories.
+
+Coordinates. A COCO ``bbox`` is ``[x, y, w, h]`` in continuous pixel
+coordinates where pixel (row r, column c) covers ``[c, c+1] x [r, r+1]``;
+we return ``(x1, y1, x2, y2) = (x, y, x + w, y + h)`` (width ``x2 - x1``, no
++1), as the rest of ``mrcnn_np``. Polygons use the same continuous frame.
+
+The samples :func:`load_coco` returns look like the shapes dataset's:
+``image`` (H, W, 3) float32 in [0, 1], ``boxes`` (G, 4) float32 xyxy,
+``labels`` (G,) int64 contiguous 1..K (0 = background), ``masks``
+(G, H, W) bool, ``iscrowd`` (G,) bool, ``area`` (G,) float64 (the json's
+``area``), ``ann_ids`` (G,) int64, ``image_id`` int, ``file_name`` str.
+COCO category ids are sparse (1..90 for COCO 2017); ``CocoData.category_ids``
+maps label ``l`` to category id ``category_ids[l - 1]``.
+
+Run-length encoding (RLE), as pycocotools
+-----------------------------------------
+A mask is read in column-major order (down the first column, then the next)
+and stored as the lengths of its alternating runs, starting with a run of
+zeros (possibly empty): ``[0 0 1 1 1 0 1] -> [2, 3, 1, 1]``. The
+*uncompressed* form keeps that list; the *compressed* form writes it as a
+string: every count after the second is replaced by its difference to the
+count two places before, and each number is written in signed 5-bit groups,
+least significant first, one character ``chr(48 + group)`` each, bit 0x20
+meaning "another group follows" (a LEB128 variant).
+
+Polygon rasterisation: fill rule and pycocotools
+------------------------------------------------
+Both rules of :func:`polygon_to_mask` are **even-odd** (a pixel is inside
+when the outline crosses its column above it an odd number of times) and
+test pixel *centres*; the parts of a multi-polygon object are OR-ed, as
+pycocotools merges them with a union.
+
+* ``method="centres"`` is the exact geometry: pixel (r, c) is inside when an
+  upward ray from ``(c + 0.5, r + 0.5)`` crosses the outline an odd number
+  of times. Ties are half-open: an edge spans the columns whose centre x is
+  in ``(min x, max x]`` (so a vertex is counted once) and toggles the rows
+  whose centre lies strictly below it, so the inside is ``left < x <= right``
+  and ``top < y <= bottom`` (a centre exactly on a left/top edge is out, on a
+  right/bottom edge in -- pycocotools' choice for axis-aligned edges; a shift
+  by whole pixels never changes the count). An axis-aligned rectangle with
+  integer corners gets exactly ``w * h`` pixels.
+* ``method="pycocotools"`` (the default, used by :func:`load_coco`) is
+  pycocotools' ``rleFrPoly`` reproduced in NumPy: vertices are first snapped
+  to a grid 5x finer than the pixels (``(int)(5 x + 0.5)``), each edge is
+  walked through that grid one step at a time with the other coordinate
+  rounded, and a column's centre line (fine column 5c + 2.5) toggles the
+  first row at or below the walked boundary point. It equals pycocotools
+  pixel for pixel (tested on random polygons, border-crossing ones and
+  duplicate vertices in ``tests/reference/``), so COCO masks -- and hence
+  mask IoUs and AP -- are the official ones.
+
+The difference between the two is the snapping: with the 1/5-pixel grid a
+boundary moves by up to 0.1 px (vertices) plus the walk's rounding, so
+pixels whose centre is within about 0.2 px of the outline may flip, and a
+slanted edge through pixel centres is decided by rounding rather than by the
+half-open rule (the triangle (0,0), (20,0), (0,20): 210 pixels by centres, 190
+by pycocotools, analytic area 200). Measured on 300 random polygons: 0.76 %
+of the pixels differ, every one within 0.25 px of the outline.
+
+Nothing here unpickles anything: json and images only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from mrcnn_np._checks import check_array
+
+__all__ = [
+    "CocoData",
+    "load_coco",
+    "rle_encode",
+    "rle_decode",
+    "rle_counts_from_mask",
+    "rle_counts_to_string",
+    "rle_counts_from_string",
+    "polygon_to_mask",
+    "polygon_to_mask_naive",
+    "detections_to_coco_results",
+    "write_coco_results",
+    "load_coco_results",
+]
+
+
+# ---------------------------------------------------------------------------- RLE
+
+def rle_counts_from_mask(mask):
+    """Uncompressed RLE counts of a mask.
+
+    mask: (h, w) bool. Returns (n,) int64 run lengths in column-major order,
+    the first one a (possibly empty) run of zeros; they sum to h * w.
+    """
+    check_array("mask", mask, ndim=2)
+    flat = np.asarray(mask, dtype=bool).T.ravel()
+    n = flat.size
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [n]])
+    counts = np.diff(bounds).astype(np.int64)
+    if flat[0]:
+        counts = np.concatenate([[0], counts])
+    return counts
+
+
+def rle_counts_to_string(counts):
+    """Compress RLE counts (n,) ints into the COCO string (pycocotools ``rleToString``)."""
+    cnts = np.asarray(counts, dtype=np.int64).ravel()
+    if cnts.size == 0:
+        return ""
+    x = cnts.copy()
+    x[3:] -= cnts[1:-2]  # from the fourth count on: difference to two places before
+    groups = 8
+    shifts = 5 * np.arange(groups)
+    chunk = (x[:, None] >> shifts) & 0x1F
+    rest = x[:, None] >> (shifts + 5)
+    more = np.where(chunk & 0x10, rest != -1, rest != 0)
+    n_chunks = np.argmin(more, axis=1) + 1  # stop after the first group with more == False
+    chars = (chunk + 48 + 32 * more).astype(np.uint8)
+    keep = np.arange(groups)[None, :] < n_chunks[:, None]
+    return chars[keep].tobytes().decode("ascii")
+
+
+def rle_counts_from_string(s, *, what="rle"):
+    """Decompress a COCO RLE string into counts (n,) int64 (pycocotools ``rleFrString``).
+
+    what: names the source in error messages (e.g. ``"annotation 17"``).
+    """
+    if isinstance(s, (bytes, bytearray)):
+        raw = bytes(s)
+    elif isinstance(s, str):
+        try:
+            raw = s.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what}: RLE counts string is not ASCII") from None
+    else:
+        raise TypeError(f"{what}: RLE counts must be a str, bytes or list, got {type(s).__name__}")
+    b = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b.min() < 0 or b.max() > 63:
+        raise ValueError(f"{what}: RLE counts string has characters outside '0'..'o'")
+    cont = (b & 0x20) != 0
+    if cont[-1]:
+        raise ValueError(f"{what}: RLE counts string ends in the middle of a number")
+    ends = np.flatnonzero(~cont)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    owner = np.repeat(np.arange(len(starts)), ends - starts + 1)
+    k = np.arange(b.size) - starts[owner]
+    if k.max() > 11:
+        raise ValueError(f"{what}: RLE counts string has a number too long")
+    vals = np.add.reduceat((b & 0x1F) << (5 * k), starts)
+    nk = ends - starts + 1
+    negative = (b[ends] & 0x10) != 0
+    vals = np.where(negative, vals | (np.int64(-1) << (5 * nk)), vals)
+    counts = vals.copy()
+    counts[1::2] = np.cumsum(vals[1::2])
+    counts[2::2] = np.cumsum(vals[2::2])
+    return counts
+
+
+def rle_encode(mask):
+    """Compressed COCO RLE of a mask (pycocotools ``mask.encode``, same string).
+
+    mask: (h, w) bool (or 0/1 ints). Returns ``{"size": [h, w], "counts": str}``.
+    """
+    mask = check_array("mask", np.asarray(mask), ndim=2)
+    if mask.dtype.kind not in "biu":
+        raise TypeError(f"mask must have a bool dtype, got {mask.dtype}")
+    h, w = mask.shape
+    return {"size": [int(h), int(w)], "counts": rle_counts_to_string(rle_counts_from_mask(mask != 0))}
+
+
+def rle_decode(rle, *, what="rle"):
+    """Decode a COCO RLE (compressed ``counts`` str/bytes or uncompressed list).
+
+    rle: ``{"size": [h, w], "counts": ...}``. Returns (h, w) bool.
+    Raises ValueError (message starts with ``what``) for a malformed RLE or
+    counts that do not sum to h * w.
+    """
+    if not isinstance(rle, dict):
+        raise TypeError(f"{what}: RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}")
+    for key in ("size", "counts"):
+        if key not in rle:
+            raise ValueError(f"{what}: RLE is missing the key {key!r}")
+    size = rle["size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in size
+    ):
+        raise ValueError(f"{what}: RLE size must be [h, w] non-negative ints, got {size!r}")
+    h, w = int(size[0]), int(size[1])
+    counts = rle["counts"]
+    if isinstance(counts, (list, tuple, np.ndarray)):
+        counts = np.asarray(counts)
+        if counts.ndim != 1 or (counts.size and counts.dtype.kind not in "iu"):
+            raise ValueError(f"{what}: uncompressed RLE counts must be a list of ints")
+        counts = counts.astype(np.int64)
+    else:
+        counts = rle_counts_from_string(counts, what=what)
+    if counts.size and counts.min() < 0:
+        raise ValueError(f"{what}: RLE counts must be non-negative")
+    total = int(counts.sum())
+    if total != h * w:
+        raise ValueError(f"{what}: RLE counts sum to {total}, expected h*w = {h}*{w} = {h * w}")
+    values = (np.arange(counts.size) % 2).astype(bool)
+    flat = np.repeat(values, counts)
+    return flat.reshape(w, h).T.copy()
+
+
+# ----------------------------------------------------------------------- polygons
+
+def _as_polygon(poly, what):
+    xy = np.asarray(poly, dtype=np.float64)
+    if xy.ndim != 1 or xy.size % 2 or xy.size < 6:
+        raise ValueError(f"{what}: a polygon needs at least 3 (x, y) points as a flat list, got {xy.size} numbers")
+    if not np.all(np.isfinite(xy)):
+        raise ValueError(f"{what}: polygon coordinates must be finite")
+    return xy.reshape(-1, 2)
+
+
+def _polygon_crossings(xy, h, w):
+    """Columns and first toggled rows of every (edge, pixel-centre column) crossing."""
+    a = xy
+    b = np.roll(xy, -1, axis=0)
+    lo = np.minimum(a[:, 0], b[:, 0])
+    hi = np.maximum(a[:, 0], b[:, 0])
+    # columns c with centre c + 0.5 in (lo, hi]: half-open, a vertex counts once
+    c0 = np.clip(np.floor(lo - 0.5) + 1, 0, w).astype(np.int64)
+    c1 = np.clip(np.floor(hi - 0.5) + 1, 0, w).astype(np.int64)
+    n = np.maximum(c1 - c0, 0)
+    edge = np.repeat(np.arange(len(xy)), n)
+    offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    col = c0[edge] + offset
+    xa, ya, xb, yb = a[edge, 0], a[edge, 1], b[edge, 0], b[edge, 1]
+    y_cross = ya + (col + 0.5 - xa) * (yb - ya) / (xb - xa)  # multiply first: exact for nice inputs
+    # rows whose centre r + 0.5 lies strictly below the crossing are toggled
+    start = np.clip(np.floor(y_cross - 0.5) + 1, 0, h).astype(np.int64)
+    return col, start
+
+
+def _polygon_parity_coco(xy, h, w):
+    """pycocotools' ``rleFrPoly`` rule, vectorised: (w, h) parity of boundary toggles.
+
+    1. vertices scaled by 5 and rounded as C does, ``(int)(5 x + 0.5)``;
+    2. each edge walked through the fine grid one step along its longer axis,
+       the other coordinate rounded ``(int)(a + s t + 0.5)``;
+    3. where consecutive walk points change fine column between 5c+2 and 5c+3
+       (a crossing of pixel column c's centre line), the row
+       ``ceil((min v + 0.5) / 5 - 0.5)`` (clipped to [0, h]) is toggled.
+    """
+    scale = 5.0
+    X = np.trunc(scale * xy[:, 0] + 0.5).astype(np.int64)
+    Y = np.trunc(scale * xy[:, 1] + 0.5).astype(np.int64)
+    xs, xe = X, np.roll(X, -1)
+    ys, ye = Y, np.roll(Y, -1)
+    dx = np.abs(xe - xs)
+    dy = np.abs(ys - ye)
+    shallow = dx >= dy
+    flip = (shallow & (xs > xe)) | (~shallow & (ys > ye))
+    xs2, xe2 = np.where(flip, xe, xs), np.where(flip, xs, xe)
+    ys2, ye2 = np.where(flip, ye, ys), np.where(flip, ys, ye)
+    num = np.where(shallow, ye2 - ys2, xe2 - xs2).astype(np.float64)
+    den = np.where(shallow, dx, dy).astype(np.float64)
+    slope = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    steps = np.maximum(dx, dy) + 1
+    edge = np.repeat(np.arange(len(xy)), steps)
+    d = np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)
+    t = np.where(flip[edge], (steps[edge] - 1) - d, d)
+    sh = shallow[edge]
+    u = np.where(sh, t + xs2[edge], np.trunc(xs2[edge] + slope[edge] * t + 0.5).astype(np.int64))
+    v = np.where(sh, np.trunc(ys2[edge] + slope[edge] * t + 0.5).astype(np.int64), t + ys2[edge])
+    change = np.flatnonzero(u[1:] != u[:-1]) + 1
+    uj, up, vj, vp = u[change], u[change - 1], v[change], v[change - 1]
+    xd = (np.where(uj < up, uj, uj - 1) + 0.5) / scale - 0.5
+    keep = (np.floor(xd) == xd) & (xd >= 0) & (xd <= w - 1)
+    yd = (np.minimum(vj, vp)[keep] + 0.5) / scale - 0.5
+    yd = np.ceil(np.clip(yd, 0, h)).astype(np.int64)
+    col = xd[keep].astype(np.int64)
+    toggles = np.bincount(col * (h + 1) + yd, minlength=w * (h + 1)).reshape(w, h + 1)
+    return (np.cumsum(toggles[:, :h], axis=1) & 1).astype(bool)
+
+
+def _polygon_parity_centres(xy, h, w):
+    col, start = _polygon_crossings(xy, h, w)
+    toggles = np.bincount(col * (h + 1) + start, minlength=w * (h + 1)).reshape(w, h + 1)
+    return (np.cumsum(toggles[:, :h], axis=1) & 1).astype(bool)
+
+
+def polygon_to_mask(polygons, h, w, *, method="pycocotools", what="polygon"):
+    """Rasterise COCO polygons (even-odd rule; the parts of an object OR-ed).
+
+    polygons: list of flat ``[x1, y1, x2, y2, ...]`` sequences (>= 3 points
+        each), continuous pixel coordinates.
+    h, w: output size.
+    method: ``"pycocotools"`` (default): pycocotools' ``rleFrPoly`` rule
+        (vertices snapped to a 1/5-pixel grid, edges walked through it),
+        reproduced in NumPy pixel for pixel; ``"centres"``: the exact
+        even-odd test at pixel centres (see the module docstring).
+    Returns (h, w) bool.
+    """
+    if method not in ("pycocotools", "centres"):
+        raise ValueError(f"method must be 'pycocotools' or 'centres', got {method!r}")
+    if isinstance(polygons, np.ndarray) and polygons.ndim == 1:
+        polygons = [polygons]
+    if not isinstance(polygons, (list, tuple)) or len(polygons) == 0:
+        raise ValueError(f"{what}: polygons must be a non-empty list of flat coordinate lists")
+    if len(polygons) and not isinstance(polygons[0], (list, tuple, np.ndarray)):
+        polygons = [polygons]
+    out = np.zeros((h, w), dtype=bool)
+    for poly in polygons:
+        xy = _as_polygon(poly, what)
+        rule = _polygon_parity_coco if method == "pycocotools" else _polygon_parity_centres
+        out |= rule(xy, h, w).T
+    return out
+
+
+def polygon_to_mask_naive(polygon, h, w):
+    """One polygon, pixel by pixel (loops; for tests): ``polygon_to_mask(..., method="centres")``."""
+    xy = _as_polygon(polygon, "polygon")
+    out = np.zeros((h, w), dtype=bool)
+    n = len(xy)
+    for r in range(h):
+        for c in range(w):
+            px, py = c + 0.5, r + 0.5
+            inside = False
+            for i in range(n):
+                (xa, ya), (xb, yb) = xy[i], xy[(i + 1) % n]
+                if min(xa, xb) < px <= max(xa, xb):
+                    yc = ya + (px - xa) * (yb - ya) / (xb - xa)
+                    if yc < py:
+                        inside = not inside
+            out[r, c] = inside
+    return out
+
+
+# ------------------------------------------------------------------ annotations
+
+class CocoData(NamedTuple):
+    """What :func:`load_coco` returns.
+
+    samples: list of per-image dicts (see module docstring), in the order of
+        the json's ``images`` list.
+    category_ids: (K,) tuple of COCO category ids; label l <-> category_ids[l-1].
+    category_names: (K,) tuple of names.
+    """
+
+    samples: list
+    category_ids: tuple
+    category_names: tuple
+
+    @property
+    def image_ids(self):
+        return [s["image_id"] for s in self.samples]
+
+    def label_of(self, category_id):
+        """Contiguous label (1..K) of a COCO category id."""
+        return self.category_ids.index(category_id) + 1
+
+
+def _read_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {e}") from None
+
+
+def _need(d, keys, what):
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(d).__name__}")
+    for k in keys:
+        if k not in d:
+            raise ValueError(f"{what} is missing the key {k!r}")
+
+
+def _read_image(path, image_id, h, w):
+    import matplotlib.image as mpimg
+
+    if not Path(path).is_file():
+        raise ValueError(f"image {image_id}: file {str(path)!r} does not exist")
+    img = mpimg.imread(path)
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / np.float32(255)
+    elif img.dtype.kind in "ui":
+        img = img.astype(np.float32) / np.float32(np.iinfo(img.dtype).max)
+    else:
+        img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = np.ascontiguousarray(img[:, :, :3])
+    if img.shape[:2] != (h, w):
+        raise ValueError(f"image {image_id}: file {str(path)!r} is {img.shape[1]}x{img.shape[0]}, json says {w}x{h}")
+    return img
+
+
+def _segmentation_mask(segm, h, w, what):
+    if isinstance(segm, list):
+        return polygon_to_mask(segm, h, w, what=what) if segm else _raise(f"{what}: empty segmentation list")
+    if isinstance(segm, dict):
+        mask = rle_decode(segm, what=what)
+        if mask.shape != (h, w):
+            raise ValueError(f"{what}: RLE size {list(mask.shape)} differs from the image size [{h}, {w}]")
+        return mask
+    raise ValueError(f"{what}: segmentation must be a polygon list or an RLE dict, got {type(segm).__name__}")
+
+
+def _raise(msg):
+    raise ValueError(msg)
+
+
+def load_coco(annotation_file, image_dir=None, *, load_images=True, load_masks=True):
+    """Load a COCO annotation json (and its images) into per-image sample dicts.
+
+    annotation_file: path of the json (``images``, ``annotations``,
+        ``categories``). image_dir: folder holding the ``file_name`` of each
+        image (default: the json's folder). load_images: read the pixels
+        (``image`` is None otherwise). load_masks: decode segmentations into
+        ``masks`` (G, H, W) bool (required key ``segmentation`` then).
+    Returns :class:`CocoData`. Raises ValueError naming the file, image id or
+    annotation id for malformed json, missing keys, missing image files,
+    polygons with fewer than 3 points and RLE counts that do not sum to h*w.
+    """
+    annotation_file = Path(annotation_file)
+    image_dir = annotation_file.parent if image_dir is None else Path(image_dir)
+    data = _read_json(annotation_file, "annotation file")
+    _need(data, ("images", "annotations", "categories"), f"annotation file {str(annotation_file)!r}")
+    cats = data["categories"]
+    for c in cats:
+        _need(c, ("id",), "a category")
+    cats = sorted(cats, key=lambda c: c["id"])
+    category_ids = tuple(int(c["id"]) for c in cats)
+    if len(set(category_ids)) != len(category_ids):
+        raise ValueError("category ids must be unique")
+    category_names = tuple(str(c.get("name", c["id"])) for c in cats)
+    label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
+    images = {}
+    order = []
+    for img in data["images"]:
+        _need(img, ("id",), "an image entry")
+        _need(img, ("id", "file_name", "height", "width"), f"image {img['id']}")
+        if img["id"] in images:
+            raise ValueError(f"image {img['id']}: duplicate image id")
+        images[img["id"]] = img
+        order.append(img["id"])
+    per_image = {iid: [] for iid in order}
+    for ann in data["annotations"]:
+        _need(ann, ("id",), "an annotation")
+        what = f"annotation {ann['id']}"
+        keys = ("id", "image_id", "category_id", "bbox") + (("segmentation",) if load_masks else ())
+        _need(ann, keys, what)
+        if ann["image_id"] not in images:
+            raise ValueError(f"{what}: image_id {ann['image_id']} is not in 'images'")
+        if ann["category_id"] not in label_of:
+            raise ValueError(f"{what}: category_id {ann['category_id']} is not in 'categories'")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise ValueError(f"{what}: bbox must be [x, y, w, h], got {bbox!r}")
+        per_image[ann["image_id"]].append(ann)
+    samples = []
+    for iid in order:
+        img = images[iid]
+        h, w = int(img["height"]), int(img["width"])
+        anns = per_image[iid]
+        g = len(anns)
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(g, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+        area = np.array(
+            [a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns], dtype=np.float64
+        )
+        sample = {
+            "image": _read_image(image_dir / img["file_name"], iid, h, w) if load_images else None,
+            "boxes": boxes,
+            "labels": np.array([label_of[a["category_id"]] for a in anns], dtype=np.int64),
+            "iscrowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            "area": area,
+            "ann_ids": np.array([a["id"] for a in anns], dtype=np.int64),
+            "image_id": iid,
+            "file_name": img["file_name"],
+        }
+        if load_masks:
+            masks = np.zeros((g, h, w), dtype=bool)
+            for j, a in enumerate(anns):
+                masks[j] = _segmentation_mask(a["segmentation"], h, w, f"annotation {a['id']}")
+            sample["masks"] = masks
+        samples.append(sample)
+    return CocoData(samples=samples, category_ids=category_ids, category_names=category_names)
+
+
+# ----------------------------------------------------------------------- results
+
+def detections_to_coco_results(detections, image_ids, *, category_ids=None):
+    """Per-image detections -> list of COCO result dicts.
+
+    detections: list of dicts with ``boxes`` (D, 4) xyxy, ``labels`` (D,) int,
+        ``scores`` (D,), optional ``masks`` (D, H, W) bool (written as
+        compressed RLE ``segmentation``).
+    image_ids: one COCO image id per entry of ``detections``.
+    category_ids: label l -> category_ids[l - 1] (default: category id = label).
+    Returns a list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
+    "score"[, "segmentation"]}``.
+    """
+    if len(image_ids) != len(detections):
+        raise ValueError(f"image_ids must have one id per detections entry ({len(detections)}), got {len(image_ids)}")
+    out = []
+    for i, (det, iid) in enumerate(zip(detections, image_ids)):
+        for key in ("boxes", "labels", "scores"):
+            if key not in det:
+                raise ValueError(f"detections[{i}] is missing the key {key!r}")
+        boxes = check_array(f"detections[{i}]['boxes']", np.asarray(det["boxes"]), shape=("D", 4)).astype(np.float64)
+        d = len(boxes)
+        labels = check_array(f"detections[{i}]['labels']", np.asarray(det["labels"]), shape=(d,))
+        scores = check_array(f"detections[{i}]['scores']", np.asarray(det["scores"]), shape=(d,))
+        masks = det.get("masks")
+        if masks is not None:
+            masks = check_array(f"detections[{i}]['masks']", np.asarray(masks), ndim=3)
+            if masks.shape[0] != d:
+                raise ValueError(f"detections[{i}]['masks'] must have shape ({d}, H, W), got {masks.shape}")
+        for j in range(d):
+            lab = int(labels[j])
+            if category_ids is None:
+                cid = lab
+            elif 1 <= lab <= len(category_ids):
+                cid = int(category_ids[lab - 1])
+            else:
+                raise ValueError(f"detections[{i}]['labels'] has label {lab} outside 1..{len(category_ids)}")
+            x1, y1, x2, y2 = boxes[j]
+            r = {"image_id": iid if isinstance(iid, str) else int(iid), "category_id": cid,
+                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(scores[j])}
+            if masks is not None:
+                r["segmentation"] = rle_encode(masks[j] != 0)
+            out.append(r)
+    return out
+
+
+def write_coco_results(path, detections, image_ids, *, category_ids=None):
+    """Write detections as a COCO results json, atomically (temp file + rename).
+
+    Arguments as :func:`detections_to_coco_results`. Returns the Path written.
+    """
+    results = detections_to_coco_results(detections, image_ids, category_ids=category_ids)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(results, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_coco_results(results, coco):
+    """Read a COCO results json back into per-image detection dicts.
+
+    results: path of a results json, or the list itself.
+    coco: the :class:`CocoData` the results refer to (image ids, sizes, categories).
+    Returns a list aligned with ``coco.samples`` of dicts ``boxes`` (D, 4)
+    float32 xyxy, ``labels`` (D,) int64, ``scores`` (D,) float32, and
+    ``masks`` (D, H, W) bool when the results carry ``segmentation``
+    (image size from the RLE ``size``).
+    """
+    if not isinstance(results, list):
+        results = _read_json(results, "results file")
+        if not isinstance(results, list):
+            raise ValueError("a results file must hold a JSON list of detections")
+    index = {s["image_id"]: i for i, s in enumerate(coco.samples)}
+    label_of = {cid: k + 1 for k, cid in enumerate(coco.category_ids)}
+    buckets = [[] for _ in coco.samples]
+    for n, r in enumerate(results):
+        _need(r, ("image_id", "category_id", "score"), f"result {n}")
+        if "bbox" not in r and "segmentation" not in r:
+            raise ValueError(f"result {n} needs 'bbox' or 'segmentation'")
+        if r["image_id"] not in index:
+            raise ValueError(f"result {n}: image_id {r['image_id']} is not in the dataset")
+        if r["category_id"] not in label_of:
+            raise ValueError(f"result {n}: category_id {r['category_id']} is not in the dataset")
+        buckets[index[r["image_id"]]].append(r)
+    out = []
+    for i, rs in enumerate(buckets):
+        d = len(rs)
+        det = {
+            "labels": np.array([label_of[r["category_id"]] for r in rs], dtype=np.int64),
+            "scores": np.array([r["score"] for r in rs], dtype=np.float32),
+        }
+        with_masks = d > 0 and all("segmentation" in r for r in rs)
+        if with_masks:
+            masks = [rle_decode(r["segmentation"], what=f"result for image {r['image_id']}") for r in rs]
+            det["masks"] = np.stack(masks)
+        elif "masks" in coco.samples[i]:
+            det["masks"] = np.zeros((0,) + coco.samples[i]["masks"].shape[1:], dtype=bool)
+        xywh = []
+        for j, r in enumerate(rs):
+            if "bbox" in r:
+                xywh.append(r["bbox"])
+            else:  # box of the mask, as pycocotools toBbox
+                ys, xs = np.nonzero(det["masks"][j])
+                xywh.append([xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] if len(xs) else [0, 0, 0, 0])
+        xywh = np.array(xywh, dtype=np.float64).reshape(d, 4)
+        det["boxes"] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+        out.append(det)
+    return out
