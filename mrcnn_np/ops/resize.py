@@ -1,0 +1,229 @@
+"""Resizing: nearest-neighbour upsampling and bilinear resizing, with backward.
+
+Shape shorthand: N images, C channels, H x W input, h x w output (``size``).
+
+Nearest (torch ``F.interpolate(mode="nearest")``, used by the FPN top-down
+path): output pixel (i, j) copies input pixel
+
+    (floor(i * H / h), floor(j * W / w))
+
+computed here in exact integer arithmetic. (torch multiplies by a float32
+scale ``H / h``; the two agree whenever that rounding does not cross an
+integer, which ``tests/reference/test_ops_torch.py`` checks on many sizes.)
+
+Bilinear (torch ``F.interpolate(mode="bilinear", align_corners=False,
+antialias=False)``, used to resize images and to paste masks): pixel centres
+are aligned, so output index i samples the input at
+
+    src = (i + 0.5) * H / h - 0.5,   clamped below at 0,
+
+and blends rows ``y0 = floor(src)`` and ``y1 = min(y0 + 1, H - 1)`` with weights
+``1 - (src - y0)`` and ``src - y0``; columns likewise. Without antialias a
+strong downscale skips input pixels (only two taps per axis), as in torch.
+Both maps are linear in x, so the backward is the transpose (adjoint): each
+output gradient is scattered back onto the input pixels it read, with the
+same weights. Coordinates and weights are computed in float64 and the weights
+cast to x's dtype.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .._checks import check_array, check_pair
+
+
+class UpsampleNearestCache(NamedTuple):
+    """rows: (h,) int64 source row of each output row; cols: (w,) source column;
+    x_shape: input shape (N, C, H, W)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    x_shape: tuple
+
+
+class BilinearTaps(NamedTuple):
+    """Interpolation along one axis of length n_in -> n_out.
+
+    i0, i1: (n_out,) int64 lower / upper source index (i1 = i0 at the last
+        input index); w0, w1: (n_out,) float64 weights, w0 + w1 = 1.
+    """
+
+    i0: np.ndarray
+    i1: np.ndarray
+    w0: np.ndarray
+    w1: np.ndarray
+
+
+class ResizeBilinearCache(NamedTuple):
+    """rows, cols: BilinearTaps for the second-last and last axes;
+    x_shape: input shape (*, H, W)."""
+
+    rows: BilinearTaps
+    cols: BilinearTaps
+    x_shape: tuple
+
+
+def _nearest_index(n_in, n_out):
+    """floor(dst * n_in / n_out) for dst in [0, n_out), exactly."""
+    return (np.arange(n_out, dtype=np.int64) * n_in) // n_out
+
+
+def _bilinear_taps(n_in, n_out):
+    """Source taps of torch's align_corners=False bilinear along one axis."""
+    scale = n_in / n_out
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    w1 = src - i0
+    return BilinearTaps(i0, i1, 1.0 - w1, w1)
+
+
+def _sum_into(values, idx, n, axis):
+    """Adjoint of ``np.take(x, idx, axis)`` for a NON-DECREASING ``idx``.
+
+    values: array whose ``axis`` has len(idx) entries. Returns an array with
+    ``n`` entries on ``axis``: entry k is the sum of the values taken from k.
+    A run of equal indices is contiguous, so ``np.add.reduceat`` sums each run
+    in one vectorised call (no Python loop, no slow ``np.add.at``).
+    """
+    uniq, first = np.unique(idx, return_index=True)
+    sums = np.add.reduceat(values, first, axis=axis)
+    shape = list(values.shape)
+    shape[axis] = n
+    out = np.zeros(shape, dtype=values.dtype)
+    index = [slice(None)] * values.ndim
+    index[axis] = uniq
+    out[tuple(index)] = sums
+    return out
+
+
+def _check_size(size):
+    return check_pair("size", size)
+
+
+def upsample_nearest_forward(x, size):
+    """Nearest-neighbour resize to ``size`` (twin of ``F.interpolate(mode="nearest")``).
+
+    x: (N, C, H, W) floating.
+    size: int or (h, w), the output size.
+    Returns (out (N, C, h, w), UpsampleNearestCache).
+    """
+    x = check_array("x", x, shape=("N", "C", "H", "W"), dtype_kind="f")
+    h, w = _check_size(size)
+    rows = _nearest_index(x.shape[2], h)
+    cols = _nearest_index(x.shape[3], w)
+    out = x[:, :, rows[:, None], cols[None, :]]
+    return out, UpsampleNearestCache(rows, cols, x.shape)
+
+
+def upsample_nearest_backward(dout, cache):
+    """Adjoint of ``upsample_nearest_forward``.
+
+    dout: (N, C, h, w). cache: UpsampleNearestCache.
+    Returns dx (N, C, H, W): each input pixel gets the sum of dout over the
+    output pixels that copied it (0 if none did, when downsampling).
+    """
+    if not isinstance(cache, UpsampleNearestCache):
+        raise TypeError(f"cache must be an UpsampleNearestCache, got {type(cache).__name__}")
+    n, c, big_h, big_w = cache.x_shape
+    dout = check_array("dout", dout, shape=(n, c, len(cache.rows), len(cache.cols)),
+                       dtype_kind="f")
+    d = _sum_into(dout, cache.rows, big_h, axis=2)
+    return _sum_into(d, cache.cols, big_w, axis=3)
+
+
+def upsample_nearest_naive(x, size):
+    """Loop reference of ``upsample_nearest_forward``: x (N, C, H, W) -> (N, C, h, w)."""
+    x = check_array("x", x, shape=("N", "C", "H", "W"), dtype_kind="f")
+    h, w = _check_size(size)
+    n, c, big_h, big_w = x.shape
+    out = np.empty((n, c, h, w), dtype=x.dtype)
+    for i in range(h):
+        for j in range(w):
+            out[:, :, i, j] = x[:, :, (i * big_h) // h, (j * big_w) // w]
+    return out
+
+
+def _check_bilinear_input(x):
+    x = check_array("x", x, dtype_kind="f")
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (*, H, W) with at least 2 dimensions, got {x.shape}")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
+    return x
+
+
+def resize_bilinear_forward(x, size):
+    """Bilinear resize of the LAST TWO axes to ``size`` (align_corners=False).
+
+    Twin of ``F.interpolate(x, size, mode="bilinear", align_corners=False)``
+    (no antialias), but any leading shape is allowed: (N, C, H, W) feature
+    maps, (C, H, W) images, (H, W) masks.
+    x: (*, H, W) floating.
+    size: int or (h, w).
+    Returns (out (*, h, w) in x's dtype, ResizeBilinearCache).
+    """
+    x = _check_bilinear_input(x)
+    h, w = _check_size(size)
+    rows = _bilinear_taps(x.shape[-2], h)
+    cols = _bilinear_taps(x.shape[-1], w)
+    dt = x.dtype
+    t = (x[..., rows.i0, :] * rows.w0.astype(dt)[:, None]
+         + x[..., rows.i1, :] * rows.w1.astype(dt)[:, None])
+    out = t[..., cols.i0] * cols.w0.astype(dt) + t[..., cols.i1] * cols.w1.astype(dt)
+    return out, ResizeBilinearCache(rows, cols, x.shape)
+
+
+def resize_bilinear_backward(dout, cache):
+    """Adjoint of ``resize_bilinear_forward``.
+
+    dout: (*, h, w). cache: ResizeBilinearCache.
+    Returns dx (*, H, W).
+    """
+    if not isinstance(cache, ResizeBilinearCache):
+        raise TypeError(f"cache must be a ResizeBilinearCache, got {type(cache).__name__}")
+    lead, (big_h, big_w) = cache.x_shape[:-2], cache.x_shape[-2:]
+    want = tuple(lead) + (len(cache.rows.i0), len(cache.cols.i0))
+    dout = check_array("dout", dout, shape=want, dtype_kind="f")
+    dt = dout.dtype
+    cols, rows = cache.cols, cache.rows
+    ndim = dout.ndim
+    dt_cols = (_sum_into(dout * cols.w0.astype(dt), cols.i0, big_w, axis=ndim - 1)
+               + _sum_into(dout * cols.w1.astype(dt), cols.i1, big_w, axis=ndim - 1))
+    return (_sum_into(dt_cols * rows.w0.astype(dt)[:, None], rows.i0, big_h, axis=ndim - 2)
+            + _sum_into(dt_cols * rows.w1.astype(dt)[:, None], rows.i1, big_h, axis=ndim - 2))
+
+
+def resize_bilinear(x, size):
+    """``resize_bilinear_forward`` without the cache, for images and masks.
+
+    x: (*, H, W) floating (cast a bool mask to float first). size: int or (h, w).
+    Returns (*, h, w).
+    """
+    return resize_bilinear_forward(x, size)[0]
+
+
+def resize_bilinear_naive(x, size):
+    """Loop reference of ``resize_bilinear``, written straight from torch's
+    per-pixel formula (four neighbours, weights from the clamped source
+    coordinate). x: (*, H, W) -> (*, h, w)."""
+    x = _check_bilinear_input(x)
+    h, w = _check_size(size)
+    big_h, big_w = x.shape[-2:]
+    out = np.empty(x.shape[:-2] + (h, w), dtype=x.dtype)
+    for i in range(h):
+        sy = max((i + 0.5) * big_h / h - 0.5, 0.0)
+        y0 = int(sy)
+        y1 = y0 + 1 if y0 < big_h - 1 else y0
+        ly = sy - y0
+        for j in range(w):
+            sx = max((j + 0.5) * big_w / w - 0.5, 0.0)
+            x0 = int(sx)
+            x1 = x0 + 1 if x0 < big_w - 1 else x0
+            lx = sx - x0
+            out[..., i, j] = ((1 - ly) * ((1 - lx) * x[..., y0, x0] + lx * x[..., y0, x1])
+                              + ly * ((1 - lx) * x[..., y1, x0] + lx * x[..., y1, x1]))
+    return out

@@ -1,0 +1,51 @@
+"""Messages of the shared argument checks: name, expected, got."""
+import numpy as np
+import pytest
+
+from mrcnn_np._checks import (check_array, check_float, check_pair, check_positive_int,
+                              check_same_dtype, describe_shape)
+
+
+def test_check_array_messages():
+    x = np.zeros((12, 4))
+    assert check_array("rois", x, shape=("R", 4)) is x
+    with pytest.raises(ValueError, match=r"^rois must have shape \(R, 5\), got \(12, 4\)$"):
+        check_array("rois", x, shape=("R", 5))
+    with pytest.raises(ValueError, match=r"^x must have shape 3 dimensions, got \(12, 4\)$"):
+        check_array("x", x, ndim=3)
+    with pytest.raises(TypeError, match=r"^x must be a numpy.ndarray, got list$"):
+        check_array("x", [1, 2])
+    with pytest.raises(TypeError, match=r"^labels must have a signed integer or unsigned integer dtype, got float64$"):
+        check_array("labels", x, dtype_kind="iu")
+
+
+def test_describe_shape():
+    assert describe_shape(("N", "C", None, 4)) == "(N, C, *, 4)"
+    assert describe_shape((5,)) == "(5,)"
+
+
+def test_scalar_checks():
+    assert check_positive_int("stride", np.int64(2)) == 2
+    with pytest.raises(TypeError, match="^stride must be an int, got bool$"):
+        check_positive_int("stride", True)
+    with pytest.raises(ValueError, match="^stride must be >= 1, got 0$"):
+        check_positive_int("stride", 0)
+    assert check_pair("size", 3) == (3, 3)
+    assert check_pair("size", [2, 5]) == (2, 5)
+    with pytest.raises(ValueError, match="size must be an int or a pair of ints"):
+        check_pair("size", (1, 2, 3))
+    assert check_float("beta", 1) == 1.0
+    with pytest.raises(ValueError, match="^beta must be finite, got nan$"):
+        check_float("beta", float("nan"))
+    with pytest.raises(ValueError, match=r"^beta must be >= 0.0, got -1.0$"):
+        check_float("beta", -1, minimum=0.0)
+    with pytest.raises(ValueError, match=r"^p must be <= 1.0, got 2.0$"):
+        check_float("p", 2, maximum=1.0)
+    with pytest.raises(TypeError, match="^beta must be a real number, got str$"):
+        check_float("beta", "1")
+
+
+def test_check_same_dtype():
+    check_same_dtype(x=np.zeros(1), b=None, w=np.zeros(2))
+    with pytest.raises(TypeError, match=r"^w must have the dtype of x \(float64\), got float32$"):
+        check_same_dtype(x=np.zeros(1), w=np.zeros(1, np.float32))
