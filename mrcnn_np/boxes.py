@@ -1,0 +1,504 @@
+"""Box geometry: area, IoU, clipping, the box coder and non-maximum suppression.
+
+Shape shorthand: N, M boxes; k classes side by side in a code array (N, 4k).
+
+Coordinates: a box is ``(x1, y1, x2, y2)`` in input-image pixels, floating point,
+with width ``x2 - x1`` and height ``y2 - y1`` (no "+1"). A box with
+``x2 <= x1`` or ``y2 <= y1`` is degenerate: its area is <= 0 and its IoU with
+anything is 0.
+
+Every function here is a twin of a torchvision function (``torchvision.ops``
+or ``torchvision.models.detection._utils.BoxCoder``) with the same name,
+argument order and meaning; the docstring of each names its twin and says
+where ours differs. Nothing here has a gradient: in Mask R-CNN gradients stop
+at proposals, and the box coder's targets are constants.
+
+dtype: results keep the dtype of the input boxes (float32 or float64); index
+results are int64. Two box arrays given to one function must share a dtype.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._checks import check_array, check_float, check_same_dtype
+
+__all__ = [
+    "box_area",
+    "box_iou",
+    "clip_boxes_to_image",
+    "remove_small_boxes",
+    "nms",
+    "nms_naive",
+    "batched_nms",
+    "batched_nms_naive",
+    "encode_boxes",
+    "decode_boxes",
+    "DEFAULT_BBOX_XFORM_CLIP",
+]
+
+#: torchvision's ``BoxCoder`` clamp for dw, dh before ``exp``: log(1000 / 16),
+#: i.e. a decoded box is at most 62.5 times wider/taller than its reference.
+DEFAULT_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
+# --------------------------------------------------------------------------- checks
+def _check_boxes(name, boxes):
+    check_array(name, boxes, shape=("N", 4), dtype_kind="f")
+    if boxes.size and not np.isfinite(boxes).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return boxes
+
+
+def _check_scores(name, scores, n, boxes_name="boxes"):
+    check_array(name, scores, ndim=1, dtype_kind="f")
+    if scores.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape ({n},) to match {boxes_name} ({n}, 4), got {scores.shape}"
+        )
+    if scores.size and not np.isfinite(scores).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return scores
+
+
+def _check_weights(weights, dtype):
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"weights must be 4 real numbers, got {weights!r}") from None
+    if w.shape != (4,):
+        raise ValueError(f"weights must have shape (4,), got {w.shape}")
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise ValueError(f"weights must be 4 positive finite numbers, got {weights!r}")
+    return w.astype(dtype)
+
+
+# --------------------------------------------------------------------------- geometry
+def box_area(boxes):
+    """Area of each box; twin of ``torchvision.ops.box_area``.
+
+    boxes: (N, 4) float xyxy. Returns (N,) of the same dtype,
+    ``(x2 - x1) * (y2 - y1)`` (negative for an inverted box, as torchvision).
+    """
+    _check_boxes("boxes", boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _pair_iou(ax1, ay1, ax2, ay2, aa, bx1, by1, bx2, by2, ba):
+    """IoU of broadcast pairs; the ONE formula every IoU here goes through.
+
+    a* and b* are coordinate arrays that broadcast together; aa, ba the areas.
+    ``inter = max(min(x2) - max(x1), 0) * max(min(y2) - max(y1), 0)``,
+    ``iou = inter / (aa + ba - inter)``, and 0 where the union is <= 0
+    (two degenerate boxes), where torchvision would give NaN.
+    Keeping a single formula makes ``nms`` and ``nms_naive`` agree bit for bit.
+    """
+    iw = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
+    np.maximum(iw, 0, out=iw)
+    ih = np.minimum(ay2, by2) - np.maximum(ay1, by1)
+    np.maximum(ih, 0, out=ih)
+    inter = np.multiply(iw, ih, out=iw)
+    union = aa + ba - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
+def box_iou(boxes1, boxes2):
+    """Pairwise intersection over union; twin of ``torchvision.ops.box_iou``.
+
+    boxes1: (N, 4) float xyxy; boxes2: (M, 4), same dtype.
+    Returns (N, M) of that dtype, ``iou[i, j] = area(b1_i & b2_j) / area(b1_i | b2_j)``.
+    Difference from torchvision: where the union is 0 (both boxes degenerate)
+    the IoU is 0 instead of NaN (no silent NaN, and NaN never passes a ``>``
+    test anyway, so matching and NMS behave the same).
+    """
+    _check_boxes("boxes1", boxes1)
+    _check_boxes("boxes2", boxes2)
+    check_same_dtype(boxes1=boxes1, boxes2=boxes2)
+    a1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    a2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    c = boxes1[:, :, None]  # (N, 4, 1): c[:, k] is coordinate k as a column
+    return _pair_iou(c[:, 0], c[:, 1], c[:, 2], c[:, 3], a1[:, None],
+                     boxes2[:, 0], boxes2[:, 1], boxes2[:, 2], boxes2[:, 3], a2)
+
+
+def _check_size(size):
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise ValueError(f"size must be a pair (height, width), got {size!r}")
+    for v in size:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
+            raise ValueError(f"size must be a pair of non-negative numbers (height, width), got {size!r}")
+    return size
+
+
+def clip_boxes_to_image(boxes, size):
+    """Clamp boxes inside an image; twin of ``torchvision.ops.clip_boxes_to_image``.
+
+    boxes: (..., 4k) float xyxy (any leading shape; k boxes side by side as in
+    decoded class-specific boxes). size: (height, width) of the image.
+    Returns a new array of the same shape and dtype with x in [0, width] and
+    y in [0, height].
+    """
+    check_array("boxes", boxes, dtype_kind="f")
+    if boxes.ndim < 1 or boxes.shape[-1] % 4 != 0:
+        raise ValueError(f"boxes must have shape (..., 4k), got {boxes.shape}")
+    height, width = _check_size(size)
+    out = boxes.copy()
+    np.clip(out[..., 0::2], 0, width, out=out[..., 0::2])
+    np.clip(out[..., 1::2], 0, height, out=out[..., 1::2])
+    return out
+
+
+def remove_small_boxes(boxes, min_size):
+    """Indices of boxes at least ``min_size`` wide and tall; twin of
+    ``torchvision.ops.remove_small_boxes``.
+
+    boxes: (N, 4) float xyxy; min_size: float >= 0.
+    Returns keep (K,) int64, increasing, where ``w >= min_size and h >= min_size``.
+    """
+    _check_boxes("boxes", boxes)
+    min_size = check_float("min_size", min_size, minimum=0.0)
+    ws = boxes[:, 2] - boxes[:, 0]
+    hs = boxes[:, 3] - boxes[:, 1]
+    return np.flatnonzero((ws >= min_size) & (hs >= min_size)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- box coder
+def encode_boxes(reference_boxes, proposals, weights):
+    """Regression targets that move ``proposals`` onto ``reference_boxes``.
+
+    Twin of ``torchvision.models.detection._utils.encode_boxes`` (used by
+    ``BoxCoder.encode``). Argument order as torchvision: the boxes to reach
+    (ground truth) first, the boxes we start from (anchors / proposals) second.
+
+    reference_boxes: (N, 4) float xyxy, the targets g.
+    proposals: (N, 4) float xyxy, the references a, same dtype.
+    weights: 4 positive numbers (wx, wy, ww, wh): (1, 1, 1, 1) in the RPN,
+        (10, 10, 5, 5) in the box head.
+    Returns (N, 4) of the dtype of the boxes::
+
+        dx = wx * (gcx - acx) / aw      dw = ww * log(gw / aw)
+        dy = wy * (gcy - acy) / ah      dh = wh * log(gh / ah)
+
+    with centres ``cx = x1 + 0.5 * w``. Raises ValueError for a box with
+    non-positive width or height (the log would be -inf or NaN).
+    """
+    _check_boxes("reference_boxes", reference_boxes)
+    _check_boxes("proposals", proposals)
+    check_same_dtype(reference_boxes=reference_boxes, proposals=proposals)
+    if reference_boxes.shape[0] != proposals.shape[0]:
+        raise ValueError(
+            f"proposals must have shape ({reference_boxes.shape[0]}, 4) to match "
+            f"reference_boxes, got {proposals.shape}"
+        )
+    wx, wy, ww, wh = _check_weights(weights, reference_boxes.dtype)
+    ex_w = proposals[:, 2] - proposals[:, 0]
+    ex_h = proposals[:, 3] - proposals[:, 1]
+    gt_w = reference_boxes[:, 2] - reference_boxes[:, 0]
+    gt_h = reference_boxes[:, 3] - reference_boxes[:, 1]
+    for name, w, h in (("proposals", ex_w, ex_h), ("reference_boxes", gt_w, gt_h)):
+        if w.size and not ((w > 0).all() and (h > 0).all()):
+            raise ValueError(f"{name} must have positive widths and heights, got a degenerate box")
+    ex_cx = proposals[:, 0] + 0.5 * ex_w
+    ex_cy = proposals[:, 1] + 0.5 * ex_h
+    gt_cx = reference_boxes[:, 0] + 0.5 * gt_w
+    gt_cy = reference_boxes[:, 1] + 0.5 * gt_h
+    dx = wx * (gt_cx - ex_cx) / ex_w
+    dy = wy * (gt_cy - ex_cy) / ex_h
+    dw = ww * np.log(gt_w / ex_w)
+    dh = wh * np.log(gt_h / ex_h)
+    return np.stack([dx, dy, dw, dh], axis=1)
+
+
+def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_CLIP):
+    """Apply regression codes to boxes; twin of torchvision's ``BoxCoder.decode_single``.
+
+    rel_codes: (N, 4k) float deltas, k >= 1 sets side by side (one per class
+        in the box head), each (dx, dy, dw, dh).
+    boxes: (N, 4) float xyxy references (anchors / proposals), same dtype.
+    weights: 4 positive numbers (wx, wy, ww, wh), the ones used to encode.
+    bbox_xform_clip: dw/wx... are divided by the weights, then dw and dh are
+        clamped from above at this value before ``exp`` (default log(1000/16)).
+    Returns (N, 4k) xyxy boxes of the same dtype::
+
+        cx' = dx / wx * w + cx     w' = exp(min(dw / ww, clip)) * w
+        x1' = cx' - 0.5 * w'       x2' = cx' + 0.5 * w'   (same for y)
+
+    Differences from torchvision: boxes and codes must share a dtype (torchvision
+    casts boxes to the codes' dtype); non-finite codes raise ValueError.
+    """
+    check_array("rel_codes", rel_codes, ndim=2, dtype_kind="f")
+    if rel_codes.shape[1] == 0 or rel_codes.shape[1] % 4 != 0:
+        raise ValueError(f"rel_codes must have shape (N, 4k) with k >= 1, got {rel_codes.shape}")
+    _check_boxes("boxes", boxes)
+    check_same_dtype(rel_codes=rel_codes, boxes=boxes)
+    if rel_codes.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"boxes must have shape ({rel_codes.shape[0]}, 4) to match rel_codes, got {boxes.shape}"
+        )
+    if rel_codes.size and not np.isfinite(rel_codes).all():
+        raise ValueError("rel_codes must be finite, got NaN or inf")
+    clip = check_float("bbox_xform_clip", bbox_xform_clip)
+    dtype = rel_codes.dtype
+    wx, wy, ww, wh = _check_weights(weights, dtype)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    dx = rel_codes[:, 0::4] / wx
+    dy = rel_codes[:, 1::4] / wy
+    dw = np.minimum(rel_codes[:, 2::4] / ww, dtype.type(clip))
+    dh = np.minimum(rel_codes[:, 3::4] / wh, dtype.type(clip))
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    half_w = 0.5 * (np.exp(dw) * widths[:, None])
+    half_h = 0.5 * (np.exp(dh) * heights[:, None])
+    out = np.stack(
+        [pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h],
+        axis=2,
+    )
+    return out.reshape(rel_codes.shape)
+
+
+# --------------------------------------------------------------------------- NMS
+def _check_nms_args(boxes, scores, iou_threshold):
+    _check_boxes("boxes", boxes)
+    _check_scores("scores", scores, boxes.shape[0])
+    check_same_dtype(boxes=boxes, scores=scores)
+    return check_float("iou_threshold", iou_threshold, minimum=0.0)
+
+
+def _check_idxs(idxs, n):
+    check_array("idxs", idxs, ndim=1, dtype_kind="iu")
+    if idxs.shape[0] != n:
+        raise ValueError(f"idxs must have shape ({n},) to match boxes ({n}, 4), got {idxs.shape}")
+    return idxs
+
+
+def _score_order(scores):
+    """Indices by decreasing score; ties keep increasing index (a stable sort).
+
+    torchvision's CPU ``nms`` gives the same order for equal scores.
+    """
+    return np.argsort(-scores, kind="stable").astype(np.int64)
+
+
+def nms_naive(boxes, scores, iou_threshold):
+    """Textbook greedy NMS (one IoU row per kept box); reference for ``nms``.
+
+    Same arguments and result as :func:`nms`. Cost O(N * K) for K kept boxes.
+    """
+    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    order = _score_order(scores)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        iou = _pair_iou(boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], area[i],
+                        boxes[rest, 0], boxes[rest, 1], boxes[rest, 2], boxes[rest, 3], area[rest])
+        order = rest[~(iou > iou_threshold)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms_naive(boxes, scores, idxs, iou_threshold):
+    """``nms`` run separately on each value of ``idxs`` (a loop over the values);
+    reference for :func:`batched_nms`. Same arguments and result."""
+    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    _check_idxs(idxs, boxes.shape[0])
+    keep = [np.flatnonzero(idxs == v)[nms_naive(boxes[idxs == v], scores[idxs == v], iou_threshold)]
+            for v in np.unique(idxs)]
+    keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    return keep[_score_order(scores[keep])].astype(np.int64)  # ties: increasing index
+
+
+# Tuning of the fast NMS (see _suppression_pairs).
+_BLOCK_ELEMENTS = 1 << 20       # IoU entries computed per dense block
+_IOU_MARGIN = 1e-3              # slack on the x-window bound (float rounding)
+_MAX_PAIRS_PER_BOX = 256        # above this many suppression pairs per box on
+                                # average, switch to the kept-box loop
+
+
+def _suppression_pairs(b, groups, iou_threshold, max_pairs):
+    """All pairs (i, j), i < j in score rank, with IoU(b_i, b_j) > threshold.
+
+    b: (N, 4) boxes sorted by decreasing score; groups: (N,) int or None (pairs
+    in different groups never suppress each other). Returns (src, dst) int64
+    arrays, src < dst, or None when more than ``max_pairs`` pairs exist.
+
+    Pairs are found without looking at all N^2 of them. Sort the boxes by x1
+    and look, for box p, only at boxes q after it in that order with
+    ``x1_q < x1_p + window_p``. The window is exact for "can intersect at all"
+    (``x1_q < x2_p``), and tighter for IoU > t: IoU <= inter / area_p <=
+    iw / w_p <= (w_p - (x1_q - x1_p)) / w_p, so IoU > t needs
+    ``x1_q - x1_p < (1 - t) * w_p <= (1 - t) * max_w``. A small margin keeps
+    the bound safe under float rounding (it only adds candidates; the IoU test
+    is the same formula as ``box_iou``, so the result matches ``nms_naive``).
+    Candidates are scored in dense blocks of consecutive x-sorted boxes.
+    """
+    n = b.shape[0]
+    x1 = b[:, 0].astype(np.float64)
+    x2 = b[:, 2].astype(np.float64)
+    span = float(x2.max() - x1.min()) if n else 0.0
+    if groups is not None:
+        # Place the groups side by side on the x axis, 2 * span + 1 apart, so a
+        # window never reaches into another group (and a group test checks it).
+        _, g = np.unique(groups, return_inverse=True)
+        offset = g.astype(np.float64) * (2.0 * span + 1.0) - x1.min()
+        x1 = x1 + offset
+        x2 = x2 + offset
+    wmax = float(np.max(b[:, 2].astype(np.float64) - b[:, 0])) if n else 0.0
+    frac = min(1.0, max(1.0 - iou_threshold, 0.0) + _IOU_MARGIN)
+    slack = 1e-9 * (float(np.abs(x2).max()) + 1.0)  # float64 rounding of the offsets
+    bound = np.minimum(x2, x1 + frac * max(wmax, 0.0)) + slack
+
+    xo = np.argsort(x1, kind="stable")
+    ks = x1[xo]
+    hi = np.searchsorted(ks, bound[xo], side="left")  # candidates of p: (p, hi[p])
+    hi = np.maximum(hi, np.arange(1, n + 1))
+    bx = b[xo]
+    X1, Y1, X2, Y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
+    A = (X2 - X1) * (Y2 - Y1)
+    G = None if groups is None else g[xo]
+    srcs, dsts = [], []
+    total = 0
+    p0 = 0
+    while p0 < n:
+        # grow the row block while the dense block stays within budget
+        # rows ~ window width: the block is rows x (rows + width) entries, of
+        # which about width / (rows + width) are real candidates
+        width = int(hi[p0]) - p0
+        rows = max(16, min(256, width // 2, _BLOCK_ELEMENTS // max(width, 1)))
+        rows = min(rows, n - p0)
+        p1 = p0 + rows
+        q0, q1 = p0 + 1, int(hi[p0:p1].max())
+        if q1 > q0:
+            r = slice(p0, p1)
+            c = slice(q0, q1)
+            iou = _pair_iou(X1[r, None], Y1[r, None], X2[r, None], Y2[r, None], A[r, None],
+                            X1[c], Y1[c], X2[c], Y2[c], A[c])
+            hit = iou > iou_threshold
+            # keep only q in (p, hi[p]): column index j is q = q0 + j
+            qs = np.arange(q0, q1)
+            ps = np.arange(p0, p1)
+            hit &= qs[None, :] > ps[:, None]
+            hit &= qs[None, :] < hi[r, None]
+            if G is not None:
+                hit &= G[r, None] == G[c]
+            pi, qj = np.nonzero(hit)
+            if pi.size:
+                total += pi.size
+                if total > max_pairs:
+                    return None
+                a = xo[pi + p0]
+                bb = xo[qj + q0]
+                srcs.append(np.minimum(a, bb))
+                dsts.append(np.maximum(a, bb))
+        p0 = p1
+    if not srcs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(srcs), np.concatenate(dsts)
+
+
+def _greedy_from_pairs(n, src, dst):
+    """Greedy pass: walk suppressing boxes in rank order; a box still alive is
+    kept and removes its partners. Returns the (N,) bool 'removed' mask.
+
+    Only boxes that suppress something are visited (a box removed by nobody
+    is kept without a visit), one vectorised assignment per kept one.
+    """
+    removed = np.zeros(n, dtype=bool)
+    if src.size == 0:
+        return removed
+    order = np.argsort(src, kind="stable")
+    src = src[order]
+    dst = dst[order]
+    heads = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+    ends = np.r_[heads[1:], src.size]
+    for s, a, e in zip(src[heads].tolist(), heads.tolist(), ends.tolist()):
+        if not removed[s]:
+            removed[dst[a:e]] = True
+    return removed
+
+
+def _greedy_dense(b, groups, iou_threshold):
+    """Greedy loop over kept boxes against all remaining ones (O(N * K)).
+
+    Used when boxes overlap so heavily that the pair list would be large; then
+    few boxes are kept and this loop is short. b sorted by decreasing score.
+    Returns the kept rank positions (increasing).
+    """
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    alive = np.arange(b.shape[0])
+    keep = []
+    while alive.size:
+        i = alive[0]
+        keep.append(i)
+        rest = alive[1:]
+        iou = _pair_iou(b[i, 0], b[i, 1], b[i, 2], b[i, 3], area[i],
+                        b[rest, 0], b[rest, 1], b[rest, 2], b[rest, 3], area[rest])
+        drop = iou > iou_threshold
+        if groups is not None:
+            drop &= groups[rest] == groups[i]
+        alive = rest[~drop]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _nms_sorted(boxes, scores, groups, iou_threshold, *, max_pairs=None):
+    """Shared body of nms / batched_nms (arguments already checked).
+
+    max_pairs: pair budget of the sweep before switching to the kept-box
+    loop; default ``_MAX_PAIRS_PER_BOX * N + 4096`` (tests force 0).
+    """
+    order = _score_order(scores)
+    n = order.size
+    if n == 0:
+        return order
+    b = boxes[order]
+    g = None if groups is None else groups[order]
+    if max_pairs is None:
+        max_pairs = _MAX_PAIRS_PER_BOX * n + 4096
+    pairs = _suppression_pairs(b, g, iou_threshold, max_pairs=max_pairs)
+    if pairs is None:
+        return order[_greedy_dense(b, g, iou_threshold)]
+    removed = _greedy_from_pairs(n, *pairs)
+    return order[~removed]
+
+
+def nms(boxes, scores, iou_threshold):
+    """Greedy non-maximum suppression; twin of ``torchvision.ops.nms``.
+
+    boxes: (N, 4) float xyxy; scores: (N,) same dtype; iou_threshold: float >= 0.
+    Returns keep (K,) int64: indices of the kept boxes by decreasing score.
+    Visiting boxes by decreasing score, a box is removed when its IoU with an
+    already kept box is > iou_threshold. Equal scores are visited in
+    increasing index order (a stable sort), as torchvision's CPU kernel does.
+
+    Vectorised: candidate pairs come from an x-sorted sweep and are scored in
+    dense blocks (see ``_suppression_pairs``); the greedy pass then visits only
+    boxes that suppress something. When the overlaps are so dense that the pair
+    list would be large, it switches to the kept-box loop, which is short then.
+    Equal to :func:`nms_naive` bit for bit (same IoU formula).
+    """
+    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    return _nms_sorted(boxes, scores, None, iou_threshold)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """NMS within each category; twin of ``torchvision.ops.batched_nms``.
+
+    boxes: (N, 4) float xyxy; scores: (N,) same dtype; idxs: (N,) int category
+    (class, FPN level, image) of each box; iou_threshold: float >= 0.
+    Returns keep (K,) int64 by decreasing score (ties by increasing index).
+    Boxes of different categories never suppress each other, so the result
+    equals running :func:`nms` on each category and merging by score, exactly
+    (torchvision's coordinate-offset trick can differ from that in the last
+    float bit; ours tests the category directly).
+    """
+    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    _check_idxs(idxs, boxes.shape[0])
+    return _nms_sorted(boxes, scores, idxs, iou_threshold)
