@@ -1,0 +1,283 @@
+"""Feature pyramid network: lateral 1x1, top-down nearest upsample + add, 3x3 output convs (chapter 03).
+
+torchvision's ``FeaturePyramidNetwork`` with the ``LastLevelMaxPool`` extra
+block, as used by ``maskrcnn_resnet50_fpn``. With L input levels C2..C{L+1}
+(L = 4 for a ResNet: C2..C5) and D output channels (256)::
+
+    M{L+1} = inner_{L-1}(C{L+1})                              lateral 1x1 conv
+    M{k}   = inner_{k-2}(C{k}) + upsample_nearest(M{k+1}, size of C{k})   k = L..2
+    P{k}   = layer_{k-2}(M{k})                                3x3 conv, padding 1
+    P{L+2} = max_pool2d(P{L+1}, kernel_size=1, stride=2)      (P6: every other cell of P5)
+
+``upsample_nearest`` takes the source cell ``floor(dst * in / out)`` (torch's
+``mode="nearest"``), so odd sizes work: a 13x13 map onto 25x25 repeats
+rows 0..11 twice-ish and row 12 once. P6 feeds only the RPN.
+
+Shape shorthand: N images; C_k channels of input level k; D output channels;
+H_k x W_k spatial size of level k (P_k has the size of C_k; P6 has
+``ceil(H_5 / 2) x ceil(W_5 / 2)``).
+
+Parameters (torchvision ``state_dict`` names, i = 0..L-1 for C2..C{L+1})::
+
+    backbone.fpn.inner_blocks.{i}.0.weight  (D, C_{i+2}, 1, 1)   .bias (D,)
+    backbone.fpn.layer_blocks.{i}.0.weight  (D, D, 3, 3)         .bias (D,)
+
+Keys outside ``backbone.fpn.`` are ignored. Every FPN parameter is trained.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._checks import check_array, check_positive_int
+from .ops.conv import conv2d_backward, conv2d_forward
+from .ops.pool import max_pool2d_backward, max_pool2d_forward
+from .ops.resize import upsample_nearest_backward, upsample_nearest_forward
+
+__all__ = [
+    "FPNCache",
+    "init_fpn",
+    "fpn_structure",
+    "check_fpn_params",
+    "fpn_forward",
+    "fpn_backward",
+    "fpn_level_names",
+]
+
+PREFIX = "backbone.fpn."
+_BLOCK_KEY = re.compile(r"backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.")
+
+
+class FPNCache(NamedTuple):
+    """Cache of ``fpn_forward``.
+
+    inner: tuple of L Conv2dCache (lateral 1x1, level order C2..);
+    upsample: tuple of L-1 resize caches, ``upsample[i]`` took M{i+3} onto
+        level i's size (None-free, level order);
+    layer: tuple of L Conv2dCache (3x3 output convs);
+    pool: MaxPool2dCache of the extra level;
+    in_names, out_names: level names ("C2".., "P2".."P6");
+    out_shapes: {name: shape}; dtype.
+    """
+
+    inner: tuple
+    upsample: tuple
+    layer: tuple
+    pool: Any
+    in_names: tuple
+    out_names: tuple
+    out_shapes: dict
+    dtype: np.dtype
+
+
+def fpn_level_names(num_levels):
+    """(("C2", ..), ("P2", .., "P{L+2}")) for L input levels."""
+    num_levels = check_positive_int("num_levels", num_levels)
+    ins = tuple(f"C{k}" for k in range(2, num_levels + 2))
+    outs = tuple(f"P{k}" for k in range(2, num_levels + 3))
+    return ins, outs
+
+
+def _keys(i):
+    return (f"{PREFIX}inner_blocks.{i}.0.weight", f"{PREFIX}inner_blocks.{i}.0.bias",
+            f"{PREFIX}layer_blocks.{i}.0.weight", f"{PREFIX}layer_blocks.{i}.0.bias")
+
+
+def init_fpn(in_channels_list, out_channels=256, *, rng, dtype=np.float32):
+    """Random FPN parameters, initialised as torchvision's FeaturePyramidNetwork.
+
+    in_channels_list: channels of C2, C3, ... (e.g. [256, 512, 1024, 2048]).
+    out_channels: D, the pyramid width (256).
+    rng: np.random.Generator. dtype: float dtype.
+    Returns {key: array}: inner 1x1 weights (D, C_i, 1, 1), layer 3x3 weights
+    (D, D, 3, 3), biases (D,).
+
+    Weights: ``kaiming_uniform_(a=1)``: U(-b, b) with ``b = sqrt(3 / fan_in)``
+    (gain sqrt(2 / (1 + a^2)) = 1), fan_in = C_in * k * k. Biases 0.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if not isinstance(in_channels_list, (list, tuple)) or len(in_channels_list) == 0:
+        raise ValueError(f"in_channels_list must be a non-empty list of ints, got {in_channels_list!r}")
+    ins = [check_positive_int("in_channels_list", c) for c in in_channels_list]
+    d = check_positive_int("out_channels", out_channels)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+
+    def uniform(shape):
+        bound = np.sqrt(3.0 / (shape[1] * shape[2] * shape[3]))
+        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+    params = {}
+    for i, c in enumerate(ins):
+        kw, kb, lw, lb = _keys(i)
+        params[kw] = uniform((d, c, 1, 1))
+        params[kb] = np.zeros(d, dtype)
+        params[lw] = uniform((d, d, 3, 3))
+        params[lb] = np.zeros(d, dtype)
+    return params
+
+
+def fpn_structure(params):
+    """(in_channels_list, out_channels) read from an FPN parameter dict.
+
+    The number of levels L is one more than the largest block index among the
+    ``backbone.fpn.{inner,layer}_blocks.{i}.*`` keys; every
+    ``inner_blocks.{i}.0.weight`` for i < L must exist (ValueError naming it).
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict, got {type(params).__name__}")
+    indices = [int(m.group(2)) for k in params if (m := _BLOCK_KEY.match(k))]
+    num = max(indices) + 1 if indices else 1
+    ins = []
+    for i in range(num):
+        key = _keys(i)[0]
+        if key not in params:
+            raise ValueError(f"params is missing {key!r}")
+        w = params[key]
+        if not hasattr(w, "shape") or len(w.shape) != 4:
+            raise ValueError(f"params[{key!r}] must have shape (D, C, 1, 1), got {getattr(w, 'shape', None)}")
+        ins.append(int(w.shape[1]))
+    return ins, int(params[_keys(0)[0]].shape[0])
+
+
+def check_fpn_params(params, dtype=None):
+    """Validate FPN parameters; return (in_channels_list, out_channels).
+
+    Every key must be present with its shape; no other ``backbone.fpn.`` key
+    may exist; with ``dtype``, every array must have it. Errors name the key.
+    """
+    ins, d = fpn_structure(params)
+    expected = {}
+    for i, c in enumerate(ins):
+        kw, kb, lw, lb = _keys(i)
+        expected.update({kw: (d, c, 1, 1), kb: (d,), lw: (d, d, 3, 3), lb: (d,)})
+    for key, shape in expected.items():
+        if key not in params:
+            raise ValueError(f"params is missing {key!r}")
+        value = params[key]
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
+        if value.shape != shape:
+            raise ValueError(f"params[{key!r}] must have shape {shape}, got {value.shape}")
+        if dtype is not None and value.dtype != dtype:
+            raise TypeError(f"params[{key!r}] must have dtype {np.dtype(dtype)} (the features'), got {value.dtype}")
+    for key in params:
+        if key.startswith(PREFIX) and key not in expected:
+            raise ValueError(f"params has unexpected key {key!r} for an FPN with {len(ins)} levels")
+    return ins, d
+
+
+def _check_features(features, ins):
+    if not isinstance(features, dict):
+        raise TypeError(f"features must be a dict, got {type(features).__name__}")
+    in_names, _ = fpn_level_names(len(ins))
+    for key in features:
+        if key not in in_names:
+            raise ValueError(f"features has unexpected key {key!r}; the FPN parameters expect {in_names}")
+    n = dtype = None
+    for name, c in zip(in_names, ins):
+        if name not in features:
+            raise ValueError(f"features is missing {name!r}; the FPN parameters expect {in_names}")
+        f = check_array(f"features[{name!r}]", features[name], shape=("N", c, "H", "W"), dtype_kind="f")
+        if min(f.shape) == 0:
+            raise ValueError(f"features[{name!r}] must have no empty dimension, got {f.shape}")
+        if n is None:
+            n, dtype = f.shape[0], f.dtype
+        elif f.shape[0] != n:
+            raise ValueError(f"features[{name!r}] must have batch size {n} (as {in_names[0]}), got {f.shape[0]}")
+        elif f.dtype != dtype:
+            raise TypeError(f"features[{name!r}] must have dtype {dtype} (as {in_names[0]}), got {f.dtype}")
+    return in_names, dtype
+
+
+def fpn_forward(params, features):
+    """FPN forward (torchvision ``FeaturePyramidNetwork`` + ``LastLevelMaxPool``).
+
+    params: dict with the ``backbone.fpn.*`` keys (validated by name).
+    features: {"C2": (N, C_2, H_2, W_2), ..., "C{L+1}": ...}, one entry per
+        inner block, channels as the inner weights say, one dtype.
+    Returns (pyramid, cache): pyramid {"P2": (N, D, H_2, W_2), ...,
+    "P{L+1}": (N, D, H_{L+1}, W_{L+1}), "P{L+2}": (N, D, ceil(H_{L+1}/2), ceil(W_{L+1}/2))}
+    and an FPNCache.
+    """
+    ins, _ = fpn_structure(params)
+    in_names, dtype = _check_features(features, ins)
+    check_fpn_params(params, dtype=dtype)
+    num = len(ins)
+    inner, layer = [None] * num, [None] * num
+    ups = [None] * (num - 1)
+    outs = [None] * num
+    top = num - 1
+    kw, kb, lw, lb = _keys(top)
+    last, inner[top] = conv2d_forward(features[in_names[top]], params[kw], params[kb])
+    outs[top], layer[top] = conv2d_forward(last, params[lw], params[lb], padding=1)
+    for i in range(num - 2, -1, -1):
+        kw, kb, lw, lb = _keys(i)
+        lateral, inner[i] = conv2d_forward(features[in_names[i]], params[kw], params[kb])
+        top_down, ups[i] = upsample_nearest_forward(last, lateral.shape[-2:])
+        last = lateral + top_down
+        outs[i], layer[i] = conv2d_forward(last, params[lw], params[lb], padding=1)
+    extra, pool = max_pool2d_forward(outs[top], kernel_size=1, stride=2)
+    _, out_names = fpn_level_names(num)
+    pyramid = dict(zip(out_names, outs + [extra]))
+    shapes = {k: v.shape for k, v in pyramid.items()}
+    cache = FPNCache(tuple(inner), tuple(ups), tuple(layer), pool, in_names, out_names, shapes, dtype)
+    return pyramid, cache
+
+
+def fpn_backward(dpyramid, cache):
+    """Backward of ``fpn_forward``.
+
+    dpyramid: dict with any of "P2".."P{L+2}" (missing levels count as zero),
+        each shaped like the forward's output, in its dtype.
+    cache: FPNCache.
+    Returns (grads, dfeatures): grads {key: array} for all 4L FPN parameters;
+    dfeatures {"C2": ..., "C{L+1}": ...} shaped like the features.
+
+    Where a value forks the gradients add: the top output P{L+1} also feeds
+    the extra level (so dP6 lands on every other cell of P5's gradient), and
+    each merged map M{k+1} feeds both its own 3x3 conv and, upsampled, M{k}
+    (so its gradient is its conv's dx plus the upsample's adjoint of M{k}'s).
+    """
+    if not isinstance(cache, FPNCache):
+        raise TypeError(f"cache must be an FPNCache, got {type(cache).__name__}")
+    if not isinstance(dpyramid, dict):
+        raise TypeError(f"dpyramid must be a dict, got {type(dpyramid).__name__}")
+    for key, value in dpyramid.items():
+        if key not in cache.out_shapes:
+            raise ValueError(f"dpyramid has unexpected key {key!r}; expected some of {cache.out_names}")
+        check_array(f"dpyramid[{key!r}]", value, shape=cache.out_shapes[key], dtype_kind="f")
+        if value.dtype != cache.dtype:
+            raise TypeError(f"dpyramid[{key!r}] must have dtype {cache.dtype}, got {value.dtype}")
+
+    def dout(name):
+        if name in dpyramid:
+            return dpyramid[name]
+        return np.zeros(cache.out_shapes[name], cache.dtype)
+
+    num = len(cache.inner)
+    top = num - 1
+    d_top = dout(cache.out_names[top])
+    extra = cache.out_names[num]
+    if extra in dpyramid:
+        d_top = d_top + max_pool2d_backward(dpyramid[extra], cache.pool)
+    grads, dfeatures = {}, {}
+    running = None  # gradient of M{k} arriving from below through the upsample
+    for i in range(num):
+        kw, kb, lw, lb = _keys(i)
+        dp = d_top if i == top else dout(cache.out_names[i])
+        dm, grads[lw], grads[lb] = conv2d_backward(dp, cache.layer[i])
+        if running is not None:
+            dm += running
+        if i < top:
+            running = upsample_nearest_backward(dm, cache.upsample[i])
+        dfeatures[cache.in_names[i]], grads[kw], grads[kb] = conv2d_backward(dm, cache.inner[i])
+    ordered = {}
+    for i in range(num):
+        for k in _keys(i):
+            ordered[k] = grads[k]
+    return ordered, dfeatures
