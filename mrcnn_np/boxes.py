@@ -278,6 +278,21 @@ def _check_idxs(idxs, n):
     return idxs
 
 
+def _threshold_as(dtype, iou_threshold):
+    """The threshold as a ``dtype`` scalar t' with ``iou > t'`` exactly when the
+    real number ``iou > iou_threshold`` (the Python float).
+
+    torchvision's C++ kernel compares a float IoU with a double threshold; a
+    plain ``float32_array > 0.3`` in NumPy 2 would compare with float32(0.3),
+    which is rounded *up* and so keeps a box whose IoU is exactly 0.3f. We take
+    the largest ``dtype`` value <= the threshold instead.
+    """
+    t = np.asarray(iou_threshold, dtype=dtype)[()]
+    if float(t) > iou_threshold:
+        t = np.nextafter(t, dtype.type(-np.inf))
+    return t
+
+
 def _score_order(scores):
     """Indices by decreasing score; ties keep increasing index (a stable sort).
 
@@ -291,7 +306,7 @@ def nms_naive(boxes, scores, iou_threshold):
 
     Same arguments and result as :func:`nms`. Cost O(N * K) for K kept boxes.
     """
-    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    iou_threshold = _threshold_as(boxes.dtype, _check_nms_args(boxes, scores, iou_threshold))
     order = _score_order(scores)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
@@ -458,6 +473,7 @@ def _nms_sorted(boxes, scores, groups, iou_threshold, *, max_pairs=None):
     n = order.size
     if n == 0:
         return order
+    iou_threshold = _threshold_as(boxes.dtype, iou_threshold)
     b = boxes[order]
     g = None if groups is None else groups[order]
     if max_pairs is None:
@@ -477,6 +493,8 @@ def nms(boxes, scores, iou_threshold):
     Visiting boxes by decreasing score, a box is removed when its IoU with an
     already kept box is > iou_threshold. Equal scores are visited in
     increasing index order (a stable sort), as torchvision's CPU kernel does.
+    The IoU (computed in the boxes' dtype) is compared with the threshold as
+    a real number, as torchvision compares float IoU with a double threshold.
 
     Vectorised: candidate pairs come from an x-sorted sweep and are scored in
     dense blocks (see ``_suppression_pairs``); the greedy pass then visits only

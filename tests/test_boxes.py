@@ -136,6 +136,16 @@ def test_nms_equal_to_threshold_is_kept():
     np.testing.assert_array_equal(nms(b, arr([0.9, 0.8]), 0.49), [0])
 
 
+def test_nms_float32_threshold_compared_as_double():
+    # IoU([0,0,10,10], [0,0,10,3]) = 30 / 100. In float32 that is 0.3f = 0.300000012 > 0.3,
+    # so the box is removed (as torchvision's kernel, which compares float IoU with a
+    # double threshold); in float64 30 / 100 == 0.3 exactly, not > 0.3, so it is kept.
+    b = [[0, 0, 10, 10], [0, 0, 10, 3]]
+    for f in (nms, nms_naive):
+        np.testing.assert_array_equal(f(arr(b, np.float32), arr([0.9, 0.8], np.float32), 0.3), [0])
+        np.testing.assert_array_equal(f(arr(b), arr([0.9, 0.8]), 0.3), [0, 1])
+
+
 def test_nms_chain_is_greedy():
     # A=[0,0,10,10] > B=[2,0,12,10] > C=[4,0,14,10]; IoU(A,B) = 80/120 = .667,
     # IoU(B,C) = .667, IoU(A,C) = 60/140 = .43. At 0.5 A removes B; B is gone, so
