@@ -1,0 +1,572 @@
+"""RoIAlign, the FPN level mapper and multi-level RoIAlign (chapter 06).
+
+RoIAlign turns a box of any size on a feature map into a fixed ``ph x pw`` grid
+of features, without rounding the box to whole cells: every output bin is the
+average of a few bilinearly interpolated sample points. Twin of torchvision's
+``torchvision.ops.roi_align`` (same arguments, same numbers); the level mapper
+is the twin of ``torchvision.ops.poolers.LevelMapper`` and the multi-level
+version of ``torchvision.ops.MultiScaleRoIAlign``.
+
+Shape shorthand
+---------------
+N images, C channels, H, W feature-map height and width, K boxes (rois),
+ph, pw pooled output height and width (``output_size``), gh, gw sampling grid
+per bin (points per bin along y and x), L pyramid levels.
+
+Coordinates and the pixel model behind ``aligned``
+--------------------------------------------------
+Boxes are ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` in input-image
+pixels; ``spatial_scale`` (e.g. 1/16) maps them onto the feature map.
+Feature cell ``(i, j)`` stores the value *at* the continuous point
+``(y, x) = (i, j)``: bilinear interpolation between integer coordinates.
+
+But a pixel is a unit square: pixel ``j`` covers ``[j, j + 1)`` and its centre
+is at ``j + 0.5``. A box edge at ``x1`` in pixel-corner units therefore lies
+at ``x1 - 0.5`` in the "value at integer points" units of the interpolation.
+
+* ``aligned=False`` (Mask R-CNN v1, torchvision's default) ignores that
+  half-pixel: the scaled box is used as is, so every sample lands half a cell
+  too far right and down. It also clamps a box's width and height to at least
+  one cell, so a tiny box still samples a one-cell neighbourhood.
+* ``aligned=True`` shifts the scaled box by ``-0.5`` so that sampling happens
+  in pixel-centre units (a box ``[0, W]`` covers exactly the map's ``W``
+  cells), and does not clamp the size.
+
+The sampling rule, per box (exactly torchvision's CPU kernel)::
+
+    offset   = 0.5 if aligned else 0
+    start    = (x1, y1) * spatial_scale - offset
+    size     = (x2 - x1, y2 - y1) * spatial_scale       (>= 1 if not aligned)
+    bin      = size / (pw, ph)
+    grid     = sampling_ratio if sampling_ratio > 0 else ceil(size / pooled)
+    sample i = start + p * bin + (i + 0.5) * bin / grid,   i = 0 .. grid-1
+    out      = sum of bilinear(sample) over the grid / (gh * gw)
+
+``bilinear(y, x)`` is 0 when ``y < -1``, ``y > H``, ``x < -1`` or ``x > W``
+(the sample still counts in the average); otherwise a coordinate ``<= 0``
+becomes 0, and one whose floor is ``>= H - 1`` (``W - 1``) uses the last
+row (column) for both neighbours.
+
+Implementation
+--------------
+RoIAlign is linear in the feature map: ``out = M @ features`` for a sparse
+matrix ``M`` with one row per output bin ``(k, p, q)`` and one column per
+feature cell ``(n, h, w)``. The fast path builds ``M`` once (the four
+neighbour indices and bilinear weights of every sample of every bin of every
+box, vectorised) as a ``scipy.sparse`` CSR matrix; the forward is one sparse
+times dense product with the channels as the dense columns, and the backward
+is the product with ``M``'s transpose (a scatter-add done in compiled code).
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._checks import check_array, check_float, check_pair, check_positive_int
+
+__all__ = [
+    "RoIAlignCache",
+    "MultiScaleRoIAlignCache",
+    "roi_align_forward",
+    "roi_align_backward",
+    "roi_align_naive",
+    "roi_align_matrix",
+    "roi_pool_naive",
+    "level_mapper",
+    "multiscale_roi_align_forward",
+    "multiscale_roi_align_backward",
+]
+
+
+class RoIAlignCache(NamedTuple):
+    """What ``roi_align_backward`` needs.
+
+    matrix: scipy CSR matrix (K*ph*pw, N*H*W), the linear map of the forward.
+    input_shape: (N, C, H, W).
+    output_size: (ph, pw).
+    dtype: dtype of the input.
+    """
+
+    matrix: object
+    input_shape: tuple
+    output_size: tuple
+    dtype: np.dtype
+
+
+class MultiScaleRoIAlignCache(NamedTuple):
+    """What ``multiscale_roi_align_backward`` needs.
+
+    levels: (K,) int64 absolute level of each box (k_min .. k_max).
+    k_min: level of ``features[0]``.
+    indices: list, per level, of the (K_l,) box indices routed to it.
+    caches: list, per level, of the ``RoIAlignCache`` (None if no box).
+    feature_shapes: list of (N, C, H_l, W_l).
+    output_shape: (K, C, ph, pw).
+    dtype: dtype of the features.
+    """
+
+    levels: np.ndarray
+    k_min: int
+    indices: list
+    caches: list
+    feature_shapes: list
+    output_shape: tuple
+    dtype: np.dtype
+
+
+# ---------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------
+
+
+def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+    check_array("input", input, shape=("N", "C", "H", "W"), dtype_kind="f")
+    check_array("boxes", boxes, shape=("K", 5), dtype_kind="fiu")
+    ph, pw = check_pair("output_size", output_size)
+    spatial_scale = check_float("spatial_scale", spatial_scale)
+    if spatial_scale <= 0:
+        raise ValueError(f"spatial_scale must be > 0, got {spatial_scale}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
+        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
+    if not isinstance(aligned, (bool, np.bool_)):
+        raise TypeError(f"aligned must be a bool, got {type(aligned).__name__}")
+    n = input.shape[0]
+    if boxes.shape[0]:
+        if not np.all(np.isfinite(boxes)):
+            raise ValueError("boxes must be finite, got NaN or inf")
+        bidx = boxes[:, 0]
+        if np.any(bidx != np.round(bidx)):
+            bad = bidx[bidx != np.round(bidx)][0]
+            raise ValueError(f"boxes[:, 0] (batch index) must be integer-valued, got {bad}")
+        if bidx.min() < 0 or bidx.max() >= n:
+            bad = bidx[(bidx < 0) | (bidx >= n)][0]
+            raise ValueError(
+                f"boxes[:, 0] (batch index) must be in [0, {n - 1}] for input with N={n}, got {bad:g}"
+            )
+    return (ph, pw), spatial_scale, int(sampling_ratio), bool(aligned)
+
+
+# ---------------------------------------------------------------------------
+# geometry shared by the fast path and the figures
+# ---------------------------------------------------------------------------
+
+
+def _roi_geometry(boxes, output_size, spatial_scale, sampling_ratio, aligned, dtype):
+    """Per box: start (K, 2) [y, x], bin size (K, 2), grid (K, 2) int, count (K,).
+
+    All arithmetic in ``dtype`` (the feature dtype), as torchvision does.
+    """
+    ph, pw = output_size
+    dt = np.dtype(dtype).type
+    b = boxes[:, 1:].astype(dtype)
+    scale = dt(spatial_scale)
+    offset = dt(0.5) if aligned else dt(0.0)
+    x1 = b[:, 0] * scale - offset
+    y1 = b[:, 1] * scale - offset
+    x2 = b[:, 2] * scale - offset
+    y2 = b[:, 3] * scale - offset
+    rw = x2 - x1
+    rh = y2 - y1
+    if not aligned:
+        rw = np.maximum(rw, dt(1.0))
+        rh = np.maximum(rh, dt(1.0))
+    bin_h = rh / dt(ph)
+    bin_w = rw / dt(pw)
+    if sampling_ratio > 0:
+        gh = np.full(len(b), sampling_ratio, dtype=np.int64)
+        gw = gh.copy()
+    else:
+        gh = np.ceil(rh / dt(ph)).astype(np.int64)
+        gw = np.ceil(rw / dt(pw)).astype(np.int64)
+    count = np.maximum(gh * gw, 1)
+    start = np.stack([y1, x1], axis=1)
+    binsz = np.stack([bin_h, bin_w], axis=1)
+    grid = np.stack([gh, gw], axis=1)
+    return start, binsz, grid, count
+
+
+def _axis_samples(start, binsz, pooled, grid, dtype):
+    """Sample coordinates along one axis: (Kg, pooled, grid) for boxes sharing ``grid``."""
+    dt = np.dtype(dtype).type
+    p = np.arange(pooled, dtype=dtype)[None, :, None]
+    i = np.arange(grid, dtype=dtype)[None, None, :]
+    s = start[:, None, None]
+    b = binsz[:, None, None]
+    return s + p * b + (i + dt(0.5)) * b / dt(grid)
+
+
+def _axis_bilinear(coord, size):
+    """Torchvision's bilinear rule along one axis, element-wise.
+
+    coord: array of sample coordinates; size: H or W.
+    Returns (lo, hi, w_lo, w_hi): int64 neighbour indices (always in range) and
+    their weights, which are 0 for a sample outside [-1, size].
+    """
+    dtype = coord.dtype
+    valid = (coord >= -1) & (coord <= size)
+    c = np.clip(coord, 0, size).astype(dtype, copy=False)  # y <= 0 -> 0
+    lo = np.floor(c).astype(np.int64)
+    last = lo >= size - 1
+    lo = np.where(last, size - 1, lo)
+    hi = np.where(last, size - 1, lo + 1)
+    c = np.where(last, lo.astype(dtype), c)
+    frac = c - lo.astype(dtype)
+    w_hi = np.where(valid, frac, 0).astype(dtype, copy=False)
+    w_lo = np.where(valid, 1 - frac, 0).astype(dtype, copy=False)
+    return lo, hi, w_lo, w_hi
+
+
+def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
+                     aligned=False, dtype=np.float64):
+    """The sparse matrix of RoIAlign: ``out = M @ features``.
+
+    input_shape: (N, C, H, W) (C is not used).
+    boxes: (K, 5) ``[batch_index, x1, y1, x2, y2]``.
+    Returns a scipy CSR matrix of shape (K*ph*pw, N*H*W) and dtype ``dtype``;
+    row ``(k*ph + p)*pw + q`` holds the weights of bin ``(p, q)`` of box ``k``
+    on feature cell ``(n*H + h)*W + w`` (the four neighbours of each sample,
+    divided by the sample count; repeated cells are summed by the product).
+    Arguments are as in ``roi_align_forward`` and are assumed valid.
+    """
+    n, _, height, width = input_shape
+    ph, pw = check_pair("output_size", output_size)
+    dtype = np.dtype(dtype)
+    k = boxes.shape[0]
+    start, binsz, grid, count = _roi_geometry(boxes, (ph, pw), spatial_scale, sampling_ratio,
+                                              aligned, dtype)
+    gh, gw = grid[:, 0], grid[:, 1]
+    nonempty = (gh > 0) & (gw > 0)
+    per_row = np.where(nonempty, 4 * gh * gw, 0)  # entries in each row of box k
+    bins = ph * pw
+    indptr = np.zeros(k * bins + 1, dtype=np.int64)
+    np.cumsum(np.repeat(per_row, bins), out=indptr[1:])
+    nnz = int(indptr[-1])
+    idx_dtype = np.int32 if max(nnz, n * height * width) < 2**31 - 1 else np.int64
+    indices = np.empty(nnz, dtype=idx_dtype)
+    data = np.empty(nnz, dtype=dtype)
+    box_offset = indptr[:-1:bins] if k else indptr[:0]
+    base = boxes[:, 0].astype(np.int64) * (height * width)
+
+    # One vectorised pass per distinct sampling grid (one pass when sampling_ratio > 0).
+    if k and np.any(nonempty):
+        pairs, group = np.unique(grid[nonempty], axis=0, return_inverse=True)
+        which = np.flatnonzero(nonempty)
+        for g, (ggh, ggw) in enumerate(pairs):
+            kk = which[group.reshape(-1) == g]
+            ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, int(ggh), dtype)  # (Kg, ph, gh)
+            xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, int(ggw), dtype)  # (Kg, pw, gw)
+            ylo, yhi, wylo, wyhi = _axis_bilinear(ys, height)
+            xlo, xhi, wxlo, wxhi = _axis_bilinear(xs, width)
+            # (Kg, ph, 2*gh) row indices / weights, (Kg, pw, 2*gw) column ones
+            yi = np.concatenate([ylo, yhi], axis=2)
+            xi = np.concatenate([xlo, xhi], axis=2)
+            wy = np.concatenate([wylo, wyhi], axis=2) / dtype.type(count[kk][0])
+            wx = np.concatenate([wxlo, wxhi], axis=2)
+            # entries of row (k, p, q): every y neighbour times every x neighbour
+            cell = (base[kk, None, None, None, None]
+                    + yi[:, :, None, :, None] * width + xi[:, None, :, None, :])
+            weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
+            per_box = cell[0].size
+            if len(kk) == k:  # boxes are stored in order: a straight copy
+                indices[:] = cell.reshape(-1)
+                data[:] = weight.reshape(-1)
+            else:
+                pos = (box_offset[kk, None] + np.arange(per_box)[None, :]).reshape(-1)
+                indices[pos] = cell.reshape(-1)
+                data[pos] = weight.reshape(-1)
+    return sp.csr_matrix((data, indices, indptr), shape=(k * bins, n * height * width))
+
+
+# ---------------------------------------------------------------------------
+# fast forward / backward
+# ---------------------------------------------------------------------------
+
+_THREADS = 2
+_MIN_PARALLEL_WORK = 2_000_000  # nnz * C below which one thread is faster
+
+
+def _sparse_dense(matrix, dense, out_dtype):
+    """``matrix @ dense`` (CSR times C-contiguous), rows split over threads.
+
+    scipy's sparse kernels release the GIL, so two row blocks run in parallel.
+    """
+    rows = matrix.shape[0]
+    if _THREADS < 2 or matrix.nnz * dense.shape[1] < _MIN_PARALLEL_WORK or rows < 2:
+        return np.asarray(matrix @ dense, dtype=out_dtype)
+    out = np.empty((rows, dense.shape[1]), dtype=out_dtype)
+    # split so both halves hold about the same number of stored entries
+    cut = int(np.searchsorted(matrix.indptr, matrix.nnz // 2))
+    cut = min(max(cut, 1), rows - 1)
+    blocks = [(0, cut), (cut, rows)]
+
+    def work(block):
+        lo, hi = block
+        out[lo:hi] = matrix[lo:hi] @ dense
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(work, blocks))
+    return out
+
+
+def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=False):
+    """RoIAlign forward; twin of ``torchvision.ops.roi_align``.
+
+    input: (N, C, H, W) float feature map.
+    boxes: (K, 5) rows ``[batch_index, x1, y1, x2, y2]`` in image pixels
+        (batch_index integer-valued in [0, N)).
+    output_size: int or (ph, pw).
+    spatial_scale: feature cells per image pixel (e.g. 1/16), > 0.
+    sampling_ratio: sample points per bin along each axis; <= 0 means
+        adaptive, ``ceil(roi_size / output_size)`` per box and axis.
+    aligned: shift the box by -0.5 cell (pixel-centre model, see module doc).
+    Returns ``(out, cache)``: out (K, C, ph, pw) in the input's dtype.
+    """
+    output_size, spatial_scale, sampling_ratio, aligned = _check_roi_args(
+        input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    n, c, h, w = input.shape
+    ph, pw = output_size
+    matrix = roi_align_matrix(input.shape, boxes, output_size, spatial_scale=spatial_scale,
+                              sampling_ratio=sampling_ratio, aligned=aligned, dtype=input.dtype)
+    # channels last, so the dense operand's rows are feature cells
+    cells = np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
+    flat = _sparse_dense(matrix, cells, input.dtype)  # (K*ph*pw, C)
+    out = np.ascontiguousarray(flat.reshape(-1, ph, pw, c).transpose(0, 3, 1, 2))
+    cache = RoIAlignCache(matrix=matrix, input_shape=tuple(input.shape),
+                          output_size=output_size, dtype=input.dtype)
+    return out, cache
+
+
+def roi_align_backward(dout, cache):
+    """RoIAlign backward: gradient with respect to the feature map.
+
+    dout: (K, C, ph, pw) upstream gradient (not modified).
+    cache: from ``roi_align_forward``.
+    Returns dinput (N, C, H, W): every bin's gradient spread over the four
+    neighbours of each of its samples with the forward's weights.
+    """
+    n, c, h, w = cache.input_shape
+    ph, pw = cache.output_size
+    k = cache.matrix.shape[0] // (ph * pw)
+    check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
+    flat = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).reshape(k * ph * pw, c)
+    flat = flat.astype(cache.dtype, copy=False)
+    transposed = _transposed(cache)
+    grad_cells = _sparse_dense(transposed, flat, cache.dtype)  # (N*H*W, C)
+    return np.ascontiguousarray(grad_cells.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+
+
+def _transposed(cache):
+    """``M^T`` as CSR (a counting sort of the entries by column)."""
+    return cache.matrix.T.tocsr()
+
+
+# ---------------------------------------------------------------------------
+# naive reference
+# ---------------------------------------------------------------------------
+
+
+def _bilinear_naive(fmap, y, x):
+    """Torchvision's bilinear interpolation of fmap (C, H, W) at one point -> (C,)."""
+    _, height, width = fmap.shape
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return np.zeros(fmap.shape[0], dtype=fmap.dtype)
+    y = max(y, 0 * y)
+    x = max(x, 0 * x)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_low = y_high = height - 1
+        y = fmap.dtype.type(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = x_high = width - 1
+        x = fmap.dtype.type(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * fmap[:, y_low, x_low] + hy * lx * fmap[:, y_low, x_high]
+            + ly * hx * fmap[:, y_high, x_low] + ly * lx * fmap[:, y_high, x_high])
+
+
+def roi_align_naive(input, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
+                    aligned=False):
+    """RoIAlign with loops over boxes, bins and samples (reference for tests).
+
+    Same arguments and result as ``roi_align_forward`` (without the cache):
+    input (N, C, H, W), boxes (K, 5) -> out (K, C, ph, pw).
+    """
+    (ph, pw), spatial_scale, sampling_ratio, aligned = _check_roi_args(
+        input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    dt = input.dtype.type
+    k, c = boxes.shape[0], input.shape[1]
+    out = np.zeros((k, c, ph, pw), dtype=input.dtype)
+    offset = dt(0.5) if aligned else dt(0.0)
+    for r in range(k):
+        b, x1, y1, x2, y2 = (dt(v) for v in boxes[r])
+        fmap = input[int(b)]
+        start_x = x1 * dt(spatial_scale) - offset
+        start_y = y1 * dt(spatial_scale) - offset
+        roi_w = x2 * dt(spatial_scale) - offset - start_x
+        roi_h = y2 * dt(spatial_scale) - offset - start_y
+        if not aligned:  # force a malformed box to be at least 1x1
+            roi_w, roi_h = max(roi_w, dt(1)), max(roi_h, dt(1))
+        bin_h, bin_w = roi_h / dt(ph), roi_w / dt(pw)
+        grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_h / dt(ph)))
+        grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_w / dt(pw)))
+        count = max(grid_h * grid_w, 1)
+        for p in range(ph):
+            for q in range(pw):
+                total = np.zeros(c, dtype=input.dtype)
+                for iy in range(grid_h):
+                    y = start_y + dt(p) * bin_h + (dt(iy) + dt(0.5)) * bin_h / dt(grid_h)
+                    for ix in range(grid_w):
+                        x = start_x + dt(q) * bin_w + (dt(ix) + dt(0.5)) * bin_w / dt(grid_w)
+                        total += _bilinear_naive(fmap, y, x)
+                out[r, :, p, q] = total / dt(count)
+    return out
+
+
+def roi_pool_naive(input, boxes, output_size, *, spatial_scale=1.0):
+    """RoI Pool (Fast R-CNN), loops; twin of ``torchvision.ops.roi_pool``.
+
+    Shown beside RoIAlign in chapter 06 to make its quantisation visible: the
+    box is rounded to whole cells and each bin, rounded outwards to whole
+    cells, is max-pooled. No gradient (teaching helper only).
+    input (N, C, H, W), boxes (K, 5) -> out (K, C, ph, pw); empty bins give 0.
+    """
+    (ph, pw), spatial_scale, _, _ = _check_roi_args(input, boxes, output_size, spatial_scale,
+                                                    1, False)
+    _, c, height, width = input.shape
+    out = np.zeros((boxes.shape[0], c, ph, pw), dtype=input.dtype)
+    for r, (b, x1, y1, x2, y2) in enumerate(boxes):
+        sx, sy = int(np.round(x1 * spatial_scale)), int(np.round(y1 * spatial_scale))
+        ex, ey = int(np.round(x2 * spatial_scale)), int(np.round(y2 * spatial_scale))
+        roi_w, roi_h = max(ex - sx + 1, 1), max(ey - sy + 1, 1)
+        bin_h, bin_w = roi_h / ph, roi_w / pw
+        for p in range(ph):
+            h0 = min(max(int(math.floor(p * bin_h)) + sy, 0), height)
+            h1 = min(max(int(math.ceil((p + 1) * bin_h)) + sy, 0), height)
+            for q in range(pw):
+                w0 = min(max(int(math.floor(q * bin_w)) + sx, 0), width)
+                w1 = min(max(int(math.ceil((q + 1) * bin_w)) + sx, 0), width)
+                if h1 > h0 and w1 > w0:
+                    out[r, :, p, q] = input[int(b), :, h0:h1, w0:w1].max(axis=(1, 2))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# FPN level mapper and multi-level RoIAlign
+# ---------------------------------------------------------------------------
+
+
+def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
+    """FPN level of each box; twin of ``torchvision.ops.poolers.LevelMapper``.
+
+    ``k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + eps)``
+    clamped to ``[k_min, k_max]`` (Lin et al., FPN, eq. 1 with k0 = 4).
+    boxes: (K, 4) ``x1, y1, x2, y2`` in image pixels.
+    Returns (K,) int64 absolute levels (torchvision's ``LevelMapper`` returns
+    ``k - k_min``, an index into the list of feature maps). A box with zero
+    (or negative) area goes to ``k_min``.
+    """
+    check_array("boxes", boxes, shape=("K", 4), dtype_kind="fiu")
+    k_min = check_positive_int("k_min", k_min, minimum=0)
+    k_max = check_positive_int("k_max", k_max, minimum=k_min)
+    canonical_scale = check_float("canonical_scale", canonical_scale, minimum=0)
+    if canonical_scale <= 0:
+        raise ValueError(f"canonical_scale must be > 0, got {canonical_scale}")
+    canonical_level = check_float("canonical_level", canonical_level)
+    eps = check_float("eps", eps, minimum=0)
+    b = boxes.astype(np.float64) if boxes.dtype.kind != "f" else boxes
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    size = np.sqrt(np.maximum(area, 0))
+    with np.errstate(divide="ignore"):  # log2(0) = -inf -> k_min below
+        k = np.floor(canonical_level + np.log2(size / canonical_scale) + eps)
+    return np.clip(k, k_min, k_max).astype(np.int64)
+
+
+def _levels_from_scales(scales):
+    """(k_min, k_max) from the first and last scale, as torchvision's MultiScaleRoIAlign."""
+    lvl = [-math.log2(s) for s in scales]
+    k_min, k_max = int(round(lvl[0])), int(round(lvl[-1]))
+    for i, (s, v) in enumerate(zip(scales, lvl)):
+        if abs(v - round(v)) > 1e-6:
+            raise ValueError(f"scales must be powers of 1/2, got scales[{i}] = {s}")
+        if int(round(v)) != k_min + i:
+            raise ValueError(
+                f"scales must halve from one level to the next (1/4, 1/8, ...), got {tuple(scales)}"
+            )
+    return k_min, k_max
+
+
+def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampling_ratio=2,
+                                 canonical_scale=224, canonical_level=4):
+    """RoIAlign over FPN levels; twin of ``torchvision.ops.MultiScaleRoIAlign``.
+
+    features: list of L arrays (N, C, H_l, W_l), e.g. [P2, P3, P4, P5].
+    boxes: (K, 5) ``[batch_index, x1, y1, x2, y2]`` in image pixels.
+    output_size: int or (ph, pw).
+    scales: L spatial scales, e.g. (1/4, 1/8, 1/16, 1/32); k_min and k_max are
+        ``-log2`` of the first and the last (as torchvision infers them).
+    sampling_ratio: as in ``roi_align_forward``; aligned is False (v1).
+    Each box is pooled from the level ``level_mapper`` picks for it.
+    Returns ``(out, cache)``: out (K, C, ph, pw), row k belongs to box k.
+    """
+    if not isinstance(features, (list, tuple)) or not features:
+        raise TypeError(f"features must be a non-empty list of arrays, got {type(features).__name__}")
+    for i, f in enumerate(features):
+        check_array(f"features[{i}]", f, shape=("N", "C", "H", "W"), dtype_kind="f")
+        if f.shape[:2] != features[0].shape[:2] or f.dtype != features[0].dtype:
+            raise ValueError(
+                f"features[{i}] must share N, C and dtype with features[0] "
+                f"{features[0].shape[:2]} {features[0].dtype}, got {f.shape[:2]} {f.dtype}"
+            )
+    scales = tuple(check_float(f"scales[{i}]", s) for i, s in enumerate(scales))
+    if len(scales) != len(features):
+        raise ValueError(f"scales must have one entry per feature map ({len(features)}), got {len(scales)}")
+    if any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be > 0, got {scales}")
+    k_min, k_max = _levels_from_scales(scales)
+    check_array("boxes", boxes, shape=("K", 5), dtype_kind="fiu")
+    ph, pw = check_pair("output_size", output_size)
+    n, c = features[0].shape[:2]
+    levels = level_mapper(boxes[:, 1:], k_min=k_min, k_max=k_max,
+                          canonical_scale=canonical_scale, canonical_level=canonical_level)
+    out = np.zeros((boxes.shape[0], c, ph, pw), dtype=features[0].dtype)
+    indices, caches = [], []
+    for i, (fmap, scale) in enumerate(zip(features, scales)):
+        idx = np.flatnonzero(levels == k_min + i)
+        indices.append(idx)
+        if idx.size == 0:
+            caches.append(None)
+            continue
+        out[idx], cache = roi_align_forward(fmap, boxes[idx], (ph, pw), spatial_scale=scale,
+                                            sampling_ratio=sampling_ratio, aligned=False)
+        caches.append(cache)
+    cache = MultiScaleRoIAlignCache(levels=levels, k_min=k_min, indices=indices, caches=caches,
+                                    feature_shapes=[f.shape for f in features],
+                                    output_shape=out.shape, dtype=out.dtype)
+    return out, cache
+
+
+def multiscale_roi_align_backward(dout, cache):
+    """Backward of ``multiscale_roi_align_forward``.
+
+    dout: (K, C, ph, pw) (not modified).
+    Returns a list of L gradients, one per feature map, shaped like it
+    (zeros for a level that received no box).
+    """
+    check_array("dout", dout, shape=cache.output_shape, dtype_kind="f")
+    grads = []
+    for idx, sub, shape in zip(cache.indices, cache.caches, cache.feature_shapes):
+        if sub is None:
+            grads.append(np.zeros(shape, dtype=cache.dtype))
+        else:
+            grads.append(roi_align_backward(dout[idx], sub))
+    return grads
