@@ -1,0 +1,1051 @@
+"""The RoI heads of Mask R-CNN: targets, box head, mask head, losses, post-processing.
+
+The RPN hands over a few hundred to a few thousand proposals per image. The
+RoI heads then do two jobs on each of them:
+
+* the **box branch** pools a 7x7 feature patch per RoI (RoIAlign), runs two
+  fully connected layers and predicts, per RoI, K+1 class logits and one set of
+  four box deltas per class;
+* the **mask branch** pools a 14x14 patch per *positive* RoI, runs four 3x3
+  convolutions, a 2x2 transposed convolution and a 1x1 convolution, and
+  predicts one 28x28 mask logit map per class.
+
+Training needs targets: :func:`select_training_samples` matches proposals (plus
+the ground-truth boxes themselves) to the ground truth, samples 512 RoIs per
+image with at most 25 % positives, and encodes regression targets;
+:func:`project_masks_on_boxes` cuts the 28x28 mask targets out of the
+ground-truth masks. Inference turns logits into final detections
+(:func:`postprocess_detections`), mask probabilities
+(:func:`maskrcnn_inference`) and full-image masks
+(:func:`paste_masks_in_image`).
+
+Every public name is the snake_case twin of torchvision's
+``models/detection/roi_heads.py`` / ``faster_rcnn.py`` / ``mask_rcnn.py``
+piece of the same name, with the same argument order and meaning; each
+docstring names its twin and says where ours differs.
+
+Shape shorthand
+---------------
+    N      images in the batch
+    G      ground-truth objects of one image
+    R      proposals (RoIs); of one image, or of the batch when concatenated
+    S      sampled RoIs of one image (at most ``batch_size_per_image``)
+    P      positive RoIs (the mask branch sees only those)
+    K+1    classes including background: torchvision's ``num_classes``
+           (91 for COCO); label 0 is background
+    C      channels of the pooled features (256 in the reference)
+    Hb, Wb pooled side of the box branch (7) ; Hm, Wm of the mask branch (14)
+    M      side of the mask logits and targets (28 = 2 * 14)
+    D      detections of one image
+    H, W   image height and width
+
+Coordinates: a box is ``(x1, y1, x2, y2)`` in input-image pixels (floats),
+width ``x2 - x1`` (no +1). RoIs given to RoIAlign are ``(R, 5)``
+``[batch_index, x1, y1, x2, y2]``.
+
+Naming: ``gt_*`` ground truth, ``*_per_image`` or a plain list: one entry per
+image (as torchvision's ``list[Tensor]``), ``pred_*`` / ``*_logits`` network
+outputs.
+
+Where gradients flow and where they stop
+-----------------------------------------
+Proposals, their matching, the sampling, regression targets and mask targets
+are constants (torchvision detaches proposals before the heads). Gradients flow
+
+    pooled features -> box head -> (class_logits, box_regression) -> fastrcnn_loss
+    pooled features -> mask head -> mask_logits -> maskrcnn_loss
+
+and the pooled features' gradient goes back through RoIAlign (not here) into
+the FPN. Post-processing and pasting have no gradient.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from ._checks import check_array, check_float, check_positive_int, check_same_dtype
+from .boxes import (
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    decode_boxes,
+    encode_boxes,
+    remove_small_boxes,
+)
+from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, balanced_positive_negative_sampler, matcher
+from .ops.activations import relu_backward, relu_forward, sigmoid, softmax
+from .ops.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+)
+from .ops.linear import linear_backward, linear_forward
+from .ops.losses import bce_with_logits, smooth_l1, softmax_cross_entropy
+from .ops.resize import resize_bilinear
+
+__all__ = [
+    "BOX_CODER_WEIGHTS",
+    "add_gt_proposals",
+    "assign_targets_to_proposals",
+    "subsample",
+    "select_training_samples",
+    "select_positive_proposals",
+    "init_box_head",
+    "box_head_forward",
+    "box_head_backward",
+    "BoxHeadCache",
+    "fastrcnn_loss",
+    "init_mask_head",
+    "mask_head_forward",
+    "mask_head_backward",
+    "MaskHeadCache",
+    "project_masks_on_boxes",
+    "maskrcnn_loss",
+    "maskrcnn_inference",
+    "postprocess_detections",
+    "expand_boxes",
+    "expand_masks",
+    "paste_masks_in_image",
+    "paste_masks_in_image_naive",
+]
+
+#: ``BoxCoder`` weights (wx, wy, ww, wh) of the box head (the RPN uses 1, 1, 1, 1).
+BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+_BOX_HEAD = "roi_heads.box_head."
+_BOX_PRED = "roi_heads.box_predictor."
+_MASK_HEAD = "roi_heads.mask_head."
+_MASK_PRED = "roi_heads.mask_predictor."
+
+#: Parameter names of the box branch, in forward order.
+BOX_HEAD_KEYS = tuple(
+    f"{prefix}{layer}.{kind}"
+    for prefix, layer in ((_BOX_HEAD, "fc6"), (_BOX_HEAD, "fc7"),
+                          (_BOX_PRED, "cls_score"), (_BOX_PRED, "bbox_pred"))
+    for kind in ("weight", "bias")
+)
+
+
+# =========================================================================== checks
+def _check_rng(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def _check_list(name, value):
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list with one entry per image, got {type(value).__name__}")
+    return list(value)
+
+
+def _check_boxes(name, boxes, *, dtype=None):
+    check_array(name, boxes, shape=("N", 4), dtype_kind="f")
+    if boxes.size and not np.isfinite(boxes).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    if dtype is not None and boxes.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (as the other boxes), got {boxes.dtype}")
+    return boxes
+
+
+def _check_box_list(name, boxes_per_image):
+    """A list of (R_i, 4) float arrays sharing one dtype; returns the list."""
+    boxes_per_image = _check_list(name, boxes_per_image)
+    dtype = None
+    for i, b in enumerate(boxes_per_image):
+        _check_boxes(f"{name}[{i}]", b, dtype=dtype)
+        dtype = b.dtype
+    return boxes_per_image
+
+
+def _check_image_shape(name, shape):
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape)):
+        raise ValueError(f"{name} must be a pair of positive ints (height, width), got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _concat_or_array(name, value, *, ndim, dtype_kind):
+    """torchvision passes per-image lists; accept such a list (concatenated) or one array."""
+    if isinstance(value, (list, tuple)):
+        parts = [check_array(f"{name}[{i}]", v, ndim=ndim, dtype_kind=dtype_kind)
+                 for i, v in enumerate(value)]
+        if not parts:
+            raise ValueError(f"{name} must have at least one image, got an empty list")
+        return np.concatenate(parts, axis=0)
+    return check_array(name, value, ndim=ndim, dtype_kind=dtype_kind)
+
+
+# =========================================================================== RoI targets
+def add_gt_proposals(proposals, gt_boxes):
+    """Append each image's ground-truth boxes to its proposals.
+
+    Twin of ``RoIHeads.add_gt_proposals``. Early in training the RPN proposes
+    little of use; the ground-truth boxes guarantee some positives (each has
+    IoU 1 with itself).
+    proposals: list of (R_i, 4) float; gt_boxes: list of (G_i, 4), same dtype.
+    Returns a list of (R_i + G_i, 4): proposals first, then the GT boxes.
+    """
+    proposals = _check_box_list("proposals", proposals)
+    gt_boxes = _check_list("gt_boxes", gt_boxes)
+    if len(gt_boxes) != len(proposals):
+        raise ValueError(f"gt_boxes must have one entry per image ({len(proposals)}), got {len(gt_boxes)}")
+    out = []
+    for i, (p, g) in enumerate(zip(proposals, gt_boxes)):
+        _check_boxes(f"gt_boxes[{i}]", g, dtype=p.dtype)
+        out.append(np.concatenate([p, g], axis=0))
+    return out
+
+
+def assign_targets_to_proposals(proposals, gt_boxes, gt_labels, *, fg_iou_thresh=0.5,
+                                bg_iou_thresh=0.5):
+    """Match every proposal to a ground-truth object and give it a class label.
+
+    Twin of ``RoIHeads.assign_targets_to_proposals`` (with its ``Matcher(0.5,
+    0.5, allow_low_quality_matches=False)``).
+    proposals: list of (R_i, 4); gt_boxes: list of (G_i, 4); gt_labels: list of
+    (G_i,) int >= 1.
+    Returns (matched_idxs, labels), two lists of (R_i,) int64:
+
+    * matched_idxs[i][r]: the GT index with the highest IoU (ties: lowest
+      index), clamped at 0 for background, as torchvision (so it indexes a GT
+      box even for background; only positives ever use it);
+    * labels[i][r]: that GT's label if IoU >= fg_iou_thresh, 0 (background) if
+      IoU < bg_iou_thresh, -1 (ignored) in between — which cannot happen at
+      the default 0.5 / 0.5.
+
+    An image with no ground truth gets all zeros (all background).
+    """
+    proposals = _check_box_list("proposals", proposals)
+    gt_boxes = _check_list("gt_boxes", gt_boxes)
+    gt_labels = _check_list("gt_labels", gt_labels)
+    if len(gt_boxes) != len(proposals) or len(gt_labels) != len(proposals):
+        raise ValueError(
+            f"gt_boxes and gt_labels must have one entry per image ({len(proposals)}), "
+            f"got {len(gt_boxes)} and {len(gt_labels)}"
+        )
+    fg = check_float("fg_iou_thresh", fg_iou_thresh, minimum=0.0, maximum=1.0)
+    bg = check_float("bg_iou_thresh", bg_iou_thresh, minimum=0.0, maximum=1.0)
+    matched_idxs, labels = [], []
+    for i, (p, g, lab) in enumerate(zip(proposals, gt_boxes, gt_labels)):
+        _check_boxes(f"gt_boxes[{i}]", g, dtype=p.dtype)
+        check_array(f"gt_labels[{i}]", lab, shape=(g.shape[0],), dtype_kind="iu")
+        if lab.size and lab.min() < 1:
+            raise ValueError(f"gt_labels[{i}] must be >= 1 (0 is background), got {lab.min()}")
+        r = p.shape[0]
+        if g.shape[0] == 0:
+            matched_idxs.append(np.zeros(r, dtype=np.int64))
+            labels.append(np.zeros(r, dtype=np.int64))
+            continue
+        matches = matcher(box_iou(g, p), high_threshold=fg, low_threshold=bg,
+                          allow_low_quality_matches=False)
+        clamped = np.maximum(matches, 0)
+        lab_i = lab.astype(np.int64)[clamped]
+        lab_i[matches == BELOW_LOW_THRESHOLD] = 0
+        lab_i[matches == BETWEEN_THRESHOLDS] = -1
+        matched_idxs.append(clamped)
+        labels.append(lab_i)
+    return matched_idxs, labels
+
+
+def subsample(labels, *, rng, batch_size_per_image=512, positive_fraction=0.25):
+    """Indices of the RoIs sampled for training, per image.
+
+    Twin of ``RoIHeads.subsample`` (``BalancedPositiveNegativeSampler(512,
+    0.25)``): at most ``int(512 * 0.25) = 128`` positives, negatives fill up to
+    512. labels: list of (R_i,) int (>= 1 positive, 0 negative, -1 ignored).
+    Returns a list of (S_i,) int64 sorted increasing (torchvision's
+    ``where(pos | neg)``, so positives and negatives are interleaved by index).
+    Images are sampled one after the other from the same ``rng``.
+    """
+    labels = _check_list("labels", labels)
+    _check_rng(rng)
+    out = []
+    for i, lab in enumerate(labels):
+        check_array(f"labels[{i}]", lab, ndim=1, dtype_kind="iu")
+        pos, neg = balanced_positive_negative_sampler(
+            lab, batch_size_per_image=batch_size_per_image,
+            positive_fraction=positive_fraction, rng=rng)
+        out.append(np.flatnonzero(pos | neg).astype(np.int64))
+    return out
+
+
+def select_training_samples(proposals, targets, *, rng, fg_iou_thresh=0.5, bg_iou_thresh=0.5,
+                            batch_size_per_image=512, positive_fraction=0.25,
+                            bbox_reg_weights=BOX_CODER_WEIGHTS):
+    """Sampled RoIs with their labels, matched GT indices and regression targets.
+
+    Twin of ``RoIHeads.select_training_samples``: add the GT boxes to the
+    proposals, match (IoU >= 0.5 foreground, else background), sample 512 per
+    image with at most 25 % positives, and encode each sampled RoI's matched
+    GT box relative to it with weights (10, 10, 5, 5).
+
+    proposals: list over images of (R_i, 4) float xyxy (constants: no gradient).
+    targets: list over images of dicts with "boxes" (G_i, 4) float and
+        "labels" (G_i,) int >= 1 (other keys such as "masks" are ignored here).
+    rng: ``np.random.Generator`` for the sampler.
+    Returns (proposals, matched_idxs, labels, regression_targets), lists over
+    images of (S_i, 4) float, (S_i,) int64, (S_i,) int64 (0 = background),
+    (S_i, 4) float (the proposals' dtype).
+
+    ``matched_idxs`` says which GT object each sampled RoI belongs to; for
+    the positives it is what the mask targets need. For background RoIs it is
+    0 (clamped) and meaningless.
+
+    Differences from torchvision: GT boxes are cast to the proposals' dtype (as
+    torchvision) and must have positive width and height; for an image with no
+    GT at all the regression targets are zeros (torchvision encodes against a
+    dummy all-zero box, giving -inf; they are never used).
+    """
+    proposals = _check_box_list("proposals", proposals)
+    targets = _check_list("targets", targets)
+    if len(targets) != len(proposals):
+        raise ValueError(f"targets must have one dict per image ({len(proposals)}), got {len(targets)}")
+    _check_rng(rng)
+    gt_boxes, gt_labels = [], []
+    for i, t in enumerate(targets):
+        if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+            raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels', got {t!r:.80}")
+        g = _check_boxes(f"targets[{i}]['boxes']", t["boxes"])
+        if g.size and not ((g[:, 2] > g[:, 0]).all() and (g[:, 3] > g[:, 1]).all()):
+            raise ValueError(f"targets[{i}]['boxes'] must have positive widths and heights, got a degenerate box")
+        gt_boxes.append(g.astype(proposals[i].dtype, copy=False))
+        gt_labels.append(t["labels"])
+    proposals = add_gt_proposals(proposals, gt_boxes)
+    matched_idxs, labels = assign_targets_to_proposals(
+        proposals, gt_boxes, gt_labels, fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh)
+    sampled_inds = subsample(labels, rng=rng, batch_size_per_image=batch_size_per_image,
+                             positive_fraction=positive_fraction)
+    out_props, out_idxs, out_labels, out_targets = [], [], [], []
+    for p, m, lab, g, s in zip(proposals, matched_idxs, labels, gt_boxes, sampled_inds):
+        p, m, lab = p[s], m[s], lab[s]
+        if g.shape[0] == 0:
+            reg = np.zeros((p.shape[0], 4), dtype=p.dtype)
+        else:
+            reg = encode_boxes(g[m], p, bbox_reg_weights)
+        out_props.append(p)
+        out_idxs.append(m)
+        out_labels.append(lab)
+        out_targets.append(reg)
+    return out_props, out_idxs, out_labels, out_targets
+
+
+def select_positive_proposals(proposals, labels, matched_idxs):
+    """The positive RoIs of each image and their GT indices, for the mask branch.
+
+    The few lines at the start of torchvision's ``RoIHeads.forward`` mask
+    branch (training): ``pos = where(labels > 0)``.
+    proposals, labels, matched_idxs: lists over images of (S_i, 4), (S_i,), (S_i,)
+    as returned by :func:`select_training_samples`.
+    Returns (mask_proposals, pos_matched_idxs): lists of (P_i, 4) and (P_i,) int64.
+    """
+    proposals = _check_box_list("proposals", proposals)
+    labels = _check_list("labels", labels)
+    matched_idxs = _check_list("matched_idxs", matched_idxs)
+    if len(labels) != len(proposals) or len(matched_idxs) != len(proposals):
+        raise ValueError(
+            f"labels and matched_idxs must have one entry per image ({len(proposals)}), "
+            f"got {len(labels)} and {len(matched_idxs)}"
+        )
+    mask_proposals, pos_matched_idxs = [], []
+    for i, (p, lab, m) in enumerate(zip(proposals, labels, matched_idxs)):
+        check_array(f"labels[{i}]", lab, shape=(p.shape[0],), dtype_kind="iu")
+        check_array(f"matched_idxs[{i}]", m, shape=(p.shape[0],), dtype_kind="iu")
+        pos = np.flatnonzero(lab > 0)
+        mask_proposals.append(p[pos])
+        pos_matched_idxs.append(m[pos].astype(np.int64))
+    return mask_proposals, pos_matched_idxs
+
+
+# =========================================================================== init helpers
+def _linear_default_init(rng, out_features, in_features, dtype):
+    """torch ``nn.Linear`` default: kaiming_uniform(a=sqrt(5)) on the weight, i.e.
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias."""
+    bound = 1.0 / np.sqrt(in_features)
+    w = rng.uniform(-bound, bound, size=(out_features, in_features)).astype(dtype)
+    b = rng.uniform(-bound, bound, size=(out_features,)).astype(dtype)
+    return w, b
+
+
+def _kaiming_normal_fan_out(rng, shape, fan_out, dtype):
+    """torch ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / fan_out)."""
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
+
+
+def _check_params(params, keys, dtype_of):
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    for k in keys:
+        if k not in params:
+            raise ValueError(f"params is missing {k!r}")
+        check_array(f"params[{k!r}]", params[k], dtype_kind="f")
+        if params[k].dtype != dtype_of.dtype:
+            raise TypeError(f"params[{k!r}] must have the dtype of the input ({dtype_of.dtype}), got {params[k].dtype}")
+
+
+# =========================================================================== box head
+class BoxHeadCache(NamedTuple):
+    """Caches of the box branch, in forward order.
+
+    pooled_shape: (R, C, Hb, Wb) of the input; fc6, fc7, cls_score, bbox_pred:
+    LinearCache; relu6, relu7: ReluCache.
+    """
+
+    pooled_shape: tuple
+    fc6: tuple
+    relu6: tuple
+    fc7: tuple
+    relu7: tuple
+    cls_score: tuple
+    bbox_pred: tuple
+
+
+def init_box_head(in_channels=256, resolution=7, representation_size=1024, num_classes=91, *,
+                  rng, dtype=np.float32):
+    """Parameters of ``TwoMLPHead`` + ``FastRCNNPredictor`` (torchvision init).
+
+    in_channels: C of the pooled features; resolution: pooled side (7);
+    representation_size: width of fc6 and fc7 (1024); num_classes: K+1,
+    background included (torchvision's meaning: 91 for COCO, 4 for shapes).
+    Every layer has torch's ``nn.Linear`` default init (weights and biases
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))), which is what torchvision leaves.
+    Returns a dict with keys ``roi_heads.box_head.fc6.weight`` (1024, C*7*7),
+    ``...fc6.bias``, ``...fc7.weight/bias``, ``roi_heads.box_predictor.
+    cls_score.weight`` (K+1, 1024) / ``.bias``, ``...bbox_pred.weight``
+    (4(K+1), 1024) / ``.bias``.
+    """
+    c = check_positive_int("in_channels", in_channels)
+    res = check_positive_int("resolution", resolution)
+    rep = check_positive_int("representation_size", representation_size)
+    k = check_positive_int("num_classes", num_classes, minimum=2)
+    _check_rng(rng)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    params = {}
+    for name, (out_f, in_f) in (
+        (_BOX_HEAD + "fc6", (rep, c * res * res)),
+        (_BOX_HEAD + "fc7", (rep, rep)),
+        (_BOX_PRED + "cls_score", (k, rep)),
+        (_BOX_PRED + "bbox_pred", (4 * k, rep)),
+    ):
+        params[name + ".weight"], params[name + ".bias"] = _linear_default_init(rng, out_f, in_f, dtype)
+    return params
+
+
+def box_head_forward(params, pooled):
+    """The box branch: ``TwoMLPHead`` then ``FastRCNNPredictor``.
+
+        x = flatten(pooled)                       (R, C*Hb*Wb)
+        x = relu(fc6(x)); x = relu(fc7(x))        (R, 1024)
+        class_logits = cls_score(x)               (R, K+1)
+        box_regression = bbox_pred(x)             (R, 4(K+1)), class k's deltas at 4k:4k+4
+
+    params: dict with the eight ``BOX_HEAD_KEYS`` (extra keys ignored).
+    pooled: (R, C, Hb, Wb) float, RoIAligned features (R may be 0).
+    Returns ((class_logits, box_regression), BoxHeadCache).
+    """
+    check_array("pooled", pooled, ndim=4, dtype_kind="f")
+    _check_params(params, BOX_HEAD_KEYS, pooled)
+    w6 = params[_BOX_HEAD + "fc6.weight"]
+    r = pooled.shape[0]
+    flat_dim = int(np.prod(pooled.shape[1:]))
+    if w6.ndim != 2 or w6.shape[1] != flat_dim:
+        raise ValueError(
+            f"pooled must have C*Hb*Wb = {w6.shape[1] if w6.ndim == 2 else '?'} features per RoI "
+            f"to match roi_heads.box_head.fc6.weight {w6.shape}, got shape {pooled.shape}"
+        )
+    x = pooled.reshape(r, flat_dim)
+    x, c6 = linear_forward(x, w6, params[_BOX_HEAD + "fc6.bias"])
+    x, r6 = relu_forward(x)
+    x, c7 = linear_forward(x, params[_BOX_HEAD + "fc7.weight"], params[_BOX_HEAD + "fc7.bias"])
+    x, r7 = relu_forward(x)
+    class_logits, cc = linear_forward(x, params[_BOX_PRED + "cls_score.weight"],
+                                      params[_BOX_PRED + "cls_score.bias"])
+    box_regression, cb = linear_forward(x, params[_BOX_PRED + "bbox_pred.weight"],
+                                        params[_BOX_PRED + "bbox_pred.bias"])
+    if box_regression.shape[1] != 4 * class_logits.shape[1]:
+        raise ValueError(
+            f"params['roi_heads.box_predictor.bbox_pred.weight'] must have 4 * {class_logits.shape[1]} "
+            f"rows, got {box_regression.shape[1]}"
+        )
+    return (class_logits, box_regression), BoxHeadCache(pooled.shape, c6, r6, c7, r7, cc, cb)
+
+
+def box_head_backward(dout, cache):
+    """Gradients of :func:`box_head_forward`.
+
+    dout: (dclass_logits (R, K+1), dbox_regression (R, 4(K+1))); either may be
+        None (treated as zeros).
+    cache: BoxHeadCache.
+    Returns (grads, dpooled): grads a dict with the eight ``BOX_HEAD_KEYS``,
+    dpooled (R, C, Hb, Wb). The hidden activation feeds both predictors, so
+    their input gradients add.
+    """
+    if not isinstance(cache, BoxHeadCache):
+        raise TypeError(f"cache must be a BoxHeadCache, got {type(cache).__name__}")
+    if not isinstance(dout, (tuple, list)) or len(dout) != 2:
+        raise TypeError("dout must be a pair (dclass_logits, dbox_regression)")
+    dcls, dbox = dout
+    r = cache.pooled_shape[0]
+    dt = cache.fc6.x.dtype
+    if dcls is None:
+        dcls = np.zeros((r, cache.cls_score.w.shape[0]), dtype=dt)
+    if dbox is None:
+        dbox = np.zeros((r, cache.bbox_pred.w.shape[0]), dtype=dt)
+    check_array("dclass_logits", dcls, shape=(r, cache.cls_score.w.shape[0]), dtype_kind="f")
+    check_array("dbox_regression", dbox, shape=(r, cache.bbox_pred.w.shape[0]), dtype_kind="f")
+    grads = {}
+    dx_c, grads[_BOX_PRED + "cls_score.weight"], grads[_BOX_PRED + "cls_score.bias"] = \
+        linear_backward(dcls, cache.cls_score)
+    dx_b, grads[_BOX_PRED + "bbox_pred.weight"], grads[_BOX_PRED + "bbox_pred.bias"] = \
+        linear_backward(dbox, cache.bbox_pred)
+    dx = relu_backward(dx_c + dx_b, cache.relu7)
+    dx, grads[_BOX_HEAD + "fc7.weight"], grads[_BOX_HEAD + "fc7.bias"] = linear_backward(dx, cache.fc7)
+    dx = relu_backward(dx, cache.relu6)
+    dx, grads[_BOX_HEAD + "fc6.weight"], grads[_BOX_HEAD + "fc6.bias"] = linear_backward(dx, cache.fc6)
+    return grads, dx.reshape(cache.pooled_shape)
+
+
+def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
+    """Classification and box-regression losses of the box branch, with gradients.
+
+    Twin of torchvision's ``fastrcnn_loss``:
+
+        loss_classifier = mean_r CE(class_logits[r], labels[r])          over all S sampled RoIs
+        loss_box_reg    = sum_{r: labels[r] > 0} smoothL1_{1/9}(
+                              box_regression[r, 4 l_r : 4 l_r + 4] - regression_targets[r]) / S
+
+    Only the ground-truth class's four deltas of a positive RoI enter the box
+    loss; background RoIs and the other classes' deltas get exactly zero
+    gradient. Note the division by S (all sampled RoIs), not by the positives.
+
+    class_logits: (S, K+1) float. box_regression: (S, 4(K+1)), same dtype.
+    labels: (S,) int in [0, K], or a list of per-image (S_i,) (concatenated,
+        as torchvision's ``list[Tensor]``).
+    regression_targets: (S, 4) float or a list of per-image (S_i, 4) (constants).
+    Returns (loss_classifier, loss_box_reg, dclass_logits (S, K+1),
+    dbox_regression (S, 4(K+1))): losses are scalars of the logits' dtype; each
+    gradient is that of its own loss.
+    S == 0 gives two zero losses and empty gradients (torchvision gives nan).
+    """
+    check_array("class_logits", class_logits, shape=("S", "K+1"), dtype_kind="f")
+    s, k1 = class_logits.shape
+    check_array("box_regression", box_regression, shape=(s, 4 * k1), dtype_kind="f")
+    check_same_dtype(class_logits=class_logits, box_regression=box_regression)
+    labels = _concat_or_array("labels", labels, ndim=1, dtype_kind="iu")
+    regression_targets = _concat_or_array("regression_targets", regression_targets, ndim=2, dtype_kind="f")
+    if labels.shape != (s,):
+        raise ValueError(f"labels must have shape ({s},) to match class_logits, got {labels.shape}")
+    if regression_targets.shape != (s, 4):
+        raise ValueError(f"regression_targets must have shape ({s}, 4), got {regression_targets.shape}")
+    if s and (labels.min() < 0 or labels.max() >= k1):
+        raise ValueError(f"labels must be in [0, {k1 - 1}], got values in [{labels.min()}, {labels.max()}]")
+    dt = class_logits.dtype.type
+    if s == 0:
+        return dt(0), dt(0), np.zeros_like(class_logits), np.zeros_like(box_regression)
+    loss_cls, dcls = softmax_cross_entropy(class_logits, labels, reduction="mean")
+    pos = np.flatnonzero(labels > 0)
+    labels_pos = labels[pos]
+    box = box_regression.reshape(s, k1, 4)
+    dbox = np.zeros_like(box)
+    if pos.size:
+        sel = box[pos, labels_pos]
+        tgt = regression_targets[pos].astype(box.dtype, copy=False)
+        box_sum, dsel = smooth_l1(sel, tgt, beta=1.0 / 9, reduction="sum")
+        dbox[pos, labels_pos] = dsel / dt(s)
+        loss_box = dt(box_sum / dt(s))
+    else:
+        loss_box = dt(0)
+    return dt(loss_cls), loss_box, dcls, dbox.reshape(s, 4 * k1)
+
+
+# =========================================================================== mask head
+class MaskHeadCache(NamedTuple):
+    """Caches of the mask branch, in forward order.
+
+    convs: tuple of (Conv2dCache, ReluCache) for mask_head.0 .. mask_head.{L-1};
+    conv5_mask: ConvTranspose2dCache; relu5: ReluCache; logits: Conv2dCache;
+    num_layers: L (4 in the reference).
+    num_rois: P. When P == 0 the ops ran on one all-zero stand-in RoI (the
+    convolutions reject empty batches) and the outputs were sliced to 0 rows;
+    the backward feeds that RoI a zero gradient, so every gradient is exactly 0.
+    """
+
+    convs: tuple
+    conv5_mask: tuple
+    relu5: tuple
+    logits: tuple
+    num_layers: int
+    num_rois: int
+
+
+def _mask_head_layer_keys(i):
+    return f"{_MASK_HEAD}{i}.0.weight", f"{_MASK_HEAD}{i}.0.bias"
+
+
+def init_mask_head(in_channels=256, layers=(256, 256, 256, 256), dim_reduced=256, num_classes=91, *,
+                   rng, dtype=np.float32):
+    """Parameters of ``MaskRCNNHeads`` + ``MaskRCNNPredictor`` (torchvision init).
+
+    in_channels: C of the pooled 14x14 features; layers: output channels of
+    each 3x3 convolution (four of 256); dim_reduced: channels of the 2x2
+    transposed convolution (256); num_classes: K+1, background included.
+
+    Names are those of torchvision's current ``maskrcnn_resnet50_fpn``
+    ``state_dict``: ``roi_heads.mask_head.{i}.0.weight`` / ``.bias`` for
+    i = 0..3 (``MaskRCNNHeads`` is a Sequential of ``Conv2dNormActivation``;
+    the older names ``mask_fcn1..4`` are only accepted by its
+    ``_load_from_state_dict`` and remapped to these),
+    ``roi_heads.mask_predictor.conv5_mask.weight`` (C_last, dim_reduced, 2, 2)
+    and ``roi_heads.mask_predictor.mask_fcn_logits.weight`` (K+1, dim_reduced, 1, 1).
+
+    Init as torchvision: every weight kaiming_normal(fan_out, relu), i.e.
+    N(0, 2 / fan_out) with torch's fan_out = weight.shape[0] * kh * kw (for the
+    transposed conv that is in_channels * 4); the 3x3 conv biases are 0; the
+    predictor's biases keep torch's default U(+-1/sqrt(fan_in)) with fan_in =
+    weight.shape[1] * kh * kw (torchvision leaves their zero-init commented out).
+    """
+    c = check_positive_int("in_channels", in_channels)
+    if not isinstance(layers, (tuple, list)) or len(layers) == 0:
+        raise ValueError(f"layers must be a non-empty sequence of channel counts, got {layers!r}")
+    layers = [check_positive_int("layers", v) for v in layers]
+    dr = check_positive_int("dim_reduced", dim_reduced)
+    k = check_positive_int("num_classes", num_classes, minimum=2)
+    _check_rng(rng)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    params = {}
+    prev = c
+    for i, out_c in enumerate(layers):
+        wk, bk = _mask_head_layer_keys(i)
+        params[wk] = _kaiming_normal_fan_out(rng, (out_c, prev, 3, 3), out_c * 9, dtype)
+        params[bk] = np.zeros(out_c, dtype=dtype)
+        prev = out_c
+    params[_MASK_PRED + "conv5_mask.weight"] = _kaiming_normal_fan_out(rng, (prev, dr, 2, 2), prev * 4, dtype)
+    bound = 1.0 / np.sqrt(dr * 4)
+    params[_MASK_PRED + "conv5_mask.bias"] = rng.uniform(-bound, bound, size=dr).astype(dtype)
+    params[_MASK_PRED + "mask_fcn_logits.weight"] = _kaiming_normal_fan_out(rng, (k, dr, 1, 1), k, dtype)
+    bound = 1.0 / np.sqrt(dr)
+    params[_MASK_PRED + "mask_fcn_logits.bias"] = rng.uniform(-bound, bound, size=k).astype(dtype)
+    return params
+
+
+def _count_mask_layers(params):
+    n = 0
+    while _mask_head_layer_keys(n)[0] in params:
+        n += 1
+    return n
+
+
+def mask_head_keys(params):
+    """Parameter names of the mask branch present in ``params``, in forward order."""
+    keys = [k for i in range(_count_mask_layers(params)) for k in _mask_head_layer_keys(i)]
+    return tuple(keys) + tuple(f"{_MASK_PRED}{layer}.{kind}" for layer in ("conv5_mask", "mask_fcn_logits")
+                               for kind in ("weight", "bias"))
+
+
+def mask_head_forward(params, pooled, *, dilation=1):
+    """The mask branch: ``MaskRCNNHeads`` then ``MaskRCNNPredictor``.
+
+        x = relu(conv3x3_i(x))  for i = 0..3      (P, 256, 14, 14), padding = dilation
+        x = relu(conv5_mask(x))                   (P, 256, 28, 28)  2x2 transposed conv, stride 2
+        mask_logits = mask_fcn_logits(x)          (P, K+1, 28, 28)  1x1 conv
+
+    params: dict with ``mask_head_keys(params)`` (extra keys ignored; the
+        number of 3x3 layers is read from the keys present).
+    pooled: (P, C, Hm, Wm) float, RoIAligned features of the positive RoIs
+        (training) or of the detections (inference); P may be 0.
+    dilation: of the 3x3 convolutions (1 in the reference).
+    Returns (mask_logits (P, K+1, 2Hm, 2Wm), MaskHeadCache).
+    """
+    check_array("pooled", pooled, ndim=4, dtype_kind="f")
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    n_layers = _count_mask_layers(params)
+    if n_layers == 0:
+        raise ValueError(f"params is missing {_mask_head_layer_keys(0)[0]!r}")
+    _check_params(params, mask_head_keys(params), pooled)
+    d = check_positive_int("dilation", dilation)
+    w0 = params[_mask_head_layer_keys(0)[0]]
+    if w0.ndim != 4 or pooled.shape[1] != w0.shape[1]:
+        raise ValueError(
+            f"pooled must have {w0.shape[1] if w0.ndim == 4 else '?'} channels to match "
+            f"{_mask_head_layer_keys(0)[0]} {w0.shape}, got shape {pooled.shape}"
+        )
+    num_rois = pooled.shape[0]
+    x = pooled if num_rois else np.zeros((1,) + pooled.shape[1:], dtype=pooled.dtype)
+    convs = []
+    for i in range(n_layers):
+        wk, bk = _mask_head_layer_keys(i)
+        x, cc = conv2d_forward(x, params[wk], params[bk], stride=1, padding=d, dilation=d)
+        x, rc = relu_forward(x)
+        convs.append((cc, rc))
+    x, c5 = conv_transpose2d_forward(x, params[_MASK_PRED + "conv5_mask.weight"],
+                                     params[_MASK_PRED + "conv5_mask.bias"], stride=2, padding=0)
+    x, r5 = relu_forward(x)
+    logits, cl = conv2d_forward(x, params[_MASK_PRED + "mask_fcn_logits.weight"],
+                                params[_MASK_PRED + "mask_fcn_logits.bias"], stride=1, padding=0)
+    return logits[:num_rois], MaskHeadCache(tuple(convs), c5, r5, cl, n_layers, num_rois)
+
+
+def mask_head_backward(dmask_logits, cache):
+    """Gradients of :func:`mask_head_forward`.
+
+    dmask_logits: (P, K+1, M, M). cache: MaskHeadCache.
+    Returns (grads, dpooled): grads a dict keyed like ``mask_head_keys``,
+    dpooled (P, C, Hm, Wm).
+    """
+    if not isinstance(cache, MaskHeadCache):
+        raise TypeError(f"cache must be a MaskHeadCache, got {type(cache).__name__}")
+    want = (cache.num_rois,) + cache.logits.w.shape[:1] + tuple(cache.relu5.positive.shape[2:])
+    check_array("dmask_logits", dmask_logits, shape=want, dtype_kind="f")
+    if cache.num_rois == 0:
+        dmask_logits = np.zeros((1,) + want[1:], dtype=dmask_logits.dtype)
+    grads = {}
+    dx, grads[_MASK_PRED + "mask_fcn_logits.weight"], grads[_MASK_PRED + "mask_fcn_logits.bias"] = \
+        conv2d_backward(dmask_logits, cache.logits)
+    dx = relu_backward(dx, cache.relu5)
+    dx, grads[_MASK_PRED + "conv5_mask.weight"], grads[_MASK_PRED + "conv5_mask.bias"] = \
+        conv_transpose2d_backward(dx, cache.conv5_mask)
+    for i in reversed(range(cache.num_layers)):
+        cc, rc = cache.convs[i]
+        wk, bk = _mask_head_layer_keys(i)
+        dx = relu_backward(dx, rc)
+        dx, grads[wk], grads[bk] = conv2d_backward(dx, cc)
+    return grads, dx[:cache.num_rois]
+
+
+# =========================================================================== mask targets and loss
+def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
+    """Mask targets: each RoI's GT mask cut out and resampled to M x M.
+
+    Twin of torchvision's ``project_masks_on_boxes``, which calls
+    ``roi_align(gt_masks[:, None], [matched_idx, box], (M, M), 1.0)``, i.e.
+    spatial_scale 1, sampling_ratio -1 (adaptive: ceil(box side / M) samples
+    per bin), aligned=False. So the target is *soft*: pixel j of the GT mask
+    is taken to sit at coordinate j (not j + 0.5), and a sample point between
+    a one-pixel and a zero-pixel gets an interpolated value.
+
+    gt_masks: (G, H, W) bool or float, the GT masks of one image (constants).
+    boxes: (P, 4) float xyxy, the positive RoIs.
+    matched_idxs: (P,) int in [0, G), which GT mask each RoI targets.
+    M: int >= 1, the target side (28).
+    Returns (P, M, M) in the boxes' dtype, values in [0, 1].
+    """
+    from .roi_align import roi_align_forward  # lazy: keeps import order flexible
+
+    check_array("gt_masks", gt_masks, ndim=3, dtype_kind="fbiu")
+    _check_boxes("boxes", boxes)
+    p = boxes.shape[0]
+    check_array("matched_idxs", matched_idxs, shape=(p,), dtype_kind="iu")
+    m = check_positive_int("M", M)
+    if p == 0:
+        return np.zeros((0, m, m), dtype=boxes.dtype)
+    g = gt_masks.shape[0]
+    if matched_idxs.min() < 0 or matched_idxs.max() >= g:
+        raise ValueError(
+            f"matched_idxs must be in [0, {g}) for gt_masks with G={g}, "
+            f"got values in [{matched_idxs.min()}, {matched_idxs.max()}]"
+        )
+    rois = np.concatenate([matched_idxs.astype(boxes.dtype)[:, None], boxes], axis=1)
+    masks = gt_masks.astype(boxes.dtype, copy=False)[:, None]
+    out, _ = roi_align_forward(masks, rois, (m, m), spatial_scale=1.0, sampling_ratio=-1, aligned=False)
+    return out[:, 0]
+
+
+def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs):
+    """Mask loss: per-pixel BCE on the GT class's channel of each positive RoI.
+
+    Twin of torchvision's ``maskrcnn_loss``:
+
+        loss = mean over p, i, j of BCEWithLogits(mask_logits[p, l_p, i, j], target[p, i, j])
+
+    with ``l_p`` the label of RoI p's matched GT object and ``target`` from
+    :func:`project_masks_on_boxes`. The other K channels of a RoI get exactly
+    zero gradient: classes do not compete for a pixel (a sigmoid per class,
+    not a softmax over classes).
+
+    mask_logits: (P, K+1, M, M) float, for the positive RoIs of all images in
+        order.
+    proposals: list over images of (P_i, 4), the positive RoIs (constants);
+        sum P_i = P.
+    gt_masks: list over images of (G_i, H_i, W_i) bool/float.
+    gt_labels: list over images of (G_i,) int.
+    mask_matched_idxs: list over images of (P_i,) int in [0, G_i).
+    Returns (loss, dmask_logits (P, K+1, M, M)). P == 0 gives loss 0 and a zero
+    gradient (torchvision returns ``mask_logits.sum() * 0``).
+    """
+    check_array("mask_logits", mask_logits, ndim=4, dtype_kind="f")
+    p_total, k1, mh, mw = mask_logits.shape
+    if mh != mw:
+        raise ValueError(f"mask_logits must have shape (P, K+1, M, M), got {mask_logits.shape}")
+    proposals = _check_box_list("proposals", proposals)
+    gt_masks = _check_list("gt_masks", gt_masks)
+    gt_labels = _check_list("gt_labels", gt_labels)
+    mask_matched_idxs = _check_list("mask_matched_idxs", mask_matched_idxs)
+    n = len(proposals)
+    if not (len(gt_masks) == len(gt_labels) == len(mask_matched_idxs) == n):
+        raise ValueError(
+            f"gt_masks, gt_labels and mask_matched_idxs must have one entry per image ({n}), got "
+            f"{len(gt_masks)}, {len(gt_labels)} and {len(mask_matched_idxs)}"
+        )
+    count = sum(p.shape[0] for p in proposals)
+    if count != p_total:
+        raise ValueError(f"mask_logits must have {count} rows (the proposals), got shape {mask_logits.shape}")
+    labels, targets = [], []
+    for i in range(n):
+        gm = check_array(f"gt_masks[{i}]", gt_masks[i], ndim=3, dtype_kind="fbiu")
+        gl = check_array(f"gt_labels[{i}]", gt_labels[i], shape=(gm.shape[0],), dtype_kind="iu")
+        idx = check_array(f"mask_matched_idxs[{i}]", mask_matched_idxs[i],
+                          shape=(proposals[i].shape[0],), dtype_kind="iu")
+        if idx.size and (idx.min() < 0 or idx.max() >= gm.shape[0]):
+            raise ValueError(f"mask_matched_idxs[{i}] must be in [0, {gm.shape[0]}), got "
+                             f"values in [{idx.min()}, {idx.max()}]")
+        lab = gl[idx].astype(np.int64)
+        if lab.size and (lab.min() < 0 or lab.max() >= k1):
+            raise ValueError(f"gt_labels[{i}] must be in [0, {k1 - 1}] for mask_logits with K+1={k1}")
+        labels.append(lab)
+        targets.append(project_masks_on_boxes(gm, proposals[i].astype(mask_logits.dtype, copy=False),
+                                              idx, mh))
+    dt = mask_logits.dtype.type
+    dlogits = np.zeros_like(mask_logits)
+    if p_total == 0:
+        return dt(0), dlogits
+    labels = np.concatenate(labels)
+    targets = np.concatenate(targets)
+    rows = np.arange(p_total)
+    loss, dsel = bce_with_logits(mask_logits[rows, labels], targets, reduction="mean")
+    dlogits[rows, labels] = dsel
+    return dt(loss), dlogits
+
+
+def maskrcnn_inference(x, labels):
+    """Mask probabilities of the predicted class of each detection.
+
+    Twin of torchvision's ``maskrcnn_inference``: ``sigmoid(x)[d, labels[d]]``.
+    x: (D, K+1, M, M) mask logits of the detections of all images, in order.
+    labels: list over images of (D_i,) int, the predicted classes (sum D_i = D).
+    Returns a list over images of (D_i, M, M) probabilities in [0, 1].
+    Difference: torchvision keeps a channel axis, (D_i, 1, M, M).
+    """
+    check_array("x", x, ndim=4, dtype_kind="f")
+    labels = _check_list("labels", labels)
+    parts = [check_array(f"labels[{i}]", lab, ndim=1, dtype_kind="iu") for i, lab in enumerate(labels)]
+    counts = [len(lab) for lab in parts]
+    if sum(counts) != x.shape[0]:
+        raise ValueError(f"x must have {sum(counts)} rows (the labels), got shape {x.shape}")
+    lab = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= x.shape[1]):
+        raise ValueError(f"labels must be in [0, {x.shape[1] - 1}], got values in [{lab.min()}, {lab.max()}]")
+    probs = sigmoid(x[np.arange(x.shape[0]), lab])
+    return np.split(probs, np.cumsum(counts)[:-1]) if parts else []
+
+
+# =========================================================================== inference
+def postprocess_detections(class_logits, box_regression, proposals, image_shapes, *,
+                           score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
+                           bbox_reg_weights=BOX_CODER_WEIGHTS):
+    """Final detections from the box branch's outputs (no gradient).
+
+    Twin of ``RoIHeads.postprocess_detections``. Per image:
+
+    1. softmax over the K+1 class logits of each RoI;
+    2. decode the RoI with every class's deltas (weights 10, 10, 5, 5) and clip
+       to the image: each RoI becomes K candidate boxes, one per foreground class;
+    3. drop the background column, keep candidates with score > score_thresh,
+       drop boxes narrower or shorter than 1e-2;
+    4. NMS at nms_thresh within each class (``batched_nms``), then keep the
+       ``detections_per_img`` highest scores.
+
+    class_logits: (R, K+1) float, R = sum of R_i over images.
+    box_regression: (R, 4(K+1)), same dtype.
+    proposals: list over images of (R_i, 4), the RoIs the logits belong to.
+    image_shapes: list over images of (height, width) ints.
+    Returns (boxes, scores, labels): lists over images of (D_i, 4) float,
+    (D_i,) float sorted decreasing, (D_i,) int64 in [1, K].
+    """
+    check_array("class_logits", class_logits, shape=("R", "K+1"), dtype_kind="f")
+    r, k1 = class_logits.shape
+    check_array("box_regression", box_regression, shape=(r, 4 * k1), dtype_kind="f")
+    check_same_dtype(class_logits=class_logits, box_regression=box_regression)
+    if r and not (np.isfinite(class_logits).all() and np.isfinite(box_regression).all()):
+        raise ValueError("class_logits and box_regression must be finite, got NaN or inf")
+    proposals = _check_box_list("proposals", proposals)
+    image_shapes = _check_list("image_shapes", image_shapes)
+    if len(image_shapes) != len(proposals):
+        raise ValueError(f"image_shapes must have one entry per image ({len(proposals)}), got {len(image_shapes)}")
+    shapes = [_check_image_shape(f"image_shapes[{i}]", s) for i, s in enumerate(image_shapes)]
+    counts = [p.shape[0] for p in proposals]
+    if sum(counts) != r:
+        raise ValueError(f"class_logits must have {sum(counts)} rows (the proposals), got {r}")
+    score_thresh = check_float("score_thresh", score_thresh)
+    nms_thresh = check_float("nms_thresh", nms_thresh, minimum=0.0)
+    top = check_positive_int("detections_per_img", detections_per_img, minimum=0)
+    dtype = class_logits.dtype
+    all_props = (np.concatenate(proposals).astype(dtype, copy=False) if proposals
+                 else np.zeros((0, 4), dtype))
+    pred_boxes = decode_boxes(box_regression, all_props, bbox_reg_weights).reshape(r, k1, 4)
+    pred_scores = softmax(class_logits, axis=-1) if r else np.zeros((0, k1), dtype)
+    starts = np.cumsum([0] + counts)
+    all_boxes, all_scores, all_labels = [], [], []
+    for i, (h, w) in enumerate(shapes):
+        boxes = clip_boxes_to_image(pred_boxes[starts[i]:starts[i + 1]], (h, w))
+        scores = pred_scores[starts[i]:starts[i + 1]]
+        labels = np.broadcast_to(np.arange(k1, dtype=np.int64), scores.shape)
+        boxes = boxes[:, 1:].reshape(-1, 4)
+        scores = scores[:, 1:].reshape(-1)
+        labels = labels[:, 1:].reshape(-1)
+        inds = np.flatnonzero(scores > score_thresh)
+        boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+        keep = remove_small_boxes(boxes, 1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:top]
+        all_boxes.append(boxes[keep])
+        all_scores.append(scores[keep])
+        all_labels.append(labels[keep])
+    return all_boxes, all_scores, all_labels
+
+
+def expand_boxes(boxes, scale):
+    """Scale boxes about their centres; twin of torchvision's ``expand_boxes``.
+
+    boxes: (D, 4) float xyxy; scale: float > 0. Returns (D, 4) float.
+    """
+    _check_boxes("boxes", boxes)
+    scale = check_float("scale", scale, minimum=0.0)
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    return np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(boxes.dtype)
+
+
+def expand_masks(mask, padding):
+    """Zero-pad masks on all four sides; twin of torchvision's ``expand_masks``.
+
+    mask: (D, M, M) float; padding: int >= 0.
+    Returns (padded (D, M + 2 padding, M + 2 padding), scale = (M + 2 padding) / M),
+    the factor by which the box must grow so the padded mask covers it as the
+    original mask covered the box.
+    """
+    check_array("mask", mask, ndim=3, dtype_kind="f")
+    if mask.shape[1] != mask.shape[2] or mask.shape[2] == 0:
+        raise ValueError(f"mask must have shape (D, M, M) with M >= 1, got {mask.shape}")
+    pad = check_positive_int("padding", padding, minimum=0)
+    m = mask.shape[-1]
+    padded = np.pad(mask, ((0, 0), (pad, pad), (pad, pad)))
+    return padded, float(m + 2 * pad) / m
+
+
+def _check_paste_args(masks, boxes, img_shape, padding):
+    check_array("masks", masks, ndim=3, dtype_kind="f")
+    d = masks.shape[0]
+    if masks.shape[1] != masks.shape[2] or masks.shape[1] == 0:
+        raise ValueError(f"masks must have shape (D, M, M) with M >= 1, got {masks.shape}")
+    check_array("boxes", boxes, shape=(d, 4), dtype_kind="f")
+    if boxes.size and not np.isfinite(boxes).all():
+        raise ValueError("boxes must be finite, got NaN or inf")
+    h, w = _check_image_shape("img_shape", img_shape)
+    pad = check_positive_int("padding", padding, minimum=0)
+    return h, w, pad
+
+
+def _integer_expanded_boxes(masks, boxes, padding):
+    padded, scale = expand_masks(masks, padding)
+    # torchvision: expand_boxes(...).to(torch.int64) -- truncation toward zero
+    ibox = np.trunc(expand_boxes(boxes, scale)).astype(np.int64)
+    return padded, ibox
+
+
+def _paste_taps(lo, hi, n_img, n_src):
+    """Interpolation matrices (D, n_img, n_src) for one axis of the paste.
+
+    Image index y lies in the expanded integer box when lo <= y <= hi; there
+    it reads the padded mask (n_src samples) through torch's align_corners=False
+    bilinear resize to n_box = max(hi - lo + 1, 1) samples, at local index
+    t = y - lo: src = max((t + 0.5) * n_src / n_box - 0.5, 0). Rows outside
+    the box (or with hi < lo) are zero.
+    """
+    n_box = np.maximum(hi - lo + 1, 1)[:, None]                    # (D, 1)
+    y = np.arange(n_img, dtype=np.int64)[None, :]                  # (1, n_img)
+    t = y - lo[:, None]
+    inside = (y >= lo[:, None]) & (y <= hi[:, None])
+    src = np.maximum((t + 0.5) * (n_src / n_box) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
+    i1 = np.where(i0 < n_src - 1, i0 + 1, i0)
+    w1 = src - i0
+    cols = np.arange(n_src)
+    taps = ((1.0 - w1)[..., None] * (cols == i0[..., None])
+            + w1[..., None] * (cols == i1[..., None]))
+    taps[~inside] = 0.0
+    return taps
+
+
+def paste_masks_in_image(masks, boxes, img_shape, padding=1):
+    """Paste M x M mask probabilities into full-image masks (no gradient).
+
+    Twin of torchvision's ``paste_masks_in_image``, vectorised over detections.
+    For each detection:
+
+    1. pad the mask with ``padding`` zero pixels on every side (M+2 wide) and
+       grow the box about its centre by (M + 2 padding) / M, so the padded
+       mask maps onto the grown box as the mask mapped onto the box;
+    2. cast the grown box to integers by truncation toward zero (torch's
+       ``.to(int64)``), giving pixels x1..x2 and y1..y2 *inclusive*;
+    3. resize the padded mask bilinearly (align_corners=False) to
+       (max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)) and write it at rows y1..y2,
+       columns x1..x2, keeping only what falls inside the image.
+
+    The zero border makes the mask fade out smoothly at the box's edge
+    instead of being cut off. Output is soft; thresholding (0.5) is the
+    caller's.
+
+    Bilinear resizing is separable, so each pasted mask is
+    ``Ty @ padded @ Tx.T`` with Ty (H, M+2) and Tx (W, M+2) interpolation
+    matrices whose rows are zero outside the box: two batched matrix products
+    over all D detections, no loop. :func:`paste_masks_in_image_naive` is the
+    per-detection loop torchvision runs.
+
+    masks: (D, M, M) float probabilities. boxes: (D, 4) float xyxy.
+    img_shape: (H, W) ints. padding: int >= 0.
+    Returns (D, H, W) in the masks' dtype. Difference: torchvision takes and
+    returns a channel axis ((D, 1, M, M) -> (D, 1, H, W)); a box that lies
+    completely left of or above the image pastes nothing (torchvision's
+    slicing would wrap around there).
+    """
+    h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
+    d = masks.shape[0]
+    if d == 0:
+        return np.zeros((0, h, w), dtype=masks.dtype)
+    padded, ibox = _integer_expanded_boxes(masks, boxes, pad)
+    n_src = padded.shape[-1]
+    ty = _paste_taps(ibox[:, 1], ibox[:, 3], h, n_src).astype(masks.dtype)   # (D, H, M+2)
+    tx = _paste_taps(ibox[:, 0], ibox[:, 2], w, n_src).astype(masks.dtype)   # (D, W, M+2)
+    return ty @ (padded @ tx.transpose(0, 2, 1))
+
+
+def paste_masks_in_image_naive(masks, boxes, img_shape, padding=1):
+    """Loop reference of :func:`paste_masks_in_image`, step by step as torchvision's
+    ``paste_mask_in_image``: resize each padded mask to its integer box with
+    ``ops.resize.resize_bilinear`` and copy the part inside the image.
+    masks (D, M, M), boxes (D, 4), img_shape (H, W) -> (D, H, W)."""
+    h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
+    out = np.zeros((masks.shape[0], h, w), dtype=masks.dtype)
+    if masks.shape[0] == 0:
+        return out
+    padded, ibox = _integer_expanded_boxes(masks, boxes, pad)
+    for i in range(masks.shape[0]):
+        x1, y1, x2, y2 = (int(v) for v in ibox[i])
+        bw = max(x2 - x1 + 1, 1)
+        bh = max(y2 - y1 + 1, 1)
+        resized = resize_bilinear(padded[i], (bh, bw))
+        x_0, x_1 = max(x1, 0), min(x2 + 1, w)
+        y_0, y_1 = max(y1, 0), min(y2 + 1, h)
+        if x_1 > x_0 and y_1 > y_0:
+            out[i, y_0:y_1, x_0:x_1] = resized[y_0 - y1:y_1 - y1, x_0 - x1:x_1 - x1]
+    return out
