@@ -31,6 +31,33 @@ def test_nearest_13_to_25_pattern():
     np.testing.assert_array_equal(out.ravel(), want)
 
 
+def test_nearest_float32_rounding_case_as_torch():
+    # torch evaluates floor(dst * H / h) as floorf(float32(dst) * float32(H / h)).
+    # H = 2, h = 94: 2/94 = 1/47 = 0.0212765957... rounds DOWN to 0.021276595070958138 in
+    # float32; 47 times that is 0.99999996833, which rounds to 0.99999994 in float32 (the
+    # float32 neighbours of 1 below are 1 - 2^-24 steps: 0.99999994, 1.0; the midpoint is
+    # 0.9999999702). So torch (float32) reads row 0 at dst 47, where exact math says row 1.
+    out, _ = upsample_nearest_forward(ramp(2).reshape(1, 1, 2, 1), (94, 1))
+    assert out[0, 0, 47, 0] == 0.0 and out[0, 0, 48, 0] == 1.0 and out[0, 0, 46, 0] == 0.0
+
+
+def test_nearest_index_is_floor_up_to_float32_rounding():
+    """Against the exact rational floor(dst * H / h): equal, except possibly one row lower
+    where dst * H / h is an exact integer (float32 rounding can only bite there)."""
+    mismatches = 0
+    for n_in in range(1, 70):
+        for n_out in range(1, 70):
+            out = upsample_nearest_forward(ramp(n_in).reshape(1, 1, 1, n_in), (1, n_out))[0]
+            got = out.ravel().astype(np.int64)
+            dst = np.arange(n_out)
+            exact = dst * n_in // n_out
+            differ = got != exact
+            assert np.all(got[differ] == exact[differ] - 1), (n_in, n_out)
+            assert np.all((dst * n_in % n_out)[differ] == 0), (n_in, n_out)
+            mismatches += differ.sum()
+    assert mismatches < 100  # rare: a few dozen of the 4761 (H, h) pairs
+
+
 def test_nearest_downsample_and_backward_skips():
     x = ramp(5).reshape(1, 1, 1, 5)
     out, cache = upsample_nearest_forward(x, (1, 2))

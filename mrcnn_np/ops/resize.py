@@ -7,9 +7,15 @@ path): output pixel (i, j) copies input pixel
 
     (floor(i * H / h), floor(j * W / w))
 
-computed here in exact integer arithmetic. (torch multiplies by a float32
-scale ``H / h``; the two agree whenever that rounding does not cross an
-integer, which ``tests/reference/test_ops_torch.py`` checks on many sizes.)
+evaluated exactly as torch evaluates it: a float32 scale ``s = float32(H) /
+float32(h)`` and ``floorf(float32(i) * s)``, clamped to H - 1 (torch's
+``nearest_idx``; h == H copies and h == 2H takes ``i >> 1``). Float32
+rounding makes this differ from the exact rational floor in rare cases where
+``i * H / h`` is an integer, e.g. H = 2, h = 94, i = 47: 1/47 rounds down to
+0.021276595 in float32 and 47 times that rounds to 0.99999994, so torch (and
+this code) read row 0, not row 1. The factor-2 upsampling of the FPN (image
+sides padded to a multiple of 32) is never affected.
+``tests/reference/test_ops_torch.py`` checks every H, h <= 160 against torch.
 
 Bilinear (torch ``F.interpolate(mode="bilinear", align_corners=False,
 antialias=False)``, used to resize images and to paste masks): pixel centres
@@ -22,8 +28,8 @@ and blends rows ``y0 = floor(src)`` and ``y1 = min(y0 + 1, H - 1)`` with weights
 strong downscale skips input pixels (only two taps per axis), as in torch.
 Both maps are linear in x, so the backward is the transpose (adjoint): each
 output gradient is scattered back onto the input pixels it read, with the
-same weights. Coordinates and weights are computed in float64 and the weights
-cast to x's dtype.
+same weights. Coordinates and weights are computed in x's dtype, as torch's
+CPU kernel does.
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ class BilinearTaps(NamedTuple):
     """Interpolation along one axis of length n_in -> n_out.
 
     i0, i1: (n_out,) int64 lower / upper source index (i1 = i0 at the last
-        input index); w0, w1: (n_out,) float64 weights, w0 + w1 = 1.
+        input index); w0, w1: (n_out,) weights in the input's dtype, w0 + w1 = 1.
     """
 
     i0: np.ndarray
@@ -66,19 +72,31 @@ class ResizeBilinearCache(NamedTuple):
 
 
 def _nearest_index(n_in, n_out):
-    """floor(dst * n_in / n_out) for dst in [0, n_out), exactly."""
-    return (np.arange(n_out, dtype=np.int64) * n_in) // n_out
+    """torch's nearest source index for dst in [0, n_out): ~floor(dst * n_in / n_out)."""
+    dst = np.arange(n_out, dtype=np.int64)
+    if n_out == n_in:
+        return dst
+    if n_out == 2 * n_in:
+        return dst >> 1
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.floor(dst.astype(np.float32) * scale).astype(np.int64)
+    return np.minimum(src, n_in - 1)
 
 
-def _bilinear_taps(n_in, n_out):
-    """Source taps of torch's align_corners=False bilinear along one axis."""
-    scale = n_in / n_out
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
+def _bilinear_taps(n_in, n_out, dtype):
+    """Source taps of torch's align_corners=False bilinear along one axis.
+
+    Computed in ``dtype`` arithmetic (float32 for float32 input, as torch's
+    CPU kernel does), so the weights match torch's to the last bit or two.
+    """
+    one, half = dtype.type(1), dtype.type(0.5)
+    scale = dtype.type(n_in) / dtype.type(n_out)
+    src = (np.arange(n_out, dtype=dtype) + half) * scale - half
+    src = np.maximum(src, dtype.type(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-    w1 = src - i0
-    return BilinearTaps(i0, i1, 1.0 - w1, w1)
+    w1 = np.clip(src - i0.astype(dtype), dtype.type(0), one)
+    return BilinearTaps(i0, i1, one - w1, w1)
 
 
 def _sum_into(values, idx, n, axis):
@@ -141,9 +159,17 @@ def upsample_nearest_naive(x, size):
     h, w = _check_size(size)
     n, c, big_h, big_w = x.shape
     out = np.empty((n, c, h, w), dtype=x.dtype)
+    def source(i, n_in, n_out):  # torch's nearest_idx, one index at a time
+        if n_out == n_in:
+            return i
+        if n_out == 2 * n_in:
+            return i >> 1
+        scale = np.float32(n_in) / np.float32(n_out)
+        return min(int(np.floor(np.float32(i) * scale)), n_in - 1)
+
     for i in range(h):
         for j in range(w):
-            out[:, :, i, j] = x[:, :, (i * big_h) // h, (j * big_w) // w]
+            out[:, :, i, j] = x[:, :, source(i, big_h, h), source(j, big_w, w)]
     return out
 
 
@@ -168,12 +194,10 @@ def resize_bilinear_forward(x, size):
     """
     x = _check_bilinear_input(x)
     h, w = _check_size(size)
-    rows = _bilinear_taps(x.shape[-2], h)
-    cols = _bilinear_taps(x.shape[-1], w)
-    dt = x.dtype
-    t = (x[..., rows.i0, :] * rows.w0.astype(dt)[:, None]
-         + x[..., rows.i1, :] * rows.w1.astype(dt)[:, None])
-    out = t[..., cols.i0] * cols.w0.astype(dt) + t[..., cols.i1] * cols.w1.astype(dt)
+    rows = _bilinear_taps(x.shape[-2], h, x.dtype)
+    cols = _bilinear_taps(x.shape[-1], w, x.dtype)
+    t = x[..., rows.i0, :] * rows.w0[:, None] + x[..., rows.i1, :] * rows.w1[:, None]
+    out = t[..., cols.i0] * cols.w0 + t[..., cols.i1] * cols.w1
     return out, ResizeBilinearCache(rows, cols, x.shape)
 
 
@@ -188,13 +212,12 @@ def resize_bilinear_backward(dout, cache):
     lead, (big_h, big_w) = cache.x_shape[:-2], cache.x_shape[-2:]
     want = tuple(lead) + (len(cache.rows.i0), len(cache.cols.i0))
     dout = check_array("dout", dout, shape=want, dtype_kind="f")
-    dt = dout.dtype
     cols, rows = cache.cols, cache.rows
     ndim = dout.ndim
-    dt_cols = (_sum_into(dout * cols.w0.astype(dt), cols.i0, big_w, axis=ndim - 1)
-               + _sum_into(dout * cols.w1.astype(dt), cols.i1, big_w, axis=ndim - 1))
-    return (_sum_into(dt_cols * rows.w0.astype(dt)[:, None], rows.i0, big_h, axis=ndim - 2)
-            + _sum_into(dt_cols * rows.w1.astype(dt)[:, None], rows.i1, big_h, axis=ndim - 2))
+    dt_cols = (_sum_into(dout * cols.w0, cols.i0, big_w, axis=ndim - 1)
+               + _sum_into(dout * cols.w1, cols.i1, big_w, axis=ndim - 1))
+    return (_sum_into(dt_cols * rows.w0[:, None], rows.i0, big_h, axis=ndim - 2)
+            + _sum_into(dt_cols * rows.w1[:, None], rows.i1, big_h, axis=ndim - 2))
 
 
 def resize_bilinear(x, size):
