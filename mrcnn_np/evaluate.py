@@ -80,6 +80,9 @@ __all__ = [
     "box_iou_coco",
     "mask_iou_coco",
     "evaluate_image_naive",
+    "PRCurve",
+    "precision_recall_curve",
+    "simulate_detections",
 ]
 
 # np.linspace, not np.arange, as pycocotools: arange(.5, .951, .05)[5] is not 0.75.
@@ -614,3 +617,129 @@ def summarize(stats, *, iou_type=None):
             "Average Precision" if ap else "Average Recall", "(AP)" if ap else "(AR)", iou, area, md, v
         ))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ teaching helpers
+
+class PRCurve(NamedTuple):
+    """One precision-recall curve, every intermediate quantity kept (see
+    :func:`precision_recall_curve`). D ranked detections, R recall points."""
+
+    order: np.ndarray  # (D,) indices of the input detections, best score first
+    scores: np.ndarray  # (D,) sorted scores
+    tp: np.ndarray  # (D,) bool: counted as true positive
+    fp: np.ndarray  # (D,) bool: counted as false positive (ignored ones are neither)
+    tp_cum: np.ndarray  # (D,) cumulative TP
+    fp_cum: np.ndarray  # (D,) cumulative FP
+    recall: np.ndarray  # (D,) tp_cum / num_gt
+    precision: np.ndarray  # (D,) tp_cum / (tp_cum + fp_cum + eps)
+    envelope: np.ndarray  # (D,) running max of precision from the right
+    recall_thresholds: np.ndarray  # (R,)
+    sampled: np.ndarray  # (R,) envelope read at the recall thresholds (0 beyond)
+    ap: float  # mean of ``sampled``
+
+
+def precision_recall_curve(scores, is_tp, num_gt, *, ignored=None, recall_thresholds=RECALL_THRESHOLDS):
+    """COCO's interpolated precision-recall curve for one category and one IoU threshold.
+
+    scores: (D,) detection scores; is_tp: (D,) bool (matched to a ground truth);
+    num_gt: number of counted ground-truth objects (> 0); ignored: (D,) bool
+    detections that count neither way (matched to crowd/ignored objects).
+    Returns :class:`PRCurve`; ``ap`` equals ``coco_evaluate``'s precision
+    averaged over the recall points for the same matches.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    is_tp = np.asarray(is_tp, dtype=bool)
+    if scores.ndim != 1 or is_tp.shape != scores.shape:
+        raise ValueError(f"scores and is_tp must have the same shape (D,), got {scores.shape} and {is_tp.shape}")
+    if int(num_gt) <= 0:
+        raise ValueError(f"num_gt must be > 0, got {num_gt}")
+    ignored = np.zeros_like(is_tp) if ignored is None else np.asarray(ignored, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    tp = is_tp[order] & ~ignored[order]
+    fp = ~is_tp[order] & ~ignored[order]
+    tp_cum = np.cumsum(tp).astype(np.float64)
+    fp_cum = np.cumsum(fp).astype(np.float64)
+    recall = tp_cum / num_gt
+    precision = tp_cum / (fp_cum + tp_cum + np.spacing(1))
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    rt = np.asarray(recall_thresholds, dtype=np.float64)
+    idx = np.searchsorted(recall, rt, side="left")
+    inside = idx < len(recall)
+    sampled = np.zeros(len(rt))
+    sampled[inside] = envelope[idx[inside]]
+    return PRCurve(order, scores[order], tp, fp, tp_cum, fp_cum, recall, precision, envelope, rt, sampled,
+                   float(sampled.mean()))
+
+
+def simulate_detections(ground_truth, *, noise, rng, drop=0.0, false_positives=0.0, num_classes=None):
+    """Noisy copies of ground truth, to see how AP reacts (a stand-in detector).
+
+    ground_truth: list of dicts with ``boxes`` (G, 4), ``labels`` (G,), and
+        optionally ``masks`` (G, H, W) bool.
+    noise: >= 0; each object is shifted by a whole-pixel offset drawn from
+        N(0, noise * s) per axis, s = sqrt(box area) (mask and box together),
+        and the box corners get an extra N(0, noise * s / 2) each.
+    rng: np.random.Generator. drop: probability to miss an object.
+    false_positives: mean number (Poisson) of random boxes added per image,
+        with a random label in 1..num_classes (default: the largest label seen).
+    Scores: kept objects U(0.3, 1), false positives U(0, 0.8).
+    Returns a list of detection dicts (``boxes`` float64, ``labels``,
+    ``scores``, ``masks`` when the ground truth has masks).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if num_classes is None:
+        num_classes = max([int(np.max(g["labels"])) for g in ground_truth if len(g["labels"])] + [1])
+    out = []
+    for g in ground_truth:
+        boxes = np.asarray(g["boxes"], dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(g["labels"], dtype=np.int64)
+        masks = g.get("masks")
+        has_masks = masks is not None
+        if has_masks:
+            H, W = masks.shape[1:]
+        else:
+            H = W = int(np.ceil(boxes[:, 2:].max())) + 1 if len(boxes) else 1
+        keep = rng.random(len(boxes)) >= drop
+        nb, nl, ns, nm = [], [], [], []
+        for j in np.flatnonzero(keep):
+            b = boxes[j]
+            side = np.sqrt(max((b[2] - b[0]) * (b[3] - b[1]), 1.0))
+            dy, dx = np.rint(rng.normal(0, noise * side, 2)).astype(int)
+            nb.append(b + np.array([dx, dy, dx, dy]) + rng.normal(0, noise * side / 2, 4))
+            nl.append(labels[j])
+            ns.append(rng.uniform(0.3, 1.0))
+            if has_masks:
+                nm.append(_shift_mask(masks[j], dy, dx))
+        for _ in range(rng.poisson(false_positives)):
+            wh = rng.uniform(0.1, 0.4, 2) * (W, H)
+            xy = rng.uniform(0, 1, 2) * ((W, H) - wh)
+            b = np.concatenate([xy, xy + wh])
+            nb.append(b)
+            nl.append(int(rng.integers(1, num_classes + 1)))
+            ns.append(rng.uniform(0.0, 0.8))
+            if has_masks:
+                m = np.zeros((H, W), dtype=bool)
+                x1, y1, x2, y2 = np.rint(b).astype(int)
+                m[y1:y2, x1:x2] = True
+                nm.append(m)
+        det = {"boxes": np.array(nb, dtype=np.float64).reshape(-1, 4), "labels": np.array(nl, dtype=np.int64),
+               "scores": np.array(ns, dtype=np.float64)}
+        if has_masks:
+            det["masks"] = np.array(nm, dtype=bool).reshape(-1, H, W)
+        out.append(det)
+    return out
+
+
+def _shift_mask(mask, dy, dx):
+    """Shift a (H, W) mask by whole pixels, filling with False (no wrap-around)."""
+    H, W = mask.shape
+    out = np.zeros_like(mask)
+    ys, yd = (slice(0, H - dy), slice(dy, H)) if dy >= 0 else (slice(-dy, H), slice(0, H + dy))
+    xs, xd = (slice(0, W - dx), slice(dx, W)) if dx >= 0 else (slice(-dx, W), slice(0, W + dx))
+    if abs(dy) < H and abs(dx) < W:
+        out[yd, xd] = mask[ys, xs]
+    return out

@@ -404,3 +404,69 @@ def test_permuting_images_changes_nothing(seed, iou_type):
     b = coco_evaluate([gts[i] for i in perm], [dts[i] for i in perm], iou_type=iou_type)
     np.testing.assert_array_equal(a.stats, b.stats)
     np.testing.assert_array_equal(a.precision, b.precision)
+
+
+# ---------------------------------------------------------- teaching helpers
+
+def test_precision_recall_curve_by_hand():
+    from mrcnn_np.evaluate import precision_recall_curve
+
+    # the TP, FP, TP example above, given out of order
+    c = precision_recall_curve([0.7, 0.9, 0.8], [True, True, False], 2)
+    np.testing.assert_array_equal(c.order, [1, 2, 0])
+    np.testing.assert_array_equal(c.tp_cum, [1, 1, 2])
+    np.testing.assert_array_equal(c.fp_cum, [0, 1, 1])
+    np.testing.assert_allclose(c.recall, [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(c.precision, [1, 0.5, 2 / 3], atol=EPS)
+    np.testing.assert_allclose(c.envelope, [1, 2 / 3, 2 / 3], atol=EPS)
+    assert c.ap == pytest.approx((51 + 50 * 2 / 3) / 101, abs=EPS)
+    # recall never reaching 1: sampled precision is 0 beyond the last recall (0.5)
+    c = precision_recall_curve([0.9], [True], 2)
+    np.testing.assert_allclose(c.sampled[:51], 1, atol=EPS)
+    np.testing.assert_array_equal(c.sampled[51:], 0)
+
+
+def test_precision_recall_curve_equals_coco_evaluate():
+    from mrcnn_np.evaluate import precision_recall_curve
+
+    rng = np.random.default_rng(3)
+    gts, dts = random_data(rng, 6, with_masks=False)
+    for g in gts:
+        g["labels"][:] = 1
+        g["iscrowd"][:] = False
+    for d in dts:
+        d["labels"][:] = 1
+        d["scores"] = rng.random(len(d["scores"]))  # no ties across images
+    r = coco_evaluate(gts, dts, category_ids=(1,))
+    # is_tp at t = 0.5 from the naive matcher, image by image
+    scores, is_tp = [], []
+    for g, d in zip(gts, dts):
+        o = np.argsort(-d["scores"], kind="mergesort")
+        ious = box_iou_coco(d["boxes"][o], g["boxes"])
+        m, _, _ = evaluate_image_naive(ious, np.zeros(len(g["boxes"]), bool), np.zeros(len(g["boxes"]), bool),
+                                       np.zeros(len(o), bool), 0.5)
+        scores.append(d["scores"][o]); is_tp.append(m)
+    c = precision_recall_curve(np.concatenate(scores), np.concatenate(is_tp), sum(len(g["boxes"]) for g in gts))
+    np.testing.assert_allclose(c.sampled, r.precision[0, :, 0, 0, 2], atol=1e-12)
+    assert c.ap == pytest.approx(r.stats[1], abs=1e-12)
+
+
+def test_simulate_detections():
+    from mrcnn_np.evaluate import simulate_detections
+
+    rng = np.random.default_rng(0)
+    gts, _ = random_data(rng, 5, size=40)
+    for g in gts:
+        g["iscrowd"][:] = False
+    clean = simulate_detections(gts, noise=0.0, rng=np.random.default_rng(1))
+    for g, d in zip(gts, clean):
+        np.testing.assert_array_equal(d["boxes"], g["boxes"])
+        np.testing.assert_array_equal(d["masks"], g["masks"])
+    assert coco_evaluate(gts, clean, iou_type="segm").stats[0] == pytest.approx(1.0, abs=EPS)
+    noisy = simulate_detections(gts, noise=0.3, rng=np.random.default_rng(1), drop=0.3, false_positives=2)
+    assert coco_evaluate(gts, noisy, iou_type="segm").stats[0] < 0.9
+    again = simulate_detections(gts, noise=0.3, rng=np.random.default_rng(1), drop=0.3, false_positives=2)
+    for a, b in zip(noisy, again):
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
+    with pytest.raises(TypeError, match="rng"):
+        simulate_detections(gts, noise=0.1, rng=1)
