@@ -497,3 +497,37 @@ def test_bad_dout():
     out, cache = conv_transpose2d_forward(np.zeros((1, 2, 4, 4)), w, None)
     with pytest.raises(ValueError, match="dout must have shape"):
         conv_transpose2d_backward(np.zeros((1, 3, 5, 5)), cache)
+
+
+@pytest.mark.parametrize("budget", [1, 700, 5000])
+def test_blocked_paths_equal_naive(monkeypatch, budget):
+    # The fast paths unroll the columns in blocks of output rows or of whole
+    # images; a small budget forces one-row blocks, a ragged last block and
+    # multi-image blocks, which the default budget never reaches on tiny inputs.
+    import mrcnn_np.ops.conv as conv
+
+    monkeypatch.setattr(conv, "_BLOCK_BYTES", budget)
+    rng = np.random.default_rng(11)
+    x, w, b = _rand(rng, (3, 2, 9, 7)), _rand(rng, (3, 2, 3, 2)), _rand(rng, (3,))
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    out, cache = conv2d_forward(x, w, b, **kw)
+    np.testing.assert_allclose(out, conv2d_naive(x, w, b, **kw), rtol=1e-12, atol=1e-12)
+    dout = _rand(rng, out.shape)
+    dx, dw, db = conv2d_backward(dout, cache)
+    ndx, ndw, ndb = conv2d_backward_naive(dout, x, w, **kw)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-12, atol=1e-12)
+    wt = _rand(rng, (2, 3, 3, 2))
+    kw = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 0))
+    out, cache = conv_transpose2d_forward(x, wt, b, **kw)
+    np.testing.assert_allclose(out, conv_transpose2d_naive(x, wt, b, **kw), rtol=1e-12, atol=1e-12)
+    dout = _rand(rng, out.shape)
+    dx, dw, _ = conv_transpose2d_backward(dout, cache)
+    # the transposed conv's backward is a conv2d of dout: check it against the loops
+    np.testing.assert_allclose(dx, conv2d_naive(dout, wt, None, stride=(2, 3), padding=(1, 0)),
+                               rtol=1e-12, atol=1e-12)
+    f = lambda: conv_transpose2d_naive(x, wt, None, **kw)  # noqa: E731
+    idx = [(0, 0, 0, 0), (1, 2, 2, 1), (0, 1, 1, 0)]
+    ndw = numeric_gradient(f, wt, dout, indices=idx)
+    for i in idx:
+        assert abs(dw[i] - ndw[i]) < 1e-6 * max(1.0, abs(ndw[i]))

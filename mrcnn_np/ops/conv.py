@@ -247,6 +247,125 @@ def _weight_matrix(w):
     return np.ascontiguousarray(w).reshape(w.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- blocked GEMM engine
+#
+# Materialising the whole im2col matrix (C*KH*KW x Ho*Wo) costs a fresh, page-faulting
+# allocation about KH*KW times the size of the input, which is slower than the copy
+# itself and large at detection resolutions (2304 x 40000 floats for a 3x3, 256-channel
+# conv on a 200x200 map). The fast paths therefore walk the output in blocks of whole
+# output rows (or, when one image is small, of whole images), unroll one block into a
+# reused buffer of about _BLOCK_BYTES (it stays in cache), and run the GEMM on it,
+# writing straight into the result. Same arithmetic as one big GEMM, a fraction of the
+# memory traffic.
+
+_BLOCK_BYTES = 4 * 2**20
+
+
+def _windows(xp, KH, KW, stride, dilation, out_hw):
+    """Strided view (N, C, KH, KW, Ho, Wo) of the receptive fields of padded xp (no copy)."""
+    N, C = xp.shape[:2]
+    sN, sC, sH, sW = xp.strides
+    (sh, sw), (dh, dw) = stride, dilation
+    return as_strided(
+        xp,
+        shape=(N, C, KH, KW) + tuple(out_hw),
+        strides=(sN, sC, dh * sH, dw * sW, sh * sH, sw * sW),
+        writeable=False,
+    )
+
+
+def _blocks(N, Ho, Wo, K, itemsize):
+    """Split the N x Ho output rows into blocks whose unrolled columns fit the budget.
+
+    Returns (blocks, most columns in a block); a block (n0, n1, i0, i1) is images
+    n0..n1-1, output rows i0..i1-1: one image and a range of rows, or whole images.
+    """
+    rows = max(1, _BLOCK_BYTES // max(K * Wo * itemsize, 1))
+    if rows >= Ho:
+        per = max(1, rows // Ho)
+        blocks = [(n, min(N, n + per), 0, Ho) for n in range(0, N, per)]
+        return blocks, min(N, per) * Ho * Wo
+    blocks = [(n, n + 1, i, min(Ho, i + rows)) for n in range(N) for i in range(0, Ho, rows)]
+    return blocks, rows * Wo
+
+
+def _gemm_im2col(win, *, wm=None, out=None, src=None, dw=None):
+    """Block by block, unroll the windows ``win`` (N, C, KH, KW, Ho, Wo) into columns
+    ``cols`` (K, block) and compute ``out[n][:, block] = wm @ cols`` (wm (F, K), out
+    (N, F, Ho*Wo)) and/or ``dw += src[n][:, block] @ cols.T`` (src (N, F2, Ho*Wo),
+    dw (F2, K) accumulated in place)."""
+    N, C, KH, KW, Ho, Wo = win.shape
+    K = C * KH * KW
+    blocks, ncols = _blocks(N, Ho, Wo, K, win.itemsize)
+    buf = np.empty(K * ncols, dtype=win.dtype)
+    tmp = np.empty_like(dw) if dw is not None else None
+    for n0, n1, i0, i1 in blocks:
+        nb, r = n1 - n0, i1 - i0
+        m0, m1 = i0 * Wo, i1 * Wo
+        if nb == 1:
+            cols = buf[:K * r * Wo].reshape(C, KH, KW, r, Wo)
+            np.copyto(cols, win[n0, :, :, :, i0:i1])
+            cols = cols.reshape(K, r * Wo)
+            if wm is not None:
+                np.matmul(wm, cols, out=out[n0, :, m0:m1])
+            if dw is not None:
+                np.matmul(src[n0, :, m0:m1], cols.T, out=tmp)
+                dw += tmp
+        else:  # several whole images side by side, columns ordered (n, i, j)
+            cols = buf[:K * nb * Ho * Wo].reshape(C, KH, KW, nb, Ho, Wo)
+            np.copyto(cols, win[n0:n1].transpose(1, 2, 3, 0, 4, 5))
+            cols = cols.reshape(K, nb * Ho * Wo)
+            if wm is not None:
+                res = wm @ cols  # (F, nb*Ho*Wo)
+                out[n0:n1] = res.reshape(-1, nb, Ho * Wo).transpose(1, 0, 2)
+            if dw is not None:
+                s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
+                np.matmul(s2, cols.T, out=tmp)
+                dw += tmp
+
+
+def _gemm_col2im(wmT, src, dxp, KH, KW, stride, dilation, out_hw):
+    """``dxp += col2im(wmT @ src)``, block by block.
+
+    wmT: (K, F) with K = C*KH*KW; src: (N, F, Ho*Wo); dxp: (N, C, Hp, Wp) padded
+    image, accumulated in place; out_hw: (Ho, Wo) window positions.
+    """
+    N, C = dxp.shape[:2]
+    K = wmT.shape[0]
+    Ho, Wo = out_hw
+    (sh, sw), (dh, dw) = stride, dilation
+    blocks, ncols = _blocks(N, Ho, Wo, K, dxp.itemsize)
+    buf = np.empty(K * ncols, dtype=dxp.dtype)
+    for n0, n1, i0, i1 in blocks:
+        nb, r = n1 - n0, i1 - i0
+        if nb == 1:
+            cols = buf[:K * r * Wo].reshape(K, r * Wo)
+            np.matmul(wmT, src[n0, :, i0 * Wo:i1 * Wo], out=cols)
+            c6 = cols.reshape(1, C, KH, KW, r, Wo)
+        else:
+            s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
+            cols = buf[:K * nb * Ho * Wo].reshape(K, nb * Ho * Wo)
+            np.matmul(wmT, s2, out=cols)
+            c6 = cols.reshape(C, KH, KW, nb, Ho, Wo).transpose(3, 0, 1, 2, 4, 5)
+        for p in range(KH):
+            h0 = p * dh + i0 * sh
+            hs = slice(h0, h0 + sh * (r - 1) + 1, sh)
+            for q in range(KW):
+                ws = slice(q * dw, q * dw + sw * (Wo - 1) + 1, sw)
+                dxp[n0:n1, :, hs, ws] += c6[:, :, p, q]
+
+
+def _crop(xp, padding, H, W):
+    ph, pw = padding
+    if ph == 0 and pw == 0 and xp.shape[2:] == (H, W):
+        return xp
+    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+
+
+def _is_pointwise(KH, KW, stride, padding):
+    return KH == 1 and KW == 1 and stride == (1, 1) and padding == (0, 0)
+
+
 # --------------------------------------------------------------------------- conv2d
 
 
@@ -256,6 +375,10 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
     x: (N, C, H, W) float. w: (F, C, KH, KW), same dtype. b: (F,) or None.
     stride, padding, dilation: int or (h, w) pair; padding is zeros.
     Returns out (N, F, Ho, Wo) in x's dtype and a :class:`Conv2dCache`.
+
+    im2col + GEMM: ``out[n] = w.reshape(F, K) @ cols[n]`` with cols the unrolled
+    receptive fields (see :func:`im2col`), computed in cache-sized blocks of
+    output rows. A 1x1 stride-1 conv is one GEMM on x itself.
     """
     x, w, b, stride, padding, dilation = _check_conv_args(
         x, w, b, stride, padding, dilation, transposed=False
@@ -265,8 +388,13 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
     F, _, KH, KW = w.shape
     Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
     Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
-    cols = _im2col(x, KH, KW, stride, padding, dilation)  # (N, K, Ho*Wo)
-    out = np.matmul(_weight_matrix(w), cols)  # (N, F, Ho*Wo)
+    wm = _weight_matrix(w)
+    if _is_pointwise(KH, KW, stride, padding):
+        out = np.matmul(wm, np.ascontiguousarray(x).reshape(N, C, H * W))
+    else:
+        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+        win = _windows(_pad(x, padding), KH, KW, stride, dilation, (Ho, Wo))
+        _gemm_im2col(win, wm=wm, out=out)
     out = out.reshape(N, F, Ho, Wo)
     if b is not None:
         out += b.reshape(1, F, 1, 1)
@@ -280,9 +408,10 @@ def conv2d_backward(dout, cache):
     dout: (N, F, Ho, Wo). cache: the :class:`Conv2dCache` from the forward.
     Returns (dx (N, C, H, W), dw (F, C, KH, KW), db (F,) or None).
 
-    ``dw[f] = sum_n dout[n, f] (Ho*Wo) . cols[n]^T`` and
-    ``dx = col2im(w^T . dout)``: the input gradient is the transposed
-    convolution of dout with the same weight.
+    ``dw = sum_n dout[n] (F, Ho*Wo) @ cols[n].T`` and ``dx = col2im(w^T @ dout)``:
+    the input gradient is the transposed convolution of dout with the same
+    weight. The columns are unrolled again here (block by block) rather than
+    kept from the forward, so the cache holds only x and w.
     """
     x, w, has_bias, stride, padding, dilation = cache
     N, C, H, W = x.shape
@@ -291,14 +420,21 @@ def conv2d_backward(dout, cache):
     Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
     dout = check_array("dout", dout, shape=(N, F, Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)
-    d2 = dout.reshape(N, F, Ho * Wo)
-    cols = _im2col(x, KH, KW, stride, padding, dilation)
-    dw = _batched_outer(d2, cols)  # (F, K)
-    del cols
-    dcols = np.matmul(_weight_matrix(w).T, d2)  # (N, K, Ho*Wo)
-    dx = _col2im(dcols, x.shape, KH, KW, stride, padding, dilation)
+    d2 = np.ascontiguousarray(dout).reshape(N, F, Ho * Wo)
+    wm = _weight_matrix(w)
+    if _is_pointwise(KH, KW, stride, padding):
+        x2 = np.ascontiguousarray(x).reshape(N, C, H * W)
+        dw = _batched_outer(d2, x2)
+        dx = np.matmul(wm.T, d2).reshape(N, C, H, W)
+    else:
+        dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
+        win = _windows(_pad(x, padding), KH, KW, stride, dilation, (Ho, Wo))
+        _gemm_im2col(win, src=d2, dw=dw)
+        dxp = np.zeros((N, C, H + 2 * padding[0], W + 2 * padding[1]), dtype=x.dtype)
+        _gemm_col2im(wm.T, d2, dxp, KH, KW, stride, dilation, (Ho, Wo))
+        dx = _crop(dxp, padding, H, W)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    return np.ascontiguousarray(dx), dw.reshape(w.shape), db
+    return dx, dw.reshape(w.shape), db
 
 
 def conv2d_naive(x, w, b, *, stride=1, padding=0, dilation=1):
@@ -416,9 +552,14 @@ def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output
     N, Cin, H, W = x.shape
     _, Cout, KH, KW = w.shape
     x2 = np.ascontiguousarray(x).reshape(N, Cin, H * W)
-    dcols = np.matmul(_weight_matrix(w).T, x2)  # (N, C_out*KH*KW, H*W)
-    out = _col2im(dcols, (N, Cout, Ho, Wo), KH, KW, stride, padding, dilation, out_hw=(H, W))
-    out = np.ascontiguousarray(out)
+    wm = _weight_matrix(w)  # (C_in, C_out*KH*KW)
+    if _is_pointwise(KH, KW, stride, padding) and (Ho, Wo) == (H, W):
+        out = np.matmul(wm.T, x2).reshape(N, Cout, Ho, Wo)
+    else:
+        ph, pw = padding
+        outp = np.zeros((N, Cout, Ho + 2 * ph, Wo + 2 * pw), dtype=x.dtype)
+        _gemm_col2im(wm.T, x2, outp, KH, KW, stride, dilation, (H, W))
+        out = _crop(outp, padding, Ho, Wo)
     if b is not None:
         out += b.reshape(1, Cout, 1, 1)
     cache = ConvTranspose2dCache(x, w, b is not None, stride, padding, dilation, (Ho, Wo))
@@ -437,10 +578,18 @@ def conv_transpose2d_backward(dout, cache):
     _, Cout, KH, KW = w.shape
     dout = check_array("dout", dout, shape=(N, Cout, Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)
-    cols = _im2col(dout, KH, KW, stride, padding, dilation, out_hw=(H, W))  # (N, C_out*KH*KW, H*W)
     x2 = np.ascontiguousarray(x).reshape(N, Cin, H * W)
-    dx = np.matmul(_weight_matrix(w), cols).reshape(N, Cin, H, W)
-    dw = _batched_outer(x2, cols)  # (C_in, C_out*KH*KW)
+    wm = _weight_matrix(w)  # (C_in, C_out*KH*KW)
+    if _is_pointwise(KH, KW, stride, padding) and (Ho, Wo) == (H, W):
+        d2 = np.ascontiguousarray(dout).reshape(N, Cout, H * W)
+        dx = np.matmul(wm, d2)
+        dw = _batched_outer(x2, d2)
+    else:
+        dx = np.empty((N, Cin, H * W), dtype=x.dtype)
+        dw = np.zeros_like(wm)
+        win = _windows(_pad(dout, padding), KH, KW, stride, dilation, (H, W))
+        _gemm_im2col(win, wm=wm, out=dx, src=x2, dw=dw)
+    dx = dx.reshape(N, Cin, H, W)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw.reshape(w.shape), db
 
