@@ -39,6 +39,13 @@ torchvision ResNet-FPN backbone loads with no mapping table::
 Keys outside ``backbone.body.`` are ignored, so the whole model's dict can be
 passed in.
 
+Frozen BN is a fixed per-channel affine map, so by default it is folded into
+the convolution before it (``resnet_forward(..., fold_bn=True)``): one conv
+with weight ``w * scale`` and bias ``shift`` replaces conv + BN, the same
+function with one pass over the activations fewer; ``fold_bn=False`` runs the
+two ops one after the other (``ops.norm.frozen_batch_norm_forward``), as the
+notebook shows them. Both give the same numbers up to rounding (tested).
+
 Which parameters get gradients (a decision, documented here):
 
 - Frozen BN: ``FrozenBatchNorm2d`` in the reference holds weight, bias,
@@ -130,11 +137,17 @@ class ConvSpec(NamedTuple):
 
 
 class ConvBNCache(NamedTuple):
-    """conv + frozen BN: ``spec`` (ConvSpec), ``conv`` (Conv2dCache), ``bn`` (FrozenBatchNormCache)."""
+    """conv + frozen BN.
+
+    spec: ConvSpec; conv: Conv2dCache; bn: FrozenBatchNormCache (unfolded) or
+    None; scale: (C_out,) BN scale ``weight / sqrt(var + eps)`` when the BN was
+    folded into the conv, else None.
+    """
 
     spec: ConvSpec
     conv: Any
     bn: Any
+    scale: Any
 
 
 class BottleneckCache(NamedTuple):
@@ -377,37 +390,54 @@ def resnet_feature_shapes(input_shape, *, layers=50, width=64):
 # --------------------------------------------------------------------------- forward / backward pieces
 
 
-def _conv_bn_forward(params, spec, x):
-    out, conv_cache = conv2d_forward(x, params[spec.conv], None, stride=spec.stride, padding=spec.padding)
-    out, bn_cache = frozen_batch_norm_forward(
-        out, *(params[f"{spec.bn}.{f}"] for f in _BN_FIELDS), eps=BN_EPS
-    )
-    return out, ConvBNCache(spec, conv_cache, bn_cache)
+def _conv_bn_forward(params, spec, x, fold_bn):
+    w = params[spec.conv]
+    bn = [params[f"{spec.bn}.{f}"] for f in _BN_FIELDS]
+    if not fold_bn:
+        out, conv_cache = conv2d_forward(x, w, None, stride=spec.stride, padding=spec.padding)
+        out, bn_cache = frozen_batch_norm_forward(out, *bn, eps=BN_EPS)
+        return out, ConvBNCache(spec, conv_cache, bn_cache, None)
+    # BN folded into the conv: conv(x, w) * scale + shift == conv(x, w * scale) + shift
+    weight, bias, mean, var = bn
+    denom = var + x.dtype.type(BN_EPS)
+    if np.any(~(denom > 0)):
+        raise ValueError(f"params[{spec.bn + '.running_var'!r}] + eps must be > 0, got min {denom.min()}")
+    scale = weight / np.sqrt(denom)
+    shift = bias - mean * scale
+    out, conv_cache = conv2d_forward(x, w * scale[:, None, None, None], shift,
+                                     stride=spec.stride, padding=spec.padding)
+    return out, ConvBNCache(spec, conv_cache, None, scale)
 
 
 def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
-    d = frozen_batch_norm_backward(dout, cache.bn)
-    dx, dw, _ = conv2d_backward(d, cache.conv)
+    if cache.scale is None:
+        d = frozen_batch_norm_backward(dout, cache.bn)
+        dx, dw, _ = conv2d_backward(d, cache.conv)
+    else:
+        # the folded conv's weight is w * scale, so dL/dw = dL/d(w*scale) * scale
+        dx, dw, _ = conv2d_backward(dout, cache.conv)
+        dw = dw * cache.scale[:, None, None, None]
     if need_dw:
         grads[cache.spec.conv] = dw
     return dx if need_dx else None
 
 
-def bottleneck_forward(params, specs, x):
+def bottleneck_forward(params, specs, x, *, fold_bn=True):
     """One bottleneck block.
 
     params: parameter dict; specs: (conv1, conv2, conv3, downsample|None)
-    ConvSpecs from ``resnet_conv_specs``; x: (N, C_in, H, W).
+    ConvSpecs from ``resnet_conv_specs``; x: (N, C_in, H, W);
+    fold_bn: see ``resnet_forward``.
     Returns (out (N, 4*planes, H', W'), BottleneckCache), H' = H / stride.
     """
     s1, s2, s3, sd = specs
-    out, cb1 = _conv_bn_forward(params, s1, x)
+    out, cb1 = _conv_bn_forward(params, s1, x, fold_bn)
     out, r1 = relu_forward(out)
-    out, cb2 = _conv_bn_forward(params, s2, out)
+    out, cb2 = _conv_bn_forward(params, s2, out, fold_bn)
     out, r2 = relu_forward(out)
-    out, cb3 = _conv_bn_forward(params, s3, out)
+    out, cb3 = _conv_bn_forward(params, s3, out, fold_bn)
     if sd is not None:
-        identity, cbd = _conv_bn_forward(params, sd, x)
+        identity, cbd = _conv_bn_forward(params, sd, x, fold_bn)
     else:
         identity, cbd = x, None
     out += identity  # ``out`` is a fresh array owned by this function
@@ -451,12 +481,18 @@ def _zero_grads(stage_specs, params_like, grads):
 # --------------------------------------------------------------------------- public forward / backward
 
 
-def resnet_forward(params, x):
+def resnet_forward(params, x, *, fold_bn=True):
     """ResNet body forward (torchvision's ``IntermediateLayerGetter`` over a ResNet).
 
     params: dict with the ``backbone.body.*`` keys (validated: missing, extra or
         mis-shaped keys raise ValueError naming the key; dtype must be x's).
     x: (N, 3, H, W) floating (normalised image batch).
+    fold_bn: compute each conv + frozen BN as ONE conv with weight
+        ``w * scale`` and bias ``shift`` (``scale = weight / sqrt(var + eps)``,
+        ``shift = bias - mean * scale``): the same function, one pass over
+        the activations fewer, forward and backward. False runs
+        ``frozen_batch_norm_forward`` after a bias-free conv, step by step.
+        Both give the same numbers up to rounding.
     Returns (features, cache): features {"C2": (N, 4w, H/4, W/4),
     "C3": (N, 8w, H/8, W/8), "C4": (N, 16w, H/16, W/16), "C5": (N, 32w, H/32, W/32)}
     (w = width, sizes rounded up for H, W not multiples of 32), and a ResNetCache.
@@ -466,7 +502,7 @@ def resnet_forward(params, x):
         raise ValueError(f"x must have no empty dimension, got {x.shape}")
     structure = check_resnet_params(params, dtype=x.dtype)
     stem_spec, stage_specs = resnet_conv_specs(structure)
-    out, stem = _conv_bn_forward(params, stem_spec, x)
+    out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
     out, stem_relu = relu_forward(out)
     out, pool = max_pool2d_forward(out, kernel_size=3, stride=2, padding=1)
     features = {}
@@ -474,7 +510,7 @@ def resnet_forward(params, x):
     for name, blocks in zip(FEATURE_NAMES, stage_specs):
         caches = []
         for specs in blocks:
-            out, c = bottleneck_forward(params, specs, out)
+            out, c = bottleneck_forward(params, specs, out, fold_bn=fold_bn)
             caches.append(c)
         stages.append(tuple(caches))
         features[name] = out

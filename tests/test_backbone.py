@@ -90,11 +90,12 @@ def ref_resnet(p, x, layers):
     return feats
 
 
-def test_forward_matches_independent_reference():
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_forward_matches_independent_reference(fold_bn):
     layers = (1, 2, 1, 2)
     p = tiny(layers, width=4, seed=1)
     x = np.random.default_rng(2).standard_normal((2, 3, 37, 45))
-    feats, _ = resnet_forward(p, x)
+    feats, _ = resnet_forward(p, x, fold_bn=fold_bn)
     ref = ref_resnet(p, x, layers)
     assert set(feats) == {"C2", "C3", "C4", "C5"}
     for k in ref:
@@ -269,6 +270,24 @@ def test_whole_backbone_and_fpn_gradient_check():
     assert relative_error(num[sel], dx[sel]) < 1e-6
 
 
+def test_folded_and_step_by_step_bn_agree_forward_and_backward():
+    p = tiny((1, 2, 1, 1), width=4, seed=15)
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((2, 3, 33, 29))
+    fa, ca = resnet_forward(p, x, fold_bn=True)
+    fb, cb = resnet_forward(p, x, fold_bn=False)
+    assert ca.stem.scale is not None and cb.stem.scale is None and cb.stem.bn is not None
+    dfeats = {k: rng.standard_normal(v.shape) for k, v in fa.items()}
+    ga, dxa = resnet_backward(dfeats, ca, return_input_grad=True)
+    gb, dxb = resnet_backward(dfeats, cb, return_input_grad=True)
+    for k in fa:
+        np.testing.assert_allclose(fa[k], fb[k], rtol=1e-12, atol=1e-12)
+    assert list(ga) == list(gb)
+    for k in ga:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-11, atol=1e-11 * np.abs(gb[k]).max())
+    np.testing.assert_allclose(dxa, dxb, rtol=1e-11, atol=1e-11 * np.abs(dxb).max())
+
+
 def test_trainable_layers_as_the_reference():
     p = tiny((1, 2, 1, 1), width=4, seed=20)
     rng = np.random.default_rng(21)
@@ -350,6 +369,11 @@ def test_bad_params_raise_naming_the_key():
     q = dict(p)
     q[key] = p[key].astype(np.float64)
     with pytest.raises(TypeError, match=re.escape(key)):
+        resnet_forward(q, x)
+    q = {k: v.copy() for k, v in p.items()}
+    key = B + "layer1.0.bn2.running_var"
+    q[key][1] = -1.0
+    with pytest.raises(ValueError, match=re.escape(key)):
         resnet_forward(q, x)
     # keys of other parts of the model are ignored
     q = dict(p)
