@@ -1015,8 +1015,9 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     img_shape: (H, W) ints. padding: int >= 0.
     Returns (D, H, W) in the masks' dtype. Difference: torchvision takes and
     returns a channel axis ((D, 1, M, M) -> (D, 1, H, W)); a box that lies
-    completely left of or above the image pastes nothing (torchvision's
-    slicing would wrap around there).
+    completely outside the image pastes nothing (torchvision's slicing wraps
+    around or raises there; boxes from :func:`postprocess_detections` are
+    clipped to the image, so this does not arise in the model).
     """
     h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
     d = masks.shape[0]
