@@ -962,27 +962,30 @@ def _integer_expanded_boxes(masks, boxes, padding):
     return padded, ibox
 
 
-def _paste_taps(lo, hi, n_img, n_src):
+def _paste_taps(lo, hi, n_img, n_src, dtype):
     """Interpolation matrices (D, n_img, n_src) for one axis of the paste.
 
     Image index y lies in the expanded integer box when lo <= y <= hi; there
     it reads the padded mask (n_src samples) through torch's align_corners=False
     bilinear resize to n_box = max(hi - lo + 1, 1) samples, at local index
     t = y - lo: src = max((t + 0.5) * n_src / n_box - 0.5, 0). Rows outside
-    the box (or with hi < lo) are zero.
+    the box (or with hi < lo) are zero. Arithmetic in ``dtype`` (float32 for
+    float32 masks), as torch's CPU kernel and ``ops.resize`` do.
     """
+    dt = np.dtype(dtype).type
     n_box = np.maximum(hi - lo + 1, 1)[:, None]                    # (D, 1)
     y = np.arange(n_img, dtype=np.int64)[None, :]                  # (1, n_img)
-    t = y - lo[:, None]
+    t = (y - lo[:, None]).astype(dtype)
     inside = (y >= lo[:, None]) & (y <= hi[:, None])
-    src = np.maximum((t + 0.5) * (n_src / n_box) - 0.5, 0.0)
+    scale = dt(n_src) / n_box.astype(dtype)
+    src = np.maximum((t + dt(0.5)) * scale - dt(0.5), dt(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
     i1 = np.where(i0 < n_src - 1, i0 + 1, i0)
-    w1 = src - i0
+    w1 = np.clip(src - i0.astype(dtype), dt(0), dt(1))
     cols = np.arange(n_src)
-    taps = ((1.0 - w1)[..., None] * (cols == i0[..., None])
-            + w1[..., None] * (cols == i1[..., None]))
-    taps[~inside] = 0.0
+    taps = ((dt(1) - w1)[..., None] * (cols == i0[..., None])
+            + w1[..., None] * (cols == i1[..., None])).astype(dtype, copy=False)
+    taps[~inside] = 0
     return taps
 
 
@@ -1025,8 +1028,8 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
         return np.zeros((0, h, w), dtype=masks.dtype)
     padded, ibox = _integer_expanded_boxes(masks, boxes, pad)
     n_src = padded.shape[-1]
-    ty = _paste_taps(ibox[:, 1], ibox[:, 3], h, n_src).astype(masks.dtype)   # (D, H, M+2)
-    tx = _paste_taps(ibox[:, 0], ibox[:, 2], w, n_src).astype(masks.dtype)   # (D, W, M+2)
+    ty = _paste_taps(ibox[:, 1], ibox[:, 3], h, n_src, masks.dtype)   # (D, H, M+2)
+    tx = _paste_taps(ibox[:, 0], ibox[:, 2], w, n_src, masks.dtype)   # (D, W, M+2)
     return ty @ (padded @ tx.transpose(0, 2, 1))
 
 
