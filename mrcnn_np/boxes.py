@@ -331,102 +331,173 @@ def batched_nms_naive(boxes, scores, idxs, iou_threshold):
     return keep[_score_order(scores[keep])].astype(np.int64)  # ties: increasing index
 
 
-# Tuning of the fast NMS (see _suppression_pairs).
-_BLOCK_ELEMENTS = 1 << 20       # IoU entries computed per dense block
+# --- fast NMS --------------------------------------------------------------
+#
+# Both phases below rest on one cheap geometric filter. Sort the boxes by x1.
+# Since the intersection is at most iw * min(h), IoU <= iw / max(w_p, w_q) and
+# IoU <= min(w) / max(w). So for IoU > t (t > 0):
+#   * the widths are within a factor t: max(w) < w_p / t;
+#   * |x1_q - x1_p| <= max(w) - iw < (1 - t) * max(w) < (1 - t) * w_p / t;
+#   * and, for x1_q >= x1_p, the boxes intersect only if x1_q < x2_p.
+# So box p's partners lie in the x1 window
+#   x1_p - reach_p < x1_q < min(x2_p, x1_p + reach_p),
+#   reach_p = (1 - t) * min(max_w, w_p / t),
+# a few boxes wide for uniform boxes. We use t - 1e-3 in place of t: the margin
+# keeps the window safe under float rounding (it only adds candidates; the IoU
+# test itself is the formula of box_iou, so the result equals nms_naive bit for
+# bit). Categories (batched_nms) are laid side by side on the x axis, far
+# apart, and also compared directly.
+
+_BLOCK_ELEMENTS = 1 << 20       # IoU entries per dense block of the pair sweep
 _IOU_MARGIN = 1e-3              # slack on the x-window bound (float rounding)
-_MAX_PAIRS_PER_BOX = 256        # above this many suppression pairs per box on
-                                # average, switch to the kept-box loop
+_MAX_PAIRS_PER_BOX = 64         # pair budget of the sweep, per box
+_PROBE = 32                     # kept boxes per check of the loop's yield
+_MIN_REMOVED_PER_KEPT = 2.0     # below this yield the loop hands over to the sweep
 
 
-def _suppression_pairs(b, groups, iou_threshold, max_pairs):
-    """All pairs (i, j), i < j in score rank, with IoU(b_i, b_j) > threshold.
+class _Sweep:
+    """x-sorted view of boxes sorted by decreasing score (rank order).
 
-    b: (N, 4) boxes sorted by decreasing score; groups: (N,) int or None (pairs
-    in different groups never suppress each other). Returns (src, dst) int64
-    arrays, src < dst, or None when more than ``max_pairs`` pairs exist.
-
-    Pairs are found without looking at all N^2 of them. Sort the boxes by x1
-    and look, for box p, only at boxes q after it in that order with
-    ``x1_q < x1_p + window_p``. The window is exact for "can intersect at all"
-    (``x1_q < x2_p``), and tighter for IoU > t: IoU <= inter / area_p <=
-    iw / w_p <= (w_p - (x1_q - x1_p)) / w_p, so IoU > t needs
-    ``x1_q - x1_p < (1 - t) * w_p <= (1 - t) * max_w``. A small margin keeps
-    the bound safe under float rounding (it only adds candidates; the IoU test
-    is the same formula as ``box_iou``, so the result matches ``nms_naive``).
-    Candidates are scored in dense blocks of consecutive x-sorted boxes.
+    b: (N, 4) in rank order; groups: (N,) or None. Holds, in x order, the
+    coordinates X1..Y2, areas A, ranks ``xo`` and categories G, and per rank the
+    candidate window [lo, hi) of x positions (both sides) and hi_after (the
+    forward-only window used by the pair sweep, from the box's own x position).
     """
-    n = b.shape[0]
-    x1 = b[:, 0].astype(np.float64)
-    x2 = b[:, 2].astype(np.float64)
-    span = float(x2.max() - x1.min()) if n else 0.0
-    if groups is not None:
-        # Place the groups side by side on the x axis, 2 * span + 1 apart, so a
-        # window never reaches into another group (and a group test checks it).
-        _, g = np.unique(groups, return_inverse=True)
-        offset = g.astype(np.float64) * (2.0 * span + 1.0) - x1.min()
-        x1 = x1 + offset
-        x2 = x2 + offset
-    wmax = float(np.max(b[:, 2].astype(np.float64) - b[:, 0])) if n else 0.0
-    frac = min(1.0, max(1.0 - iou_threshold, 0.0) + _IOU_MARGIN)
-    slack = 1e-9 * (float(np.abs(x2).max()) + 1.0)  # float64 rounding of the offsets
-    bound = np.minimum(x2, x1 + frac * max(wmax, 0.0)) + slack
 
-    xo = np.argsort(x1, kind="stable")
-    ks = x1[xo]
-    hi = np.searchsorted(ks, bound[xo], side="left")  # candidates of p: (p, hi[p])
-    hi = np.maximum(hi, np.arange(1, n + 1))
-    bx = b[xo]
-    X1, Y1, X2, Y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
-    A = (X2 - X1) * (Y2 - Y1)
-    G = None if groups is None else g[xo]
+    def __init__(self, b, groups, iou_threshold):
+        n = b.shape[0]
+        x1 = b[:, 0].astype(np.float64)
+        x2 = b[:, 2].astype(np.float64)
+        self.g = None
+        if groups is not None:
+            span = float(x2.max() - x1.min())
+            _, g = np.unique(groups, return_inverse=True)
+            self.g = g.reshape(-1)
+            offset = self.g.astype(np.float64) * (2.0 * span + 1.0) - x1.min()
+            x1 = x1 + offset
+            x2 = x2 + offset
+        w = b[:, 2].astype(np.float64) - b[:, 0]
+        wmax = max(float(np.max(w)), 0.0)
+        t = float(iou_threshold) - _IOU_MARGIN
+        if t > 0:
+            reach = (1.0 - min(t, 1.0)) * np.minimum(wmax, w / t)
+        else:
+            reach = np.full(n, wmax)
+        slack = 1e-9 * (float(np.abs(x2).max()) + float(np.abs(x1).max()) + 1.0)
+        xo = np.argsort(x1, kind="stable")
+        ks = x1[xo]
+        self.n = n
+        self.xo = xo                                   # x position -> rank
+        self.pos = np.empty(n, np.int64)
+        self.pos[xo] = np.arange(n)                    # rank -> x position
+        fwd = np.minimum(x2, x1 + reach) + slack       # partners after: x1_q < fwd
+        self.hi = np.searchsorted(ks, fwd, side="left")          # per rank
+        self.lo = np.searchsorted(ks, x1 - reach - slack, side="right")
+        bx = b[xo]
+        self.X1, self.Y1, self.X2, self.Y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
+        self.A = (self.X2 - self.X1) * (self.Y2 - self.Y1)
+        self.G = None if self.g is None else self.g[xo]
+        self.t = iou_threshold
+
+
+def _loop_kept(sw, removed, start, stop_when_unproductive):
+    """Greedy loop over kept boxes from rank ``start``; each kept box scores
+    only the boxes in its x window and removes those above the threshold.
+
+    Cost O(K * window) plus ~15 us of NumPy calls per kept box: cheap when
+    each kept box removes many (dense overlaps), torchvision's O(N * K) loop
+    with a spatial filter. With ``stop_when_unproductive`` it returns early
+    once the last ``_PROBE`` kept boxes removed fewer than
+    ``_MIN_REMOVED_PER_KEPT`` each; returns the first rank not yet decided.
+    """
+    n = sw.n
+    r = start
+    kept_since = removed_since = 0
+    while r < n:
+        if removed[r]:
+            r += 1
+            continue
+        p = sw.pos[r]
+        lo, hi = sw.lo[r], sw.hi[r]
+        sl = slice(lo, hi)
+        iou = _pair_iou(sw.X1[p], sw.Y1[p], sw.X2[p], sw.Y2[p], sw.A[p],
+                        sw.X1[sl], sw.Y1[sl], sw.X2[sl], sw.Y2[sl], sw.A[sl])
+        ranks = sw.xo[sl]
+        hit = (iou > sw.t) & (ranks > r)
+        if sw.G is not None:
+            hit &= sw.G[sl] == sw.G[p]
+        victims = ranks[hit]
+        removed[victims] = True
+        r += 1
+        if stop_when_unproductive:
+            kept_since += 1
+            removed_since += victims.size
+            if kept_since == _PROBE:
+                if removed_since < _MIN_REMOVED_PER_KEPT * _PROBE:
+                    return r
+                kept_since = removed_since = 0
+    return n
+
+
+def _suppression_pairs(sw, alive, max_pairs):
+    """All pairs (i, j) of alive boxes, rank i < rank j, with IoU > threshold.
+
+    alive: (N,) bool by rank. Returns (src, dst) rank arrays or None when
+    there are more than ``max_pairs``. For each x position p the forward
+    window (p, hi) is scored; rows of consecutive x positions form dense
+    blocks (rows x (rows + window)) so the work is a few big array ops.
+    """
+    n = sw.n
+    alive_x = alive[sw.xo]
+    hi_x = np.maximum(sw.hi[sw.xo], np.arange(1, n + 1))
+    # skip dead rows entirely: only alive x positions are rows
+    rows_all = np.flatnonzero(alive_x)
     srcs, dsts = [], []
     total = 0
-    p0 = 0
-    while p0 < n:
-        # grow the row block while the dense block stays within budget
-        # rows ~ window width: the block is rows x (rows + width) entries, of
-        # which about width / (rows + width) are real candidates
-        width = int(hi[p0]) - p0
-        rows = max(16, min(256, width // 2, _BLOCK_ELEMENTS // max(width, 1)))
-        rows = min(rows, n - p0)
-        p1 = p0 + rows
-        q0, q1 = p0 + 1, int(hi[p0:p1].max())
+    i = 0
+    m = rows_all.size
+    while i < m:
+        p0 = int(rows_all[i])
+        width = int(hi_x[p0]) - p0
+        # rows: the alive x positions in [p0, p0 + span); the block is then
+        # about rows x (span + width) entries, ~width / (span + width) useful
+        span = max(16, min(256, width // 2, _BLOCK_ELEMENTS // max(width, 1)))
+        j = i + max(1, int(np.searchsorted(rows_all[i:i + span], p0 + span, side="left")))
+        rows = rows_all[i:j]
+        q0, q1 = p0 + 1, int(hi_x[rows].max())
         if q1 > q0:
-            r = slice(p0, p1)
             c = slice(q0, q1)
-            iou = _pair_iou(X1[r, None], Y1[r, None], X2[r, None], Y2[r, None], A[r, None],
-                            X1[c], Y1[c], X2[c], Y2[c], A[c])
-            hit = iou > iou_threshold
-            # keep only q in (p, hi[p]): column index j is q = q0 + j
+            iou = _pair_iou(sw.X1[rows, None], sw.Y1[rows, None], sw.X2[rows, None], sw.Y2[rows, None],
+                            sw.A[rows, None], sw.X1[c], sw.Y1[c], sw.X2[c], sw.Y2[c], sw.A[c])
+            hit = iou > sw.t
             qs = np.arange(q0, q1)
-            ps = np.arange(p0, p1)
-            hit &= qs[None, :] > ps[:, None]
-            hit &= qs[None, :] < hi[r, None]
-            if G is not None:
-                hit &= G[r, None] == G[c]
+            hit &= qs[None, :] > rows[:, None]
+            hit &= qs[None, :] < hi_x[rows, None]
+            hit &= alive_x[c][None, :]
+            if sw.G is not None:
+                hit &= sw.G[rows, None] == sw.G[c]
             pi, qj = np.nonzero(hit)
             if pi.size:
                 total += pi.size
                 if total > max_pairs:
                     return None
-                a = xo[pi + p0]
-                bb = xo[qj + q0]
+                a = sw.xo[rows[pi]]
+                bb = sw.xo[qj + q0]
                 srcs.append(np.minimum(a, bb))
                 dsts.append(np.maximum(a, bb))
-        p0 = p1
+        i = j
     if not srcs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(srcs), np.concatenate(dsts)
 
 
-def _greedy_from_pairs(n, src, dst):
-    """Greedy pass: walk suppressing boxes in rank order; a box still alive is
-    kept and removes its partners. Returns the (N,) bool 'removed' mask.
+def _greedy_from_pairs(removed, src, dst):
+    """Greedy pass over the pair list, in rank order: a source still alive is
+    kept and removes its partners. Updates ``removed`` (by rank) in place.
 
-    Only boxes that suppress something are visited (a box removed by nobody
-    is kept without a visit), one vectorised assignment per kept one.
+    Only boxes that suppress something are visited (a box nobody suppresses
+    is kept without a visit); one vectorised assignment per kept one.
     """
-    removed = np.zeros(n, dtype=bool)
     if src.size == 0:
         return removed
     order = np.argsort(src, kind="stable")
@@ -440,48 +511,37 @@ def _greedy_from_pairs(n, src, dst):
     return removed
 
 
-def _greedy_dense(b, groups, iou_threshold):
-    """Greedy loop over kept boxes against all remaining ones (O(N * K)).
-
-    Used when boxes overlap so heavily that the pair list would be large; then
-    few boxes are kept and this loop is short. b sorted by decreasing score.
-    Returns the kept rank positions (increasing).
-    """
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    alive = np.arange(b.shape[0])
-    keep = []
-    while alive.size:
-        i = alive[0]
-        keep.append(i)
-        rest = alive[1:]
-        iou = _pair_iou(b[i, 0], b[i, 1], b[i, 2], b[i, 3], area[i],
-                        b[rest, 0], b[rest, 1], b[rest, 2], b[rest, 3], area[rest])
-        drop = iou > iou_threshold
-        if groups is not None:
-            drop &= groups[rest] == groups[i]
-        alive = rest[~drop]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def _nms_sorted(boxes, scores, groups, iou_threshold, *, max_pairs=None):
+def _nms_sorted(boxes, scores, groups, iou_threshold, *, max_pairs=None, probe=True):
     """Shared body of nms / batched_nms (arguments already checked).
 
-    max_pairs: pair budget of the sweep before switching to the kept-box
-    loop; default ``_MAX_PAIRS_PER_BOX * N + 4096`` (tests force 0).
+    Phase 1 (``probe``): the windowed kept-box loop, while each kept box
+    removes many others (dense clusters: the top box of each cluster clears
+    most of it). Phase 2: the pair sweep over the boxes still undecided, then
+    the greedy pass over its pair list; if the pairs exceed ``max_pairs``
+    (default ``_MAX_PAIRS_PER_BOX * N + 4096``) the loop finishes the job.
+    Both phases apply the greedy rule in rank order, so any split between
+    them gives the same result (tests force each path).
     """
     order = _score_order(scores)
     n = order.size
     if n == 0:
         return order
-    iou_threshold = _threshold_as(boxes.dtype, iou_threshold)
+    t = _threshold_as(boxes.dtype, iou_threshold)
     b = boxes[order]
     g = None if groups is None else groups[order]
-    if max_pairs is None:
-        max_pairs = _MAX_PAIRS_PER_BOX * n + 4096
-    pairs = _suppression_pairs(b, g, iou_threshold, max_pairs=max_pairs)
-    if pairs is None:
-        return order[_greedy_dense(b, g, iou_threshold)]
-    removed = _greedy_from_pairs(n, *pairs)
+    sw = _Sweep(b, g, t)
+    removed = np.zeros(n, dtype=bool)
+    start = _loop_kept(sw, removed, 0, stop_when_unproductive=True) if probe else 0
+    if start < n:
+        if max_pairs is None:
+            max_pairs = _MAX_PAIRS_PER_BOX * n + 4096
+        alive = ~removed
+        alive[:start] = False  # decided already (kept ones have done their removing)
+        pairs = _suppression_pairs(sw, alive, max_pairs)
+        if pairs is None:
+            _loop_kept(sw, removed, start, stop_when_unproductive=False)
+        else:
+            _greedy_from_pairs(removed, *pairs)
     return order[~removed]
 
 
@@ -496,10 +556,11 @@ def nms(boxes, scores, iou_threshold):
     The IoU (computed in the boxes' dtype) is compared with the threshold as
     a real number, as torchvision compares float IoU with a double threshold.
 
-    Vectorised: candidate pairs come from an x-sorted sweep and are scored in
-    dense blocks (see ``_suppression_pairs``); the greedy pass then visits only
-    boxes that suppress something. When the overlaps are so dense that the pair
-    list would be large, it switches to the kept-box loop, which is short then.
+    Fast path (see ``_nms_sorted``): boxes are sorted by x once, so a box is
+    only compared with the boxes in its x window. A kept-box loop runs while
+    each kept box removes many others (dense clusters), then the boxes still
+    undecided are scored pairwise in dense blocks and a greedy pass over the
+    pair list visits only the boxes that suppress something.
     Equal to :func:`nms_naive` bit for bit (same IoU formula).
     """
     iou_threshold = _check_nms_args(boxes, scores, iou_threshold)

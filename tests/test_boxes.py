@@ -304,7 +304,8 @@ def test_nms_properties(data):
     assert keep.dtype == np.int64 and len(set(keep.tolist())) == keep.size
     assert ((keep >= 0) & (keep < n)).all()
     assert (np.diff(s[keep]) <= 0).all()                      # sorted by score
-    iou = box_iou(b, b)
+    # compare as real numbers (nms does: float32 0.1f > 0.1 although 0.1f == float32(0.1))
+    iou = box_iou(b, b).astype(np.float64)
     kk = iou[np.ix_(keep, keep)]
     assert not (np.triu(kk, 1) > thr).any()                    # no kept pair above
     rank = np.empty(n, np.int64)
@@ -322,13 +323,16 @@ def test_nms_fast_equals_naive(data):
 
 @given(data=st.data())
 @settings(max_examples=25)
-def test_nms_dense_fallback_equals_naive(data):
-    # a zero pair budget forces the kept-box loop used for very dense overlaps
+def test_nms_each_fast_path_equals_naive(data):
+    # nms mixes a kept-box loop and a pair sweep; force each one alone
     b, s, thr = _nms_problem(data, max_n=200)
     idxs = np.arange(b.shape[0]) % 3
-    np.testing.assert_array_equal(B._nms_sorted(b, s, None, thr, max_pairs=0), nms_naive(b, s, thr))
-    np.testing.assert_array_equal(B._nms_sorted(b, s, idxs, thr, max_pairs=0),
-                                  batched_nms_naive(b, s, idxs, thr))
+    ref, ref_b = nms_naive(b, s, thr), batched_nms_naive(b, s, idxs, thr)
+    for kw in ({"probe": False, "max_pairs": 10**9},   # sweep + greedy pass only
+               {"probe": False, "max_pairs": 0},       # loop only (budget exceeded at once)
+               {"probe": True, "max_pairs": 0}):       # loop, then loop again
+        np.testing.assert_array_equal(B._nms_sorted(b, s, None, thr, **kw), ref)
+        np.testing.assert_array_equal(B._nms_sorted(b, s, idxs, thr, **kw), ref_b)
 
 
 @given(data=st.data())
