@@ -176,6 +176,7 @@ def _pack_masks(masks):
 
 
 _HAS_POPCOUNT = hasattr(np, "bitwise_count")
+_MATCH_BUDGET = 4_000_000  # elements of the (groups, A, T, G) working arrays per matching chunk
 
 
 def _mask_counts(dt_masks, gt_masks):
@@ -298,7 +299,7 @@ def _match_groups(ious, gt_notig, gt_crowd, det_out, thresholds):
     out_i = [None] * n_groups
     # chunks of similar G so that padding stays small and memory bounded
     order = sorted(range(n_groups), key=lambda n: (ious[n].shape[1], ious[n].shape[0]))
-    budget = 4_000_000  # elements of the (N, A, T, G) working arrays per chunk
+    budget = _MATCH_BUDGET
     start = 0
     while start < n_groups:
         stop = start + 1

@@ -320,8 +320,10 @@ def random_data(rng, n_images, size=48, with_masks=True):
     return gts, dts
 
 
-@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-def test_equals_plain_reimplementation(iou_type):
+@pytest.mark.parametrize("iou_type,budget", [("bbox", None), ("segm", None), ("bbox", 500)])
+def test_equals_plain_reimplementation(iou_type, budget, monkeypatch):
+    if budget is not None:  # force many small matching chunks
+        monkeypatch.setattr("mrcnn_np.evaluate._MATCH_BUDGET", budget)
     rng = np.random.default_rng(7 if iou_type == "bbox" else 8)
     gts, dts = random_data(rng, 12)
     r = coco_evaluate(gts, dts, iou_type=iou_type, category_ids=(1, 2))

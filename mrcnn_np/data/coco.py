@@ -9,7 +9,8 @@ we return ``(x1, y1, x2, y2) = (x, y, x + w, y + h)`` (width ``x2 - x1``, no
 +1), as the rest of ``mrcnn_np``. Polygons use the same continuous frame.
 
 The samples :func:`load_coco` returns look like the shapes dataset's:
-``image`` (H, W, 3) float32 in [0, 1], ``boxes`` (G, 4) float32 xyxy,
+``image`` (H, W, 3) float32 in [0, 1], ``boxes`` (G, 4) float64 xyxy (json
+numbers are doubles; float64 keeps the IoUs those of pycocotools),
 ``labels`` (G,) int64 contiguous 1..K (0 = background), ``masks``
 (G, H, W) bool, ``iscrowd`` (G,) bool, ``area`` (G,) float64 (the json's
 ``area``), ``ann_ids`` (G,) int64, ``image_id`` int, ``file_name`` str.
@@ -474,7 +475,7 @@ def load_coco(annotation_file, image_dir=None, *, load_images=True, load_masks=T
         anns = per_image[iid]
         g = len(anns)
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(g, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         area = np.array(
             [a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in anns], dtype=np.float64
         )
@@ -569,9 +570,15 @@ def load_coco_results(results, coco):
     results: path of a results json, or the list itself.
     coco: the :class:`CocoData` the results refer to (image ids, sizes, categories).
     Returns a list aligned with ``coco.samples`` of dicts ``boxes`` (D, 4)
-    float32 xyxy, ``labels`` (D,) int64, ``scores`` (D,) float32, and
-    ``masks`` (D, H, W) bool when the results carry ``segmentation``
-    (image size from the RLE ``size``).
+    float64 xyxy, ``labels`` (D,) int64, ``scores`` (D,) float64, ``area``
+    (D,) float64, and ``masks`` (D, H, W) bool when the results carry
+    ``segmentation`` (image size from the RLE ``size``).
+
+    ``area`` follows ``COCO.loadRes``: when the first result has a ``bbox``,
+    every detection's area is its box area ``w * h`` (even for mask
+    evaluation), otherwise its mask pixel count -- so that
+    ``coco_evaluate(coco.samples, load_coco_results(path, coco), ...)`` gives
+    pycocotools' numbers for the same two files.
     """
     if not isinstance(results, list):
         results = _read_json(results, "results file")
@@ -580,10 +587,13 @@ def load_coco_results(results, coco):
     index = {s["image_id"]: i for i, s in enumerate(coco.samples)}
     label_of = {cid: k + 1 for k, cid in enumerate(coco.category_ids)}
     buckets = [[] for _ in coco.samples]
+    box_area = bool(results) and isinstance(results[0], dict) and bool(results[0].get("bbox"))
     for n, r in enumerate(results):
         _need(r, ("image_id", "category_id", "score"), f"result {n}")
         if "bbox" not in r and "segmentation" not in r:
             raise ValueError(f"result {n} needs 'bbox' or 'segmentation'")
+        if box_area and not r.get("bbox"):
+            raise ValueError(f"result {n} has no 'bbox' while the first result has one")
         if r["image_id"] not in index:
             raise ValueError(f"result {n}: image_id {r['image_id']} is not in the dataset")
         if r["category_id"] not in label_of:
@@ -594,7 +604,7 @@ def load_coco_results(results, coco):
         d = len(rs)
         det = {
             "labels": np.array([label_of[r["category_id"]] for r in rs], dtype=np.int64),
-            "scores": np.array([r["score"] for r in rs], dtype=np.float32),
+            "scores": np.array([r["score"] for r in rs], dtype=np.float64),
         }
         with_masks = d > 0 and all("segmentation" in r for r in rs)
         if with_masks:
@@ -610,6 +620,12 @@ def load_coco_results(results, coco):
                 ys, xs = np.nonzero(det["masks"][j])
                 xywh.append([xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] if len(xs) else [0, 0, 0, 0])
         xywh = np.array(xywh, dtype=np.float64).reshape(d, 4)
-        det["boxes"] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+        det["boxes"] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        if box_area:
+            det["area"] = xywh[:, 2] * xywh[:, 3]
+        elif with_masks:
+            det["area"] = det["masks"].reshape(d, -1).sum(axis=1).astype(np.float64)
+        else:
+            det["area"] = np.zeros(0)
         out.append(det)
     return out

@@ -5,6 +5,7 @@ Skipped when pycocotools is not installed. Run with the torch venv:
 """
 import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from pycocotools import mask as mask_utils  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
-from mrcnn_np.data.coco import polygon_to_mask, rle_decode, rle_encode  # noqa: E402
+from mrcnn_np.data.coco import polygon_to_mask, rle_counts_from_mask, rle_decode, rle_encode  # noqa: E402
 from mrcnn_np.evaluate import coco_evaluate  # noqa: E402
 
 
@@ -221,3 +222,73 @@ def test_polygon_centres_method_vs_pycocotools():
     # integer rectangles agree exactly
     poly = np.array([10, 5, 30, 5, 30, 25, 10, 25], dtype=float)
     np.testing.assert_array_equal(polygon_to_mask([poly], h, w, method="centres"), _coco_poly_mask(poly, h, w))
+
+
+def _make_coco_json(tmp_path, seed=0, n_images=15, h=72, w=96):
+    """A COCO annotation file with polygons (one or two parts), compressed RLE,
+    uncompressed-RLE crowds, sparse category ids and json 'area' = polygon area."""
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    k = 1
+    for i in range(n_images):
+        iid = 1000 - 7 * i
+        images.append({"id": iid, "file_name": f"{iid}.png", "height": h, "width": w})
+        for _ in range(int(rng.integers(0, 6))):
+            cat = int(rng.choice([2, 5, 9]))
+            kind = rng.random()
+            if kind < 0.6:
+                parts = [_random_polygon(rng, h, w, int(rng.integers(3, 9))) * rng.uniform(0.3, 1.0)
+                         + rng.uniform(0, 30, 1) for _ in range(1 if rng.random() < 0.8 else 2)]
+                segm = [list(map(float, p)) for p in parts]
+                m = polygon_to_mask(parts, h, w)
+                xy = parts[0].reshape(-1, 2)
+                area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], -1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], -1)))
+                crowd = 0
+            else:
+                m = _random_region(rng, h, w, big=rng.random() < 0.3)
+                crowd = int(kind > 0.85)
+                if crowd:  # uncompressed RLE, as COCO stores crowds
+                    segm = {"size": [h, w], "counts": rle_counts_from_mask(m).tolist()}
+                else:
+                    segm = rle_encode(m)
+                area = float(m.sum())
+            if not m.any():
+                continue
+            ys, xs = np.nonzero(m)
+            bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+            anns.append({"id": k, "image_id": iid, "category_id": cat, "segmentation": segm, "area": float(area),
+                         "bbox": bbox, "iscrowd": crowd})
+            k += 1
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": c, "name": f"c{c}"} for c in (2, 5, 9)]}))
+    return path
+
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_coco_files_pipeline_equals_pycocotools(tmp_path, seed):
+    """Same annotation file + same results file -> same 12 numbers, both iou types."""
+    from mrcnn_np.data.coco import load_coco, load_coco_results, write_coco_results
+    from mrcnn_np.evaluate import simulate_detections
+
+    path = _make_coco_json(tmp_path, seed)
+    data = load_coco(path, load_images=False)
+    dets = simulate_detections(data.samples, noise=0.08, rng=np.random.default_rng(seed), drop=0.2,
+                               false_positives=1.5, num_classes=3)
+    res_path = write_coco_results(tmp_path / "results.json", dets, data.image_ids, category_ids=data.category_ids)
+    back = load_coco_results(res_path, data)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(path))
+        cdt = coco.loadRes(str(res_path))
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(coco, cdt, iouType=iou_type)
+            ev.evaluate(); ev.accumulate(); ev.summarize()
+        ours = coco_evaluate(data.samples, back, iou_type=iou_type, category_ids=(1, 2, 3))
+        np.testing.assert_allclose(ours.stats, ev.stats, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ours.precision, ev.eval["precision"], atol=1e-6, rtol=0)
+        # our masks are pycocotools' masks
+        for s in data.samples:
+            for ann_id, m in zip(s["ann_ids"], s["masks"]):
+                np.testing.assert_array_equal(m, coco.annToMask(coco.anns[int(ann_id)]).astype(bool))
