@@ -60,6 +60,7 @@ is the product with ``M``'s transpose (a scatter-add done in compiled code).
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -89,12 +90,15 @@ class RoIAlignCache(NamedTuple):
     input_shape: (N, C, H, W).
     output_size: (ph, pw).
     dtype: dtype of the input.
+    blocks: list of (k0, k1, rows of ``matrix`` for boxes k0..k1), the split
+        used to run the products in threads.
     """
 
     matrix: object
     input_shape: tuple
     output_size: tuple
     dtype: np.dtype
+    blocks: list
 
 
 class MultiScaleRoIAlignCache(NamedTuple):
@@ -220,6 +224,26 @@ def _axis_bilinear(coord, size):
     return lo, hi, w_lo, w_hi
 
 
+def _merge_repeats(idx, w):
+    """Sum the weights of repeated indices along the last axis.
+
+    idx (R, m) int, w (R, m): per row, m (index, weight) pairs, e.g. the two
+    neighbours of each of a bin's samples along one axis (neighbouring samples
+    often share a row). Returns (idx, w) of the same shape, sorted by index,
+    each distinct index's total weight on its first occurrence and 0 on the
+    repeats (dropped later with the other zero weights).
+    """
+    order = np.argsort(idx, axis=-1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=-1)
+    w = np.take_along_axis(w, order, axis=-1)
+    first = np.ones(idx.shape, dtype=bool)
+    first[..., 1:] = idx[..., 1:] != idx[..., :-1]
+    merged = np.zeros_like(w)
+    if w.size:
+        merged[first] = np.add.reduceat(w.reshape(-1), np.flatnonzero(first.reshape(-1)))
+    return idx, merged
+
+
 def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
                      aligned=False, dtype=np.float64):
     """The sparse matrix of RoIAlign: ``out = M @ features``.
@@ -228,88 +252,130 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
     boxes: (K, 5) ``[batch_index, x1, y1, x2, y2]``.
     Returns a scipy CSR matrix of shape (K*ph*pw, N*H*W) and dtype ``dtype``;
     row ``(k*ph + p)*pw + q`` holds the weights of bin ``(p, q)`` of box ``k``
-    on feature cell ``(n*H + h)*W + w`` (the four neighbours of each sample,
-    divided by the sample count; repeated cells are summed by the product).
+    on feature cell ``(n*H + h)*W + w``: the bilinear weights of all its
+    samples divided by the sample count ``gh*gw``, a cell shared by several
+    samples stored once with the summed weight, zero weights not stored.
     Arguments are as in ``roi_align_forward`` and are assumed valid.
+
+    Bilinear weights factor into a y part and an x part (and so does the
+    "outside [-1, H] x [-1, W] gives 0" rule), so the weights of bin (p, q)
+    are the outer product of the y weights of row p and the x weights of
+    column q; these are computed once per box row and column.
     """
     n, _, height, width = input_shape
     ph, pw = check_pair("output_size", output_size)
     dtype = np.dtype(dtype)
     k = boxes.shape[0]
+    bins = ph * pw
     start, binsz, grid, count = _roi_geometry(boxes, (ph, pw), spatial_scale, sampling_ratio,
                                               aligned, dtype)
-    gh, gw = grid[:, 0], grid[:, 1]
-    nonempty = (gh > 0) & (gw > 0)
-    per_row = np.where(nonempty, 4 * gh * gw, 0)  # entries in each row of box k
-    bins = ph * pw
-    indptr = np.zeros(k * bins + 1, dtype=np.int64)
-    np.cumsum(np.repeat(per_row, bins), out=indptr[1:])
-    nnz = int(indptr[-1])
-    idx_dtype = np.int32 if max(nnz, n * height * width) < 2**31 - 1 else np.int64
-    indices = np.empty(nnz, dtype=idx_dtype)
-    data = np.empty(nnz, dtype=dtype)
-    box_offset = indptr[:-1:bins] if k else indptr[:0]
+    ncols = n * height * width
+    idx_dtype = np.int32 if ncols < 2**31 - 1 else np.int64
     base = boxes[:, 0].astype(np.int64) * (height * width)
+    nonempty = (grid[:, 0] > 0) & (grid[:, 1] > 0)  # an empty grid gives 0 (no samples)
 
     # One vectorised pass per distinct sampling grid (one pass when sampling_ratio > 0).
+    row_count = np.zeros(k * bins, dtype=np.int64)
+    parts = []
     if k and np.any(nonempty):
         pairs, group = np.unique(grid[nonempty], axis=0, return_inverse=True)
         which = np.flatnonzero(nonempty)
-        for g, (ggh, ggw) in enumerate(pairs):
+        for g, (gh, gw) in enumerate(pairs):
             kk = which[group.reshape(-1) == g]
-            ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, int(ggh), dtype)  # (Kg, ph, gh)
-            xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, int(ggw), dtype)  # (Kg, pw, gw)
+            ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, int(gh), dtype)  # (Kg, ph, gh)
+            xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, int(gw), dtype)  # (Kg, pw, gw)
             ylo, yhi, wylo, wyhi = _axis_bilinear(ys, height)
             xlo, xhi, wxlo, wxhi = _axis_bilinear(xs, width)
-            # (Kg, ph, 2*gh) row indices / weights, (Kg, pw, 2*gw) column ones
-            yi = np.concatenate([ylo, yhi], axis=2)
-            xi = np.concatenate([xlo, xhi], axis=2)
-            wy = np.concatenate([wylo, wyhi], axis=2) / dtype.type(count[kk][0])
-            wx = np.concatenate([wxlo, wxhi], axis=2)
-            # entries of row (k, p, q): every y neighbour times every x neighbour
-            cell = (base[kk, None, None, None, None]
-                    + yi[:, :, None, :, None] * width + xi[:, None, :, None, :])
-            weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
-            per_box = cell[0].size
-            if len(kk) == k:  # boxes are stored in order: a straight copy
-                indices[:] = cell.reshape(-1)
-                data[:] = weight.reshape(-1)
-            else:
-                pos = (box_offset[kk, None] + np.arange(per_box)[None, :]).reshape(-1)
-                indices[pos] = cell.reshape(-1)
-                data[pos] = weight.reshape(-1)
-    return sp.csr_matrix((data, indices, indptr), shape=(k * bins, n * height * width))
+            # per box row p: 2*gh (row index, weight) pairs; per column q: 2*gw
+            yi, wy = _merge_repeats(np.concatenate([ylo, yhi], axis=2),
+                                    np.concatenate([wylo, wyhi], axis=2) / dtype.type(count[kk][0]))
+            xi, wx = _merge_repeats(np.concatenate([xlo, xhi], axis=2),
+                                    np.concatenate([wxlo, wxhi], axis=2))
+            # Entries of row (k, p, q): every y neighbour times every x neighbour.
+            # Both pair axes are flattened into one of length my*mx first, so the
+            # broadcast products below run long inner loops.
+            my, mx = yi.shape[2], xi.shape[2]
+            wy16 = np.repeat(wy, mx, axis=2)  # (Kg, ph, my*mx)
+            wx16 = np.tile(wx, (1, 1, my))  # (Kg, pw, my*mx)
+            ky16 = np.repeat(wy != 0, mx, axis=2)
+            kx16 = np.tile(wx != 0, (1, 1, my))
+            yb16 = np.repeat((base[kk, None, None] + yi * width).astype(idx_dtype), mx, axis=2)
+            xi16 = np.tile(xi.astype(idx_dtype), (1, 1, my))
+            keep = np.flatnonzero(ky16[:, :, None, :] & kx16[:, None, :, :])
+            weight = (wy16[:, :, None, :] * wx16[:, None, :, :]).reshape(-1).take(keep)
+            cell = (yb16[:, :, None, :] + xi16[:, None, :, :]).reshape(-1).take(keep)
+            rows = (kk[:, None] * bins + np.arange(bins)[None, :]).reshape(-1)
+            ny = np.count_nonzero(wy, axis=2)  # (Kg, ph) stored y neighbours per box row
+            nx = np.count_nonzero(wx, axis=2)
+            row_count[rows] = (ny[:, :, None] * nx[:, None, :]).reshape(-1)
+            parts.append((rows, row_count[rows], cell, weight))
+    indptr = np.zeros(k * bins + 1, dtype=np.int64)
+    np.cumsum(row_count, out=indptr[1:])
+    nnz = int(indptr[-1])
+    if len(parts) == 1 and len(parts[0][0]) == k * bins:  # all boxes, in order
+        indices, data = parts[0][2], parts[0][3]
+    else:
+        indices = np.zeros(nnz, dtype=idx_dtype)
+        data = np.zeros(nnz, dtype=dtype)
+        for rows, counts, cells, weights in parts:
+            # destination of each entry: its row's start plus its rank in the row
+            first = np.repeat(indptr[rows] - (np.cumsum(counts) - counts), counts)
+            pos = first + np.arange(len(cells))
+            indices[pos] = cells
+            data[pos] = weights
+    if nnz >= 2**31 - 1:
+        indptr = indptr.astype(np.int64)
+    elif idx_dtype == np.int32:
+        indptr = indptr.astype(np.int32)
+    return sp.csr_matrix((data, indices, indptr), shape=(k * bins, ncols))
 
 
 # ---------------------------------------------------------------------------
 # fast forward / backward
 # ---------------------------------------------------------------------------
 
-_THREADS = 2
-_MIN_PARALLEL_WORK = 2_000_000  # nnz * C below which one thread is faster
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+_MIN_PARALLEL_NNZ = 20_000  # below this one thread is faster
+_POOL = None
 
 
-def _sparse_dense(matrix, dense, out_dtype):
-    """``matrix @ dense`` (CSR times C-contiguous), rows split over threads.
+def _pool():
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="roi_align")
+    return _POOL
 
-    scipy's sparse kernels release the GIL, so two row blocks run in parallel.
+
+def _box_blocks(matrix, k, bins):
+    """Split boxes 0..k into contiguous blocks holding about equal numbers of weights.
+
+    Returns a list of (k0, k1, sub) with ``sub`` the CSR rows of boxes k0..k1
+    (views of ``matrix``'s arrays, no copy).
     """
-    rows = matrix.shape[0]
-    if _THREADS < 2 or matrix.nnz * dense.shape[1] < _MIN_PARALLEL_WORK or rows < 2:
-        return np.asarray(matrix @ dense, dtype=out_dtype)
-    out = np.empty((rows, dense.shape[1]), dtype=out_dtype)
-    # split so both halves hold about the same number of stored entries
-    cut = int(np.searchsorted(matrix.indptr, matrix.nnz // 2))
-    cut = min(max(cut, 1), rows - 1)
-    blocks = [(0, cut), (cut, rows)]
+    if k == 0:
+        return []
+    nblocks = _THREADS if matrix.nnz >= _MIN_PARALLEL_NNZ else 1
+    nblocks = max(1, min(nblocks, k))
+    per_box = matrix.indptr[::bins]  # cumulative weights at box starts, (k + 1,)
+    cuts = np.searchsorted(per_box, np.arange(1, nblocks) * matrix.nnz / nblocks)
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 0, k), [k]]).astype(np.int64))
+    blocks = []
+    for k0, k1 in zip(edges[:-1], edges[1:]):
+        lo, hi = matrix.indptr[k0 * bins], matrix.indptr[k1 * bins]
+        sub = sp.csr_matrix(
+            (matrix.data[lo:hi], matrix.indices[lo:hi], matrix.indptr[k0 * bins:k1 * bins + 1] - lo),
+            shape=((k1 - k0) * bins, matrix.shape[1]),
+        )
+        blocks.append((int(k0), int(k1), sub))
+    return blocks
 
-    def work(block):
-        lo, hi = block
-        out[lo:hi] = matrix[lo:hi] @ dense
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(work, blocks))
-    return out
+def _run(fn, blocks):
+    """fn(block) for every block, in threads when there are several (scipy's
+    sparse products and numpy's copies release the GIL)."""
+    if len(blocks) <= 1:
+        return [fn(b) for b in blocks]
+    return list(_pool().map(fn, blocks))
 
 
 def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
@@ -330,14 +396,22 @@ def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_
         input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     n, c, h, w = input.shape
     ph, pw = output_size
+    k = boxes.shape[0]
     matrix = roi_align_matrix(input.shape, boxes, output_size, spatial_scale=spatial_scale,
                               sampling_ratio=sampling_ratio, aligned=aligned, dtype=input.dtype)
     # channels last, so the dense operand's rows are feature cells
     cells = np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
-    flat = _sparse_dense(matrix, cells, input.dtype)  # (K*ph*pw, C)
-    out = np.ascontiguousarray(flat.reshape(-1, ph, pw, c).transpose(0, 3, 1, 2))
+    out = np.empty((k, c, ph, pw), dtype=input.dtype)
+    blocks = _box_blocks(matrix, k, ph * pw)
+
+    def work(block):
+        k0, k1, sub = block
+        flat = sub @ cells  # (boxes*ph*pw, C)
+        out[k0:k1] = flat.reshape(k1 - k0, ph, pw, c).transpose(0, 3, 1, 2)
+
+    _run(work, blocks)
     cache = RoIAlignCache(matrix=matrix, input_shape=tuple(input.shape),
-                          output_size=output_size, dtype=input.dtype)
+                          output_size=output_size, dtype=input.dtype, blocks=blocks)
     return out, cache
 
 
@@ -347,22 +421,27 @@ def roi_align_backward(dout, cache):
     dout: (K, C, ph, pw) upstream gradient (not modified).
     cache: from ``roi_align_forward``.
     Returns dinput (N, C, H, W): every bin's gradient spread over the four
-    neighbours of each of its samples with the forward's weights.
+    neighbours of each of its samples with the forward's weights (``M^T @ dout``).
     """
     n, c, h, w = cache.input_shape
     ph, pw = cache.output_size
     k = cache.matrix.shape[0] // (ph * pw)
     check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
-    flat = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).reshape(k * ph * pw, c)
-    flat = flat.astype(cache.dtype, copy=False)
-    transposed = _transposed(cache)
-    grad_cells = _sparse_dense(transposed, flat, cache.dtype)  # (N*H*W, C)
-    return np.ascontiguousarray(grad_cells.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+    dtype = cache.dtype
 
+    def work(block):
+        k0, k1, sub = block
+        flat = np.ascontiguousarray(dout[k0:k1].transpose(0, 2, 3, 1), dtype=dtype)
+        # sub.T is the CSC view of the same arrays: a scatter-add, no conversion
+        return sub.T @ flat.reshape(-1, c)  # (N*H*W, C)
 
-def _transposed(cache):
-    """``M^T`` as CSR (a counting sort of the entries by column)."""
-    return cache.matrix.T.tocsr()
+    partial = _run(work, cache.blocks)
+    if not partial:
+        return np.zeros(cache.input_shape, dtype=dtype)
+    grad = np.asarray(partial[0], dtype=dtype)
+    for more in partial[1:]:
+        grad += more
+    return np.ascontiguousarray(grad.reshape(n, h, w, c).transpose(0, 3, 1, 2))
 
 
 # ---------------------------------------------------------------------------

@@ -243,6 +243,28 @@ def test_mixed_grid_sizes_in_one_call():
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
 
 
+def test_threaded_blocks_equal_single_block(monkeypatch):
+    # the fast path splits boxes into blocks run in threads when there is enough work;
+    # force several blocks on a small problem and compare with the naive loops
+    import mrcnn_np.roi_align as ra
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 12, 10))
+    boxes = np.column_stack([rng.integers(0, 2, 17), rng.uniform(-3, 14, (17, 4))])
+    boxes[:, 3:] = np.maximum(boxes[:, 3:], boxes[:, 1:3])
+    dout = rng.standard_normal((17, 3, 3, 2))
+    _, cache1 = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
+    assert len(cache1.blocks) == 1
+    dx1 = roi_align_backward(dout, cache1)
+    monkeypatch.setattr(ra, "_MIN_PARALLEL_NNZ", 0)
+    monkeypatch.setattr(ra, "_THREADS", 3)
+    out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
+    assert len(cache.blocks) == 3
+    np.testing.assert_allclose(out, roi_align_naive(x, boxes, (3, 2), sampling_ratio=-1),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(roi_align_backward(dout, cache), dx1, rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # gradients
 # ---------------------------------------------------------------------------
