@@ -1,0 +1,245 @@
+"""Figures for chapter 05, the region proposal network.
+
+Every function takes arrays (computed by ``mrcnn_np``) and an optional axes,
+draws, and returns the figure (or axes). Boxes are xyxy image pixels; images
+are (H, W, 3) floats in [0, 1] or (H, W) grey.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "LABEL_COLORS",
+    "plot_sliding_window",
+    "plot_objectness_maps",
+    "plot_anchor_labels",
+    "plot_sampled_anchors",
+    "plot_proposals",
+    "draw_boxes",
+]
+
+#: colours of anchor labels: positive, negative, ignored, ground truth
+LABEL_COLORS = {"positive": "#1a9850", "negative": "#d73027", "ignored": "#fdae61", "gt": "#2166ac"}
+
+
+def _axes(ax, figsize=(5, 5)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
+def draw_boxes(ax, boxes, *, color="C0", lw=1.0, alpha=1.0, ls="-", label=None):
+    """Draw (K, 4) xyxy boxes as rectangles on ``ax``; returns ``ax``."""
+    from matplotlib.patches import Rectangle
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
+                               alpha=alpha, ls=ls, label=label if i == 0 else None))
+    return ax
+
+
+def _show_image(ax, image, *, dim=0.0):
+    """Show ``image``; ``dim`` in [0, 1) blends it toward white so boxes stand out."""
+    image = np.asarray(image, dtype=np.float64)
+    if dim:
+        image = (1 - dim) * image + dim
+    ax.imshow(image, vmin=0, vmax=1, cmap="gray" if image.ndim == 2 else None, interpolation="nearest",
+              extent=(0, image.shape[1], image.shape[0], 0))
+    ax.set_xlim(0, image.shape[1])
+    ax.set_ylim(image.shape[0], 0)
+
+
+def plot_sliding_window(anchors_at_location, *, grid=8, stride=16, location=(3, 4), window=3):
+    """The RPN's sliding window and the k anchors of one location, side by side.
+
+    anchors_at_location: (k, 4) xyxy anchors of feature cell ``location = (y, x)``
+        (e.g. ``grid_anchors(...)[(y*grid + x)*k : (y*grid + x + 1)*k]``).
+    grid: side of the square feature map; stride: image pixels per cell.
+    Left: the grid x grid feature map with the window x window window centred on
+    ``location``. Right: the image (grid*stride pixels) with the cell grid, the
+    anchors centred at ``(x*stride, y*stride)`` (torchvision puts the centre on
+    the top-left corner of the cell), and the window's footprint.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch, Rectangle
+
+    anchors = np.asarray(anchors_at_location, dtype=np.float64).reshape(-1, 4)
+    k = anchors.shape[0]
+    y, x = location
+    half = window // 2
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 5.2), gridspec_kw={"width_ratios": [1, 1.25]})
+
+    # left: the feature map
+    for i in range(grid + 1):
+        a0.plot([0, grid], [i, i], color="0.6", lw=0.8)
+        a0.plot([i, i], [0, grid], color="0.6", lw=0.8)
+    a0.add_patch(Rectangle((x - half, y - half), window, window, facecolor="C1", alpha=0.35,
+                           edgecolor="C1", lw=2.5, label=f"{window}x{window} window"))
+    a0.add_patch(Rectangle((x, y), 1, 1, facecolor="C3", alpha=0.7, label=f"output cell (y={y}, x={x})"))
+    a0.set_xlim(-0.5, grid + 0.5)
+    a0.set_ylim(grid + 0.5, -0.5)
+    a0.set_aspect("equal")
+    a0.set_xticks(np.arange(grid) + 0.5, [str(i) for i in range(grid)])
+    a0.set_yticks(np.arange(grid) + 0.5, [str(i) for i in range(grid)])
+    a0.set_title(f"{grid}x{grid} feature map: {grid * grid} windows, each emits\n"
+                 f"k = {k} objectness logits + 4k = {4 * k} deltas", fontsize=10)
+    a0.legend(loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2, fontsize=9, frameon=False)
+
+    # right: the image with the anchors of that location
+    size = grid * stride
+    for i in range(grid + 1):
+        a1.plot([0, size], [i * stride] * 2, color="0.85", lw=0.6)
+        a1.plot([i * stride] * 2, [0, size], color="0.85", lw=0.6)
+    a1.add_patch(Rectangle((0, 0), size, size, fill=False, edgecolor="k", lw=1.2))
+    a1.add_patch(Rectangle(((x - half) * stride, (y - half) * stride), window * stride, window * stride,
+                           facecolor="C1", alpha=0.2, edgecolor="none"))
+    colors = plt.get_cmap("tab10")(np.arange(k) % 10)
+    for a, (box, c) in enumerate(zip(anchors, colors)):
+        w, h = box[2] - box[0], box[3] - box[1]
+        a1.add_patch(Rectangle(box[:2], w, h, fill=False, edgecolor=c, lw=2,
+                               label=f"anchor {a}: {w:.0f}x{h:.0f}"))
+    cx, cy = x * stride, y * stride
+    a1.plot([cx], [cy], "o", color="C3", ms=6)
+    pad = max(0.0, -anchors[:, :2].min(), anchors[:, 2:].max() - size) + 4
+    a1.set_xlim(-pad, size + pad)
+    a1.set_ylim(size + pad, -pad)
+    a1.set_aspect("equal")
+    a1.set_title(f"image ({size}x{size} px, stride {stride}): the k = {k} anchors\n"
+                 f"centred at ({cx}, {cy}) = (x*stride, y*stride); shaded: the window's footprint",
+                 fontsize=10)
+    a1.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    fig.add_artist(ConnectionPatch((x + 1, y + 0.5), (cx, cy), "data", "data", axesA=a0, axesB=a1,
+                                   color="C3", arrowstyle="->", lw=1.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_objectness_maps(image, objectness, *, level_names=None, reduce="max", title=None):
+    """The image and, per FPN level, the objectness probability of every location.
+
+    image: (H, W, 3) or (H, W).
+    objectness: list of L arrays (A, h_l, w_l) of logits for this image.
+    reduce: "max" shows the largest probability over the A anchors of a
+        location; an int shows that anchor only.
+    Returns the figure (1 + L panels, one shared colour scale 0..1).
+    """
+    import matplotlib.pyplot as plt
+
+    from ..ops.activations import sigmoid
+
+    n = len(objectness)
+    names = level_names or [f"P{i + 2}" for i in range(n)]
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.6 * (n + 1), 3.0))
+    _show_image(axes[0], image)
+    axes[0].set_title("image", fontsize=10)
+    im = None
+    for ax, logits, name in zip(axes[1:], objectness, names):
+        p = sigmoid(np.asarray(logits, dtype=np.float64))
+        m = p.max(axis=0) if reduce == "max" else p[int(reduce)]
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", interpolation="nearest")
+        ax.set_title(f"{name}: {m.shape[0]}x{m.shape[1]}", fontsize=10)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes), fraction=0.015, pad=0.01, label="sigmoid(objectness)")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_anchor_labels(image, anchors, labels, gt_boxes, *, ax=None, max_negatives=40, rng=None,
+                       negative_min_iou=0.05, ious=None, focus=None, title=None):
+    """Anchors coloured by their training label around the ground truth.
+
+    anchors: (T, 4); labels: (T,) 1 / 0 / -1; gt_boxes: (G, 4).
+    Every positive and ignored anchor is drawn; negatives (there are
+    thousands) only those that touch a GT box (IoU >= negative_min_iou,
+    from ``ious``: (G, T) or computed), at most ``max_negatives`` of them
+    (a random subset from ``rng``). focus: optional (x1, y1, x2, y2) view
+    window (zoom on one object).
+    Returns the figure.
+    """
+    from ..boxes import box_iou
+
+    fig, ax = _axes(ax, (5.5, 5.5))
+    _show_image(ax, image, dim=0.55)
+    anchors = np.asarray(anchors)
+    labels = np.asarray(labels)
+    if ious is None:
+        ious = box_iou(np.asarray(gt_boxes, dtype=anchors.dtype), anchors) if len(gt_boxes) else None
+    neg = np.flatnonzero(labels == 0)
+    if ious is not None:
+        neg = neg[ious[:, neg].max(axis=0) >= negative_min_iou]
+    if len(neg) > max_negatives:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        neg = rng.choice(neg, max_negatives, replace=False)
+    draw_boxes(ax, anchors[neg], color=LABEL_COLORS["negative"], lw=0.8, alpha=0.6,
+               label=f"negative (IoU < 0.3), {len(neg)} of {(labels == 0).sum()} shown")
+    ign = labels == -1
+    draw_boxes(ax, anchors[ign], color=LABEL_COLORS["ignored"], lw=1.0, alpha=0.9,
+               label=f"ignored (0.3 <= IoU < 0.7): {ign.sum()}")
+    pos = labels == 1
+    draw_boxes(ax, anchors[pos], color=LABEL_COLORS["positive"], lw=1.8,
+               label=f"positive: {pos.sum()}")
+    draw_boxes(ax, gt_boxes, color=LABEL_COLORS["gt"], lw=2.5, ls="--", label="ground truth")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    if focus is not None:
+        x1, y1, x2, y2 = focus
+        ax.set_xlim(x1, x2)
+        ax.set_ylim(y2, y1)
+    ax.set_title(title or "anchor labels", fontsize=10)
+    return fig
+
+
+def plot_sampled_anchors(image, anchors, pos_mask, neg_mask, gt_boxes, *, ax=None, title=None):
+    """Centres of the anchors sampled for the loss: positives as boxes and dots,
+    negatives as dots. anchors: (T, 4); pos_mask, neg_mask: (T,) bool.
+    Returns the figure."""
+    fig, ax = _axes(ax, (5.5, 5.5))
+    _show_image(ax, image, dim=0.55)
+    anchors = np.asarray(anchors, dtype=np.float64)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    ax.scatter(*centres[neg_mask].T, s=10, color=LABEL_COLORS["negative"], alpha=0.8,
+               label=f"sampled negatives: {int(neg_mask.sum())}")
+    draw_boxes(ax, anchors[pos_mask], color=LABEL_COLORS["positive"], lw=1.2)
+    ax.scatter(*centres[pos_mask].T, s=18, color=LABEL_COLORS["positive"], marker="s",
+               label=f"sampled positives: {int(pos_mask.sum())}")
+    draw_boxes(ax, gt_boxes, color=LABEL_COLORS["gt"], lw=2.5, ls="--", label="ground truth")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    ax.set_title(title or "the sampled mini-batch of anchors", fontsize=10)
+    return fig
+
+
+def plot_proposals(image, before_boxes, before_scores, after_boxes, after_scores, *, gt_boxes=None,
+                   titles=("before NMS", "after NMS")):
+    """Proposals before and after NMS, side by side, coloured by score.
+
+    before_boxes: (K1, 4) with before_scores (K1,); after_boxes: (K2, 4) with
+    after_scores (K2,). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    cmap = plt.get_cmap("viridis")
+    norm = Normalize(0, 1)
+    for ax, boxes, scores, t in zip(axes, (before_boxes, after_boxes), (before_scores, after_scores), titles):
+        _show_image(ax, image, dim=0.55)
+        order = np.argsort(scores)  # best drawn last, on top
+        for b, s in zip(np.asarray(boxes)[order], np.asarray(scores)[order]):
+            draw_boxes(ax, b, color=cmap(norm(s)), lw=1.0, alpha=0.9)
+        if gt_boxes is not None:
+            draw_boxes(ax, gt_boxes, color="k", lw=1.5, ls="--")
+        ax.set_title(f"{t}: {len(boxes)} boxes", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), fraction=0.02, pad=0.01,
+                 label="objectness probability")
+    if gt_boxes is not None:
+        fig.suptitle("proposals coloured by score; dashed black: ground truth", fontsize=10)
+    return fig
