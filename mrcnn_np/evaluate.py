@@ -237,6 +237,11 @@ def _prepare_image(i, gt, dt, iou_type):
     for key in ("boxes", "labels", "scores"):
         if key not in dt:
             raise ValueError(f"detections[{i}] is missing the key {key!r}")
+    if "image_id" in gt and "image_id" in dt and gt["image_id"] != dt["image_id"]:
+        raise ValueError(
+            f"detections[{i}]['image_id'] must equal ground_truth[{i}]['image_id'] ({gt['image_id']}), "
+            f"got {dt['image_id']} (the lists are paired by position)"
+        )
     gb = check_array(f"{where}['boxes']", np.asarray(gt["boxes"]), shape=("G", 4))
     g = gb.shape[0]
     gl = check_array(f"{where}['labels']", np.asarray(gt["labels"]), shape=(g,))
@@ -458,7 +463,6 @@ def coco_evaluate(
     # per-group material
     g_ious, g_notig, g_crowd, g_out, g_meta = [], [], [], [], []  # matched groups
     npig = np.zeros((K, A), dtype=np.int64)
-    det_k, det_img, det_rank, det_score, det_m, det_i = [], [], [], [], [], []
     lone = []  # detections of groups without ground truth: (k, img, scores, out)
     for rank_img, i in enumerate(image_order):
         gb, gl, crowd, gmasks, garea, db, dl, ds, dmasks, darea = prepared[i]
@@ -499,23 +503,19 @@ def coco_evaluate(
             g_meta.append((k, rank_img, ds[didx]))
 
     out_m, out_i = _match_groups(g_ious, g_notig, g_crowd, g_out, thresholds)
-    for (k, img, sc), m, ig in zip(g_meta, out_m, out_i):
-        det_k.append(np.full(len(sc), k)); det_img.append(np.full(len(sc), img))
-        det_rank.append(np.arange(len(sc))); det_score.append(sc)
-        det_m.append(m); det_i.append(ig)
-    for k, img, sc, out in lone:
-        det_k.append(np.full(len(sc), k)); det_img.append(np.full(len(sc), img))
-        det_rank.append(np.arange(len(sc))); det_score.append(sc)
-        det_m.append(np.zeros((A, T, len(sc)), dtype=bool))
-        det_i.append(np.broadcast_to(out[:, None, :], (A, T, len(sc))))
-    if det_k:
-        det_k = np.concatenate(det_k); det_img = np.concatenate(det_img)
-        det_rank = np.concatenate(det_rank); det_score = np.concatenate(det_score)
-        det_m = np.concatenate(det_m, axis=2); det_i = np.concatenate(det_i, axis=2)
-    else:
-        det_k = det_img = det_rank = np.zeros(0, np.int64)
-        det_score = np.zeros(0)
-        det_m = det_i = np.zeros((A, T, 0), dtype=bool)
+    # every kept detection: category, image rank, rank in its image, score, (A, T) matched / ignored
+    per_group = [(k, img, sc, m, ig) for (k, img, sc), m, ig in zip(g_meta, out_m, out_i)]
+    per_group += [
+        (k, img, sc, np.zeros((A, T, len(sc)), dtype=bool), np.broadcast_to(out[:, None, :], (A, T, len(sc))))
+        for k, img, sc, out in lone
+    ]
+    sizes = [len(g[2]) for g in per_group]
+    det_k = np.repeat(np.array([g[0] for g in per_group], dtype=np.int64), sizes)
+    det_img = np.repeat(np.array([g[1] for g in per_group], dtype=np.int64), sizes)
+    det_rank = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
+    det_score = np.concatenate([g[2] for g in per_group]) if sizes else np.zeros(0)
+    det_m = np.concatenate([g[3] for g in per_group], axis=2) if sizes else np.zeros((A, T, 0), dtype=bool)
+    det_i = np.concatenate([g[4] for g in per_group], axis=2) if sizes else np.zeros((A, T, 0), dtype=bool)
 
     precision = -np.ones((T, R, K, A, M))
     recall = -np.ones((T, K, A, M))

@@ -223,6 +223,8 @@ def test_bad_inputs():
         coco_evaluate([gt([[0, 0, 10, 10]], masks=np.zeros((1, 8, 8), np.float32))], d, iou_type="segm")
     with pytest.raises(ValueError, match="image_id"):
         coco_evaluate([gt([[0, 0, 1, 1]], image_id=3), gt([[0, 0, 1, 1]], image_id=3)], d + d)
+    with pytest.raises(ValueError, match="image_id"):
+        coco_evaluate([gt([[0, 0, 1, 1]], image_id=1)], [det([[0, 0, 1, 1]], [0.5], image_id=2)])
 
 
 # ------------------------------------------- plain re-derivation of COCOeval
