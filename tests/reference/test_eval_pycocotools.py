@@ -90,8 +90,9 @@ def make_data(seed, n_images=25, size=128, n_classes=3):
     return gts, dts
 
 
-def pycoco_stats(gts, dts, iou_type, categories=(1, 2, 3)):
-    """Run pycocotools on the same data; returns (stats, precision, recall)."""
+def pycoco_stats(gts, dts, iou_type, categories=(1, 2, 3), out=None):
+    """Run pycocotools on the same data; returns (stats, precision, recall).
+    Its printed output goes to ``out`` (a StringIO, discarded by default)."""
     images, anns, res = [], [], []
     ann_id = 1
     for gt, dt in zip(gts, dts):
@@ -113,7 +114,7 @@ def pycoco_stats(gts, dts, iou_type, categories=(1, 2, 3)):
             else:
                 r["segmentation"] = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
             res.append(r)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(out if out is not None else io.StringIO()):
         coco = COCO()
         coco.dataset = {"images": images, "annotations": anns,
                         "categories": [{"id": c, "name": str(c)} for c in categories]}
@@ -292,3 +293,14 @@ def test_coco_files_pipeline_equals_pycocotools(tmp_path, seed):
         for s in data.samples:
             for ann_id, m in zip(s["ann_ids"], s["masks"]):
                 np.testing.assert_array_equal(m, coco.annToMask(coco.anns[int(ann_id)]).astype(bool))
+
+
+def test_summarize_prints_pycocotools_table():
+    from mrcnn_np.evaluate import summarize
+
+    gts, dts = make_data(4, n_images=10)
+    buf = io.StringIO()
+    pycoco_stats(gts, dts, "bbox", out=buf)  # its summarize() output goes to buf
+    table = [line for line in buf.getvalue().splitlines() if line.startswith(" Average")]
+    ours = coco_evaluate(gts, dts, iou_type="bbox", category_ids=(1, 2, 3))
+    assert summarize(ours).splitlines() == table
