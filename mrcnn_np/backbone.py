@@ -90,6 +90,7 @@ __all__ = [
     "check_resnet_params",
     "resnet_feature_shapes",
     "resnet_conv_specs",
+    "resnet_receptive_fields",
     "resnet_forward",
     "resnet_backward",
     "resnet_trainable_keys",
@@ -385,6 +386,38 @@ def resnet_feature_shapes(input_shape, *, layers=50, width=64):
             hw = conv(conv(conv(hw, c1), c2), c3)
         shapes[name] = (n, blocks[-1][2].out_channels) + hw
     return shapes
+
+
+def resnet_receptive_fields(*, layers=50):
+    """Stride and receptive field (pixels, along the 3x3 path) after each stage.
+
+    layers: depth or 4 block counts (the width does not matter).
+    Returns {"conv1": (stride, rf), "maxpool": ..., "C2": ..., ..., "C5": ...}.
+    One layer with kernel k and stride s maps (jump j, field r) to
+    ``(j * s, r + (k - 1) * j)``: each new tap reaches j input pixels further.
+    The 1x1 convs add nothing; each block's 3x3 adds 2 j. ResNet-50:
+    C2 (4, 35), C3 (8, 91), C4 (16, 267), C5 (32, 427).
+    """
+    structure = ResNetStructure(1, _normalize_layers(layers))
+    stem, stages = resnet_conv_specs(structure)
+    jump, rf = 1, 1
+    out = {}
+
+    def step(k, s):
+        nonlocal jump, rf
+        rf += (k - 1) * jump
+        jump *= s
+
+    step(stem.kernel, stem.stride)
+    out["conv1"] = (jump, rf)
+    step(3, 2)
+    out["maxpool"] = (jump, rf)
+    for name, blocks in zip(FEATURE_NAMES, stages):
+        for c1, c2, c3, _ in blocks:
+            for c in (c1, c2, c3):
+                step(c.kernel, c.stride)
+        out[name] = (jump, rf)
+    return out
 
 
 # --------------------------------------------------------------------------- forward / backward pieces

@@ -17,6 +17,7 @@ from mrcnn_np.backbone import (
     resnet_expected_shapes,
     resnet_feature_shapes,
     resnet_forward,
+    resnet_receptive_fields,
     resnet_structure,
     resnet_trainable_keys,
 )
@@ -221,6 +222,19 @@ def test_shape_logic_equals_forward_on_any_size(h, w):
     # each stride-2 step maps n -> (n - 1) // 2 + 1 = ceil(n / 2)
     for k, s in zip(("C2", "C3", "C4", "C5"), (4, 8, 16, 32)):
         assert shapes[k][2:] == (-(-h // s), -(-w // s))
+
+
+def test_receptive_fields_resnet50_by_hand():
+    # (jump j, field r) -> (j*s, r + (k-1)*j):
+    # conv1 7x7/2: (2, 7); maxpool 3x3/2: (4, 7 + 2*2 = 11)
+    # layer1: 3 blocks x 3x3 at j=4: 11 + 3*8 = 35
+    # layer2: 3x3/2 at j=4: 35 + 8 = 43, j=8; 3 more x 16: 91
+    # layer3: 91 + 16 = 107, j=16; 5 more x 32: 267
+    # layer4: 267 + 32 = 299, j=32; 2 more x 64: 427
+    assert resnet_receptive_fields(layers=50) == {
+        "conv1": (2, 7), "maxpool": (4, 11), "C2": (4, 35), "C3": (8, 91), "C4": (16, 267), "C5": (32, 427)}
+    # ResNet-101 only adds 17 blocks to layer3: 427 + 17*32 = 971
+    assert resnet_receptive_fields(layers=101)["C5"] == (32, 971)
 
 
 # ----------------------------------------------------------------- gradients
