@@ -277,43 +277,53 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
     # One vectorised pass per distinct sampling grid (one pass when sampling_ratio > 0).
     row_count = np.zeros(k * bins, dtype=np.int64)
     parts = []
+    single_grid = False
     if k and np.any(nonempty):
         pairs, group = np.unique(grid[nonempty], axis=0, return_inverse=True)
         which = np.flatnonzero(nonempty)
+        single_grid = len(pairs) == 1 and len(which) == k
         for g, (gh, gw) in enumerate(pairs):
-            kk = which[group.reshape(-1) == g]
-            ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, int(gh), dtype)  # (Kg, ph, gh)
-            xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, int(gw), dtype)  # (Kg, pw, gw)
-            ylo, yhi, wylo, wyhi = _axis_bilinear(ys, height)
-            xlo, xhi, wxlo, wxhi = _axis_bilinear(xs, width)
-            # per box row p: 2*gh (row index, weight) pairs; per column q: 2*gw
-            yi, wy = _merge_repeats(np.concatenate([ylo, yhi], axis=2),
-                                    np.concatenate([wylo, wyhi], axis=2) / dtype.type(count[kk][0]))
-            xi, wx = _merge_repeats(np.concatenate([xlo, xhi], axis=2),
-                                    np.concatenate([wxlo, wxhi], axis=2))
-            # Entries of row (k, p, q): every y neighbour times every x neighbour.
-            # Both pair axes are flattened into one of length my*mx first, so the
-            # broadcast products below run long inner loops.
-            my, mx = yi.shape[2], xi.shape[2]
-            wy16 = np.repeat(wy, mx, axis=2)  # (Kg, ph, my*mx)
-            wx16 = np.tile(wx, (1, 1, my))  # (Kg, pw, my*mx)
-            ky16 = np.repeat(wy != 0, mx, axis=2)
-            kx16 = np.tile(wx != 0, (1, 1, my))
-            yb16 = np.repeat((base[kk, None, None] + yi * width).astype(idx_dtype), mx, axis=2)
-            xi16 = np.tile(xi.astype(idx_dtype), (1, 1, my))
-            keep = np.flatnonzero(ky16[:, :, None, :] & kx16[:, None, :, :])
-            weight = (wy16[:, :, None, :] * wx16[:, None, :, :]).reshape(-1).take(keep)
-            cell = (yb16[:, :, None, :] + xi16[:, None, :, :]).reshape(-1).take(keep)
-            rows = (kk[:, None] * bins + np.arange(bins)[None, :]).reshape(-1)
-            ny = np.count_nonzero(wy, axis=2)  # (Kg, ph) stored y neighbours per box row
-            nx = np.count_nonzero(wx, axis=2)
-            row_count[rows] = (ny[:, :, None] * nx[:, None, :]).reshape(-1)
-            parts.append((rows, row_count[rows], cell, weight))
+            members = which[group.reshape(-1) == g]
+            # bound the temporaries: about _CHUNK_ENTRIES (pair, pair) products at a time
+            per_box = bins * (2 * int(gh)) * (2 * int(gw))
+            step = max(1, _CHUNK_ENTRIES // per_box)
+            for c0 in range(0, len(members), step):
+                kk = members[c0:c0 + step]
+                ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, int(gh), dtype)  # (Kg, ph, gh)
+                xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, int(gw), dtype)  # (Kg, pw, gw)
+                ylo, yhi, wylo, wyhi = _axis_bilinear(ys, height)
+                xlo, xhi, wxlo, wxhi = _axis_bilinear(xs, width)
+                # per box row p: 2*gh (row index, weight) pairs; per column q: 2*gw
+                inv_count = dtype.type(1) / dtype.type(count[kk][0])  # 1 / (gh * gw)
+                yi, wy = _merge_repeats(np.concatenate([ylo, yhi], axis=2),
+                                        np.concatenate([wylo, wyhi], axis=2) * inv_count)
+                xi, wx = _merge_repeats(np.concatenate([xlo, xhi], axis=2),
+                                        np.concatenate([wxlo, wxhi], axis=2))
+                # Entries of row (k, p, q): every y neighbour times every x neighbour.
+                # Both pair axes are flattened into one of length my*mx first, so the
+                # broadcast products below run long inner loops.
+                my, mx = yi.shape[2], xi.shape[2]
+                wy16 = np.repeat(wy, mx, axis=2)  # (Kg, ph, my*mx)
+                wx16 = np.tile(wx, (1, 1, my))  # (Kg, pw, my*mx)
+                ky16 = np.repeat(wy != 0, mx, axis=2)
+                kx16 = np.tile(wx != 0, (1, 1, my))
+                yb = (base[kk, None, None] + yi * width).astype(idx_dtype)
+                yb16 = np.repeat(yb, mx, axis=2)
+                xi16 = np.tile(xi.astype(idx_dtype), (1, 1, my))
+                keep = np.flatnonzero(ky16[:, :, None, :] & kx16[:, None, :, :])
+                weight = (wy16[:, :, None, :] * wx16[:, None, :, :]).reshape(-1).take(keep)
+                cell = (yb16[:, :, None, :] + xi16[:, None, :, :]).reshape(-1).take(keep)
+                rows = (kk[:, None] * bins + np.arange(bins)[None, :]).reshape(-1)
+                ny = np.count_nonzero(wy, axis=2)  # (Kg, ph) stored y neighbours per box row
+                nx = np.count_nonzero(wx, axis=2)
+                row_count[rows] = (ny[:, :, None] * nx[:, None, :]).reshape(-1)
+                parts.append((rows, row_count[rows], cell, weight))
     indptr = np.zeros(k * bins + 1, dtype=np.int64)
     np.cumsum(row_count, out=indptr[1:])
     nnz = int(indptr[-1])
-    if len(parts) == 1 and len(parts[0][0]) == k * bins:  # all boxes, in order
-        indices, data = parts[0][2], parts[0][3]
+    if single_grid:  # one grid for every box: the chunks are in row order already
+        indices = np.concatenate([p[2] for p in parts])
+        data = np.concatenate([p[3] for p in parts])
     else:
         indices = np.zeros(nnz, dtype=idx_dtype)
         data = np.zeros(nnz, dtype=dtype)
@@ -334,6 +344,7 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
 # fast forward / backward
 # ---------------------------------------------------------------------------
 
+_CHUNK_ENTRIES = 1 << 22  # (pair, pair) products built at a time in roi_align_matrix
 _THREADS = max(1, min(4, os.cpu_count() or 1))
 _MIN_PARALLEL_NNZ = 20_000  # below this one thread is faster
 _POOL = None

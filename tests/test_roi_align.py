@@ -243,7 +243,7 @@ def test_mixed_grid_sizes_in_one_call():
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
 
 
-def test_threaded_blocks_equal_single_block(monkeypatch):
+def test_threaded_blocks_and_chunked_build_equal_naive(monkeypatch):
     # the fast path splits boxes into blocks run in threads when there is enough work;
     # force several blocks on a small problem and compare with the naive loops
     import mrcnn_np.roi_align as ra
@@ -258,6 +258,7 @@ def test_threaded_blocks_equal_single_block(monkeypatch):
     dx1 = roi_align_backward(dout, cache1)
     monkeypatch.setattr(ra, "_MIN_PARALLEL_NNZ", 0)
     monkeypatch.setattr(ra, "_THREADS", 3)
+    monkeypatch.setattr(ra, "_CHUNK_ENTRIES", 200)  # and build the matrix a few boxes at a time
     out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
     assert len(cache.blocks) == 3
     np.testing.assert_allclose(out, roi_align_naive(x, boxes, (3, 2), sampling_ratio=-1),
