@@ -45,7 +45,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ._checks import check_array, check_float, check_positive_int, check_same_dtype
+from .boxes import batched_nms, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, balanced_positive_negative_sampler, matcher
+from .ops.activations import relu_backward, relu_forward, sigmoid
+from .ops.conv import conv2d_backward, conv2d_forward
+from .ops.losses import bce_with_logits, smooth_l1
 
 __all__ = [
     "PROPOSAL_PRESETS",
@@ -180,9 +184,6 @@ def rpn_head_forward(params, features):
     Per level: ``t = relu(conv3x3(x) + b)``, ``objectness = conv1x1(t)``,
     ``deltas = conv1x1(t)``; the same weights on every level.
     """
-    from .ops.activations import relu_forward
-    from .ops.conv import conv2d_forward
-
     c, _ = _check_head_params(params)
     _check_features(features, c, params[_CONV_W].dtype)
     objectness, deltas, caches = [], [], []
@@ -211,9 +212,6 @@ def rpn_head_backward(douts, cache):
     (The agreed interface listed ``-> grads``; the features' gradient is
     needed by the FPN, so it is returned beside them, as ``fpn_backward`` does.)
     """
-    from .ops.activations import relu_backward
-    from .ops.conv import conv2d_backward
-
     if not isinstance(cache, RPNHeadCache):
         raise TypeError(f"cache must be the RPNHeadCache from rpn_head_forward, got {type(cache).__name__}")
     if not isinstance(douts, (tuple, list)) or len(douts) != 2:
@@ -232,7 +230,9 @@ def rpn_head_backward(douts, cache):
                                       (ddel[lvl], lc.bbox_pred, _BOX_W, _BOX_B, "dpred_bbox_deltas")):
             if d is None:
                 continue
-            check_array(f"{label}[{lvl}]", d, ndim=4, dtype_kind="f")
+            n, _, h, w = lc.hidden_shape
+            channels = cache.param_shapes[wn][0]
+            check_array(f"{label}[{lvl}]", d, shape=(n, channels, h, w), dtype_kind="f")
             dt_part, dw, db = conv2d_backward(d, sub)
             grads[wn] += dw
             grads[bn] += db
@@ -337,8 +337,6 @@ def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_thre
         negatives and ignored anchors carry GT 0; only positives are used).
     With G == 0 every anchor is negative and the matched boxes are zeros.
     """
-    from .boxes import box_iou
-
     anchors = check_array("anchors", anchors, shape=("T", 4), dtype_kind="f")
     gt_boxes = check_array("gt_boxes", gt_boxes, shape=("G", 4), dtype_kind="f")
     t = anchors.shape[0]
@@ -366,8 +364,6 @@ def rpn_targets(anchors, gt_boxes_per_image, *, high_threshold=0.7, low_threshol
     only positives enter the loss; encoding zero boxes would take log(0)).
     No gradient.
     """
-    from .boxes import encode_boxes
-
     anchors = _concat_anchors(anchors)
     if not isinstance(gt_boxes_per_image, (list, tuple)):
         raise TypeError(f"gt_boxes_per_image must be a list of (G, 4) arrays, got "
@@ -447,8 +443,6 @@ def rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targe
     two losses as Python floats and their gradients (zero off the sample).
     With nothing sampled both losses are 0 (torchvision would give NaN).
     """
-    from .ops.losses import bce_with_logits, smooth_l1
-
     _check_loss_inputs(objectness, pred_bbox_deltas, labels, regression_targets)
     for name, m in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
         check_array(name, m, shape=objectness.shape, dtype_kind="b")
@@ -506,8 +500,6 @@ def decode_proposals(pred_bbox_deltas, anchors):
     anchors: (T, 4), or a list of per-level arrays.
     Returns proposals (N, T, 4), same dtype. dw, dh are clamped at log(1000/16).
     """
-    from .boxes import decode_boxes
-
     anchors = _concat_anchors(anchors)
     check_array("pred_bbox_deltas", pred_bbox_deltas, shape=("N", anchors.shape[0], 4), dtype_kind="f")
     n, t, _ = pred_bbox_deltas.shape
@@ -549,9 +541,6 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     ``PROPOSAL_PRESETS["train"]`` (2000 / 2000) and ``["test"]`` (1000 / 1000).
     Ties in the per-level top-k go to the lower anchor index.
     """
-    from .boxes import batched_nms, clip_boxes_to_image, remove_small_boxes
-    from .ops.activations import sigmoid
-
     objectness = check_array("objectness", objectness, shape=("N", "T"), dtype_kind="f")
     n, t = objectness.shape
     check_array("proposals", proposals, shape=(n, t, 4), dtype_kind="f")
@@ -579,6 +568,9 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
             top_idx.append(order + offset)
             top_lvl.append(np.full(k, lvl, dtype=np.int64))
         offset += count
+    if not top_idx:  # no anchors at all
+        return ([np.zeros((0, 4), dtype=proposals.dtype) for _ in range(n)],
+                [np.zeros(0, dtype=objectness.dtype) for _ in range(n)])
     idx = np.concatenate(top_idx, axis=1)                     # (N, sum k)
     levels = np.concatenate(top_lvl)                          # (sum k,)
     rows = np.arange(n)[:, None]

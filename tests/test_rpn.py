@@ -190,6 +190,8 @@ def test_head_bad_inputs():
         rpn_head_backward(([o, o], [d]), cache)
     with pytest.raises(TypeError, match="cache"):
         rpn_head_backward(([o], [d]), None)
+    with pytest.raises(ValueError, match=r"dpred_bbox_deltas\[0\]"):
+        rpn_head_backward(([o[0]], [d[0][:, :8]]), cache)
 
 
 # ------------------------------------------------------------------ flatten
@@ -583,6 +585,12 @@ def test_generate_proposals_end_to_end():
     assert all(len(b) <= 7 for b in b2)
     assert PROPOSAL_PRESETS == {"train": {"pre_nms_top_n": 2000, "post_nms_top_n": 2000},
                                 "test": {"pre_nms_top_n": 1000, "post_nms_top_n": 1000}}
+
+
+def test_filter_proposals_no_anchors():
+    out_b, out_s = filter_proposals(np.zeros((2, 0, 4)), np.zeros((2, 0)), [(8, 8)] * 2, [0, 0],
+                                    pre_nms_top_n=5, post_nms_top_n=5)
+    assert [b.shape for b in out_b] == [(0, 4)] * 2 and [s.shape for s in out_s] == [(0,)] * 2
 
 
 def test_proposals_bad_inputs():
