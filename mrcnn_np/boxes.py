@@ -445,13 +445,18 @@ def _suppression_pairs(sw, alive, max_pairs):
     alive: (N,) bool by rank. Returns (src, dst) rank arrays or None when
     there are more than ``max_pairs``. For each x position p the forward
     window (p, hi) is scored; rows of consecutive x positions form dense
-    blocks (rows x (rows + window)) so the work is a few big array ops.
+    blocks (rows x (rows + window)) so the work is a few big array ops: a
+    division-free superset test on the block, then the exact IoU on the few
+    pairs that pass.
     """
     n = sw.n
     alive_x = alive[sw.xo]
     hi_x = np.maximum(sw.hi[sw.xo], np.arange(1, n + 1))
     # skip dead rows entirely: only alive x positions are rows
     rows_all = np.flatnonzero(alive_x)
+    # prefilter inter > t_pre * union: every pair with computed IoU > t passes
+    # (t_pre a little below t, and >= 0 so a degenerate union of 0 passes too)
+    t_pre = sw.X1.dtype.type(max(float(sw.t) - _IOU_MARGIN, 0.0))
     srcs, dsts = [], []
     total = 0
     i = 0
@@ -467,22 +472,34 @@ def _suppression_pairs(sw, alive, max_pairs):
         q0, q1 = p0 + 1, int(hi_x[rows].max())
         if q1 > q0:
             c = slice(q0, q1)
-            iou = _pair_iou(sw.X1[rows, None], sw.Y1[rows, None], sw.X2[rows, None], sw.Y2[rows, None],
-                            sw.A[rows, None], sw.X1[c], sw.Y1[c], sw.X2[c], sw.Y2[c], sw.A[c])
-            hit = iou > sw.t
-            qs = np.arange(q0, q1)
-            hit &= qs[None, :] > rows[:, None]
-            hit &= qs[None, :] < hi_x[rows, None]
-            hit &= alive_x[c][None, :]
+            # a cheap superset of IoU > t on the dense block (no division) ...
+            iw = np.minimum(sw.X2[rows, None], sw.X2[c]) - np.maximum(sw.X1[rows, None], sw.X1[c])
+            ih = np.minimum(sw.Y2[rows, None], sw.Y2[c]) - np.maximum(sw.Y1[rows, None], sw.Y1[c])
+            np.maximum(iw, 0, out=iw)
+            np.maximum(ih, 0, out=ih)
+            inter = np.multiply(iw, ih, out=iw)
+            union = np.add(sw.A[rows, None], sw.A[c], out=ih)
+            union -= inter
+            union *= t_pre
+            pi, qj = np.nonzero(inter > union)
+            # ... then the window, liveness and category on the few survivors ...
+            p = rows[pi]
+            q = qj + q0
+            ok = (q > p) & (q < hi_x[p]) & alive_x[q]
             if sw.G is not None:
-                hit &= sw.G[rows, None] == sw.G[c]
-            pi, qj = np.nonzero(hit)
-            if pi.size:
-                total += pi.size
+                ok &= sw.G[p] == sw.G[q]
+            p, q = p[ok], q[ok]
+            # ... and the exact test, with box_iou's formula
+            iou = _pair_iou(sw.X1[p], sw.Y1[p], sw.X2[p], sw.Y2[p], sw.A[p],
+                            sw.X1[q], sw.Y1[q], sw.X2[q], sw.Y2[q], sw.A[q])
+            hit = iou > sw.t
+            if hit.any():
+                p, q = p[hit], q[hit]
+                total += p.size
                 if total > max_pairs:
                     return None
-                a = sw.xo[rows[pi]]
-                bb = sw.xo[qj + q0]
+                a = sw.xo[p]
+                bb = sw.xo[q]
                 srcs.append(np.minimum(a, bb))
                 dsts.append(np.maximum(a, bb))
         i = j
