@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mrcnn_np.gradcheck import numeric_gradient, relative_error
 from mrcnn_np.rpn import (
@@ -614,3 +616,48 @@ def test_proposals_bad_inputs():
                            [(8, 8)], mode="test")
     with pytest.raises(ValueError, match="pred_bbox_deltas"):
         decode_proposals(np.zeros((1, 3, 4)), np.zeros((4, 4)))
+
+
+# --------------------------------------------------------------- properties
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**31 - 1), g=st.integers(0, 4))
+def test_labels_follow_their_definition(seed, g):
+    # label rules restated from IoUs alone, with the "best anchor of some GT" set
+    from mrcnn_np.boxes import box_iou
+
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, 40, size=(60, 2)).astype(np.float64)
+    anchors = np.concatenate([xy, xy + rng.integers(4, 20, size=(60, 2))], axis=1)
+    gxy = rng.integers(0, 40, size=(g, 2)).astype(np.float64)
+    gt = np.concatenate([gxy, gxy + rng.integers(4, 20, size=(g, 2))], axis=1)
+    labels, matched = assign_targets_to_anchors(anchors, gt)
+    if g == 0:
+        assert np.all(labels == 0)
+        return
+    iou = box_iou(gt, anchors)
+    q = iou.max(axis=0)
+    is_best = np.any(iou == iou.max(axis=1, keepdims=True), axis=0)
+    want = np.where(q >= 0.7, 1, np.where(q >= 0.3, -1, 0))
+    want[is_best] = 1
+    np.testing.assert_array_equal(labels, want)
+    # a positive regresses to its own best GT
+    pos = labels == 1
+    np.testing.assert_array_equal(matched[pos], gt[iou.argmax(axis=0)][pos])
+
+
+@settings(max_examples=30)
+@given(
+    n=st.integers(1, 3), a=st.integers(1, 4),
+    hw=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_flatten_round_trip_random_shapes(n, a, hw, seed):
+    rng = np.random.default_rng(seed)
+    objs = [rng.standard_normal((n, a, h, w)) for h, w in hw]
+    dels = [rng.standard_normal((n, 4 * a, h, w)) for h, w in hw]
+    (fo, fd), cache = concat_box_prediction_layers_forward(objs, dels)
+    assert fo.shape == (n, sum(h * w * a for h, w in hw)) and fd.shape == fo.shape + (4,)
+    bo, bd = concat_box_prediction_layers_backward((fo, fd), cache)
+    assert all(np.array_equal(x, y) for x, y in zip(objs + dels, bo + bd))
