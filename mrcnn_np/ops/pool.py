@@ -25,8 +25,9 @@ from .._checks import check_array, check_pair
 class MaxPool2dCache(NamedTuple):
     """What ``max_pool2d_backward`` needs.
 
-    argmax: (N, C, Ho, Wo) int64, flat index ``i * KW + j`` of the winning
-        kernel offset (i down, j right) inside each window.
+    argmax: (N, C, Ho, Wo) int16 (int32 for kernels of more than 32767
+        cells), flat index ``i * KW + j`` of the winning kernel offset (i down,
+        j right) inside each window.
     x_shape: (N, C, H, W) of the input.
     dtype: input dtype.
     kernel_size, stride, padding: (h, w) pairs.
@@ -38,6 +39,28 @@ class MaxPool2dCache(NamedTuple):
     kernel_size: tuple
     stride: tuple
     padding: tuple
+
+
+def _phase_shape(x_shape, kernel_size, stride, padding):
+    """Rows/cols of each stride phase: the padded input, rounded up to a
+    multiple of the stride and large enough for every window."""
+    (_, _, h, w), (kh, kw), (sh, sw), (ph, pw) = x_shape, kernel_size, stride, padding
+    hq = -(-max(h + 2 * ph, kh) // sh) + (kh - 1) // sh + 1
+    wq = -(-max(w + 2 * pw, kw) // sw) + (kw - 1) // sw + 1
+    return hq, wq
+
+
+def _window_views(xs, kernel_size, stride, out_hw):
+    """One view per kernel offset (i, j), in row-major order, each (N, C, Ho, Wo).
+
+    xs: (SH, SW, N, C, Hq, Wq), the stride phases of the padded input: element
+    (a, b, n, c, q, r) is padded pixel (q * SH + a, r * SW + b). Window (oy, ox)
+    reads padded pixel (oy * SH + i, ox * SW + j) = phase (i % SH, j % SW) at
+    (oy + i // SH, ox + j // SW), so every view is a contiguous slice.
+    """
+    (kh, kw), (sh, sw), (ho, wo) = kernel_size, stride, out_hw
+    return [xs[i % sh, j % sw, :, :, i // sh:i // sh + ho, j // sw:j // sw + wo]
+            for i in range(kh) for j in range(kw)]
 
 
 def _pool_params(x, kernel_size, stride, padding):
@@ -69,29 +92,39 @@ def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     padding: int or (PH, PW), each at most half the kernel; padded cells are -inf.
     Returns (out (N, C, Ho, Wo) in x's dtype, MaxPool2dCache).
 
-    Vectorised: one pass per kernel offset (KH*KW passes), each over all
-    windows at once.
+    Vectorised: the padded input is split once into its SH x SW stride phases,
+    so each of the KH*KW kernel offsets is a contiguous slice; one pass per
+    offset takes the running maximum, and a second pass, from the last offset
+    to the first, records the first offset that attains it.
     """
-    x, (kh, kw), (sh, sw), (ph, pw), (ho, wo) = _pool_params(x, kernel_size, stride, padding)
+    x, ksize, strides, pads, (ho, wo) = _pool_params(x, kernel_size, stride, padding)
     n, c, h, w = x.shape
-    if ph or pw:
-        xp = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf, dtype=x.dtype)
-        xp[:, :, ph:ph + h, pw:pw + w] = x
-    else:
-        xp = x
-    out = None
-    argmax = np.zeros((n, c, ho, wo), dtype=np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            v = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-            if out is None:
-                out = v.copy()
-                continue
-            # strictly greater keeps the first maximum; a NaN wins once and stays
-            better = (v > out) | (np.isnan(v) & ~np.isnan(out))
-            out = np.where(better, v, out)
-            argmax[better] = i * kw + j
-    cache = MaxPool2dCache(argmax, x.shape, x.dtype, (kh, kw), (sh, sw), (ph, pw))
+    (kh, kw), (sh, sw), (ph, pw) = ksize, strides, pads
+    if kh == kw == 1:  # a plain subsampling (FPN's P6): no window, no phases
+        out = x[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw].copy()
+        return out, MaxPool2dCache(np.zeros(out.shape, np.int16), x.shape, x.dtype, ksize,
+                                   strides, pads)
+    hq, wq = _phase_shape(x.shape, ksize, strides, pads)
+    buf = np.full((n, c, hq * sh, wq * sw), -np.inf, dtype=x.dtype)
+    buf[:, :, ph:ph + h, pw:pw + w] = x
+    xs = np.ascontiguousarray(buf.reshape(n, c, hq, sh, wq, sw).transpose(3, 5, 0, 1, 2, 4))
+    views = _window_views(xs, ksize, strides, (ho, wo))
+    out = views[0].copy()
+    for v in views[1:]:
+        np.maximum(out, v, out=out)  # propagates NaN, as torch
+    nan_windows = np.isnan(out)
+    has_nan = bool(nan_windows.any())
+    argmax = np.zeros((n, c, ho, wo), dtype=np.int16 if kh * kw < 2 ** 15 else np.int32)
+    for k in range(len(views) - 1, 0, -1):  # backwards, so the first hit is written last
+        hit = views[k] == out
+        if has_nan:
+            hit |= nan_windows & np.isnan(views[k])
+        np.copyto(argmax, k, where=hit)
+    hit = views[0] == out
+    if has_nan:
+        hit |= nan_windows & np.isnan(views[0])
+    np.copyto(argmax, 0, where=hit)
+    cache = MaxPool2dCache(argmax, x.shape, x.dtype, ksize, strides, pads)
     return out, cache
 
 
@@ -107,13 +140,18 @@ def max_pool2d_backward(dout, cache):
     dout = check_array("dout", dout, shape=cache.argmax.shape, dtype_kind="f")
     n, c, h, w = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
-    _, _, ho, wo = dout.shape
-    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.result_type(dout.dtype, cache.dtype))
-    for i in range(kh):
-        for j in range(kw):
-            hit = cache.argmax == i * kw + j
-            dxp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += np.where(hit, dout, 0)
-    return dxp[:, :, ph:ph + h, pw:pw + w].copy() if (ph or pw) else dxp
+    ho, wo = dout.shape[2:]
+    if kh == kw == 1:
+        dx = np.zeros((n, c, h, w), dtype=np.result_type(dout.dtype, cache.dtype))
+        dx[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw] = dout
+        return dx
+    hq, wq = _phase_shape(cache.x_shape, cache.kernel_size, cache.stride, cache.padding)
+    dxs = np.zeros((sh, sw, n, c, hq, wq), dtype=np.result_type(dout.dtype, cache.dtype))
+    zero = dxs.dtype.type(0)
+    for k, view in enumerate(_window_views(dxs, cache.kernel_size, cache.stride, (ho, wo))):
+        view += np.where(cache.argmax == k, dout, zero)
+    dxp = dxs.transpose(2, 3, 4, 0, 5, 1).reshape(n, c, hq * sh, wq * sw)
+    return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
 
 
 def max_pool2d_naive(x, *, kernel_size, stride=None, padding=0):
