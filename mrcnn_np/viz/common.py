@@ -28,6 +28,7 @@ def save_figure(fig, path, **savefig_kwargs):
         savefig_kwargs.setdefault("dpi", 100)
         savefig_kwargs.setdefault("bbox_inches", "tight")
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,6 +47,7 @@ def save_animation(anim, path, *, fps=2):
     os.close(fd)
     try:
         anim.save(tmp, writer=PillowWriter(fps=fps))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
