@@ -122,7 +122,7 @@ def plot_receptive_fields(image, fields, *, center=None, ax=None):
     """
     from matplotlib.patches import Rectangle
 
-    fig, ax = _axes(ax, (6, 6))
+    fig, ax = _axes(ax, (4.8, 4.8))
     image = np.asarray(image)
     h, w = image.shape[:2]
     cy, cx = center if center is not None else (h / 2, w / 2)
@@ -184,7 +184,7 @@ def plot_feature_shapes(shapes, image_size, *, ax=None):
 
 
 def plot_feature_maps(image, maps, *, k=4, cmap="magma"):
-    """An image, the mean |activation| and k structured channels of each map, one row per level.
+    """The image, then per level the mean |activation| and k structured channels.
 
     image: (H, W, 3) in [0, 1]. maps: {name: (C, H', W')} of that image,
     e.g. {"conv1": ..., "C2": features["C2"][0], ...}. The channels are
@@ -195,12 +195,19 @@ def plot_feature_maps(image, maps, *, k=4, cmap="magma"):
 
     rows = len(maps)
     H, W = image.shape[:2]
-    fig, axes = plt.subplots(rows, k + 2, figsize=(1.9 * (k + 2), (1.9 * H / W + 0.3) * rows))
+    fig, axes = plt.subplots(rows, k + 2, figsize=(1.6 * (k + 2), (1.6 * H / W + 0.3) * rows))
     axes = np.atleast_2d(axes)
     for r, (name, fmap) in enumerate(maps.items()):
         ax = axes[r, 0]
-        ax.imshow(image)
-        ax.set_ylabel(f"{name}\n{tuple(fmap.shape)}", fontsize=8)
+        if r == 0:
+            ax.imshow(image)
+            ax.set_ylabel(f"{name}\n{tuple(fmap.shape)}", fontsize=8)
+        else:  # the photo once is enough; later rows get a label panel
+            ax.imshow(np.ones_like(image))
+            ax.text(0.5, 0.5, f"{name}\n{fmap.shape[0]} channels\n{fmap.shape[1]} x {fmap.shape[2]}",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            for side in ax.spines.values():
+                side.set_visible(False)
         ax = axes[r, 1]
         ax.imshow(np.abs(fmap).mean(axis=0), cmap="gray", interpolation="nearest", extent=(0, W, H, 0))
         ax.set_title("mean |activation|", fontsize=7)
