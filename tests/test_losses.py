@@ -195,3 +195,47 @@ def test_smooth_l1_empty_and_bad_inputs():
         smooth_l1(np.zeros(2), np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="reduction"):
         smooth_l1(np.zeros(2), np.zeros(2), reduction=None)
+
+
+# ---------------------------------------------------------------- properties
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=30)
+@given(n=st.integers(1, 6), k=st.integers(1, 6), seed=st.integers(0, 10_000),
+       scale=st.sampled_from([0.1, 3.0, 300.0]), shift=st.floats(-1e3, 1e3))
+def test_ce_properties(n, k, seed, scale, shift):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, k)) * scale
+    y = rng.integers(0, k, n)
+    loss, d = softmax_cross_entropy(z, y, reduction="none")
+    assert np.all(loss >= -1e-12)
+    np.testing.assert_allclose(d.sum(axis=1), 0.0, atol=1e-12)  # softmax sums to 1
+    loss2, d2 = softmax_cross_entropy(z + shift, y, reduction="none")  # shift invariance
+    np.testing.assert_allclose(loss2, loss, rtol=1e-9, atol=1e-9 * (1 + abs(shift)))
+    np.testing.assert_allclose(d2, d, atol=1e-9)
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 10_000), scale=st.sampled_from([0.5, 5.0, 50.0]))
+def test_bce_equals_two_class_cross_entropy(seed, scale):
+    """BCE(x, t) for t in {0, 1} is the cross-entropy of softmax over logits (0, x)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(7) * scale
+    t = rng.integers(0, 2, 7)
+    loss, d = bce_with_logits(x, t.astype(np.float64), reduction="none")
+    z = np.stack([np.zeros_like(x), x], axis=1)
+    ce, dz = softmax_cross_entropy(z, t, reduction="none")
+    np.testing.assert_allclose(loss, ce, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(d, dz[:, 1], rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 10_000), beta=st.floats(0.0, 2.0))
+def test_smooth_l1_between_l1_minus_half_beta_and_l1(seed, beta):
+    rng = np.random.default_rng(seed)
+    p, q = rng.standard_normal(9), rng.standard_normal(9)
+    loss, d = smooth_l1(p, q, beta=beta, reduction="none")
+    l1 = np.abs(p - q)
+    assert np.all(loss <= l1 + 1e-12) and np.all(loss >= l1 - beta / 2 - 1e-12)
+    assert np.all(np.abs(d) <= 1 + 1e-12)

@@ -32,6 +32,13 @@ def test_circle_and_triangle_golden():
     # d^2 = 0.5 for the 2x2 block of pixels 4..5, and 2.5 > 2.25 for the next ring: only the block
     m = shape_mask(2, 5.0, 5.0, 1.5, 10)
     np.testing.assert_array_equal(np.argwhere(m), [[4, 4], [4, 5], [5, 4], [5, 5]])
+    # radius 5 around (10, 10): row r keeps |c + .5 - 10| <= sqrt(25 - (r + .5 - 10)^2)
+    # row 9: sqrt(24.75) = 4.97 -> columns 5..14 (10 pixels); row 5: sqrt(4.75) = 2.18 ->
+    # columns 8..11 (4 pixels); row 4: dy = -5.5, none
+    c = shape_mask(2, 10.0, 10.0, 5.0, 20)
+    np.testing.assert_array_equal(np.flatnonzero(c[9]), np.arange(5, 15))
+    np.testing.assert_array_equal(np.flatnonzero(c[5]), np.arange(8, 12))
+    assert c[4].sum() == 0 and c[15].sum() == 0
     # triangle cx 8, cy 6, s 4: apex (8, 2), base (4, 10)-(12, 10). Row r has centre y = r + .5,
     # dy = y - 6, and keeps columns with |c + .5 - 8| <= (dy + 4) / 2:
     # row 2: 0.25 -> none; row 3: 0.75 -> columns 7, 8; row 9: 3.75 -> columns 4..11; row 10: dy > 4
