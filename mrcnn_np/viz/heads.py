@@ -169,34 +169,50 @@ def plot_nms_before_after(image, before, after, *, class_names=None, axes=None, 
     return fig
 
 
-def plot_layer_shapes(layers, *, ax=None, title=None):
+def plot_layer_shapes(layers, *, branches=(), ax=None, title=None):
     """A diagram of a network's layers: one block per tensor, annotated with its shape.
 
-    layers: list of (name, shape) pairs, input first, e.g.
-        [("pooled", (512, 256, 7, 7)), ("flatten", (512, 12544)), ...].
-    The block height grows with log(number of values per RoI). Returns the figure.
+    layers: list of (name, shape) pairs applied one after the other, input first, e.g.
+        [("RoIAlign", (512, 256, 7, 7)), ("flatten", (512, 12544)), ...].
+    branches: optional list of (name, shape) outputs that all read the LAST
+        layer (e.g. the box head's ``cls_score`` and ``bbox_pred``); drawn in
+        one column after the chain.
+    The block height grows with log(number of values per RoI); a name "a + b" is
+    drawn on two lines. Returns the figure.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
+    layers, branches = list(layers), list(branches)
+    n_cols = len(layers) + (1 if branches else 0)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.55 * len(layers) + 0.5, 3.2))
+        fig, ax = plt.subplots(figsize=(1.55 * n_cols + 0.5, 3.4 if not branches else 4.2))
     fig = ax.figure
-    per_roi = [int(np.prod(shape[1:])) for _, shape in layers]
-    top = max(np.log10(v) for v in per_roi)
-    for i, ((name, shape), v) in enumerate(zip(layers, per_roi)):
+    top = max(np.log10(max(int(np.prod(shape[1:])), 2)) for _, shape in layers + branches)
+
+    def block(x, y, name, shape, color):
+        v = max(int(np.prod(shape[1:])), 2)
         h = 0.3 + 1.7 * np.log10(v) / top
-        ax.add_patch(FancyBboxPatch((i * 1.5, -h / 2), 1.0, h, boxstyle="round,pad=0.03",
-                                    fc=plt.cm.viridis(0.15 + 0.7 * i / max(len(layers) - 1, 1)),
+        ax.add_patch(FancyBboxPatch((x, y - h / 2), 1.0, h, boxstyle="round,pad=0.03", fc=color,
                                     ec="black", alpha=0.85))
-        ax.text(i * 1.5 + 0.5, h / 2 + 0.12, name, ha="center", va="bottom", fontsize=8, fontweight="bold")
-        ax.text(i * 1.5 + 0.5, -h / 2 - 0.12, "x".join(str(s) for s in shape), ha="center", va="top",
+        ax.text(x + 0.5, y + h / 2 + 0.12, name.replace(" + ", "\n+ "), ha="center", va="bottom",
+                fontsize=8, fontweight="bold")
+        ax.text(x + 0.5, y - h / 2 - 0.12, "x".join(str(s) for s in shape), ha="center", va="top",
                 fontsize=7.5)
+
+    for i, (name, shape) in enumerate(layers):
+        block(i * 1.5, 0.0, name, shape, plt.cm.viridis(0.15 + 0.7 * i / max(n_cols - 1, 1)))
         if i:
             ax.annotate("", xy=(i * 1.5 - 0.02, 0), xytext=(i * 1.5 - 0.48, 0),
                         arrowprops=dict(arrowstyle="->", lw=1.2))
-    ax.set_xlim(-0.3, 1.5 * len(layers) - 0.2)
-    ax.set_ylim(-1.6, 1.6)
+    x = len(layers) * 1.5
+    ys = np.linspace(1.1, -1.1, len(branches)) if len(branches) > 1 else [0.0]
+    for (name, shape), y in zip(branches, ys):
+        block(x, y, name, shape, plt.cm.viridis(0.85))
+        ax.annotate("", xy=(x - 0.02, y), xytext=(x - 0.48, 0), arrowprops=dict(arrowstyle="->", lw=1.2))
+    ax.set_xlim(-0.3, 1.5 * n_cols - 0.2)
+    span = 2.3 if branches else 1.6
+    ax.set_ylim(-span, span + 0.2)
     ax.axis("off")
     if title:
         ax.set_title(title)
@@ -250,25 +266,26 @@ def plot_pasted_masks(image, small_masks, boxes, pasted, *, gt_masks=None, thres
     import matplotlib.pyplot as plt
 
     d = len(small_masks)
-    fig = plt.figure(figsize=(max(2.0 * d, 9), 7.4))
-    grid = fig.add_gridspec(2, max(d, 2), height_ratios=[1, 2.3])
+    fig = plt.figure(figsize=(max(2.0 * d, 10), 7.6))
+    grid = fig.add_gridspec(2, 1, height_ratios=[1, 2.3])
+    top = grid[0].subgridspec(1, max(d, 1))
+    bottom = grid[1].subgridspec(1, 2)
     for i in range(d):
-        ax = fig.add_subplot(grid[0, i])
+        ax = fig.add_subplot(top[0, i])
         ax.imshow(small_masks[i], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         lab = f"{_name(labels[i], class_names)}" if labels is not None else f"det {i}"
         ax.set_title(f"{lab}\n{small_masks[i].shape[0]}x{small_masks[i].shape[1]}", fontsize=8)
-    half = max(d, 2) // 2
-    ax = fig.add_subplot(grid[1, :half])
+    ax = fig.add_subplot(bottom[0, 0])
     soft = pasted.max(axis=0) if len(pasted) else np.zeros(image.shape[:2])
     im = ax.imshow(soft, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     draw_boxes(ax, boxes, color="cyan", lw=1.0)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    ax.set_title("pasted probabilities (max over detections)")
-    ax = fig.add_subplot(grid[1, half:])
+    ax.set_title("pasted probabilities (max over detections)", fontsize=10)
+    ax = fig.add_subplot(bottom[0, 1])
     _show_image(ax, image)
     overlay = np.zeros(image.shape[:2] + (4,))
     for i in range(len(pasted)):
@@ -280,8 +297,7 @@ def plot_pasted_masks(image, small_masks, boxes, pasted, *, gt_masks=None, thres
         for g in gt_masks:
             ax.contour(np.arange(g.shape[1]) + 0.5, np.arange(g.shape[0]) + 0.5, g.astype(float), levels=[0.5],
                        colors="white", linewidths=1.0)
-    ax.set_title(f"thresholded at {threshold} (GT outline white)")
-    fig.tight_layout()
+    ax.set_title(f"thresholded at {threshold} (GT outline white)", fontsize=10)
     return fig
 
 
