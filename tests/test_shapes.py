@@ -209,3 +209,21 @@ def test_bad_arguments():
         shape_mask(1, 1.0, 1.0, 0.0, 8)
     with pytest.raises(ValueError, match="background"):
         render_shapes([], 8, (1.5, 0, 0))
+
+
+def test_chapter00_semantic_and_instance_maps():
+    from mrcnn_np.viz.tasks import instance_map, semantic_map
+
+    masks = np.zeros((3, 4, 5), bool)
+    masks[0, 0, :2] = True   # a square (label 1)
+    masks[1, 0, 2:4] = True  # a circle touching it (label 2)
+    masks[2, 3, :] = True    # another circle (label 2)
+    sem = semantic_map(masks, np.array([1, 2, 2]))
+    np.testing.assert_array_equal(sem[0], [1, 1, 2, 2, 0])
+    np.testing.assert_array_equal(sem[3], [2, 2, 2, 2, 2])
+    assert sem[1:3].sum() == 0
+    inst = instance_map(masks)
+    np.testing.assert_array_equal(inst[0], [1, 1, 2, 2, 0])
+    np.testing.assert_array_equal(inst[3], [3, 3, 3, 3, 3])
+    # the two circles share one class id but keep different instance ids
+    assert len(np.unique(sem[sem > 0])) == 2 and len(np.unique(inst[inst > 0])) == 3
