@@ -76,6 +76,7 @@ __all__ = [
     "roi_align_backward",
     "roi_align_naive",
     "roi_align_matrix",
+    "roi_sample_points",
     "roi_pool_naive",
     "level_mapper",
     "multiscale_roi_align_forward",
@@ -455,6 +456,26 @@ def roi_align_backward(dout, cache):
     return np.ascontiguousarray(grad.reshape(n, h, w, c).transpose(0, 3, 1, 2))
 
 
+def roi_sample_points(box, output_size, *, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """Where RoIAlign samples one box (for figures and notebooks).
+
+    box: (4,) ``x1, y1, x2, y2`` in image pixels.
+    Returns ``(ys, xs)``: ys (ph, gh) and xs (pw, gw) sample coordinates on the
+    feature map (the value of cell ``(i, j)`` sits at ``(y, x) = (i, j)``);
+    bin ``(p, q)`` averages the ``gh * gw`` points ``(ys[p, a], xs[q, b])``.
+    Computed in float64.
+    """
+    box = np.asarray(box, dtype=np.float64).reshape(4)
+    ph, pw = check_pair("output_size", output_size)
+    start, binsz, grid, _ = _roi_geometry(np.concatenate([[0.0], box])[None], (ph, pw),
+                                          check_float("spatial_scale", spatial_scale),
+                                          int(sampling_ratio), bool(aligned), np.float64)
+    gh, gw = (max(int(g), 0) for g in grid[0])
+    ys = _axis_samples(start[:, 0], binsz[:, 0], ph, gh, np.float64)[0] if gh else np.zeros((ph, 0))
+    xs = _axis_samples(start[:, 1], binsz[:, 1], pw, gw, np.float64)[0] if gw else np.zeros((pw, 0))
+    return ys, xs
+
+
 # ---------------------------------------------------------------------------
 # naive reference
 # ---------------------------------------------------------------------------
@@ -522,6 +543,11 @@ def roi_align_naive(input, boxes, output_size, *, spatial_scale=1.0, sampling_ra
     return out
 
 
+def _round_half_up(v):
+    """C's ``round``: halves away from zero (numpy's ``round`` goes to even)."""
+    return int(math.copysign(math.floor(abs(float(v)) + 0.5), v))
+
+
 def roi_pool_naive(input, boxes, output_size, *, spatial_scale=1.0):
     """RoI Pool (Fast R-CNN), loops; twin of ``torchvision.ops.roi_pool``.
 
@@ -535,8 +561,8 @@ def roi_pool_naive(input, boxes, output_size, *, spatial_scale=1.0):
     _, c, height, width = input.shape
     out = np.zeros((boxes.shape[0], c, ph, pw), dtype=input.dtype)
     for r, (b, x1, y1, x2, y2) in enumerate(boxes):
-        sx, sy = int(np.round(x1 * spatial_scale)), int(np.round(y1 * spatial_scale))
-        ex, ey = int(np.round(x2 * spatial_scale)), int(np.round(y2 * spatial_scale))
+        sx, sy = _round_half_up(x1 * spatial_scale), _round_half_up(y1 * spatial_scale)
+        ex, ey = _round_half_up(x2 * spatial_scale), _round_half_up(y2 * spatial_scale)
         roi_w, roi_h = max(ex - sx + 1, 1), max(ey - sy + 1, 1)
         bin_h, bin_w = roi_h / ph, roi_w / pw
         for p in range(ph):

@@ -18,6 +18,7 @@ from mrcnn_np.roi_align import (
     roi_align_forward,
     roi_align_naive,
     roi_pool_naive,
+    roi_sample_points,
 )
 
 # ---------------------------------------------------------------------------
@@ -78,6 +79,21 @@ def test_unaligned_clamps_tiny_box_to_one_cell_aligned_does_not():
     # aligned with a fixed grid: every sample at (1.5, 1.5) -> 5*1.5 + 1.5 = 9
     out, _ = roi_align_forward(x, tiny, 1, sampling_ratio=2, aligned=True)
     assert out[0, 0, 0, 0] == pytest.approx(9.0)
+
+
+def test_roi_sample_points_are_the_samples_averaged():
+    # on a map linear in x and y, every bin is f at the mean of its samples (exact),
+    # and the samples follow start + p*bin + (i + 1/2)*bin/grid
+    yy, xx = np.mgrid[0:12, 0:12]
+    fmap = (0.7 * yy - 1.3 * xx + 2.0)[None, None].astype(np.float64)
+    box = np.array([2.3, 1.9, 9.4, 8.8])
+    ys, xs = roi_sample_points(box, (3, 2), spatial_scale=1.0, sampling_ratio=3, aligned=True)
+    # y: start 1.9 - 0.5 = 1.4, bin 6.9 / 3 = 2.3, grid 3 -> 1.4 + p*2.3 + (i + 0.5)*2.3/3
+    np.testing.assert_allclose(ys[1], 1.4 + 2.3 + (np.arange(3) + 0.5) * 2.3 / 3, atol=1e-12)
+    out, _ = roi_align_forward(fmap, np.concatenate([[0.0], box])[None], (3, 2),
+                               sampling_ratio=3, aligned=True)
+    want = 0.7 * ys.mean(axis=1)[:, None] - 1.3 * xs.mean(axis=1)[None, :] + 2.0
+    np.testing.assert_allclose(out[0, 0], want, atol=1e-12)
 
 
 def test_roi_pool_naive_golden():

@@ -17,6 +17,7 @@ from mrcnn_np.roi_align import (  # noqa: E402
     multiscale_roi_align_forward,
     roi_align_backward,
     roi_align_forward,
+    roi_pool_naive,
 )
 
 
@@ -107,3 +108,15 @@ def test_multiscale_roi_align_matches_torchvision():
     ot.backward(torch.tensor(dout))
     for g, t in zip(multiscale_roi_align_backward(dout, cache), ft.values()):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_roi_pool_naive_matches_torchvision():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 9, 11))
+    boxes = _random_boxes(rng, 40, 2, lo=-5, hi=30)
+    boxes[:6, 1:] = np.round(boxes[:6, 1:] * 2) / 2  # halves: C's round, away from zero
+    for scale in (1.0, 0.5):
+        want = torchvision.ops.roi_pool(torch.tensor(x), torch.tensor(boxes), (3, 2),
+                                        spatial_scale=scale)
+        np.testing.assert_array_equal(roi_pool_naive(x, boxes, (3, 2), spatial_scale=scale),
+                                      want.numpy())
