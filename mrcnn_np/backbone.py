@@ -629,12 +629,14 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
     return (ordered, dx) if return_input_grad else ordered
 
 
-def resnet_trainable_keys(params, *, trainable_layers=REFERENCE_TRAINABLE_LAYERS):
-    """Keys of the conv weights that get gradients with this ``trainable_layers``.
+def resnet_trainable_keys(params, *, trainable_layers):
+    """Keys of the conv weights that ``resnet_backward`` returns for this ``trainable_layers``.
 
     params: ResNet parameter dict (its structure is read from it).
-    Returns a list of keys, forward order. With 3 (the reference default) it
-    is every conv of layer2..layer4.
+    trainable_layers: 0..5 (no default, on purpose: pass
+        ``REFERENCE_TRAINABLE_LAYERS`` (3) for torchvision's Mask R-CNN, 5 for all).
+    Returns a list of keys, forward order. With 3 it is every conv of
+    layer2..layer4.
     """
     trainable_layers = _check_trainable_layers(trainable_layers)
     structure = resnet_structure(params)
