@@ -962,38 +962,33 @@ def _integer_expanded_boxes(masks, boxes, padding):
     return padded, ibox
 
 
-def _paste_taps(lo, hi, n_img, n_src, dtype):
-    """Interpolation matrices (D, n_img, n_src) for one axis of the paste.
+def _paste_taps(lo, hi, start, stop, n_src, dtype):
+    """Bilinear taps along one axis of one paste, for the visible part of the box.
 
-    Image index y lies in the expanded integer box when lo <= y <= hi; there
-    it reads the padded mask (n_src samples) through torch's align_corners=False
-    bilinear resize to n_box = max(hi - lo + 1, 1) samples, at local index
-    t = y - lo: src = max((t + 0.5) * n_src / n_box - 0.5, 0). Rows outside
-    the box (or with hi < lo) are zero. Arithmetic in ``dtype`` (float32 for
-    float32 masks), as torch's CPU kernel and ``ops.resize`` do.
+    The integer box covers image indices lo..hi inclusive; the padded mask (n_src
+    samples) is resized by torch's align_corners=False bilinear rule to
+    n_box = max(hi - lo + 1, 1) samples, and image index y in [start, stop)
+    reads it at local index t = y - lo:
+    ``src = max((t + 0.5) * n_src / n_box - 0.5, 0)``, blending samples
+    ``i0 = floor(src)`` and ``i1 = min(i0 + 1, n_src - 1)`` with weights
+    ``1 - (src - i0)`` and ``src - i0``. Arithmetic in ``dtype`` (float32 for
+    float32 masks), as torch's CPU kernel and ``ops.resize``.
+    Returns (i0, i1, w0, w1), each of length stop - start.
     """
     dt = np.dtype(dtype).type
-    n_box = np.maximum(hi - lo + 1, 1)[:, None]                    # (D, 1)
-    y = np.arange(n_img, dtype=np.int64)[None, :]                  # (1, n_img)
-    t = (y - lo[:, None]).astype(dtype)
-    inside = (y >= lo[:, None]) & (y <= hi[:, None])
-    scale = dt(n_src) / n_box.astype(dtype)
-    src = np.maximum((t + dt(0.5)) * scale - dt(0.5), dt(0))
+    n_box = max(hi - lo + 1, 1)
+    t = np.arange(start - lo, stop - lo).astype(dtype)
+    src = np.maximum((t + dt(0.5)) * (dt(n_src) / dt(n_box)) - dt(0.5), dt(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
     i1 = np.where(i0 < n_src - 1, i0 + 1, i0)
     w1 = np.clip(src - i0.astype(dtype), dt(0), dt(1))
-    cols = np.arange(n_src)
-    taps = ((dt(1) - w1)[..., None] * (cols == i0[..., None])
-            + w1[..., None] * (cols == i1[..., None])).astype(dtype, copy=False)
-    taps[~inside] = 0
-    return taps
+    return i0, i1, dt(1) - w1, w1
 
 
 def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     """Paste M x M mask probabilities into full-image masks (no gradient).
 
-    Twin of torchvision's ``paste_masks_in_image``, vectorised over detections.
-    For each detection:
+    Twin of torchvision's ``paste_masks_in_image``. For each detection:
 
     1. pad the mask with ``padding`` zero pixels on every side (M+2 wide) and
        grow the box about its centre by (M + 2 padding) / M, so the padded
@@ -1008,11 +1003,16 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     instead of being cut off. Output is soft; thresholding (0.5) is the
     caller's.
 
-    Bilinear resizing is separable, so each pasted mask is
-    ``Ty @ padded @ Tx.T`` with Ty (H, M+2) and Tx (W, M+2) interpolation
-    matrices whose rows are zero outside the box: two batched matrix products
-    over all D detections, no loop. :func:`paste_masks_in_image_naive` is the
-    per-detection loop torchvision runs.
+    This loops over detections, as torchvision does, on purpose: the result
+    is (D, H, W) and almost all zeros, and the work per detection should be
+    its box area, not the image area. (A loop-free form exists — resizing is
+    separable, so each paste is ``Ty @ padded @ Tx.T`` with (H, M+2) and
+    (W, M+2) interpolation matrices that are zero outside the box — but it
+    does H x W work per detection and measured 10-20x slower for 100
+    detections on an 800 x 1066 image.) Inside the loop only the visible part
+    of the box is interpolated, with vectorised gathers (columns, then rows).
+    :func:`paste_masks_in_image_naive` follows torchvision's steps literally
+    (resize the whole box with ``ops.resize``, then crop) as an independent check.
 
     masks: (D, M, M) float probabilities. boxes: (D, 4) float xyxy.
     img_shape: (H, W) ints. padding: int >= 0.
@@ -1023,14 +1023,22 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     clipped to the image, so this does not arise in the model).
     """
     h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
-    d = masks.shape[0]
-    if d == 0:
-        return np.zeros((0, h, w), dtype=masks.dtype)
+    out = np.zeros((masks.shape[0], h, w), dtype=masks.dtype)
+    if masks.shape[0] == 0:
+        return out
     padded, ibox = _integer_expanded_boxes(masks, boxes, pad)
     n_src = padded.shape[-1]
-    ty = _paste_taps(ibox[:, 1], ibox[:, 3], h, n_src, masks.dtype)   # (D, H, M+2)
-    tx = _paste_taps(ibox[:, 0], ibox[:, 2], w, n_src, masks.dtype)   # (D, W, M+2)
-    return ty @ (padded @ tx.transpose(0, 2, 1))
+    for i, (x1, y1, x2, y2) in enumerate(ibox.tolist()):
+        x_0, x_1 = max(x1, 0), min(x2 + 1, w)
+        y_0, y_1 = max(y1, 0), min(y2 + 1, h)
+        if x_1 <= x_0 or y_1 <= y_0:
+            continue
+        r0, r1, rw0, rw1 = _paste_taps(y1, y2, y_0, y_1, n_src, masks.dtype)
+        c0, c1, cw0, cw1 = _paste_taps(x1, x2, x_0, x_1, n_src, masks.dtype)
+        m = padded[i]
+        cols = m[:, c0] * cw0 + m[:, c1] * cw1                         # (M+2, visible w)
+        out[i, y_0:y_1, x_0:x_1] = cols[r0] * rw0[:, None] + cols[r1] * rw1[:, None]
+    return out
 
 
 def paste_masks_in_image_naive(masks, boxes, img_shape, padding=1):
