@@ -413,29 +413,45 @@ def _loop_kept(sw, removed, start, stop_when_unproductive):
     n = sw.n
     r = start
     kept_since = removed_since = 0
-    while r < n:
-        if removed[r]:
+    X1, Y1, X2, Y2, A, xo, G, t = sw.X1, sw.Y1, sw.X2, sw.Y2, sw.A, sw.xo, sw.G, sw.t
+    pos, los, his = sw.pos.tolist(), sw.lo.tolist(), sw.hi.tolist()
+    # The IoU below is _pair_iou's formula written out for one box against a
+    # slice (same operations, same values) without its zero-union guard: there
+    # a raw division gives 0/0 = NaN or a value <= 0, and neither passes "> t"
+    # (t >= 0), exactly as _pair_iou's 0 does not. errstate silences just that.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while r < n:
+            if removed[r]:
+                r += 1
+                continue
+            p, lo, hi = pos[r], los[r], his[r]
+            nvict = 0
+            if hi > lo and A[p] > 0:  # a box of area <= 0 has IoU 0 with everything
+                iw = np.minimum(X2[lo:hi], X2[p])
+                iw -= np.maximum(X1[lo:hi], X1[p])
+                np.maximum(iw, 0, out=iw)
+                ih = np.minimum(Y2[lo:hi], Y2[p])
+                ih -= np.maximum(Y1[lo:hi], Y1[p])
+                np.maximum(ih, 0, out=ih)
+                iw *= ih                                   # intersection
+                union = np.add(A[lo:hi], A[p], out=ih)
+                union -= iw
+                hit = np.divide(iw, union, out=iw) > t
+                ranks = xo[lo:hi]
+                hit &= ranks > r
+                if G is not None:
+                    hit &= G[lo:hi] == G[p]
+                victims = ranks[hit]
+                removed[victims] = True
+                nvict = victims.size
             r += 1
-            continue
-        p = sw.pos[r]
-        lo, hi = sw.lo[r], sw.hi[r]
-        sl = slice(lo, hi)
-        iou = _pair_iou(sw.X1[p], sw.Y1[p], sw.X2[p], sw.Y2[p], sw.A[p],
-                        sw.X1[sl], sw.Y1[sl], sw.X2[sl], sw.Y2[sl], sw.A[sl])
-        ranks = sw.xo[sl]
-        hit = (iou > sw.t) & (ranks > r)
-        if sw.G is not None:
-            hit &= sw.G[sl] == sw.G[p]
-        victims = ranks[hit]
-        removed[victims] = True
-        r += 1
-        if stop_when_unproductive:
-            kept_since += 1
-            removed_since += victims.size
-            if kept_since == _PROBE:
-                if removed_since < _MIN_REMOVED_PER_KEPT * _PROBE:
-                    return r
-                kept_since = removed_since = 0
+            if stop_when_unproductive:
+                kept_since += 1
+                removed_since += nvict
+                if kept_since == _PROBE:
+                    if removed_since < _MIN_REMOVED_PER_KEPT * _PROBE:
+                        return r
+                    kept_since = removed_since = 0
     return n
 
 

@@ -279,7 +279,7 @@ def test_encode_decode_round_trip(seed, n, weights):
 def _nms_problem(data, max_n=80):
     seed = data.draw(seeds, label="seed")
     n = data.draw(st.integers(0, max_n), label="n")
-    kind = data.draw(st.sampled_from(["uniform", "integer", "clustered", "far"]), label="kind")
+    kind = data.draw(st.sampled_from(["uniform", "integer", "clustered", "far", "messy"]), label="kind")
     dtype = data.draw(dtypes, label="dtype")
     thr = data.draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.5]), label="thr")
     rng = np.random.default_rng(seed)
@@ -288,6 +288,8 @@ def _nms_problem(data, max_n=80):
         pick = base[rng.integers(0, base.shape[0], n)]
         b = (pick + rng.normal(0, 1.5, (n, 4))).astype(dtype)
         b[:, 2:] = np.maximum(b[:, 2:], b[:, :2])  # some degenerate boxes
+    elif kind == "messy":  # any corners: inverted, zero-size and nested boxes of all sizes
+        b = np.round(rng.uniform(0, 40, (n, 4)) * rng.choice([0.25, 1.0], (n, 1))).astype(dtype)
     elif kind == "far":  # large coordinates, small boxes: float32 rounding matters
         b = (random_boxes(rng, n, scale=20, min_wh=0.05, max_wh=3) + 3e4).astype(dtype)
     else:
