@@ -23,6 +23,10 @@ Parameters (torchvision ``state_dict`` names, i = 0..L-1 for C2..C{L+1})::
     backbone.fpn.layer_blocks.{i}.0.weight  (D, D, 3, 3)         .bias (D,)
 
 Keys outside ``backbone.fpn.`` are ignored. Every FPN parameter is trained.
+
+``init_resnet_fpn_backbone``, ``backbone_forward`` and ``backbone_backward``
+chain the ResNet body (``mrcnn_np.backbone``) and the FPN: image in, pyramid
+out, as torchvision's ``BackboneWithFPN``.
 """
 from __future__ import annotations
 
@@ -32,12 +36,17 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import check_array, check_positive_int
+from .backbone import EXPANSION, init_resnet, resnet_backward, resnet_forward
 from .ops.conv import conv2d_backward, conv2d_forward
 from .ops.pool import max_pool2d_backward, max_pool2d_forward
 from .ops.resize import upsample_nearest_backward, upsample_nearest_forward
 
 __all__ = [
     "FPNCache",
+    "BackboneCache",
+    "init_resnet_fpn_backbone",
+    "backbone_forward",
+    "backbone_backward",
     "init_fpn",
     "fpn_structure",
     "check_fpn_params",
@@ -281,3 +290,60 @@ def fpn_backward(dpyramid, cache):
         for k in _keys(i):
             ordered[k] = grads[k]
     return ordered, dfeatures
+
+
+# --------------------------------------------------------------------------- body + FPN together
+
+
+class BackboneCache(NamedTuple):
+    """Cache of ``backbone_forward``: ``body`` (ResNetCache) and ``fpn`` (FPNCache)."""
+
+    body: Any
+    fpn: Any
+
+
+def init_resnet_fpn_backbone(layers=50, *, width=64, out_channels=256, rng, dtype=np.float32):
+    """Parameters of a ResNet body + FPN (twin of torchvision's ``resnet_fpn_backbone``
+    with ``weights=None``: random init as torchvision).
+
+    layers: depth (50, 101, 152) or 4 block counts; width: stem channels (64);
+    out_channels: FPN width D (256); rng: np.random.Generator; dtype: float dtype.
+    Returns one dict with the ``backbone.body.*`` and ``backbone.fpn.*`` keys;
+    the FPN's in_channels are the stage outputs ``4 * width * 2**(s-1)``.
+    """
+    params = init_resnet(layers, width=width, rng=rng, dtype=dtype)
+    ins = [EXPANSION * width * 2 ** s for s in range(4)]
+    params.update(init_fpn(ins, out_channels, rng=rng, dtype=dtype))
+    return params
+
+
+def backbone_forward(params, x, *, fold_bn=True):
+    """ResNet body then FPN (twin of torchvision's ``BackboneWithFPN.forward``).
+
+    params: dict with the ``backbone.body.*`` and ``backbone.fpn.*`` keys.
+    x: (N, 3, H, W) normalised images. fold_bn: see ``resnet_forward``.
+    Returns (pyramid {"P2": (N, D, H/4, W/4), ..., "P6": (N, D, H/64, W/64)},
+    BackboneCache); sizes round up when H, W are not multiples of 64.
+    """
+    features, body = resnet_forward(params, x, fold_bn=fold_bn)
+    pyramid, fpn = fpn_forward(params, features)
+    return pyramid, BackboneCache(body, fpn)
+
+
+def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=False):
+    """Backward of ``backbone_forward``.
+
+    dpyramid: dict with any of "P2".."P6" (missing = zero); cache: BackboneCache.
+    trainable_layers, return_input_grad: as ``resnet_backward`` (pass
+    ``backbone.REFERENCE_TRAINABLE_LAYERS`` to train as torchvision's Mask R-CNN).
+    Returns grads {key: array} (the FPN's 16 arrays and the trainable body
+    convs), or (grads, dx (N, 3, H, W)) with return_input_grad.
+    """
+    if not isinstance(cache, BackboneCache):
+        raise TypeError(f"cache must be a BackboneCache, got {type(cache).__name__}")
+    fpn_grads, dfeatures = fpn_backward(dpyramid, cache.fpn)
+    out = resnet_backward(dfeatures, cache.body, trainable_layers=trainable_layers,
+                          return_input_grad=return_input_grad)
+    body_grads, dx = out if return_input_grad else (out, None)
+    grads = {**body_grads, **fpn_grads}
+    return (grads, dx) if return_input_grad else grads

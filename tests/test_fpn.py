@@ -243,3 +243,30 @@ def test_bad_params_and_features_raise_naming_the_key():
     with pytest.raises(ValueError, match="P7"):
         fpn_backward({"P7": pyr["P6"]}, cache)
     assert check_fpn_params(p) == ([2, 3, 4, 5], 4)
+
+
+def test_backbone_with_fpn_chains_body_and_fpn():
+    from mrcnn_np.backbone import REFERENCE_TRAINABLE_LAYERS, resnet_backward, resnet_forward
+    from mrcnn_np.fpn import backbone_backward, backbone_forward, init_resnet_fpn_backbone
+
+    p = init_resnet_fpn_backbone((1, 2, 1, 1), width=4, out_channels=6, rng=np.random.default_rng(7),
+                                 dtype=np.float64)
+    assert len([k for k in p if k.startswith(F)]) == 16
+    assert p[F + "inner_blocks.3.0.weight"].shape == (6, 128, 1, 1)  # C5 = 4 * 4 * 8 channels
+    x = np.random.default_rng(8).standard_normal((1, 3, 40, 40))
+    pyr, cache = backbone_forward(p, x)
+    feats, rc = resnet_forward(p, x)
+    pyr2, fc = fpn_forward(p, feats)
+    for k in pyr2:
+        np.testing.assert_array_equal(pyr[k], pyr2[k])
+    dpyr = {k: np.random.default_rng(9).standard_normal(v.shape) for k, v in pyr.items()}
+    grads, dx = backbone_backward(dpyr, cache, return_input_grad=True)
+    g_fpn, dfeats = fpn_backward(dpyr, fc)
+    g_body, dx2 = resnet_backward(dfeats, rc, return_input_grad=True)
+    assert set(grads) == set(g_fpn) | set(g_body)
+    for k, v in {**g_fpn, **g_body}.items():
+        np.testing.assert_array_equal(grads[k], v)
+    np.testing.assert_array_equal(dx, dx2)
+    ref = backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS)
+    assert not any(".layer1." in k or k.endswith("body.conv1.weight") for k in ref)
+    assert set(g_fpn) <= set(ref)

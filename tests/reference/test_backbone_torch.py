@@ -97,6 +97,10 @@ def test_trainable_layers_3_matches_torchvision_requires_grad():
 
     params = to_params(model)
     assert set(resnet_trainable_keys(params, trainable_layers=3)) == trainable
+    from mrcnn_np.fpn import init_resnet_fpn_backbone
+
+    ours = init_resnet_fpn_backbone(50, rng=np.random.default_rng(0))
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in params.items()}
 
 
 def test_resnet50_fpn_forward_matches_torchvision():
