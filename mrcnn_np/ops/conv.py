@@ -32,6 +32,8 @@ one strided slice). A 1x1, stride-1, unpadded convolution needs no copy at all.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -250,35 +252,88 @@ def _weight_matrix(w):
 # --------------------------------------------------------------------------- blocked GEMM engine
 #
 # Materialising the whole im2col matrix (C*KH*KW x Ho*Wo) costs a fresh, page-faulting
-# allocation about KH*KW times the size of the input, which is slower than the copy
-# itself and large at detection resolutions (2304 x 40000 floats for a 3x3, 256-channel
-# conv on a 200x200 map). The fast paths therefore walk the output in blocks of whole
-# output rows (or, when one image is small, of whole images), unroll one block into a
-# reused buffer of about _BLOCK_BYTES (it stays in cache), and run the GEMM on it,
-# writing straight into the result. Same arithmetic as one big GEMM, a fraction of the
-# memory traffic.
+# allocation KH*KW times the size of the input: slower than the copy itself, and large
+# at detection resolutions (2304 x 40000 floats for a 3x3, 256-channel conv on a
+# 200x200 map). The fast paths therefore walk the output in blocks of whole output rows
+# (or, when images are small, of whole images), unroll one block into a reused buffer
+# of about _BLOCK_BYTES (it stays in cache) and run that block's GEMM straight into the
+# result: the same arithmetic as one big GEMM with a fraction of the memory traffic.
+#
+# Strided convolutions first split the padded input into its stride phases
+# P[a][b] = xpad[:, :, a::sh, b::sw]; every kernel tap then reads a contiguous run of
+# one phase, so each copy is a plain strided-slice copy with unit inner stride. The
+# copies of a block (one per kernel tap) and the col2im additions (one per tap, split
+# by channel) are spread over a few threads: NumPy releases the GIL while copying, and
+# the GEMMs already use every core, so the copies would otherwise run on one core only.
 
-_BLOCK_BYTES = 4 * 2**20
+_BLOCK_BYTES = 16 * 2**20
+_PARALLEL_MIN_BYTES = 2**20
+_N_THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL = None
 
 
-def _windows(xp, KH, KW, stride, dilation, out_hw):
-    """Strided view (N, C, KH, KW, Ho, Wo) of the receptive fields of padded xp (no copy)."""
-    N, C = xp.shape[:2]
-    sN, sC, sH, sW = xp.strides
+def _run_groups(fn, groups):
+    """Call ``fn(group)`` for every group, the first on this thread, the rest on the pool."""
+    global _POOL
+    groups = [g for g in groups if len(g)]
+    if len(groups) <= 1:
+        for g in groups:
+            fn(g)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_N_THREADS, thread_name_prefix="mrcnn_np.conv")
+    futures = [_POOL.submit(fn, g) for g in groups[1:]]
+    fn(groups[0])
+    for f in futures:
+        f.result()
+
+
+def _n_groups(nbytes):
+    return _N_THREADS if nbytes >= _PARALLEL_MIN_BYTES else 1
+
+
+def _split(n, parts):
+    """[(start, stop), ...]: range(n) cut into at most ``parts`` nearly equal pieces."""
+    edges = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+class _Taps(NamedTuple):
+    """Where each kernel tap reads in the stride phases of the padded input.
+
+    taps: list of (p, q, a, b, oh, ow): tap (p, q) reads phase (a, b) from row oh
+    and column ow on, i.e. ``p*dh = oh*sh + a`` and ``q*dw = ow*sw + b``.
+    """
+
+    taps: list
+    stride: tuple
+
+
+def _taps(KH, KW, stride, dilation):
     (sh, sw), (dh, dw) = stride, dilation
-    return as_strided(
-        xp,
-        shape=(N, C, KH, KW) + tuple(out_hw),
-        strides=(sN, sC, dh * sH, dw * sW, sh * sH, sw * sW),
-        writeable=False,
-    )
+    taps = []
+    for p in range(KH):
+        oh, a = divmod(p * dh, sh)
+        for q in range(KW):
+            ow, b = divmod(q * dw, sw)
+            taps.append((p, q, a, b, oh, ow))
+    return _Taps(taps, stride)
+
+
+def _phases(xp, taps):
+    """Contiguous stride phases {(a, b): xp[:, :, a::sh, b::sw]} that some tap reads."""
+    sh, sw = taps.stride
+    if (sh, sw) == (1, 1):
+        return {(0, 0): xp}
+    used = sorted({(a, b) for _, _, a, b, _, _ in taps.taps})
+    return {(a, b): np.ascontiguousarray(xp[:, :, a::sh, b::sw]) for a, b in used}
 
 
 def _blocks(N, Ho, Wo, K, itemsize):
     """Split the N x Ho output rows into blocks whose unrolled columns fit the budget.
 
     Returns (blocks, most columns in a block); a block (n0, n1, i0, i1) is images
-    n0..n1-1, output rows i0..i1-1: one image and a range of rows, or whole images.
+    n0..n1-1 and output rows i0..i1-1: one image and some rows, or whole images.
     """
     rows = max(1, _BLOCK_BYTES // max(K * Wo * itemsize, 1))
     if rows >= Ho:
@@ -289,34 +344,72 @@ def _blocks(N, Ho, Wo, K, itemsize):
     return blocks, rows * Wo
 
 
-def _gemm_im2col(win, *, wm=None, out=None, src=None, dw=None):
-    """Block by block, unroll the windows ``win`` (N, C, KH, KW, Ho, Wo) into columns
-    ``cols`` (K, block) and compute ``out[n][:, block] = wm @ cols`` (wm (F, K), out
-    (N, F, Ho*Wo)) and/or ``dw += src[n][:, block] @ cols.T`` (src (N, F2, Ho*Wo),
-    dw (F2, K) accumulated in place)."""
-    N, C, KH, KW, Ho, Wo = win.shape
+def _unroll_block(cols6, phases, taps, n0, n1, i0, i1):
+    """im2col of one block: ``cols6[:, p, q] = window of tap (p, q)``.
+
+    cols6: (C, KH, KW, nb, r, Wo) buffer; phases from :func:`_phases`. One copy per
+    tap (split by channel when there are fewer taps than threads).
+    """
+    C, _, _, nb, r, Wo = cols6.shape
+    groups = _n_groups(cols6.nbytes)
+    if len(taps.taps) >= groups:
+        units = [(t, 0, C) for t in taps.taps]
+    else:
+        units = [(t, c0, c1) for t in taps.taps for c0, c1 in _split(C, groups)]
+
+    def work(group):
+        for (p, q, a, b, oh, ow), c0, c1 in group:
+            src = phases[a, b][n0:n1, c0:c1, oh + i0:oh + i1, ow:ow + Wo]
+            np.copyto(cols6[c0:c1, p, q], src.transpose(1, 0, 2, 3))
+
+    _run_groups(work, [units[g::groups] for g in range(groups)])
+
+
+def _scatter_block(dphases, cols6, taps, n0, n1, i0, i1):
+    """col2im of one block: add ``cols6[:, p, q]`` onto the window of tap (p, q).
+
+    dphases: {(a, b): (N, C, Hq, Wq)} accumulators, one per stride phase. Split by
+    channel across threads (windows of different taps overlap, channels do not).
+    """
+    C, _, _, nb, r, Wo = cols6.shape
+
+    def work(chunks):
+        for c0, c1 in chunks:
+            for p, q, a, b, oh, ow in taps.taps:
+                dst = dphases[a, b][n0:n1, c0:c1, oh + i0:oh + i1, ow:ow + Wo]
+                dst += cols6[c0:c1, p, q].transpose(1, 0, 2, 3)
+
+    groups = _n_groups(cols6.nbytes)
+    _run_groups(work, [[c] for c in _split(C, groups)])
+
+
+def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
+    """Block by block, unroll the receptive fields into columns ``cols`` (K, block) and
+    compute ``out[n][:, block] = wm @ cols`` (wm (F, K), out (N, F, Ho*Wo)) and/or
+    ``dw += src[n][:, block] @ cols.T`` (src (N, F2, Ho*Wo), dw (F2, K), in place).
+
+    shape: (N, C, KH, KW, Ho, Wo).
+    """
+    N, C, KH, KW, Ho, Wo = shape
     K = C * KH * KW
-    blocks, ncols = _blocks(N, Ho, Wo, K, win.itemsize)
-    buf = np.empty(K * ncols, dtype=win.dtype)
+    dtype = next(iter(phases.values())).dtype
+    blocks, ncols = _blocks(N, Ho, Wo, K, dtype.itemsize)
+    buf = np.empty(K * ncols, dtype=dtype)
     tmp = np.empty_like(dw) if dw is not None else None
     for n0, n1, i0, i1 in blocks:
         nb, r = n1 - n0, i1 - i0
-        m0, m1 = i0 * Wo, i1 * Wo
+        cols6 = buf[:K * nb * r * Wo].reshape(C, KH, KW, nb, r, Wo)
+        _unroll_block(cols6, phases, taps, n0, n1, i0, i1)
+        cols = cols6.reshape(K, nb * r * Wo)
         if nb == 1:
-            cols = buf[:K * r * Wo].reshape(C, KH, KW, r, Wo)
-            np.copyto(cols, win[n0, :, :, :, i0:i1])
-            cols = cols.reshape(K, r * Wo)
             if wm is not None:
-                np.matmul(wm, cols, out=out[n0, :, m0:m1])
+                np.matmul(wm, cols, out=out[n0, :, i0 * Wo:i1 * Wo])
             if dw is not None:
-                np.matmul(src[n0, :, m0:m1], cols.T, out=tmp)
+                np.matmul(src[n0, :, i0 * Wo:i1 * Wo], cols.T, out=tmp)
                 dw += tmp
-        else:  # several whole images side by side, columns ordered (n, i, j)
-            cols = buf[:K * nb * Ho * Wo].reshape(C, KH, KW, nb, Ho, Wo)
-            np.copyto(cols, win[n0:n1].transpose(1, 2, 3, 0, 4, 5))
-            cols = cols.reshape(K, nb * Ho * Wo)
+        else:  # whole images side by side, columns ordered (n, i, j)
             if wm is not None:
-                res = wm @ cols  # (F, nb*Ho*Wo)
+                res = wm @ cols
                 out[n0:n1] = res.reshape(-1, nb, Ho * Wo).transpose(1, 0, 2)
             if dw is not None:
                 s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
@@ -324,35 +417,46 @@ def _gemm_im2col(win, *, wm=None, out=None, src=None, dw=None):
                 dw += tmp
 
 
-def _gemm_col2im(wmT, src, dxp, KH, KW, stride, dilation, out_hw):
-    """``dxp += col2im(wmT @ src)``, block by block.
+def _gemm_col2im(wmT, src, dphases, taps, shape):
+    """``dphases += col2im(wmT @ src)``, block by block.
 
-    wmT: (K, F) with K = C*KH*KW; src: (N, F, Ho*Wo); dxp: (N, C, Hp, Wp) padded
-    image, accumulated in place; out_hw: (Ho, Wo) window positions.
+    wmT: (K, F) with K = C*KH*KW; src: (N, F, Ho*Wo); dphases: stride-phase
+    accumulators of the padded image (see :func:`_phases`); shape: (N, C, KH, KW, Ho, Wo).
     """
-    N, C = dxp.shape[:2]
-    K = wmT.shape[0]
-    Ho, Wo = out_hw
-    (sh, sw), (dh, dw) = stride, dilation
-    blocks, ncols = _blocks(N, Ho, Wo, K, dxp.itemsize)
-    buf = np.empty(K * ncols, dtype=dxp.dtype)
+    N, C, KH, KW, Ho, Wo = shape
+    K = C * KH * KW
+    blocks, ncols = _blocks(N, Ho, Wo, K, wmT.itemsize)
+    buf = np.empty(K * ncols, dtype=wmT.dtype)
     for n0, n1, i0, i1 in blocks:
         nb, r = n1 - n0, i1 - i0
+        cols = buf[:K * nb * r * Wo].reshape(K, nb * r * Wo)
         if nb == 1:
-            cols = buf[:K * r * Wo].reshape(K, r * Wo)
             np.matmul(wmT, src[n0, :, i0 * Wo:i1 * Wo], out=cols)
-            c6 = cols.reshape(1, C, KH, KW, r, Wo)
         else:
             s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
-            cols = buf[:K * nb * Ho * Wo].reshape(K, nb * Ho * Wo)
             np.matmul(wmT, s2, out=cols)
-            c6 = cols.reshape(C, KH, KW, nb, Ho, Wo).transpose(3, 0, 1, 2, 4, 5)
-        for p in range(KH):
-            h0 = p * dh + i0 * sh
-            hs = slice(h0, h0 + sh * (r - 1) + 1, sh)
-            for q in range(KW):
-                ws = slice(q * dw, q * dw + sw * (Wo - 1) + 1, sw)
-                dxp[n0:n1, :, hs, ws] += c6[:, :, p, q]
+        _scatter_block(dphases, cols.reshape(C, KH, KW, nb, r, Wo), taps, n0, n1, i0, i1)
+
+
+def _zero_phases(shape, taps, dtype):
+    """Zeroed accumulators for every stride phase of a padded image of ``shape``."""
+    N, C, Hp, Wp = shape
+    sh, sw = taps.stride
+    used = sorted({(a, b) for _, _, a, b, _, _ in taps.taps})
+    return {(a, b): np.zeros((N, C, len(range(a, Hp, sh)), len(range(b, Wp, sw))), dtype=dtype)
+            for a, b in used}
+
+
+def _assemble(dphases, shape, taps, padding, H, W):
+    """Interleave the phase accumulators into the padded image and crop the padding."""
+    sh, sw = taps.stride
+    if (sh, sw) == (1, 1):
+        dxp = dphases[0, 0]
+    else:
+        dxp = np.zeros(shape, dtype=next(iter(dphases.values())).dtype)
+        for (a, b), d in dphases.items():
+            dxp[:, :, a::sh, b::sw] = d
+    return _crop(dxp, padding, H, W)
 
 
 def _crop(xp, padding, H, W):
@@ -393,8 +497,9 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
         out = np.matmul(wm, np.ascontiguousarray(x).reshape(N, C, H * W))
     else:
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
-        win = _windows(_pad(x, padding), KH, KW, stride, dilation, (Ho, Wo))
-        _gemm_im2col(win, wm=wm, out=out)
+        taps = _taps(KH, KW, stride, dilation)
+        phases = _phases(_pad(x, padding), taps)
+        _gemm_im2col(phases, taps, (N, C, KH, KW, Ho, Wo), wm=wm, out=out)
     out = out.reshape(N, F, Ho, Wo)
     if b is not None:
         out += b.reshape(1, F, 1, 1)
@@ -427,12 +532,14 @@ def conv2d_backward(dout, cache):
         dw = _batched_outer(d2, x2)
         dx = np.matmul(wm.T, d2).reshape(N, C, H, W)
     else:
+        shape6 = (N, C, KH, KW, Ho, Wo)
+        taps = _taps(KH, KW, stride, dilation)
         dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
-        win = _windows(_pad(x, padding), KH, KW, stride, dilation, (Ho, Wo))
-        _gemm_im2col(win, src=d2, dw=dw)
-        dxp = np.zeros((N, C, H + 2 * padding[0], W + 2 * padding[1]), dtype=x.dtype)
-        _gemm_col2im(wm.T, d2, dxp, KH, KW, stride, dilation, (Ho, Wo))
-        dx = _crop(dxp, padding, H, W)
+        _gemm_im2col(_phases(_pad(x, padding), taps), taps, shape6, src=d2, dw=dw)
+        xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
+        dphases = _zero_phases(xp_shape, taps, x.dtype)
+        _gemm_col2im(np.ascontiguousarray(wm.T), d2, dphases, taps, shape6)
+        dx = _assemble(dphases, xp_shape, taps, padding, H, W)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw.reshape(w.shape), db
 
@@ -556,10 +663,11 @@ def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output
     if _is_pointwise(KH, KW, stride, padding) and (Ho, Wo) == (H, W):
         out = np.matmul(wm.T, x2).reshape(N, Cout, Ho, Wo)
     else:
-        ph, pw = padding
-        outp = np.zeros((N, Cout, Ho + 2 * ph, Wo + 2 * pw), dtype=x.dtype)
-        _gemm_col2im(wm.T, x2, outp, KH, KW, stride, dilation, (H, W))
-        out = _crop(outp, padding, Ho, Wo)
+        taps = _taps(KH, KW, stride, dilation)
+        outp_shape = (N, Cout, Ho + 2 * padding[0], Wo + 2 * padding[1])
+        dphases = _zero_phases(outp_shape, taps, x.dtype)
+        _gemm_col2im(np.ascontiguousarray(wm.T), x2, dphases, taps, (N, Cout, KH, KW, H, W))
+        out = _assemble(dphases, outp_shape, taps, padding, Ho, Wo)
     if b is not None:
         out += b.reshape(1, Cout, 1, 1)
     cache = ConvTranspose2dCache(x, w, b is not None, stride, padding, dilation, (Ho, Wo))
@@ -587,8 +695,9 @@ def conv_transpose2d_backward(dout, cache):
     else:
         dx = np.empty((N, Cin, H * W), dtype=x.dtype)
         dw = np.zeros_like(wm)
-        win = _windows(_pad(dout, padding), KH, KW, stride, dilation, (H, W))
-        _gemm_im2col(win, wm=wm, out=dx, src=x2, dw=dw)
+        taps = _taps(KH, KW, stride, dilation)
+        phases = _phases(_pad(dout, padding), taps)
+        _gemm_im2col(phases, taps, (N, Cout, KH, KW, H, W), wm=wm, out=dx, src=x2, dw=dw)
     dx = dx.reshape(N, Cin, H, W)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw.reshape(w.shape), db
