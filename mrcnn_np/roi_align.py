@@ -91,8 +91,8 @@ class RoIAlignCache(NamedTuple):
     input_shape: (N, C, H, W).
     output_size: (ph, pw).
     dtype: dtype of the input.
-    blocks: list of (k0, k1, rows of ``matrix`` for boxes k0..k1), the split
-        used to run the products in threads.
+    blocks: list of box ranges (k0, k1), one per thread (the products of
+        different ranges run in parallel).
     """
 
     matrix: object
@@ -348,7 +348,13 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
 _CHUNK_ENTRIES = 1 << 22  # (pair, pair) products built at a time in roi_align_matrix
 _THREADS = max(1, min(4, os.cpu_count() or 1))
 _MIN_PARALLEL_NNZ = 20_000  # below this one thread is faster
+_ROWS_PER_CHUNK = 2048  # output bins per cache block (2 MB of float32 at C = 256)
 _POOL = None
+
+try:  # scipy's compiled sparse kernels, which accumulate into a given output
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - older or newer scipy: public API below
+    _sparsetools = None
 
 
 def _pool():
@@ -358,12 +364,31 @@ def _pool():
     return _POOL
 
 
-def _box_blocks(matrix, k, bins):
-    """Split boxes 0..k into contiguous blocks holding about equal numbers of weights.
+def _spmm_add(matrix, r0, r1, x, y, *, transpose=False):
+    """``y += M[r0:r1] @ x``, or ``y += M[r0:r1].T @ x`` with ``transpose``.
 
-    Returns a list of (k0, k1, sub) with ``sub`` the CSR rows of boxes k0..k1
-    (views of ``matrix``'s arrays, no copy).
+    matrix: CSR (R, P); x, y: C-contiguous 2-D arrays of matching shapes. Uses
+    scipy's kernels directly (no temporary, GIL released), else the public API.
     """
+    lo, hi = matrix.indptr[r0], matrix.indptr[r1]
+    indptr = matrix.indptr[r0:r1 + 1] - lo
+    indices, data = matrix.indices[lo:hi], matrix.data[lo:hi]
+    rows, cols = r1 - r0, matrix.shape[1]
+    if _sparsetools is not None and indptr.dtype == indices.dtype and x.dtype == data.dtype:
+        if transpose:  # the CSR arrays of M are the CSC arrays of M^T, shape (cols, rows)
+            _sparsetools.csc_matvecs(cols, rows, x.shape[1], indptr, indices, data,
+                                     x.reshape(-1), y.reshape(-1))
+        else:
+            _sparsetools.csr_matvecs(rows, cols, x.shape[1], indptr, indices, data,
+                                     x.reshape(-1), y.reshape(-1))
+        return
+    sub = sp.csr_matrix((data, indices, indptr), shape=(rows, cols))
+    y += (sub.T if transpose else sub) @ x
+
+
+def _box_blocks(matrix, k, bins):
+    """Split boxes 0..k into one contiguous range per thread, with about equal
+    numbers of stored weights. Returns a list of (k0, k1)."""
     if k == 0:
         return []
     nblocks = _THREADS if matrix.nnz >= _MIN_PARALLEL_NNZ else 1
@@ -371,20 +396,18 @@ def _box_blocks(matrix, k, bins):
     per_box = matrix.indptr[::bins]  # cumulative weights at box starts, (k + 1,)
     cuts = np.searchsorted(per_box, np.arange(1, nblocks) * matrix.nnz / nblocks)
     edges = np.unique(np.concatenate([[0], np.clip(cuts, 0, k), [k]]).astype(np.int64))
-    blocks = []
-    for k0, k1 in zip(edges[:-1], edges[1:]):
-        lo, hi = matrix.indptr[k0 * bins], matrix.indptr[k1 * bins]
-        sub = sp.csr_matrix(
-            (matrix.data[lo:hi], matrix.indices[lo:hi], matrix.indptr[k0 * bins:k1 * bins + 1] - lo),
-            shape=((k1 - k0) * bins, matrix.shape[1]),
-        )
-        blocks.append((int(k0), int(k1), sub))
-    return blocks
+    return [(int(k0), int(k1)) for k0, k1 in zip(edges[:-1], edges[1:])]
+
+
+def _chunks(k0, k1, bins):
+    """Cache blocks of a box range: about _ROWS_PER_CHUNK output bins each."""
+    step = max(1, _ROWS_PER_CHUNK // bins)
+    return [(a, min(a + step, k1)) for a in range(k0, k1, step)]
 
 
 def _run(fn, blocks):
     """fn(block) for every block, in threads when there are several (scipy's
-    sparse products and numpy's copies release the GIL)."""
+    sparse kernels and numpy's copies release the GIL)."""
     if len(blocks) <= 1:
         return [fn(b) for b in blocks]
     return list(_pool().map(fn, blocks))
@@ -408,18 +431,24 @@ def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_
         input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     n, c, h, w = input.shape
     ph, pw = output_size
+    bins = ph * pw
     k = boxes.shape[0]
     matrix = roi_align_matrix(input.shape, boxes, output_size, spatial_scale=spatial_scale,
                               sampling_ratio=sampling_ratio, aligned=aligned, dtype=input.dtype)
     # channels last, so the dense operand's rows are feature cells
     cells = np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
     out = np.empty((k, c, ph, pw), dtype=input.dtype)
-    blocks = _box_blocks(matrix, k, ph * pw)
+    blocks = _box_blocks(matrix, k, bins)
 
     def work(block):
-        k0, k1, sub = block
-        flat = sub @ cells  # (boxes*ph*pw, C)
-        out[k0:k1] = flat.reshape(k1 - k0, ph, pw, c).transpose(0, 3, 1, 2)
+        # per cache block: (boxes*ph*pw, C) = M_rows @ cells, then to (boxes, C, ph, pw)
+        chunks = _chunks(*block, bins)
+        flat = np.empty(((chunks[0][1] - chunks[0][0]) * bins, c), dtype=input.dtype)
+        for k0, k1 in chunks:
+            part = flat[:(k1 - k0) * bins]
+            part.fill(0)
+            _spmm_add(matrix, k0 * bins, k1 * bins, cells, part)
+            out[k0:k1] = part.reshape(k1 - k0, ph, pw, c).transpose(0, 3, 1, 2)
 
     _run(work, blocks)
     cache = RoIAlignCache(matrix=matrix, input_shape=tuple(input.shape),
@@ -437,23 +466,31 @@ def roi_align_backward(dout, cache):
     """
     n, c, h, w = cache.input_shape
     ph, pw = cache.output_size
-    k = cache.matrix.shape[0] // (ph * pw)
+    bins = ph * pw
+    k = cache.matrix.shape[0] // bins
     check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
     dtype = cache.dtype
 
     def work(block):
-        k0, k1, sub = block
-        flat = np.ascontiguousarray(dout[k0:k1].transpose(0, 2, 3, 1), dtype=dtype)
-        # sub.T is the CSC view of the same arrays: a scatter-add, no conversion
-        return sub.T @ flat.reshape(-1, c)  # (N*H*W, C)
+        grad = np.zeros((n * h * w, c), dtype=dtype)  # this thread's share, summed below
+        for k0, k1 in _chunks(*block, bins):
+            flat = np.ascontiguousarray(dout[k0:k1].transpose(0, 2, 3, 1), dtype=dtype)
+            _spmm_add(cache.matrix, k0 * bins, k1 * bins, flat.reshape(-1, c), grad,
+                      transpose=True)  # scatter-add into the cells
+        return grad
 
     partial = _run(work, cache.blocks)
     if not partial:
         return np.zeros(cache.input_shape, dtype=dtype)
-    grad = np.asarray(partial[0], dtype=dtype)
+    grad = partial[0]
     for more in partial[1:]:
         grad += more
     return np.ascontiguousarray(grad.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------------------
+# figures helper
+# ---------------------------------------------------------------------------
 
 
 def roi_sample_points(box, output_size, *, spatial_scale=1.0, sampling_ratio=-1, aligned=False):

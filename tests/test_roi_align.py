@@ -275,11 +275,14 @@ def test_threaded_blocks_and_chunked_build_equal_naive(monkeypatch):
     monkeypatch.setattr(ra, "_MIN_PARALLEL_NNZ", 0)
     monkeypatch.setattr(ra, "_THREADS", 3)
     monkeypatch.setattr(ra, "_CHUNK_ENTRIES", 200)  # and build the matrix a few boxes at a time
-    out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
-    assert len(cache.blocks) == 3
-    np.testing.assert_allclose(out, roi_align_naive(x, boxes, (3, 2), sampling_ratio=-1),
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(roi_align_backward(dout, cache), dx1, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(ra, "_ROWS_PER_CHUNK", 13)  # cache blocks of 2 boxes
+    naive = roi_align_naive(x, boxes, (3, 2), sampling_ratio=-1)
+    for kernels in (ra._sparsetools, None):  # scipy's kernels, then the public API
+        monkeypatch.setattr(ra, "_sparsetools", kernels)
+        out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
+        assert len(cache.blocks) == 3
+        np.testing.assert_allclose(out, naive, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(roi_align_backward(dout, cache), dx1, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------
