@@ -88,6 +88,8 @@ from .ops.resize import resize_bilinear
 
 __all__ = [
     "BOX_CODER_WEIGHTS",
+    "BOX_HEAD_KEYS",
+    "mask_head_keys",
     "add_gt_proposals",
     "assign_targets_to_proposals",
     "subsample",
@@ -526,7 +528,8 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     class_logits: (S, K+1) float. box_regression: (S, 4(K+1)), same dtype.
     labels: (S,) int in [0, K], or a list of per-image (S_i,) (concatenated,
         as torchvision's ``list[Tensor]``).
-    regression_targets: (S, 4) float or a list of per-image (S_i, 4) (constants).
+    regression_targets: (S, 4) float or a list of per-image (S_i, 4) (constants;
+        cast to box_regression's dtype).
     Returns (loss_classifier, loss_box_reg, dclass_logits (S, K+1),
     dbox_regression (S, 4(K+1))): losses are scalars of the logits' dtype; each
     gradient is that of its own loss.

@@ -9,8 +9,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mrcnn_np.boxes import box_iou
+from mrcnn_np.boxes import box_iou, decode_boxes
 from mrcnn_np.gradcheck import numeric_gradient, relative_error
 from mrcnn_np.roi_heads import (
     BOX_HEAD_KEYS,
@@ -107,6 +109,33 @@ def test_sampling_limits_and_reproducibility():
     _, _, l3, _ = select_training_samples(props, [gt], rng=np.random.default_rng(7),
                                           batch_size_per_image=64, positive_fraction=0.5)
     assert l3[0].shape == (64,) and int((l3[0] > 0).sum()) == 32
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 10_000), n_gt=st.integers(0, 4), n_prop=st.integers(0, 40),
+       batch=st.integers(1, 64))
+def test_targets_properties(seed, n_gt, n_prop, batch):
+    rng = np.random.default_rng(seed)
+    def boxes(n):
+        xy = rng.uniform(0, 60, (n, 2))
+        return np.concatenate([xy, xy + rng.uniform(1, 30, (n, 2))], axis=1)
+    gt = _target(boxes(n_gt), rng.integers(1, 4, n_gt))
+    p, idx, lab, reg = select_training_samples([boxes(n_prop)], [gt], rng=rng, batch_size_per_image=batch)
+    p, idx, lab, reg = p[0], idx[0], lab[0], reg[0]
+    assert len(p) == len(idx) == len(lab) == len(reg) <= min(batch, n_prop + n_gt)
+    assert (lab > 0).sum() <= int(batch * 0.25)
+    if n_gt == 0:
+        assert np.all(lab == 0) and np.all(reg == 0)
+        return
+    iou = box_iou(gt["boxes"], p)
+    fg = lab > 0
+    # foreground iff the best IoU reaches 0.5; the label is the best GT's label
+    np.testing.assert_array_equal(fg, iou.max(axis=0) >= 0.5)
+    np.testing.assert_array_equal(idx[fg], iou.argmax(axis=0)[fg])
+    np.testing.assert_array_equal(lab[fg], gt["labels"][idx[fg]])
+    # decoding a positive's target gives its GT box back
+    np.testing.assert_allclose(decode_boxes(reg[fg], p[fg], (10, 10, 5, 5)), gt["boxes"][idx[fg]],
+                               rtol=1e-9, atol=1e-9)
 
 
 def test_subsample_indices_sorted():
