@@ -391,6 +391,26 @@ def test_non_contiguous_inputs():
     assert out.shape == (2, 2, 10, 8)
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (1, 1, 0), (3, 2, 0)])
+def test_empty_batch(k, s, p):
+    # N = 0 happens in the mask head when an image has no positive RoI
+    rng = np.random.default_rng(12)
+    x = np.zeros((0, 3, 6, 6))
+    w, b = _rand(rng, (4, 3, k, k)), _rand(rng, (4,))
+    out, cache = conv2d_forward(x, w, b, stride=s, padding=p)
+    assert out.shape == (0, 4) + conv2d_naive(np.ones((1, 3, 6, 6)), w, b, stride=s,
+                                              padding=p).shape[2:]
+    dx, dw, db = conv2d_backward(out, cache)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dw, 0)
+    np.testing.assert_array_equal(db, 0)
+    wt = _rand(rng, (3, 4, 2, 2))
+    out, cache = conv_transpose2d_forward(x, wt, b, stride=2)
+    assert out.shape == (0, 4, 12, 12)
+    dx, dw, db = conv_transpose2d_backward(out, cache)
+    assert dx.shape == x.shape and not dw.any() and not db.any()
+
+
 def test_conv2d_1x1_forward_does_not_copy_x():
     # the 1x1 stride-1 path is a pure GEMM on a view of x
     rng = np.random.default_rng(9)

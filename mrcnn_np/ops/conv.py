@@ -17,18 +17,21 @@ Layouts are torch's, so weights move over unchanged:
 
 - ``conv_transpose2d`` (torch's ``ConvTranspose2d``): x (N, C_in, H, W),
   w (C_in, C_out, KH, KW), out (N, C_out, Ho, Wo) with
-  ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + 1``. It is the adjoint of ``conv2d``
-  with respect to its input: every input pixel scatters a copy of its kernel,
-  scaled by its value, into the output::
+  ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + 1 + output_padding``. It is the
+  adjoint of ``conv2d`` with respect to its input: every input pixel scatters a
+  copy of its kernel, scaled by its value, into the output::
 
       full[n, o, i*sh + p*dh, j*sw + q*dw] += x[n, c, i, j] * w[c, o, p, q]
       out = full[:, :, ph:ph + Ho, pw:pw + Wo] + b
 
-The fast paths unroll the receptive fields of the padded input into a matrix
-(im2col: one strided view, one copy) so that the whole convolution is a single
-matrix product per image; the backward scatters a matrix of column gradients
-back onto the image (col2im: a loop over the KH*KW kernel offsets, each adding
-one strided slice). A 1x1, stride-1, unpadded convolution needs no copy at all.
+The fast paths unroll the receptive fields of the padded input into columns
+(im2col) so that the convolution is a matrix product ``w.reshape(F, K) @ cols``;
+the backward scatters a matrix of column gradients back onto the image (col2im:
+a loop over the KH*KW kernel taps, each adding one strided slice). They do so in
+cache-sized blocks of output rows (see "blocked GEMM engine" below) rather than
+building the whole column matrix. A 1x1, stride-1, unpadded convolution is a
+single GEMM on the input itself, with no copy. ``im2col``/``col2im`` are the
+plain, unblocked versions, kept for teaching and tests.
 """
 from __future__ import annotations
 
@@ -127,8 +130,8 @@ def _check_conv_args(x, w, b, stride, padding, dilation, *, transposed):
         n_out = w.shape[0]
     if min(w.shape) == 0:
         raise ValueError(f"w must have no empty dimension, got {w.shape}")
-    if min(x.shape) == 0:
-        raise ValueError(f"x must have no empty dimension, got {x.shape}")
+    if min(x.shape[1:]) == 0:  # an empty batch (N = 0, e.g. no RoIs) is fine
+        raise ValueError(f"x must have non-empty C, H, W, got {x.shape}")
     if b is not None:
         b = check_array("b", b, shape=(n_out,), dtype_kind="f")
         check_same_dtype(x=x, b=b)
