@@ -342,13 +342,16 @@ def batched_nms_naive(boxes, scores, idxs, iou_threshold):
 # So box p's partners lie in the x1 window
 #   x1_p - reach_p < x1_q < min(x2_p, x1_p + reach_p),
 #   reach_p = (1 - t) * min(max_w, w_p / t),
-# a few boxes wide for uniform boxes. We use t - 1e-3 in place of t: the margin
-# keeps the window safe under float rounding (it only adds candidates; the IoU
-# test itself is the formula of box_iou, so the result equals nms_naive bit for
-# bit). Categories (batched_nms) are laid side by side on the x axis, far
-# apart, and also compared directly.
+# a few boxes wide for uniform boxes; and with boxes grouped in width bands of
+# ratio >= 1 / t, a partner is in the same band or the next. We use t - 1e-3
+# in place of t: the margin keeps windows and bands safe under float rounding
+# (they only add candidates; the IoU test itself is the formula of box_iou, so
+# the result equals nms_naive bit for bit). Categories (batched_nms) are laid
+# side by side on the x axis, far apart, and also compared directly. A box of
+# zero width or height has IoU 0 with everything and takes no part.
 
 _BLOCK_ELEMENTS = 1 << 20       # IoU entries per dense block of the pair sweep
+_ROWS_PER_BLOCK = 96            # rows per dense block (Python overhead vs wasted entries)
 _IOU_MARGIN = 1e-3              # slack on the x-window bound (float rounding)
 _MAX_PAIRS_PER_BOX = 64         # pair budget of the sweep, per box
 _PROBE = 32                     # kept boxes per check of the loop's yield
@@ -358,10 +361,11 @@ _MIN_REMOVED_PER_KEPT = 2.0     # below this yield the loop hands over to the sw
 class _Sweep:
     """x-sorted view of boxes sorted by decreasing score (rank order).
 
-    b: (N, 4) in rank order; groups: (N,) or None. Holds, in x order, the
-    coordinates X1..Y2, areas A, ranks ``xo`` and categories G, and per rank the
-    candidate window [lo, hi) of x positions (both sides) and hi_after (the
-    forward-only window used by the pair sweep, from the box's own x position).
+    b: (N, 4) in rank order; groups: (N,) or None. For the kept-box loop it
+    holds, in x order, the coordinates X1..Y2, areas A, ranks ``xo`` and
+    categories G, and per rank the candidate window [lo, hi) of x positions;
+    for the pair sweep, per rank, the x key, the window bounds (back, fwd) on
+    that key, the width band and whether the box has a positive area.
     """
 
     def __init__(self, b, groups, iou_threshold):
@@ -398,6 +402,22 @@ class _Sweep:
         self.A = (self.X2 - self.X1) * (self.Y2 - self.Y1)
         self.G = None if self.g is None else self.g[xo]
         self.t = iou_threshold
+        # rank-order data for the banded pair sweep
+        self.b = b
+        self.area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        self.key = x1
+        self.fwd = fwd
+        self.back = x1 - reach - slack
+        h = b[:, 3].astype(np.float64) - b[:, 1]
+        self.valid = (w > 0) & (h > 0)  # others have IoU 0 with every box
+        if t > 0:
+            # IoU > t' needs widths within a factor 1 / t', so with bands of
+            # ratio base >= 1 / t' partners are in the same or the next band
+            base = max(1.0 / min(t, 1.0), 1.5)
+            self.band = np.zeros(n, np.int64)
+            self.band[self.valid] = np.floor(np.log(w[self.valid]) / math.log(base)).astype(np.int64)
+        else:
+            self.band = np.zeros(n, np.int64)
 
 
 def _loop_kept(sw, removed, start, stop_when_unproductive):
@@ -459,69 +479,94 @@ def _suppression_pairs(sw, alive, max_pairs):
     """All pairs (i, j) of alive boxes, rank i < rank j, with IoU > threshold.
 
     alive: (N,) bool by rank. Returns (src, dst) rank arrays or None when
-    there are more than ``max_pairs``. For each x position p the forward
-    window (p, hi) is scored; rows of consecutive x positions form dense
-    blocks (rows x (rows + window)) so the work is a few big array ops: a
-    division-free superset test on the block, then the exact IoU on the few
-    pairs that pass.
+    there are more than ``max_pairs``. Boxes are grouped in width bands (a
+    partner is in the same band or the next) and x-sorted within a band; each
+    band is swept against itself (forward windows) and against the next band
+    (two-sided windows), see ``_block_pairs``.
     """
-    n = sw.n
-    alive_x = alive[sw.xo]
-    hi_x = np.maximum(sw.hi[sw.xo], np.arange(1, n + 1))
-    # skip dead rows entirely: only alive x positions are rows
-    rows_all = np.flatnonzero(alive_x)
-    # prefilter inter > t_pre * union: every pair with computed IoU > t passes
-    # (t_pre a little below t, and >= 0 so a degenerate union of 0 passes too)
-    t_pre = sw.X1.dtype.type(max(float(sw.t) - _IOU_MARGIN, 0.0))
+    idx = np.flatnonzero(alive & sw.valid)
+    bands = sw.band[idx]
+    o = np.lexsort((sw.key[idx], bands))
+    idx, bands = idx[o], bands[o]
+    heads = np.flatnonzero(np.r_[True, bands[1:] != bands[:-1]]) if idx.size else np.zeros(0, np.int64)
+    ends = np.r_[heads[1:], idx.size].astype(np.int64)
+    members = {int(bands[h]): idx[h:e] for h, e in zip(heads, ends)}
+    t_pre = sw.b.dtype.type(max(float(sw.t) - _IOU_MARGIN, 0.0))
     srcs, dsts = [], []
     total = 0
-    i = 0
-    m = rows_all.size
-    while i < m:
-        p0 = int(rows_all[i])
-        width = int(hi_x[p0]) - p0
-        # rows: the alive x positions in [p0, p0 + span); the block is then
-        # about rows x (span + width) entries, ~width / (span + width) useful
-        span = max(16, min(256, width // 2, _BLOCK_ELEMENTS // max(width, 1)))
-        j = i + max(1, int(np.searchsorted(rows_all[i:i + span], p0 + span, side="left")))
-        rows = rows_all[i:j]
-        q0, q1 = p0 + 1, int(hi_x[rows].max())
-        if q1 > q0:
-            c = slice(q0, q1)
-            # a cheap superset of IoU > t on the dense block (no division) ...
-            iw = np.minimum(sw.X2[rows, None], sw.X2[c]) - np.maximum(sw.X1[rows, None], sw.X1[c])
-            ih = np.minimum(sw.Y2[rows, None], sw.Y2[c]) - np.maximum(sw.Y1[rows, None], sw.Y1[c])
-            np.maximum(iw, 0, out=iw)
-            np.maximum(ih, 0, out=ih)
-            inter = np.multiply(iw, ih, out=iw)
-            union = np.add(sw.A[rows, None], sw.A[c], out=ih)
-            union -= inter
-            union *= t_pre
-            pi, qj = np.nonzero(inter > union)
-            # ... then the window, liveness and category on the few survivors ...
-            p = rows[pi]
-            q = qj + q0
-            ok = (q > p) & (q < hi_x[p]) & alive_x[q]
-            if sw.G is not None:
-                ok &= sw.G[p] == sw.G[q]
-            p, q = p[ok], q[ok]
-            # ... and the exact test, with box_iou's formula
-            iou = _pair_iou(sw.X1[p], sw.Y1[p], sw.X2[p], sw.Y2[p], sw.A[p],
-                            sw.X1[q], sw.Y1[q], sw.X2[q], sw.Y2[q], sw.A[q])
-            hit = iou > sw.t
-            if hit.any():
-                p, q = p[hit], q[hit]
-                total += p.size
+    for k, rows in members.items():
+        for cols, same in ((rows, True), (members.get(k + 1), False)):
+            if cols is None:
+                continue
+            for src, dst in _block_pairs(sw, rows, cols, same, t_pre):
+                total += src.size
                 if total > max_pairs:
                     return None
-                a = sw.xo[p]
-                bb = sw.xo[q]
-                srcs.append(np.minimum(a, bb))
-                dsts.append(np.maximum(a, bb))
-        i = j
+                srcs.append(src)
+                dsts.append(dst)
     if not srcs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(srcs), np.concatenate(dsts)
+
+
+def _block_pairs(sw, rows, cols, same, t_pre):
+    """Yield (src, dst) rank pairs with IoU > t between ``rows`` and ``cols``.
+
+    rows, cols: rank indices, each sorted by x key. same: rows is cols (a box
+    is paired only with the boxes after it in x order). Row p's candidates are
+    the cols with key in (back_p, fwd_p); consecutive rows form dense blocks
+    (rows x column range), scored with a division-free superset test, then
+    the window and the exact IoU (box_iou's formula) on the few survivors.
+    """
+    kc = sw.key[cols]
+    m = rows.size
+    hi = np.searchsorted(kc, sw.fwd[rows], side="left")
+    if same:
+        lo = np.arange(1, m + 1)
+        hi = np.maximum(hi, lo)
+    else:
+        lo = np.searchsorted(kc, sw.back[rows], side="right")
+        hi = np.maximum(hi, lo)
+    if not (hi > lo).any():
+        return
+    b, area = sw.b, sw.area
+    RX1, RY1, RX2, RY2 = (b[rows, k][:, None] for k in range(4))
+    RA = area[rows][:, None]
+    CX1, CY1, CX2, CY2 = (np.ascontiguousarray(b[cols, k]) for k in range(4))
+    CA = area[cols]
+    G = sw.g
+    i = 0
+    while i < m:
+        width = int(hi[i] - lo[i])
+        nrows = max(1, min(_ROWS_PER_BLOCK, _BLOCK_ELEMENTS // max(width + _ROWS_PER_BLOCK, 1)))
+        j = min(m, i + nrows)
+        c0, c1 = int(lo[i:j].min()), int(hi[i:j].max())
+        if c1 > c0:
+            r, c = slice(i, j), slice(c0, c1)
+            iw = np.minimum(RX2[r], CX2[c]) - np.maximum(RX1[r], CX1[c])
+            ih = np.minimum(RY2[r], CY2[c]) - np.maximum(RY1[r], CY1[c])
+            np.maximum(iw, 0, out=iw)
+            np.maximum(ih, 0, out=ih)
+            inter = np.multiply(iw, ih, out=iw)
+            union = np.add(RA[r], CA[c], out=ih)
+            union -= inter
+            union *= t_pre
+            pi, qj = np.nonzero(inter > union)
+            pi += i
+            qj += c0
+            ok = (qj >= lo[pi]) & (qj < hi[pi])
+            p, q = rows[pi[ok]], cols[qj[ok]]
+            if G is not None:
+                keep = G[p] == G[q]
+                p, q = p[keep], q[keep]
+            if p.size:
+                iou = _pair_iou(b[p, 0], b[p, 1], b[p, 2], b[p, 3], area[p],
+                                b[q, 0], b[q, 1], b[q, 2], b[q, 3], area[q])
+                hit = iou > sw.t
+                if hit.any():
+                    p, q = p[hit], q[hit]
+                    yield np.minimum(p, q), np.maximum(p, q)
+        i = j
 
 
 def _greedy_from_pairs(removed, src, dst):
