@@ -225,24 +225,43 @@ def _axis_bilinear(coord, size):
     return lo, hi, w_lo, w_hi
 
 
+def _sort_rows(key, *arrays):
+    """Sort every row (last axis) of ``key`` and reorder ``arrays`` the same way.
+
+    One stable 1-D argsort of ``row * span + key`` instead of a per-row sort
+    (rows here are short, so a per-row sort is dominated by call overhead).
+    key: (R, m) non-negative ints.
+    """
+    r, m = key.shape
+    span = int(key.max(initial=0)) + 1
+    order = np.argsort((np.arange(r)[:, None] * span + key).reshape(-1), kind="stable")
+    return [a.reshape(-1)[order].reshape(r, m) for a in arrays]
+
+
 def _merge_repeats(idx, w):
     """Sum the weights of repeated indices along the last axis.
 
-    idx (R, m) int, w (R, m): per row, m (index, weight) pairs, e.g. the two
+    idx (..., m) int, w (..., m): per row, m (index, weight) pairs, e.g. the two
     neighbours of each of a bin's samples along one axis (neighbouring samples
-    often share a row). Returns (idx, w) of the same shape, sorted by index,
-    each distinct index's total weight on its first occurrence and 0 on the
-    repeats (dropped later with the other zero weights).
+    often share a row). Returns (idx, w): each distinct index once with its
+    total weight, and weight 0 on the other entries (dropped later with the
+    other zero weights). When m > 8 the last axis is also cut to the largest
+    number of distinct non-zero-weight indices of any row (at most H or W).
     """
-    order = np.argsort(idx, axis=-1, kind="stable")
-    idx = np.take_along_axis(idx, order, axis=-1)
-    w = np.take_along_axis(w, order, axis=-1)
-    first = np.ones(idx.shape, dtype=bool)
-    first[..., 1:] = idx[..., 1:] != idx[..., :-1]
-    merged = np.zeros_like(w)
-    if w.size:
-        merged[first] = np.add.reduceat(w.reshape(-1), np.flatnonzero(first.reshape(-1)))
-    return idx, merged
+    shape = idx.shape
+    idx2, w2 = idx.reshape(-1, shape[-1]), w.reshape(-1, shape[-1])
+    if idx2.size == 0:
+        return idx, w
+    idx2, w2 = _sort_rows(idx2, idx2, w2)
+    first = np.ones(idx2.shape, dtype=bool)
+    first[:, 1:] = idx2[:, 1:] != idx2[:, :-1]
+    merged = np.zeros_like(w2)
+    merged[first] = np.add.reduceat(w2.reshape(-1), np.flatnonzero(first.reshape(-1)))
+    if shape[-1] > 8:  # stored entries first, then cut the padding shared by every row
+        idx2, merged = _sort_rows((merged == 0).astype(np.int64), idx2, merged)
+        keep = max(int(np.count_nonzero(merged, axis=-1).max()), 1)
+        idx2, merged = idx2[:, :keep], merged[:, :keep]
+    return idx2.reshape(shape[:-1] + (-1,)), merged.reshape(shape[:-1] + (-1,))
 
 
 def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
@@ -286,7 +305,7 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
         for g, (gh, gw) in enumerate(pairs):
             members = which[group.reshape(-1) == g]
             # bound the temporaries: about _CHUNK_ENTRIES (pair, pair) products at a time
-            per_box = bins * (2 * int(gh)) * (2 * int(gw))
+            per_box = bins * min(2 * int(gh), height + 1) * min(2 * int(gw), width + 1)
             step = max(1, _CHUNK_ENTRIES // per_box)
             for c0 in range(0, len(members), step):
                 kk = members[c0:c0 + step]
