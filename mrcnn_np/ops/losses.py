@@ -134,7 +134,11 @@ def smooth_l1(pred, target, *, beta=1.0, reduction="sum"):
     else:
         b = pred.dtype.type(beta)
         quad = a < b
-        per = np.where(quad, 0.5 * d * d / b, a - 0.5 * b)
-        grad = np.where(quad, d / b, np.sign(d))
+        # Evaluate each branch only where it applies: for a tiny beta the
+        # quadratic branch would overflow on the entries it does not select.
+        per = a - 0.5 * b
+        grad = np.sign(d)
+        per[quad] = 0.5 * d[quad] * d[quad] / b
+        grad[quad] = d[quad] / b
     return _reduce(per.astype(pred.dtype, copy=False), grad.astype(pred.dtype, copy=False),
                    reduction, pred.size)
