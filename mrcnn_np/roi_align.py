@@ -47,15 +47,25 @@ The sampling rule, per box (exactly torchvision's CPU kernel)::
 becomes 0, and one whose floor is ``>= H - 1`` (``W - 1``) uses the last
 row (column) for both neighbours.
 
+With ``aligned=True`` and adaptive sampling, an empty or inverted box
+(``x2 <= x1`` or ``y2 <= y1``) has a grid of no points and its output is 0;
+torchvision's CPU kernel returns the same 0 for some of those boxes and
+fails ("cannot create std::vector larger than max_size()") on the others.
+
 Implementation
 --------------
 RoIAlign is linear in the feature map: ``out = M @ features`` for a sparse
 matrix ``M`` with one row per output bin ``(k, p, q)`` and one column per
-feature cell ``(n, h, w)``. The fast path builds ``M`` once (the four
-neighbour indices and bilinear weights of every sample of every bin of every
-box, vectorised) as a ``scipy.sparse`` CSR matrix; the forward is one sparse
-times dense product with the channels as the dense columns, and the backward
-is the product with ``M``'s transpose (a scatter-add done in compiled code).
+feature cell ``(n, h, w)``. The fast path builds ``M`` once, vectorised: the
+four neighbour indices and bilinear weights of every sample of every bin of
+every box (the weights factor into a y part and an x part, so they are
+computed per box row and column and multiplied out), a cell shared by several
+samples stored once with the summed weight, zero weights dropped. The forward
+is then a sparse times dense product with the channels as the dense columns
+(scipy's compiled CSR kernel), the backward the product with ``M``'s
+transpose (a scatter-add in compiled code). Boxes are split into one range
+per core and each range into cache-sized blocks; the ranges run in threads
+(the kernels release the GIL). ``roi_align_naive`` is the formula as loops.
 """
 from __future__ import annotations
 
@@ -383,6 +393,16 @@ def _pool():
     return _POOL
 
 
+def _forget_pool_in_child():
+    # a forked child has none of the parent's threads: start a fresh pool there
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _spmm_add(matrix, r0, r1, x, y, *, transpose=False):
     """``y += M[r0:r1] @ x``, or ``y += M[r0:r1].T @ x`` with ``transpose``.
 
@@ -687,6 +707,7 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
     scales: L spatial scales, e.g. (1/4, 1/8, 1/16, 1/32); k_min and k_max are
         ``-log2`` of the first and the last (as torchvision infers them).
     sampling_ratio: as in ``roi_align_forward``; aligned is False (v1).
+    canonical_scale, canonical_level: the level mapper's 224 and k0 = 4.
     Each box is pooled from the level ``level_mapper`` picks for it.
     Returns ``(out, cache)``: out (K, C, ph, pw), row k belongs to box k.
     """
