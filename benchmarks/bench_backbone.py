@@ -10,6 +10,7 @@ Times, in one process (min over repeats: the machine is shared):
 - a float32 GEMM rate measured in the same process (the best of a few large
   square and im2col-like products): the ceiling an im2col convolution can
   reach, and the yardstick for the target (>= 60 % of it over the forward);
+- with ``--backward``: ``backbone_backward`` with ``trainable_layers=3``;
 - with ``--per-conv``: every distinct convolution shape of the forward on its
   own, against the bare GEMM of its im2col shape ``(F, K) @ (K, M)``, so a
   slow shape shows up by name;
@@ -139,6 +140,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--per-conv", action="store_true", help="time every distinct conv shape alone")
     ap.add_argument("--no-fold-bn", action="store_true", help="run BN as its own op (fold_bn=False)")
+    ap.add_argument("--backward", action="store_true",
+                    help="also time backbone_backward (trainable_layers=3, as the reference)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
 
@@ -167,6 +170,16 @@ def main(argv=None):
           f"{rate:.1f} GFLOP/s = {rate / gemm:.0%} of GEMM")
     gemm2 = gemm_rate(rng, args.repeats)
     print(f"float32 GEMM again after the forward: {gemm2:.1f} GFLOP/s")
+
+    if args.backward:
+        from mrcnn_np.backbone import REFERENCE_TRAINABLE_LAYERS
+        from mrcnn_np.fpn import backbone_backward, backbone_forward
+
+        pyramid, cache = backbone_forward(params, x, fold_bn=fold)
+        dpyr = {k: np.ones_like(v) for k, v in pyramid.items()}
+        tb = _best(lambda: backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS),
+                   args.repeats)
+        print(f"mrcnn_np backward (trainable_layers=3): {tb:.3f} s")
 
     if args.per_conv:
         t_convs = per_conv(convs, rng, args.repeats)

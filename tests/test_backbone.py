@@ -339,6 +339,9 @@ def test_missing_levels_count_as_zero():
         np.testing.assert_allclose(g[k], g0[k], rtol=0, atol=1e-14)
     np.testing.assert_allclose(dx, dx0, rtol=0, atol=1e-14)
     assert not np.any(g[B + "layer4.0.conv1.weight"]) and np.any(g[B + "layer2.0.conv1.weight"])
+    g, dx = resnet_backward({}, cache, return_input_grad=True)  # nothing flows: all zeros, all keys
+    assert list(g) == list(g0) and not any(np.any(v) for v in g.values()) and not np.any(dx)
+    assert all(g[k].shape == p[k].shape for k in g)
 
 
 def test_backward_does_not_modify_dout():
