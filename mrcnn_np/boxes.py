@@ -95,15 +95,22 @@ def _pair_iou(ax1, ay1, ax2, ay2, aa, bx1, by1, bx2, by2, ba):
     (two degenerate boxes), where torchvision would give NaN.
     Keeping a single formula makes ``nms`` and ``nms_naive`` agree bit for bit.
     """
-    iw = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
+    # written in place (peak memory ~3 result-sized arrays for box_iou of
+    # 100 ground-truth boxes against 200k anchors)
+    iw = np.minimum(ax2, bx2)
+    iw -= np.maximum(ax1, bx1)
     np.maximum(iw, 0, out=iw)
-    ih = np.minimum(ay2, by2) - np.maximum(ay1, by1)
+    ih = np.minimum(ay2, by2)
+    ih -= np.maximum(ay1, by1)
     np.maximum(ih, 0, out=ih)
-    inter = np.multiply(iw, ih, out=iw)
-    union = aa + ba - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
+    iw *= ih                                   # intersection
+    union = np.add(aa, ba, out=ih)
+    union -= iw
+    positive = union > 0
+    np.divide(iw, union, out=iw, where=positive)
+    if not positive.all():
+        iw[~positive] = 0
+    return iw
 
 
 def box_iou(boxes1, boxes2):
