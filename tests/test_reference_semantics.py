@@ -52,9 +52,9 @@ RoI targets     test_box_head::test_select_training_samples_golden (IoU 0.5 exac
 box head        test_box_head::test_box_head_forward_matches_formula, ::test_init_box_head_names_shapes_and_bounds;
                 here test_box_and_mask_head_default_sizes (1024, 91, 364: the defaults).
 mask head       test_mask_head::test_mask_head_forward_equals_naive_chain,
-                here test_mask_head_transposed_conv_relu_1x1_by_hand,
                 ::test_mask_target_soft_edge_golden (soft RoIAlign target),
-                ::test_maskrcnn_loss_golden_and_zero_gradient_elsewhere (GT channel, mean over pixels).
+                ::test_maskrcnn_loss_golden_and_zero_gradient_elsewhere (GT channel, mean over pixels);
+                here test_mask_head_transposed_conv_relu_1x1_by_hand.
 losses          test_box_head::test_fastrcnn_loss_golden (CE over K+1; smooth L1 1/9 on GT class
                 deltas of positives / S sampled); test_losses::*; here
                 test_smooth_l1_beta_one_ninth_each_side_by_hand.
