@@ -281,14 +281,24 @@ def plot_nms(boxes, scores, keep, *, image=None, threshold=None, axes=None):
         if image is not None:
             _show_image(ax, image, dim=0.45)
         shown = np.arange(len(boxes)) if k == 0 else keep
-        for i in shown:
-            c = cmap(float(scores[i]))
-            draw_boxes(ax, boxes[i], color=c, lw=2.0)
-            ax.text(boxes[i, 0] + 2, boxes[i, 1] + 2, f"{scores[i]:.2f}", color="k", fontsize=7,
-                    va="top", bbox=dict(boxstyle="square,pad=0.1", fc=c, ec="none", alpha=0.8))
         if k == 1:
             for i in removed:
-                draw_boxes(ax, boxes[i], color="0.6", lw=0.8, ls=":")
+                draw_boxes(ax, boxes[i], color="0.35", lw=1.0, ls=":")
+        placed = []
+        for i in sorted(shown, key=lambda i: -scores[i]):
+            c = cmap(float(scores[i]))
+            draw_boxes(ax, boxes[i], color=c, lw=2.0, halo=True)
+            x1, y1, x2, y2 = boxes[i]
+            # label inside a corner, avoiding labels already placed
+            corners = [(x1 + 3, y1 + 3, "left", "top"), (x2 - 3, y1 + 3, "right", "top"),
+                       (x1 + 3, y2 - 3, "left", "bottom"), (x2 - 3, y2 - 3, "right", "bottom")]
+            span = 0.06 * max(boxes[:, 2].max() - boxes[:, 0].min(), boxes[:, 3].max() - boxes[:, 1].min())
+            for x, y, ha, va_ in corners:
+                if all(abs(x - px) > 2 * span or abs(y - py) > span for px, py in placed):
+                    break
+            placed.append((x, y))
+            ax.text(x, y, f"{scores[i]:.2f}", color="k", fontsize=8, ha=ha, va=va_,
+                    bbox=dict(boxstyle="square,pad=0.15", fc=c, ec="k", lw=0.5, alpha=0.9))
         if image is None:
             lo = boxes.min(0)
             hi = boxes.max(0)
