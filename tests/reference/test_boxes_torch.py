@@ -87,7 +87,7 @@ def test_nms_equals_torchvision(kind, thr):
         np.testing.assert_array_equal(ours, ref)
 
 
-@pytest.mark.parametrize("image_size", [(1024, 1024), (480, 640), (333, 517)])
+@pytest.mark.parametrize("image_size", [(1024, 1024), (480, 640), (333, 517), (427, 640), (375, 500), (612, 612), (500, 2000), (719, 1283)])
 def test_anchor_generator(image_size):
     # the resize of GeneralizedRCNNTransform, then AnchorGenerator on the padded batch
     transform = GeneralizedRCNNTransform(800, 1333, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
