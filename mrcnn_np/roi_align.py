@@ -65,7 +65,15 @@ is then a sparse times dense product with the channels as the dense columns
 (scipy's compiled CSR kernel), the backward the product with ``M``'s
 transpose (a scatter-add in compiled code). Boxes are split into one range
 per core and each range into cache-sized blocks; the ranges run in threads
-(the kernels release the GIL). ``roi_align_naive`` is the formula as loops.
+(the kernels release the GIL).
+
+When channels are few and sampling grids large (mask targets: adaptive
+sampling of big boxes on (G, 1, H, W) masks) the full matrix would be
+mostly build cost, and the separable form is used instead (chosen by an
+operation count, see ``_use_separable``): ``out = S @ (A_y @ features)``,
+first every box row interpolated along y, then along x
+(``roi_align_separable``). Both forms give the same numbers up to rounding.
+``roi_align_naive`` is the formula as loops.
 """
 from __future__ import annotations
 
@@ -86,6 +94,7 @@ __all__ = [
     "roi_align_backward",
     "roi_align_naive",
     "roi_align_matrix",
+    "roi_align_separable",
     "roi_sample_points",
     "roi_pool_naive",
     "level_mapper",
@@ -103,6 +112,8 @@ class RoIAlignCache(NamedTuple):
     dtype: dtype of the input.
     blocks: list of box ranges (k0, k1), one per thread (the products of
         different ranges run in parallel).
+    separable: None, or ``(a_y, s)`` from ``roi_align_separable`` when the
+        forward used the separable form (then ``matrix`` is None).
     """
 
     matrix: object
@@ -110,6 +121,7 @@ class RoIAlignCache(NamedTuple):
     output_size: tuple
     dtype: np.dtype
     blocks: list
+    separable: tuple = None
 
 
 class MultiScaleRoIAlignCache(NamedTuple):
@@ -204,14 +216,23 @@ def _roi_geometry(boxes, output_size, spatial_scale, sampling_ratio, aligned, dt
     return start, binsz, grid, count
 
 
-def _axis_samples(start, binsz, pooled, grid, dtype):
-    """Sample coordinates along one axis: (Kg, pooled, grid) for boxes sharing ``grid``."""
+def _axis_samples(start, binsz, pooled, grid, dtype, width=None):
+    """Sample coordinates along one axis: (Kg, pooled, width).
+
+    grid: int (shared by the boxes) or (Kg,) ints, the samples per bin of each
+    box; width: the padded number of samples (default: the largest grid).
+    Entries ``i >= grid`` of a box are padding (meaningless coordinates).
+    """
+    grid = np.asarray(grid)
+    if width is None:
+        width = int(grid.max(initial=0))
     dt = np.dtype(dtype).type
     p = np.arange(pooled, dtype=dtype)[None, :, None]
-    i = np.arange(grid, dtype=dtype)[None, None, :]
+    i = np.arange(width, dtype=dtype)[None, None, :]
     s = start[:, None, None]
     b = binsz[:, None, None]
-    return s + p * b + (i + dt(0.5)) * b / dt(grid)
+    g = grid.astype(dtype).reshape(-1, 1, 1) if grid.ndim else dt(grid)
+    return s + p * b + (i + dt(0.5)) * b / g
 
 
 def _axis_bilinear(coord, size):
@@ -274,6 +295,95 @@ def _merge_repeats(idx, w):
     return idx2.reshape(shape[:-1] + (-1,)), merged.reshape(shape[:-1] + (-1,))
 
 
+def _axis_weights(input_shape, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                  dtype, *, pad=False):
+    """The 1-D interpolation weights of every box, one chunk of boxes at a time.
+
+    Yields ``(kk, yi, wy, xi, wx)`` for chunks of boxes ``kk`` (int64 indices)
+    sharing a sampling grid: yi, wy (Kg, ph, my) row indices and weights of
+    each bin row (all its samples' two neighbours, repeats merged, divided by
+    the sample count gh*gw); xi, wx (Kg, pw, mx) the same for bin columns.
+    The weights of bin (p, q) on cell (h, w) are ``wy[p] * wx[q]`` summed
+    over the entries with ``yi == h`` and ``xi == w`` (outer product).
+    Boxes with an empty grid (no sample points) are skipped: their output is 0.
+    pad: put all boxes in one pass, each padded to the largest grid with
+    zero-weight samples (cheap for 1-D weights; the full matrix instead groups
+    boxes by grid, since padding would multiply its 2-D entries).
+    """
+    _, _, height, width = input_shape
+    ph, pw = output_size
+    dtype = np.dtype(dtype)
+    k = boxes.shape[0]
+    start, binsz, grid, count = _roi_geometry(boxes, (ph, pw), spatial_scale, sampling_ratio,
+                                              aligned, dtype)
+    nonempty = (grid[:, 0] > 0) & (grid[:, 1] > 0)
+    if not (k and np.any(nonempty)):
+        return
+    which = np.flatnonzero(nonempty)
+    if pad:  # one pass, every box padded to the largest grid (zero weights)
+        groups = [which]
+    else:  # one pass per distinct sampling grid (one when sampling_ratio > 0)
+        pairs, group = np.unique(grid[nonempty], axis=0, return_inverse=True)
+        groups = [which[group.reshape(-1) == g] for g in range(len(pairs))]
+    for members in groups:
+        gh_max, gw_max = (int(v) for v in grid[members].max(axis=0))
+        my, mx = min(2 * gh_max, height + 1), min(2 * gw_max, width + 1)
+        # bound the temporaries: about _CHUNK_ENTRIES entries at a time
+        per_box = (ph * my + pw * mx) * 16 if pad else ph * pw * my * mx
+        step = max(1, _CHUNK_ENTRIES // per_box)
+        for c0 in range(0, len(members), step):
+            kk = members[c0:c0 + step]
+            gh, gw = grid[kk, 0], grid[kk, 1]
+            ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, gh, dtype)  # (Kg, ph, Gh)
+            xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, gw, dtype)  # (Kg, pw, Gw)
+            ylo, yhi, wylo, wyhi = _axis_bilinear(ys, height)
+            xlo, xhi, wxlo, wxhi = _axis_bilinear(xs, width)
+            # padding samples (i >= the box's grid) get weight 0
+            vy = (np.arange(ys.shape[2]) < gh[:, None])[:, None, :].astype(dtype)
+            vx = (np.arange(xs.shape[2]) < gw[:, None])[:, None, :].astype(dtype)
+            inv_count = (dtype.type(1) / count[kk].astype(dtype))[:, None, None]  # 1/(gh*gw)
+            yi, wy = _merge_repeats(np.concatenate([ylo, yhi], axis=2),
+                                    np.concatenate([wylo * vy, wyhi * vy], axis=2) * inv_count)
+            xi, wx = _merge_repeats(np.concatenate([xlo, xhi], axis=2),
+                                    np.concatenate([wxlo * vx, wxhi * vx], axis=2))
+            yield kk, yi, wy, xi, wx
+
+
+def _rows_in_order(parts, n_rows):
+    """True when the parts' rows, concatenated, are 0, 1, ..., n_rows - 1."""
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    return len(rows) == n_rows and bool(np.all(rows == np.arange(n_rows)))
+
+
+def _assemble_csr(row_count, ncols, parts, in_order, dtype):
+    """A CSR matrix from pieces.
+
+    row_count: (R,) stored entries per row. parts: list of (rows, cols,
+    weights): the entries of the given rows, row by row in that order.
+    in_order: the parts, concatenated, already list every row in order.
+    """
+    n_rows = len(row_count)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(row_count, out=indptr[1:])
+    nnz = int(indptr[-1])
+    idx_dtype = np.int32 if max(ncols, nnz) < 2**31 - 1 else np.int64
+    if in_order:
+        indices = np.concatenate([p[1] for p in parts]).astype(idx_dtype, copy=False) \
+            if parts else np.zeros(0, dtype=idx_dtype)
+        data = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, dtype=dtype)
+    else:
+        indices = np.zeros(nnz, dtype=idx_dtype)
+        data = np.zeros(nnz, dtype=dtype)
+        for rows, cols, weights in parts:
+            counts = row_count[rows]
+            # destination of each entry: its row's start plus its rank in the row
+            first = np.repeat(indptr[rows] - (np.cumsum(counts) - counts), counts)
+            pos = first + np.arange(len(cols))
+            indices[pos] = cols
+            data[pos] = weights
+    return sp.csr_matrix((data, indices, indptr.astype(idx_dtype)), shape=(n_rows, ncols))
+
+
 def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
                      aligned=False, dtype=np.float64):
     """The sparse matrix of RoIAlign: ``out = M @ features``.
@@ -297,77 +407,79 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
     dtype = np.dtype(dtype)
     k = boxes.shape[0]
     bins = ph * pw
-    start, binsz, grid, count = _roi_geometry(boxes, (ph, pw), spatial_scale, sampling_ratio,
-                                              aligned, dtype)
     ncols = n * height * width
     idx_dtype = np.int32 if ncols < 2**31 - 1 else np.int64
     base = boxes[:, 0].astype(np.int64) * (height * width)
-    nonempty = (grid[:, 0] > 0) & (grid[:, 1] > 0)  # an empty grid gives 0 (no samples)
-
-    # One vectorised pass per distinct sampling grid (one pass when sampling_ratio > 0).
     row_count = np.zeros(k * bins, dtype=np.int64)
     parts = []
-    single_grid = False
-    if k and np.any(nonempty):
-        pairs, group = np.unique(grid[nonempty], axis=0, return_inverse=True)
-        which = np.flatnonzero(nonempty)
-        single_grid = len(pairs) == 1 and len(which) == k
-        for g, (gh, gw) in enumerate(pairs):
-            members = which[group.reshape(-1) == g]
-            # bound the temporaries: about _CHUNK_ENTRIES (pair, pair) products at a time
-            per_box = bins * min(2 * int(gh), height + 1) * min(2 * int(gw), width + 1)
-            step = max(1, _CHUNK_ENTRIES // per_box)
-            for c0 in range(0, len(members), step):
-                kk = members[c0:c0 + step]
-                ys = _axis_samples(start[kk, 0], binsz[kk, 0], ph, int(gh), dtype)  # (Kg, ph, gh)
-                xs = _axis_samples(start[kk, 1], binsz[kk, 1], pw, int(gw), dtype)  # (Kg, pw, gw)
-                ylo, yhi, wylo, wyhi = _axis_bilinear(ys, height)
-                xlo, xhi, wxlo, wxhi = _axis_bilinear(xs, width)
-                # per box row p: 2*gh (row index, weight) pairs; per column q: 2*gw
-                inv_count = dtype.type(1) / dtype.type(count[kk][0])  # 1 / (gh * gw)
-                yi, wy = _merge_repeats(np.concatenate([ylo, yhi], axis=2),
-                                        np.concatenate([wylo, wyhi], axis=2) * inv_count)
-                xi, wx = _merge_repeats(np.concatenate([xlo, xhi], axis=2),
-                                        np.concatenate([wxlo, wxhi], axis=2))
-                # Entries of row (k, p, q): every y neighbour times every x neighbour.
-                # Both pair axes are flattened into one of length my*mx first, so the
-                # broadcast products below run long inner loops.
-                my, mx = yi.shape[2], xi.shape[2]
-                wy16 = np.repeat(wy, mx, axis=2)  # (Kg, ph, my*mx)
-                wx16 = np.tile(wx, (1, 1, my))  # (Kg, pw, my*mx)
-                ky16 = np.repeat(wy != 0, mx, axis=2)
-                kx16 = np.tile(wx != 0, (1, 1, my))
-                yb = (base[kk, None, None] + yi * width).astype(idx_dtype)
-                yb16 = np.repeat(yb, mx, axis=2)
-                xi16 = np.tile(xi.astype(idx_dtype), (1, 1, my))
-                keep = np.flatnonzero(ky16[:, :, None, :] & kx16[:, None, :, :])
-                weight = (wy16[:, :, None, :] * wx16[:, None, :, :]).reshape(-1).take(keep)
-                cell = (yb16[:, :, None, :] + xi16[:, None, :, :]).reshape(-1).take(keep)
-                rows = (kk[:, None] * bins + np.arange(bins)[None, :]).reshape(-1)
-                ny = np.count_nonzero(wy, axis=2)  # (Kg, ph) stored y neighbours per box row
-                nx = np.count_nonzero(wx, axis=2)
-                row_count[rows] = (ny[:, :, None] * nx[:, None, :]).reshape(-1)
-                parts.append((rows, row_count[rows], cell, weight))
-    indptr = np.zeros(k * bins + 1, dtype=np.int64)
-    np.cumsum(row_count, out=indptr[1:])
-    nnz = int(indptr[-1])
-    if single_grid:  # one grid for every box: the chunks are in row order already
-        indices = np.concatenate([p[2] for p in parts])
-        data = np.concatenate([p[3] for p in parts])
-    else:
-        indices = np.zeros(nnz, dtype=idx_dtype)
-        data = np.zeros(nnz, dtype=dtype)
-        for rows, counts, cells, weights in parts:
-            # destination of each entry: its row's start plus its rank in the row
-            first = np.repeat(indptr[rows] - (np.cumsum(counts) - counts), counts)
-            pos = first + np.arange(len(cells))
-            indices[pos] = cells
-            data[pos] = weights
-    if nnz >= 2**31 - 1:
-        indptr = indptr.astype(np.int64)
-    elif idx_dtype == np.int32:
-        indptr = indptr.astype(np.int32)
-    return sp.csr_matrix((data, indices, indptr), shape=(k * bins, ncols))
+    for kk, yi, wy, xi, wx in _axis_weights(input_shape, boxes, (ph, pw), spatial_scale,
+                                            sampling_ratio, aligned, dtype):
+        # Entries of row (k, p, q): every y neighbour times every x neighbour.
+        # Both pair axes are flattened into one of length my*mx first, so the
+        # broadcast products below run long inner loops.
+        my, mx = yi.shape[2], xi.shape[2]
+        wy16 = np.repeat(wy, mx, axis=2)  # (Kg, ph, my*mx)
+        wx16 = np.tile(wx, (1, 1, my))  # (Kg, pw, my*mx)
+        ky16 = np.repeat(wy != 0, mx, axis=2)
+        kx16 = np.tile(wx != 0, (1, 1, my))
+        yb = (base[kk, None, None] + yi * width).astype(idx_dtype)
+        yb16 = np.repeat(yb, mx, axis=2)
+        xi16 = np.tile(xi.astype(idx_dtype), (1, 1, my))
+        keep = np.flatnonzero(ky16[:, :, None, :] & kx16[:, None, :, :])
+        weight = (wy16[:, :, None, :] * wx16[:, None, :, :]).reshape(-1).take(keep)
+        cell = (yb16[:, :, None, :] + xi16[:, None, :, :]).reshape(-1).take(keep)
+        rows = (kk[:, None] * bins + np.arange(bins)[None, :]).reshape(-1)
+        ny = np.count_nonzero(wy, axis=2)  # (Kg, ph) stored y neighbours per box row
+        nx = np.count_nonzero(wx, axis=2)
+        row_count[rows] = (ny[:, :, None] * nx[:, None, :]).reshape(-1)
+        parts.append((rows, cell, weight))
+    return _assemble_csr(row_count, ncols, parts, _rows_in_order(parts, k * bins), dtype)
+
+
+def roi_align_separable(input_shape, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
+                        aligned=False, dtype=np.float64):
+    """RoIAlign as two sparse factors: ``out = S @ (A_y @ features)``.
+
+    The separable form of ``roi_align_matrix``, cheaper when boxes are large
+    and channels few (e.g. mask targets: RoIAlign of (G, 1, H, W) masks with
+    adaptive sampling), because it never forms the (pair, pair) products.
+    input_shape: (N, C, H, W); boxes: (K, 5); other arguments as in
+    ``roi_align_forward``.
+    Returns ``(a_y, s)``, scipy CSR matrices:
+    a_y (K*ph, N*H): row ``k*ph + p`` holds bin row p's weights on feature
+    rows ``n*H + h`` (features laid out (N*H, W*C)), so ``Z = a_y @ F`` is
+    every box row interpolated along y, for all W columns;
+    s (K*ph*pw, K*ph*W): row ``(k*ph + p)*pw + q`` holds bin column q's
+    weights on entries ``(k*ph + p)*W + w`` of ``Z`` laid out (K*ph*W, C).
+    """
+    n, _, height, width = input_shape
+    ph, pw = check_pair("output_size", output_size)
+    dtype = np.dtype(dtype)
+    k = boxes.shape[0]
+    count_y = np.zeros(k * ph, dtype=np.int64)
+    count_s = np.zeros(k * ph * pw, dtype=np.int64)
+    parts_y, parts_s = [], []
+    base = boxes[:, 0].astype(np.int64) * height
+    for kk, yi, wy, xi, wx in _axis_weights(input_shape, boxes, (ph, pw), spatial_scale,
+                                            sampling_ratio, aligned, dtype, pad=True):
+        rows_y = (kk[:, None] * ph + np.arange(ph)[None, :]).reshape(-1)
+        keep_y = np.flatnonzero(wy != 0)
+        count_y[rows_y] = np.count_nonzero(wy, axis=2).reshape(-1)
+        parts_y.append((rows_y, (base[kk, None, None] + yi).reshape(-1).take(keep_y),
+                        wy.reshape(-1).take(keep_y)))
+        # s: bin (k, p, q) reads Z's row (k, p) at the x neighbours of column q
+        zrow = (kk[:, None] * ph + np.arange(ph)[None, :]) * width  # (Kg, ph)
+        cols = zrow[:, :, None, None] + xi[:, None, :, :]  # (Kg, ph, pw, mx)
+        wts = np.broadcast_to(wx[:, None, :, :], cols.shape)
+        keep_s = np.flatnonzero(np.broadcast_to((wx != 0)[:, None, :, :], cols.shape))
+        rows_s = (kk[:, None] * (ph * pw) + np.arange(ph * pw)[None, :]).reshape(-1)
+        count_s[rows_s] = np.broadcast_to(np.count_nonzero(wx, axis=2)[:, None, :],
+                                          (len(kk), ph, pw)).reshape(-1)
+        parts_s.append((rows_s, cols.reshape(-1).take(keep_s), wts.reshape(-1).take(keep_s)))
+    a_y = _assemble_csr(count_y, n * height, parts_y, _rows_in_order(parts_y, k * ph), dtype)
+    s = _assemble_csr(count_s, k * ph * width, parts_s, _rows_in_order(parts_s, k * ph * pw),
+                      dtype)
+    return a_y, s
 
 
 # ---------------------------------------------------------------------------
@@ -377,6 +489,7 @@ def roi_align_matrix(input_shape, boxes, output_size, *, spatial_scale=1.0, samp
 _CHUNK_ENTRIES = 1 << 22  # (pair, pair) products built at a time in roi_align_matrix
 _THREADS = max(1, min(4, os.cpu_count() or 1))
 _MIN_PARALLEL_NNZ = 20_000  # below this one thread is faster
+_METHOD = None  # None: choose per call; "matrix" or "separable" to force one (tests)
 _ROWS_PER_CHUNK = 2048  # output bins per cache block (2 MB of float32 at C = 256)
 _POOL = None
 
@@ -423,6 +536,32 @@ def _spmm_add(matrix, r0, r1, x, y, *, transpose=False):
         return
     sub = sp.csr_matrix((data, indices, indptr), shape=(rows, cols))
     y += (sub.T if transpose else sub) @ x
+
+
+def _use_separable(input_shape, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+    """Pick the cheaper form from a rough operation count.
+
+    The full matrix costs about (build + product) per stored weight, and it
+    stores up to (2*gh)*(2*gw) weights per bin; the separable form costs a
+    y pass over every column of every box row (W*C per weight of a_y) plus
+    2*gw weights per bin. Many channels favour the matrix, large sampling
+    grids (adaptive sampling of big boxes) and few channels the separable.
+    ``_METHOD`` ("matrix" or "separable") overrides the choice (tests).
+    """
+    if _METHOD is not None:
+        return _METHOD == "separable"
+    n, c, height, width = input_shape
+    ph, pw = output_size
+    if boxes.shape[0] == 0:
+        return False
+    _, _, grid, _ = _roi_geometry(boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                                  np.float64)
+    my = np.minimum(2 * np.maximum(grid[:, 0], 0), height + 1).astype(np.float64)
+    mx = np.minimum(2 * np.maximum(grid[:, 1], 0), width + 1).astype(np.float64)
+    cost_matrix = np.sum(ph * pw * my * mx) * (20.0 + 0.5 * c)
+    cost_separable = (np.sum(ph * my) * 0.5 * width * c + np.sum(ph * pw * mx) * (20.0 + c)
+                      + boxes.shape[0] * ph * width * c)
+    return bool(cost_separable < cost_matrix)
 
 
 def _box_blocks(matrix, k, bins):
@@ -472,8 +611,22 @@ def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_
     ph, pw = output_size
     bins = ph * pw
     k = boxes.shape[0]
-    matrix = roi_align_matrix(input.shape, boxes, output_size, spatial_scale=spatial_scale,
-                              sampling_ratio=sampling_ratio, aligned=aligned, dtype=input.dtype)
+    kw = dict(spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
+              dtype=input.dtype)
+    if _use_separable(input.shape, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+        a_y, s = roi_align_separable(input.shape, boxes, output_size, **kw)
+        # rows (n, h) x columns (w, c): y interpolation of every box row, then x
+        feats = np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(n * h, w * c)
+        z = np.zeros((k * ph, w * c), dtype=input.dtype)
+        _spmm_add(a_y, 0, k * ph, feats, z)
+        flat = np.zeros((k * bins, c), dtype=input.dtype)
+        _spmm_add(s, 0, k * bins, z.reshape(k * ph * w, c), flat)
+        out = np.ascontiguousarray(flat.reshape(k, ph, pw, c).transpose(0, 3, 1, 2))
+        cache = RoIAlignCache(matrix=None, input_shape=tuple(input.shape),
+                              output_size=output_size, dtype=input.dtype, blocks=[],
+                              separable=(a_y, s))
+        return out, cache
+    matrix = roi_align_matrix(input.shape, boxes, output_size, **kw)
     # channels last, so the dense operand's rows are feature cells
     cells = np.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
     out = np.empty((k, c, ph, pw), dtype=input.dtype)
@@ -506,9 +659,19 @@ def roi_align_backward(dout, cache):
     n, c, h, w = cache.input_shape
     ph, pw = cache.output_size
     bins = ph * pw
+    dtype = cache.dtype
+    if cache.separable is not None:
+        a_y, s = cache.separable
+        k = s.shape[0] // bins
+        check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
+        flat = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(k * bins, c)
+        dz = np.zeros((k * ph * w, c), dtype=dtype)
+        _spmm_add(s, 0, k * bins, flat, dz, transpose=True)
+        grad = np.zeros((n * h, w * c), dtype=dtype)
+        _spmm_add(a_y, 0, k * ph, dz.reshape(k * ph, w * c), grad, transpose=True)
+        return np.ascontiguousarray(grad.reshape(n, h, w, c).transpose(0, 3, 1, 2))
     k = cache.matrix.shape[0] // bins
     check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
-    dtype = cache.dtype
 
     def work(block):
         grad = np.zeros((n * h * w, c), dtype=dtype)  # this thread's share, summed below

@@ -4,11 +4,14 @@ Tiers: golden hand cases; exact properties (constant, linear ramp, shift);
 fast == naive loops (hypothesis); float64 gradient checks and adjoint tests;
 bad inputs.
 """
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mrcnn_np.roi_align as ra
 from mrcnn_np.gradcheck import adjoint_error, numeric_gradient, relative_error
 from mrcnn_np.roi_align import (
     level_mapper,
@@ -20,6 +23,20 @@ from mrcnn_np.roi_align import (
     roi_pool_naive,
     roi_sample_points,
 )
+
+METHODS = ["matrix", "separable"]  # the two fast forms (see roi_align._use_separable)
+
+
+@contextlib.contextmanager
+def forced(method):
+    """Make roi_align_forward use one fast form (it normally picks by cost)."""
+    old = ra._METHOD
+    ra._METHOD = method
+    try:
+        yield
+    finally:
+        ra._METHOD = old
+
 
 # ---------------------------------------------------------------------------
 # golden cases
@@ -220,14 +237,16 @@ def roi_problem(draw):
     return x, boxes, size, dict(spatial_scale=scale, sampling_ratio=sr, aligned=aligned)
 
 
-@given(problem=roi_problem())
-@settings(max_examples=60)
-def test_fast_equals_naive(problem):
+@given(problem=roi_problem(), method=st.sampled_from(METHODS))
+@settings(max_examples=80)
+def test_fast_equals_naive(problem, method):
     x, boxes, size, kw = problem
-    fast, _ = roi_align_forward(x, boxes, size, **kw)
+    with forced(method):
+        fast, cache = roi_align_forward(x, boxes, size, **kw)
     naive = roi_align_naive(x, boxes, size, **kw)
     assert fast.shape == naive.shape == (boxes.shape[0], x.shape[1], *size)
     np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
+    assert (cache.separable is not None) == (method == "separable")
 
 
 def test_fast_equals_naive_float32_and_keeps_dtype():
@@ -246,14 +265,17 @@ def test_fast_equals_naive_float32_and_keeps_dtype():
         assert dx.dtype == np.float32 and dx.shape == x.shape
 
 
-def test_mixed_grid_sizes_in_one_call():
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_grid_sizes_in_one_call(method):
     # adaptive sampling with boxes of very different sizes: several grids at once
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((1, 2, 20, 20))
-    boxes = np.array([[0, 1.3, 2.2, 3.1, 3.9], [0, 0.2, 0.7, 19.1, 18.3],
-                      [0, 4.4, 1.1, 11.7, 19.9], [0, 2.5, 2.5, 2.5, 2.5]])
+    x = rng.standard_normal((2, 2, 20, 20))
+    boxes = np.array([[0, 1.3, 2.2, 3.1, 3.9], [1, 0.2, 0.7, 19.1, 18.3],
+                      [0, 4.4, 1.1, 11.7, 19.9], [1, 2.5, 2.5, 2.5, 2.5],
+                      [1, -40.3, -30.1, 60.2, 55.5], [0, 3.3, 4.4, 3.9, 19.0]])
     for aligned in (False, True):
-        fast, _ = roi_align_forward(x, boxes, (2, 3), sampling_ratio=-1, aligned=aligned)
+        with forced(method):
+            fast, _ = roi_align_forward(x, boxes, (2, 3), sampling_ratio=-1, aligned=aligned)
         naive = roi_align_naive(x, boxes, (2, 3), sampling_ratio=-1, aligned=aligned)
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
 
@@ -261,13 +283,12 @@ def test_mixed_grid_sizes_in_one_call():
 def test_threaded_blocks_and_chunked_build_equal_naive(monkeypatch):
     # the fast path splits boxes into blocks run in threads when there is enough work;
     # force several blocks on a small problem and compare with the naive loops
-    import mrcnn_np.roi_align as ra
-
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 3, 12, 10))
     boxes = np.column_stack([rng.integers(0, 2, 17), rng.uniform(-3, 14, (17, 4))])
     boxes[:, 3:] = np.maximum(boxes[:, 3:], boxes[:, 1:3])
     dout = rng.standard_normal((17, 3, 3, 2))
+    monkeypatch.setattr(ra, "_METHOD", "matrix")
     _, cache1 = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
     assert len(cache1.blocks) == 1
     dx1 = roi_align_backward(dout, cache1)
@@ -295,8 +316,10 @@ def _nice_free_boxes():
                      [1, 3.13, 3.31, 3.79, 4.07], [0, 8.21, -1.9, 13.3, 3.7]])
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("sr,aligned", [(2, False), (-1, True), (3, True), (0, False)])
-def test_backward_matches_finite_differences(sr, aligned):
+def test_backward_matches_finite_differences(sr, aligned, method, monkeypatch):
+    monkeypatch.setattr(ra, "_METHOD", method)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 2, 9, 11))
     boxes = _nice_free_boxes()
@@ -316,8 +339,10 @@ def test_backward_matches_finite_differences(sr, aligned):
     assert np.abs(dx).max() > 0
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("sr,aligned", [(2, False), (-1, True), (1, False)])
-def test_adjoint(sr, aligned):
+def test_adjoint(sr, aligned, method, monkeypatch):
+    monkeypatch.setattr(ra, "_METHOD", method)
     rng = np.random.default_rng(1)
     shape = (2, 3, 8, 10)
     boxes = _nice_free_boxes()
@@ -349,7 +374,40 @@ def test_backward_equals_naive_jacobian_transpose():
     np.testing.assert_allclose(roi_align_backward(dout, cache), want, rtol=1e-12, atol=1e-12)
 
 
-def test_empty_boxes():
+def test_method_choice_follows_the_cost():
+    # many channels, small grids (the box head): the full matrix; one channel and large
+    # adaptive grids (mask targets): the separable form
+    rng = np.random.default_rng(8)
+    feat = np.zeros((1, 256, 50, 50), dtype=np.float32)
+    xy = rng.uniform(0, 400, (64, 2))
+    boxes = np.column_stack([np.zeros(64), xy, xy + rng.uniform(16, 400, (64, 2))])
+    _, cache = roi_align_forward(feat, boxes, 7, spatial_scale=1 / 16, sampling_ratio=2)
+    assert cache.separable is None and cache.matrix is not None
+    masks = np.zeros((4, 1, 300, 300), dtype=np.float32)
+    rois = np.column_stack([np.arange(4), np.full((4, 2), 10.0), np.full((4, 2), 250.0)])
+    _, cache = roi_align_forward(masks, rois, 28, sampling_ratio=-1)
+    assert cache.separable is not None and cache.matrix is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_separable_and_matrix_agree(method, monkeypatch):
+    monkeypatch.setattr(ra, "_METHOD", method)
+    rng = np.random.default_rng(9)
+    masks = (rng.random((3, 1, 60, 70)) > 0.5).astype(np.float32)
+    rois = np.column_stack([rng.integers(0, 3, 9), rng.uniform(-5, 30, (9, 2)),
+                            rng.uniform(30, 75, (9, 2))]).astype(np.float32)
+    out, cache = roi_align_forward(masks, rois, 14, sampling_ratio=-1)
+    assert out.dtype == np.float32
+    want = roi_align_naive(masks.astype(np.float64), rois.astype(np.float64), 14,
+                           sampling_ratio=-1)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    dx = roi_align_backward(np.ones_like(out), cache)
+    assert dx.dtype == np.float32 and dx.shape == masks.shape
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_boxes(method, monkeypatch):
+    monkeypatch.setattr(ra, "_METHOD", method)
     x = np.ones((2, 3, 4, 4), dtype=np.float32)
     out, cache = roi_align_forward(x, np.zeros((0, 5), dtype=np.float32), (7, 5))
     assert out.shape == (0, 3, 7, 5) and out.dtype == np.float32
