@@ -120,3 +120,20 @@ def test_roi_pool_naive_matches_torchvision():
                                         spatial_scale=scale)
         np.testing.assert_array_equal(roi_pool_naive(x, boxes, (3, 2), spatial_scale=scale),
                                       want.numpy())
+
+
+def test_mask_target_shapes_match_torchvision():
+    # one channel, big boxes, adaptive sampling: the separable form is picked
+    rng = np.random.default_rng(5)
+    masks = (rng.random((5, 1, 120, 130)) > 0.5).astype(np.float64)
+    xy = rng.uniform(-10, 60, (30, 2))
+    boxes = np.column_stack([rng.integers(0, 5, 30), xy, xy + rng.uniform(20, 90, (30, 2))])
+    out, cache = roi_align_forward(masks, boxes, 28, sampling_ratio=-1)
+    assert cache.separable is not None
+    mt = torch.tensor(masks, requires_grad=True)
+    want = torchvision.ops.roi_align(mt, torch.tensor(boxes), 28, 1.0, -1)
+    np.testing.assert_allclose(out, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    want.backward(torch.tensor(dout))
+    np.testing.assert_allclose(roi_align_backward(dout, cache), mt.grad.numpy(),
+                               rtol=1e-12, atol=1e-12)
