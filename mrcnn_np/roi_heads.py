@@ -104,6 +104,7 @@ __all__ = [
     "mask_head_forward",
     "mask_head_backward",
     "MaskHeadCache",
+    "MaskConvLayerCache",
     "project_masks_on_boxes",
     "maskrcnn_loss",
     "maskrcnn_inference",
@@ -500,6 +501,9 @@ def box_head_backward(dout, cache):
         dbox = np.zeros((r, cache.bbox_pred.w.shape[0]), dtype=dt)
     check_array("dclass_logits", dcls, shape=(r, cache.cls_score.w.shape[0]), dtype_kind="f")
     check_array("dbox_regression", dbox, shape=(r, cache.bbox_pred.w.shape[0]), dtype_kind="f")
+    for name, d in (("dclass_logits", dcls), ("dbox_regression", dbox)):
+        if d.dtype != dt:
+            raise TypeError(f"{name} must have the dtype of the forward pass ({dt}), got {d.dtype}")
     grads = {}
     dx_c, grads[_BOX_PRED + "cls_score.weight"], grads[_BOX_PRED + "cls_score.bias"] = \
         linear_backward(dcls, cache.cls_score)
@@ -547,6 +551,9 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
         raise ValueError(f"regression_targets must have shape ({s}, 4), got {regression_targets.shape}")
     if s and (labels.min() < 0 or labels.max() >= k1):
         raise ValueError(f"labels must be in [0, {k1 - 1}], got values in [{labels.min()}, {labels.max()}]")
+    for name, arr in (("class_logits", class_logits), ("box_regression", box_regression)):
+        if arr.size and not np.isfinite(arr).all():
+            raise ValueError(f"{name} must be finite, got NaN or inf")
     dt = class_logits.dtype.type
     if s == 0:
         return dt(0), dt(0), np.zeros_like(class_logits), np.zeros_like(box_regression)
@@ -567,10 +574,17 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
 
 
 # =========================================================================== mask head
+class MaskConvLayerCache(NamedTuple):
+    """Caches of one ``mask_head.{i}`` layer: its 3x3 convolution and its ReLU."""
+
+    conv: tuple  # Conv2dCache
+    relu: tuple  # ReluCache
+
+
 class MaskHeadCache(NamedTuple):
     """Caches of the mask branch, in forward order.
 
-    convs: tuple of (Conv2dCache, ReluCache) for mask_head.0 .. mask_head.{L-1};
+    convs: tuple of MaskConvLayerCache for mask_head.0 .. mask_head.{L-1};
     conv5_mask: ConvTranspose2dCache; relu5: ReluCache; logits: Conv2dCache;
     num_layers: L (4 in the reference).
     num_rois: P. When P == 0 the ops ran on one all-zero stand-in RoI (the
@@ -687,7 +701,7 @@ def mask_head_forward(params, pooled, *, dilation=1):
         wk, bk = _mask_head_layer_keys(i)
         x, cc = conv2d_forward(x, params[wk], params[bk], stride=1, padding=d, dilation=d)
         x, rc = relu_forward(x)
-        convs.append((cc, rc))
+        convs.append(MaskConvLayerCache(cc, rc))
     x, c5 = conv_transpose2d_forward(x, params[_MASK_PRED + "conv5_mask.weight"],
                                      params[_MASK_PRED + "conv5_mask.bias"], stride=2, padding=0)
     x, r5 = relu_forward(x)
@@ -707,6 +721,9 @@ def mask_head_backward(dmask_logits, cache):
         raise TypeError(f"cache must be a MaskHeadCache, got {type(cache).__name__}")
     want = (cache.num_rois,) + cache.logits.w.shape[:1] + tuple(cache.relu5.positive.shape[2:])
     check_array("dmask_logits", dmask_logits, shape=want, dtype_kind="f")
+    if dmask_logits.dtype != cache.logits.w.dtype:
+        raise TypeError(f"dmask_logits must have the dtype of the forward pass ({cache.logits.w.dtype}), "
+                        f"got {dmask_logits.dtype}")
     if cache.num_rois == 0:
         dmask_logits = np.zeros((1,) + want[1:], dtype=dmask_logits.dtype)
     grads = {}
@@ -716,10 +733,10 @@ def mask_head_backward(dmask_logits, cache):
     dx, grads[_MASK_PRED + "conv5_mask.weight"], grads[_MASK_PRED + "conv5_mask.bias"] = \
         conv_transpose2d_backward(dx, cache.conv5_mask)
     for i in reversed(range(cache.num_layers)):
-        cc, rc = cache.convs[i]
+        layer = cache.convs[i]
         wk, bk = _mask_head_layer_keys(i)
-        dx = relu_backward(dx, rc)
-        dx, grads[wk], grads[bk] = conv2d_backward(dx, cc)
+        dx = relu_backward(dx, layer.relu)
+        dx, grads[wk], grads[bk] = conv2d_backward(dx, layer.conv)
     return grads, dx[:cache.num_rois]
 
 
@@ -822,7 +839,10 @@ def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs
     labels = np.concatenate(labels)
     targets = np.concatenate(targets)
     rows = np.arange(p_total)
-    loss, dsel = bce_with_logits(mask_logits[rows, labels], targets, reduction="mean")
+    selected = mask_logits[rows, labels]
+    if not np.isfinite(selected).all():
+        raise ValueError("mask_logits must be finite on the GT class channels, got NaN or inf")
+    loss, dsel = bce_with_logits(selected, targets, reduction="mean")
     dlogits[rows, labels] = dsel
     return dt(loss), dlogits
 

@@ -233,6 +233,9 @@ def rpn_head_backward(douts, cache):
             n, _, h, w = lc.hidden_shape
             channels = cache.param_shapes[wn][0]
             check_array(f"{label}[{lvl}]", d, shape=(n, channels, h, w), dtype_kind="f")
+            if d.dtype != cache.dtype:
+                raise TypeError(f"{label}[{lvl}] must have the dtype of the forward pass ({cache.dtype}), "
+                                f"got {d.dtype}")
             dt_part, dw, db = conv2d_backward(d, sub)
             grads[wn] += dw
             grads[bn] += db
@@ -296,11 +299,14 @@ def concat_box_prediction_layers_backward(douts, cache):
     """
     if not isinstance(cache, ConcatCache):
         raise TypeError(f"cache must be a ConcatCache, got {type(cache).__name__}")
+    if not isinstance(douts, (tuple, list)) or len(douts) != 2:
+        raise TypeError(f"douts must be a pair (dobjectness, dpred_bbox_deltas), got {type(douts).__name__}")
     dobj, ddel = douts
     n = cache.objectness_shapes[0][0]
     total = sum(a * h * w for (_, a, h, w) in cache.objectness_shapes)
     check_array("dobjectness", dobj, shape=(n, total), dtype_kind="f")
     check_array("dpred_bbox_deltas", ddel, shape=(n, total, 4), dtype_kind="f")
+    check_same_dtype(dobjectness=dobj, dpred_bbox_deltas=ddel)
     out_o, out_d = [], []
     start = 0
     for (_, a, h, w) in cache.objectness_shapes:
@@ -320,6 +326,11 @@ def _check_rng(rng):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
 
+def _check_finite(name, array):
+    if array.size and not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf entries")
+
+
 def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_threshold=0.3,
                               allow_low_quality_matches=True):
     """Label the anchors of one image and find the box each should regress to.
@@ -336,12 +347,16 @@ def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_thre
         match (torchvision's ``gt_boxes[matched_idxs.clamp(min=0)]``, so
         negatives and ignored anchors carry GT 0; only positives are used).
     With G == 0 every anchor is negative and the matched boxes are zeros.
+    gt_boxes of another float dtype are cast to the anchors' dtype.
     """
     anchors = check_array("anchors", anchors, shape=("T", 4), dtype_kind="f")
     gt_boxes = check_array("gt_boxes", gt_boxes, shape=("G", 4), dtype_kind="f")
+    _check_finite("anchors", anchors)
+    _check_finite("gt_boxes", gt_boxes)
     t = anchors.shape[0]
     if gt_boxes.shape[0] == 0:
         return np.zeros(t, dtype=np.int64), np.zeros((t, 4), dtype=anchors.dtype)
+    gt_boxes = gt_boxes.astype(anchors.dtype, copy=False)  # as torchvision: GT in the anchors' dtype
     quality = box_iou(gt_boxes, anchors)  # (G, T)
     matched_idxs = matcher(quality, high_threshold=high_threshold, low_threshold=low_threshold,
                            allow_low_quality_matches=allow_low_quality_matches)
@@ -374,6 +389,7 @@ def rpn_targets(anchors, gt_boxes_per_image, *, high_threshold=0.7, low_threshol
     weights = np.asarray(RPN_BOX_WEIGHTS, dtype=anchors.dtype)
     for i, gt in enumerate(gt_boxes_per_image):
         check_array(f"gt_boxes_per_image[{i}]", gt, shape=("G", 4), dtype_kind="f")
+        _check_finite(f"gt_boxes_per_image[{i}]", gt)
         lab, matched = assign_targets_to_anchors(
             anchors, gt, high_threshold=high_threshold, low_threshold=low_threshold,
             allow_low_quality_matches=allow_low_quality_matches)
@@ -424,6 +440,11 @@ def _check_loss_inputs(objectness, pred_bbox_deltas, labels, regression_targets)
     check_array("labels", labels, shape=(n, t), dtype_kind="iuf")
     check_array("regression_targets", regression_targets, shape=(n, t, 4), dtype_kind="f")
     check_same_dtype(objectness=objectness, pred_bbox_deltas=pred_bbox_deltas)
+    if labels.size and not np.isin(labels, (-1, 0, 1)).all():
+        bad = labels[~np.isin(labels, (-1, 0, 1))]
+        raise ValueError(f"labels must be 1 (positive), 0 (negative) or -1 (ignored), got {bad[0]}")
+    for name, arr in (("objectness", objectness), ("pred_bbox_deltas", pred_bbox_deltas)):
+        _check_finite(name, arr)
     return n, t
 
 
@@ -544,6 +565,8 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     objectness = check_array("objectness", objectness, shape=("N", "T"), dtype_kind="f")
     n, t = objectness.shape
     check_array("proposals", proposals, shape=(n, t, 4), dtype_kind="f")
+    _check_finite("objectness", objectness)
+    _check_finite("proposals", proposals)
     shapes = _check_image_shapes(image_shapes, n)
     if not isinstance(num_anchors_per_level, (list, tuple)) or len(num_anchors_per_level) == 0:
         raise TypeError("num_anchors_per_level must be a non-empty list of ints")
@@ -614,6 +637,16 @@ def generate_proposals(objectness, pred_bbox_deltas, anchors, image_shapes, *, m
         raise ValueError("mode must be 'train' or 'test' when pre_nms_top_n / post_nms_top_n are not given")
     if not isinstance(anchors, (list, tuple)):
         raise TypeError("anchors must be a list of per-level (H*W*A, 4) arrays")
+    for name, value in (("objectness", objectness), ("pred_bbox_deltas", pred_bbox_deltas)):
+        if not isinstance(value, (list, tuple)) or len(value) == 0:
+            raise TypeError(f"{name} must be a non-empty list of per-level arrays, got {type(value).__name__}")
+    if not (len(objectness) == len(pred_bbox_deltas) == len(anchors)):
+        raise ValueError(f"objectness, pred_bbox_deltas and anchors must have one entry per level, got "
+                         f"{len(objectness)}, {len(pred_bbox_deltas)} and {len(anchors)}")
+    for lvl, (o, d) in enumerate(zip(objectness, pred_bbox_deltas)):
+        check_array(f"objectness[{lvl}]", o, shape=("N", "A", "H", "W"), dtype_kind="f")
+        n, a, h, w = o.shape
+        check_array(f"pred_bbox_deltas[{lvl}]", d, shape=(n, 4 * a, h, w), dtype_kind="f")
     (obj, deltas), _ = concat_box_prediction_layers_forward(objectness, pred_bbox_deltas)
     counts = [int(o.shape[1] * o.shape[2] * o.shape[3]) for o in objectness]
     for lvl, (a, c) in enumerate(zip(anchors, counts)):

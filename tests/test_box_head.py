@@ -294,6 +294,8 @@ def test_box_head_empty_and_bad_inputs():
         box_head_forward({k: v for k, v in params.items() if "fc7" not in k}, np.zeros((2, 4, 7, 7)))
     with pytest.raises(ValueError, match="dclass_logits"):
         box_head_backward((np.zeros((3, 4)), None), box_head_forward(params, np.ones((2, 4, 7, 7)))[1])
+    with pytest.raises(TypeError, match="dbox_regression"):
+        box_head_backward((None, np.zeros((2, 16), np.float32)), box_head_forward(params, np.ones((2, 4, 7, 7)))[1])
 
 
 # =========================================================================== fastrcnn_loss
@@ -355,6 +357,8 @@ def test_fastrcnn_loss_no_positives_and_empty():
     ((np.zeros((2, 3)), np.zeros((2, 12)), np.array([0, 3]), np.zeros((2, 4))), "labels"),
     ((np.zeros((2, 3)), np.zeros((2, 12)), np.array([0, 1, 1]), np.zeros((2, 4))), "labels"),
     ((np.zeros((2, 3)), np.zeros((2, 12)), np.array([0, 1]), np.zeros((2, 5))), "regression_targets"),
+    ((np.array([[0.0, np.nan, 0.0]] * 2), np.zeros((2, 12)), np.array([0, 1]), np.zeros((2, 4))), "class_logits"),
+    ((np.zeros((2, 3)), np.full((2, 12), np.inf), np.array([0, 1]), np.zeros((2, 4))), "box_regression"),
 ])
 def test_fastrcnn_loss_bad_inputs(args, match):
     with pytest.raises(ValueError, match=match):

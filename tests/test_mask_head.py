@@ -123,6 +123,10 @@ def test_mask_head_bad_inputs():
     _, cache = mask_head_forward(params, np.ones((1, 2, 4, 4)))
     with pytest.raises(ValueError, match="dmask_logits"):
         mask_head_backward(np.zeros((1, 3, 4, 4)), cache)
+    with pytest.raises(TypeError, match="dmask_logits"):
+        mask_head_backward(np.zeros((1, 3, 8, 8), np.float32), cache)
+    # the cache is named all the way down: one (conv, relu) record per 3x3 layer
+    assert len(cache.convs) == 2 and all(c._fields == ("conv", "relu") for c in cache.convs)
 
 
 # =========================================================================== mask targets
@@ -220,6 +224,7 @@ def test_maskrcnn_loss_no_positives():
     (dict(mask_matched_idxs=[np.array([0, 1])]), "mask_matched_idxs"),
     (dict(proposals=np.zeros((2, 4))), "proposals"),
     (dict(gt_masks=[]), "gt_masks"),
+    (dict(mask_logits=np.full((2, 3, 6, 6), np.nan)), "finite"),
 ])
 def test_maskrcnn_loss_bad_inputs(kw, match):
     args = dict(mask_logits=np.zeros((2, 3, 6, 6)), proposals=[np.array([[0, 0, 4, 4.0]] * 2)],

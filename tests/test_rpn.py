@@ -194,6 +194,8 @@ def test_head_bad_inputs():
         rpn_head_backward(([o], [d]), None)
     with pytest.raises(ValueError, match=r"dpred_bbox_deltas\[0\]"):
         rpn_head_backward(([o[0]], [d[0][:, :8]]), cache)
+    with pytest.raises(TypeError, match=r"dobjectness\[0\]"):
+        rpn_head_backward(([o[0].astype(np.float64)], [d[0]]), cache)
 
 
 # ------------------------------------------------------------------ flatten
@@ -285,6 +287,10 @@ def test_flatten_bad_inputs():
     (fo, fd), cache = concat_box_prediction_layers_forward([o], [np.zeros((1, 12, 2, 2))])
     with pytest.raises(ValueError, match="dobjectness"):
         concat_box_prediction_layers_backward((fo[:, :5], fd), cache)
+    with pytest.raises(TypeError, match="douts"):
+        concat_box_prediction_layers_backward(fo, cache)
+    with pytest.raises(TypeError, match="dpred_bbox_deltas"):
+        concat_box_prediction_layers_backward((fo.astype(np.float32), fd), cache)
 
 
 # ------------------------------------------------------------------ targets
@@ -342,6 +348,19 @@ def test_targets_bad_inputs():
         rpn_targets(ANCHORS, GT)
     with pytest.raises(ValueError, match=r"gt_boxes_per_image\[1\]"):
         rpn_targets(ANCHORS, [GT, GT[:, :2]])
+    with pytest.raises(ValueError, match=r"gt_boxes_per_image\[1\]"):
+        rpn_targets(ANCHORS, [GT, np.array([[0.0, 0.0, np.nan, 4.0]])])
+    with pytest.raises(ValueError, match="gt_boxes"):
+        assign_targets_to_anchors(ANCHORS, np.array([[0.0, 0.0, np.inf, 4.0]]))
+
+
+def test_targets_gt_cast_to_anchor_dtype():
+    # float32 anchors with float64 ground truth (as torchvision, the GT follows the anchors)
+    labels, targets = rpn_targets(ANCHORS.astype(np.float32), [GT])
+    assert targets.dtype == np.float32
+    want_labels, want_targets = rpn_targets(ANCHORS, [GT])
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_allclose(targets, want_targets, atol=1e-6)
 
 
 # --------------------------------------------------------------------- loss
@@ -473,6 +492,12 @@ def test_loss_bad_inputs():
     with pytest.raises(ValueError, match="pos_mask"):
         rpn_loss_from_samples(obj, deltas, labels, targets, np.array([[0, 1, 0]], bool),
                               np.zeros((1, 3), bool))
+    with pytest.raises(ValueError, match="labels"):
+        rpn_loss(obj, deltas, np.array([[2, 0, -1]]), targets, rng=rng)
+    with pytest.raises(ValueError, match="objectness"):
+        rpn_loss(np.array([[0.0, np.nan, 0.0]]), deltas, labels, targets, rng=rng)
+    with pytest.raises(ValueError, match="pred_bbox_deltas"):
+        rpn_loss(obj, np.full((1, 3, 4), np.inf), labels, targets, rng=rng)
 
 
 # ---------------------------------------------------------------- proposals
@@ -616,6 +641,16 @@ def test_proposals_bad_inputs():
                            [(8, 8)], mode="test")
     with pytest.raises(ValueError, match="pred_bbox_deltas"):
         decode_proposals(np.zeros((1, 3, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="proposals"):
+        filter_proposals(np.full((1, 4, 4), np.nan), obj, [(10, 10)], [4], **kw)
+    with pytest.raises(ValueError, match="objectness"):
+        filter_proposals(boxes, np.full((1, 4), np.nan), [(10, 10)], [4], **kw)
+    with pytest.raises(TypeError, match="objectness"):
+        generate_proposals(np.zeros((1, 1, 2, 2)), [np.zeros((1, 4, 2, 2))], [np.zeros((4, 4))],
+                           [(8, 8)], mode="test")
+    with pytest.raises(ValueError, match=r"pred_bbox_deltas\[0\]"):
+        generate_proposals([np.zeros((1, 1, 2, 2))], [np.zeros((1, 8, 2, 2))], [np.zeros((4, 4))],
+                           [(8, 8)], mode="test")
 
 
 # --------------------------------------------------------------- properties

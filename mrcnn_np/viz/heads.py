@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .anchors import _axes, draw_boxes  # one copy of the box-drawing helpers (chapter 04)
+
 __all__ = [
     "CLASS_COLORS",
     "draw_boxes",
@@ -36,14 +38,6 @@ def _name(label, class_names):
     return f"class {int(label)}"
 
 
-def _axes(ax, figsize=(5, 5)):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-    return ax.figure, ax
-
-
 def _show_image(ax, image, *, alpha=1.0):
     image = np.asarray(image)
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest",
@@ -52,17 +46,6 @@ def _show_image(ax, image, *, alpha=1.0):
     ax.set_ylim(image.shape[0], 0)
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def draw_boxes(ax, boxes, *, color="C0", lw=1.0, alpha=1.0, ls="-", label=None):
-    """Draw (K, 4) xyxy boxes as rectangles on ``ax``; returns ``ax``."""
-    from matplotlib.patches import Rectangle
-
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
-                               alpha=alpha, ls=ls, label=label if i == 0 else None))
-    return ax
 
 
 def plot_sampled_rois(image, gt_boxes, gt_labels, rois, labels, *, class_names=None, ax=None,
@@ -238,9 +221,14 @@ def plot_mask_targets(image, gt_mask, rois, targets, *, titles=None, figsize=Non
     tint = np.zeros(gt_mask.shape + (4,))
     tint[gt_mask] = (1.0, 1.0, 0.0, 0.45)
     ax.imshow(tint, extent=(0, gt_mask.shape[1], gt_mask.shape[0], 0), interpolation="nearest")
+    # number each RoI at a different corner (top-left, top-right, bottom-left, bottom-right)
+    # so that RoIs sharing a corner do not print their numbers on top of each other
+    corners = ((0, 1, "left", "bottom", -1), (2, 1, "right", "bottom", -1),
+               (0, 3, "left", "top", 1), (2, 3, "right", "top", 1))
     for i, b in enumerate(rois):
         draw_boxes(ax, b, color=f"C{i}", lw=1.6)
-        ax.text(b[0], b[1] - 1, str(i), color=f"C{i}", fontsize=9, fontweight="bold", va="bottom")
+        xi, yi, ha, va, dy = corners[i % 4]
+        ax.text(b[xi], b[yi] + dy, str(i), color=f"C{i}", fontsize=9, fontweight="bold", ha=ha, va=va)
     ax.set_title("GT mask (yellow) and RoIs")
     for i, (ax, t) in enumerate(zip(axes[1:], targets)):
         ax.imshow(t, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .anchors import _axes, draw_boxes  # one copy of the box-drawing helpers (chapter 04)
+
 __all__ = [
     "LABEL_COLORS",
     "plot_sliding_window",
@@ -20,25 +22,6 @@ __all__ = [
 
 #: colours of anchor labels: positive, negative, ignored, ground truth
 LABEL_COLORS = {"positive": "#1a9850", "negative": "#d73027", "ignored": "#fdae61", "gt": "#2166ac"}
-
-
-def _axes(ax, figsize=(5, 5)):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-    return ax.figure, ax
-
-
-def draw_boxes(ax, boxes, *, color="C0", lw=1.0, alpha=1.0, ls="-", label=None):
-    """Draw (K, 4) xyxy boxes as rectangles on ``ax``; returns ``ax``."""
-    from matplotlib.patches import Rectangle
-
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=lw,
-                               alpha=alpha, ls=ls, label=label if i == 0 else None))
-    return ax
 
 
 def _show_image(ax, image, *, dim=0.0):
