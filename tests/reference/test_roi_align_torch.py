@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+import mrcnn_np.roi_align as mrcnn_roi_align  # noqa: E402
 from mrcnn_np.roi_align import (  # noqa: E402
     level_mapper,
     multiscale_roi_align_backward,
@@ -28,10 +29,12 @@ def _random_boxes(rng, k, n, lo=-8.0, hi=40.0, ordered=True):
     return np.column_stack([rng.integers(0, n, k), xy])
 
 
+@pytest.mark.parametrize("method", ["matrix", "separable"])
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
-def test_roi_align_matches_torchvision(aligned, sampling_ratio, scale):
+def test_roi_align_matches_torchvision(aligned, sampling_ratio, scale, method, monkeypatch):
+    monkeypatch.setattr(mrcnn_roi_align, "_METHOD", method)  # both fast forms
     rng = np.random.default_rng([7, sampling_ratio + 1, int(aligned), int(scale * 8)])
     x = rng.standard_normal((2, 3, 11, 9))
     boxes = _random_boxes(rng, 25, 2, hi=40.0 * scale * 4)
