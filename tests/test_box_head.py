@@ -415,6 +415,10 @@ def test_postprocess_properties_random():
     # detections_per_img caps the count; the kept ones are the best of the uncapped list
     _, s10, _ = postprocess_detections(logits, reg, [props], [(h, w)], detections_per_img=10)
     np.testing.assert_array_equal(s10[0], s[:10])
+    # the default cap of 100 is active here: more than 100 candidates survive NMS
+    _, s_all, _ = postprocess_detections(logits, reg, [props], [(h, w)], detections_per_img=10**6)
+    assert len(s_all[0]) > 100 and len(s) == 100
+    np.testing.assert_array_equal(s, s_all[0][:100])
 
 
 def test_postprocess_two_images():
