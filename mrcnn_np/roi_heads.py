@@ -587,9 +587,8 @@ class MaskHeadCache(NamedTuple):
     convs: tuple of MaskConvLayerCache for mask_head.0 .. mask_head.{L-1};
     conv5_mask: ConvTranspose2dCache; relu5: ReluCache; logits: Conv2dCache;
     num_layers: L (4 in the reference).
-    num_rois: P. When P == 0 the ops ran on one all-zero stand-in RoI (the
-    convolutions reject empty batches) and the outputs were sliced to 0 rows;
-    the backward feeds that RoI a zero gradient, so every gradient is exactly 0.
+    num_rois: P (may be 0: the convolutions accept an empty batch, and every
+    gradient is then exactly 0).
     """
 
     convs: tuple
@@ -695,7 +694,7 @@ def mask_head_forward(params, pooled, *, dilation=1):
             f"{_mask_head_layer_keys(0)[0]} {w0.shape}, got shape {pooled.shape}"
         )
     num_rois = pooled.shape[0]
-    x = pooled if num_rois else np.zeros((1,) + pooled.shape[1:], dtype=pooled.dtype)
+    x = pooled  # P == 0 is fine: the convolutions accept an empty batch
     convs = []
     for i in range(n_layers):
         wk, bk = _mask_head_layer_keys(i)
@@ -707,7 +706,7 @@ def mask_head_forward(params, pooled, *, dilation=1):
     x, r5 = relu_forward(x)
     logits, cl = conv2d_forward(x, params[_MASK_PRED + "mask_fcn_logits.weight"],
                                 params[_MASK_PRED + "mask_fcn_logits.bias"], stride=1, padding=0)
-    return logits[:num_rois], MaskHeadCache(tuple(convs), c5, r5, cl, n_layers, num_rois)
+    return logits, MaskHeadCache(tuple(convs), c5, r5, cl, n_layers, num_rois)
 
 
 def mask_head_backward(dmask_logits, cache):
@@ -724,8 +723,6 @@ def mask_head_backward(dmask_logits, cache):
     if dmask_logits.dtype != cache.logits.w.dtype:
         raise TypeError(f"dmask_logits must have the dtype of the forward pass ({cache.logits.w.dtype}), "
                         f"got {dmask_logits.dtype}")
-    if cache.num_rois == 0:
-        dmask_logits = np.zeros((1,) + want[1:], dtype=dmask_logits.dtype)
     grads = {}
     dx, grads[_MASK_PRED + "mask_fcn_logits.weight"], grads[_MASK_PRED + "mask_fcn_logits.bias"] = \
         conv2d_backward(dmask_logits, cache.logits)
@@ -737,7 +734,7 @@ def mask_head_backward(dmask_logits, cache):
         wk, bk = _mask_head_layer_keys(i)
         dx = relu_backward(dx, layer.relu)
         dx, grads[wk], grads[bk] = conv2d_backward(dx, layer.conv)
-    return grads, dx[:cache.num_rois]
+    return grads, dx
 
 
 # =========================================================================== mask targets and loss
