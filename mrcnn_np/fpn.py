@@ -10,8 +10,8 @@ block, as used by ``maskrcnn_resnet50_fpn``. With L input levels C2..C{L+1}
     P{L+2} = max_pool2d(P{L+1}, kernel_size=1, stride=2)      (P6: every other cell of P5)
 
 ``upsample_nearest`` takes the source cell ``floor(dst * in / out)`` (torch's
-``mode="nearest"``), so odd sizes work: a 13x13 map onto 25x25 repeats
-rows 0..11 twice-ish and row 12 once. P6 feeds only the RPN.
+``mode="nearest"``), so odd sizes work: a 13x13 map onto 25x25 copies
+rows 0..11 twice and row 12 once. P6 feeds only the RPN.
 
 Shape shorthand: N images; C_k channels of input level k; D output channels;
 H_k x W_k spatial size of level k (P_k has the size of C_k; P6 has
