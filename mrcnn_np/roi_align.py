@@ -152,6 +152,8 @@ class MultiScaleRoIAlignCache(NamedTuple):
 
 def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
     check_array("input", input, shape=("N", "C", "H", "W"), dtype_kind="f")
+    if input.shape[2] < 1 or input.shape[3] < 1:
+        raise ValueError(f"input must have H >= 1 and W >= 1, got shape {input.shape}")
     check_array("boxes", boxes, shape=("K", 5), dtype_kind="fiu")
     ph, pw = check_pair("output_size", output_size)
     spatial_scale = check_float("spatial_scale", spatial_scale)
@@ -526,6 +528,8 @@ def _spmm_add(matrix, r0, r1, x, y, *, transpose=False):
     indptr = matrix.indptr[r0:r1 + 1] - lo
     indices, data = matrix.indices[lo:hi], matrix.data[lo:hi]
     rows, cols = r1 - r0, matrix.shape[1]
+    if not (x.flags.c_contiguous and y.flags.c_contiguous):
+        raise ValueError("internal: _spmm_add needs C-contiguous x and y")
     if _sparsetools is not None and indptr.dtype == indices.dtype and x.dtype == data.dtype:
         if transpose:  # the CSR arrays of M are the CSC arrays of M^T, shape (cols, rows)
             _sparsetools.csc_matvecs(cols, rows, x.shape[1], indptr, indices, data,
@@ -677,7 +681,7 @@ def roi_align_backward(dout, cache):
         grad = np.zeros((n * h * w, c), dtype=dtype)  # this thread's share, summed below
         for k0, k1 in _chunks(*block, bins):
             flat = np.ascontiguousarray(dout[k0:k1].transpose(0, 2, 3, 1), dtype=dtype)
-            _spmm_add(cache.matrix, k0 * bins, k1 * bins, flat.reshape(-1, c), grad,
+            _spmm_add(cache.matrix, k0 * bins, k1 * bins, flat.reshape((k1 - k0) * bins, c), grad,
                       transpose=True)  # scatter-add into the cells
         return grad
 

@@ -414,6 +414,9 @@ def test_empty_boxes(method, monkeypatch):
     dx = roi_align_backward(out, cache)
     assert dx.shape == x.shape and not dx.any()
     assert roi_align_naive(x, np.zeros((0, 5)), 2).shape == (0, 3, 2, 2)
+    # no channels
+    out, cache = roi_align_forward(np.zeros((2, 0, 5, 5)), np.array([[1, 0, 0, 3, 3.0]]), 2)
+    assert out.shape == (1, 0, 2, 2) and roi_align_backward(out, cache).shape == (2, 0, 5, 5)
 
 
 # ---------------------------------------------------------------------------
@@ -552,6 +555,8 @@ def test_bad_inputs():
         roi_align_forward(x, ok, 2, spatial_scale=0.0)
     with pytest.raises(ValueError, match="input"):
         roi_align_forward(np.zeros((1, 5, 5)), ok, 2)
+    with pytest.raises(ValueError, match="input"):
+        roi_align_forward(np.zeros((2, 1, 0, 5)), ok, 2)
     with pytest.raises(ValueError, match="boxes"):
         roi_align_forward(x, np.array([[0, np.nan, 1, 3, 3.0]]), 2)
     with pytest.raises(TypeError, match="input"):
