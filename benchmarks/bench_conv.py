@@ -148,8 +148,8 @@ def main(argv=None):
     if torch is not None:
         torch.set_num_threads(2)
     rng = np.random.default_rng(0)
-    header = (f"{'case':26s} {'fwd ms':>8s} {'GF/s':>6s} {'gemm':>7s} {'fwd/gemm':>8s} | "
-              f"{'f+b ms':>8s} {'GF/s':>6s} {'3 gemm':>7s} {'fb/3gemm':>8s}")
+    header = (f"{'case':26s} {'fwd ms':>8s} {'GF/s':>5s} {'gemm ms':>8s} {'GF/s':>5s} "
+              f"{'fwd/gemm':>8s} | {'f+b ms':>8s} {'GF/s':>5s} {'3gemm ms':>8s} {'fb/3gemm':>8s}")
     if torch is not None:
         header += f" | {'torch fwd':>9s} {'torch f+b':>9s}"
     print(f"numpy {np.__version__}, float32, min of {args.repeats} repeats")
@@ -158,10 +158,10 @@ def main(argv=None):
     for name, xshape, F, k, s, p in cases:
         t = bench_case(xshape, F, k, s, p, repeats=args.repeats, rng=rng, torch=torch)
         g3 = t["g_out"] + t["g_dw"] + t["g_dx"]
-        line = (f"{name:26s} {t['fwd'] * 1e3:8.2f} {t['flops'] / t['fwd'] / 1e9:6.0f} "
-                f"{t['g_out'] * 1e3:7.2f} {t['fwd'] / t['g_out']:8.2f} | "
-                f"{t['fb'] * 1e3:8.2f} {3 * t['flops'] / t['fb'] / 1e9:6.0f} "
-                f"{g3 * 1e3:7.2f} {t['fb'] / g3:8.2f}")
+        gf = t["flops"] / 1e9
+        line = (f"{name:26s} {t['fwd'] * 1e3:8.2f} {gf / t['fwd']:5.0f} {t['g_out'] * 1e3:8.2f} "
+                f"{gf / t['g_out']:5.0f} {t['fwd'] / t['g_out']:8.2f} | {t['fb'] * 1e3:8.2f} "
+                f"{3 * gf / t['fb']:5.0f} {g3 * 1e3:8.2f} {t['fb'] / g3:8.2f}")
         if torch is not None:
             line += f" | {t['t_fwd'] * 1e3:9.2f} {t['t_fb'] * 1e3:9.2f}"
         print(line, flush=True)

@@ -275,6 +275,16 @@ _N_THREADS = max(1, min(4, os.cpu_count() or 1))
 _POOL = None
 
 
+def _forget_pool():
+    # a forked child inherits the pool object but not its threads: start afresh
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _run_groups(fn, groups):
     """Call ``fn(group)`` for every group, the first on this thread, the rest on the pool."""
     global _POOL
