@@ -174,7 +174,8 @@ def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, al
         if bidx.min() < 0 or bidx.max() >= n:
             bad = bidx[(bidx < 0) | (bidx >= n)][0]
             raise ValueError(
-                f"boxes[:, 0] (batch index) must be in [0, {n - 1}] for input with N={n}, got {bad:g}"
+                f"boxes[:, 0] (batch index) must be in [0, {n - 1}] for input with N={n}, "
+                f"got {bad:g}"
             )
     return (ph, pw), spatial_scale, int(sampling_ratio), bool(aligned)
 
@@ -681,7 +682,8 @@ def roi_align_backward(dout, cache):
         grad = np.zeros((n * h * w, c), dtype=dtype)  # this thread's share, summed below
         for k0, k1 in _chunks(*block, bins):
             flat = np.ascontiguousarray(dout[k0:k1].transpose(0, 2, 3, 1), dtype=dtype)
-            _spmm_add(cache.matrix, k0 * bins, k1 * bins, flat.reshape((k1 - k0) * bins, c), grad,
+            flat = flat.reshape((k1 - k0) * bins, c)
+            _spmm_add(cache.matrix, k0 * bins, k1 * bins, flat, grad,
                       transpose=True)  # scatter-add into the cells
         return grad
 
@@ -879,7 +881,8 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
     Returns ``(out, cache)``: out (K, C, ph, pw), row k belongs to box k.
     """
     if not isinstance(features, (list, tuple)) or not features:
-        raise TypeError(f"features must be a non-empty list of arrays, got {type(features).__name__}")
+        raise TypeError(
+            f"features must be a non-empty list of arrays, got {type(features).__name__}")
     for i, f in enumerate(features):
         check_array(f"features[{i}]", f, shape=("N", "C", "H", "W"), dtype_kind="f")
         if f.shape[:2] != features[0].shape[:2] or f.dtype != features[0].dtype:
@@ -889,7 +892,8 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
             )
     scales = tuple(check_float(f"scales[{i}]", s) for i, s in enumerate(scales))
     if len(scales) != len(features):
-        raise ValueError(f"scales must have one entry per feature map ({len(features)}), got {len(scales)}")
+        raise ValueError(
+            f"scales must have one entry per feature map ({len(features)}), got {len(scales)}")
     if any(s <= 0 for s in scales):
         raise ValueError(f"scales must be > 0, got {scales}")
     k_min, k_max = _levels_from_scales(scales)
