@@ -145,6 +145,17 @@ def _check_list(name, value):
     return list(value)
 
 
+def _check_lists(num_images, **lists):
+    """Check that every keyword argument is a list of ``num_images`` entries; return them as lists."""
+    out = []
+    for name, value in lists.items():
+        value = _check_list(name, value)
+        if len(value) != num_images:
+            raise ValueError(f"{name} must have one entry per image ({num_images}), got {len(value)}")
+        out.append(value)
+    return out
+
+
 def _check_boxes(name, boxes, *, dtype=None):
     check_array(name, boxes, shape=("N", 4), dtype_kind="f")
     if boxes.size and not np.isfinite(boxes).all():
@@ -193,9 +204,7 @@ def add_gt_proposals(proposals, gt_boxes):
     Returns a list of (R_i + G_i, 4): proposals first, then the GT boxes.
     """
     proposals = _check_box_list("proposals", proposals)
-    gt_boxes = _check_list("gt_boxes", gt_boxes)
-    if len(gt_boxes) != len(proposals):
-        raise ValueError(f"gt_boxes must have one entry per image ({len(proposals)}), got {len(gt_boxes)}")
+    (gt_boxes,) = _check_lists(len(proposals), gt_boxes=gt_boxes)
     out = []
     for i, (p, g) in enumerate(zip(proposals, gt_boxes)):
         _check_boxes(f"gt_boxes[{i}]", g, dtype=p.dtype)
@@ -223,13 +232,7 @@ def assign_targets_to_proposals(proposals, gt_boxes, gt_labels, *, fg_iou_thresh
     An image with no ground truth gets all zeros (all background).
     """
     proposals = _check_box_list("proposals", proposals)
-    gt_boxes = _check_list("gt_boxes", gt_boxes)
-    gt_labels = _check_list("gt_labels", gt_labels)
-    if len(gt_boxes) != len(proposals) or len(gt_labels) != len(proposals):
-        raise ValueError(
-            f"gt_boxes and gt_labels must have one entry per image ({len(proposals)}), "
-            f"got {len(gt_boxes)} and {len(gt_labels)}"
-        )
+    gt_boxes, gt_labels = _check_lists(len(proposals), gt_boxes=gt_boxes, gt_labels=gt_labels)
     fg = check_float("fg_iou_thresh", fg_iou_thresh, minimum=0.0, maximum=1.0)
     bg = check_float("bg_iou_thresh", bg_iou_thresh, minimum=0.0, maximum=1.0)
     matched_idxs, labels = [], []
@@ -304,9 +307,7 @@ def select_training_samples(proposals, targets, *, rng, fg_iou_thresh=0.5, bg_io
     dummy all-zero box, giving -inf; they are never used).
     """
     proposals = _check_box_list("proposals", proposals)
-    targets = _check_list("targets", targets)
-    if len(targets) != len(proposals):
-        raise ValueError(f"targets must have one dict per image ({len(proposals)}), got {len(targets)}")
+    (targets,) = _check_lists(len(proposals), targets=targets)
     _check_rng(rng)
     gt_boxes, gt_labels = [], []
     for i, t in enumerate(targets):
@@ -346,13 +347,7 @@ def select_positive_proposals(proposals, labels, matched_idxs):
     Returns (mask_proposals, pos_matched_idxs): lists of (P_i, 4) and (P_i,) int64.
     """
     proposals = _check_box_list("proposals", proposals)
-    labels = _check_list("labels", labels)
-    matched_idxs = _check_list("matched_idxs", matched_idxs)
-    if len(labels) != len(proposals) or len(matched_idxs) != len(proposals):
-        raise ValueError(
-            f"labels and matched_idxs must have one entry per image ({len(proposals)}), "
-            f"got {len(labels)} and {len(matched_idxs)}"
-        )
+    labels, matched_idxs = _check_lists(len(proposals), labels=labels, matched_idxs=matched_idxs)
     mask_proposals, pos_matched_idxs = [], []
     for i, (p, lab, m) in enumerate(zip(proposals, labels, matched_idxs)):
         check_array(f"labels[{i}]", lab, shape=(p.shape[0],), dtype_kind="iu")
@@ -802,15 +797,9 @@ def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs
     if mh != mw:
         raise ValueError(f"mask_logits must have shape (P, K+1, M, M), got {mask_logits.shape}")
     proposals = _check_box_list("proposals", proposals)
-    gt_masks = _check_list("gt_masks", gt_masks)
-    gt_labels = _check_list("gt_labels", gt_labels)
-    mask_matched_idxs = _check_list("mask_matched_idxs", mask_matched_idxs)
     n = len(proposals)
-    if not (len(gt_masks) == len(gt_labels) == len(mask_matched_idxs) == n):
-        raise ValueError(
-            f"gt_masks, gt_labels and mask_matched_idxs must have one entry per image ({n}), got "
-            f"{len(gt_masks)}, {len(gt_labels)} and {len(mask_matched_idxs)}"
-        )
+    gt_masks, gt_labels, mask_matched_idxs = _check_lists(
+        n, gt_masks=gt_masks, gt_labels=gt_labels, mask_matched_idxs=mask_matched_idxs)
     count = sum(p.shape[0] for p in proposals)
     if count != p_total:
         raise ValueError(f"mask_logits must have {count} rows (the proposals), got shape {mask_logits.shape}")
@@ -896,9 +885,7 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     if r and not (np.isfinite(class_logits).all() and np.isfinite(box_regression).all()):
         raise ValueError("class_logits and box_regression must be finite, got NaN or inf")
     proposals = _check_box_list("proposals", proposals)
-    image_shapes = _check_list("image_shapes", image_shapes)
-    if len(image_shapes) != len(proposals):
-        raise ValueError(f"image_shapes must have one entry per image ({len(proposals)}), got {len(image_shapes)}")
+    (image_shapes,) = _check_lists(len(proposals), image_shapes=image_shapes)
     shapes = [_check_image_shape(f"image_shapes[{i}]", s) for i, s in enumerate(image_shapes)]
     counts = [p.shape[0] for p in proposals]
     if sum(counts) != r:

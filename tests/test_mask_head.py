@@ -55,17 +55,19 @@ def test_init_mask_head_torchvision_names_and_init():
     assert np.abs(b5).max() <= 1 / math.sqrt(192) and np.any(b5 != 0)
 
 
-def _tiny_mask_head(rng):
+def _tiny_mask_head(rng, *, random_biases=False):
     # C=2 input channels, two 3x3 layers of 3, dim_reduced 3, K+1 = 3 classes
-    return init_mask_head(2, (3, 3), 3, 3, rng=rng, dtype=F64)
+    params = init_mask_head(2, (3, 3), 3, 3, rng=rng, dtype=F64)
+    if random_biases:  # the init leaves the 3x3 biases at 0: make them non-nice
+        for k in params:
+            if k.endswith("bias"):
+                params[k] = rng.standard_normal(params[k].shape) * 0.1
+    return params
 
 
 def test_mask_head_forward_equals_naive_chain():
     rng = np.random.default_rng(1)
-    params = _tiny_mask_head(rng)
-    for k in params:
-        if k.endswith("bias"):
-            params[k] = rng.standard_normal(params[k].shape) * 0.1
+    params = _tiny_mask_head(rng, random_biases=True)
     pooled = rng.standard_normal((2, 2, 5, 5))
     logits, _ = mask_head_forward(params, pooled)
     x = pooled
@@ -82,10 +84,7 @@ def test_mask_head_forward_equals_naive_chain():
 
 def test_mask_head_gradients():
     rng = np.random.default_rng(2)
-    params = _tiny_mask_head(rng)
-    for k in params:
-        if k.endswith("bias"):
-            params[k] = rng.standard_normal(params[k].shape) * 0.1
+    params = _tiny_mask_head(rng, random_biases=True)
     pooled = rng.standard_normal((2, 2, 4, 4))
     logits, cache = mask_head_forward(params, pooled)
     dout = rng.standard_normal(logits.shape)
