@@ -334,8 +334,14 @@ def test_backward_matches_finite_differences(sr, aligned, method, monkeypatch):
         return roi_align_forward(x, boxes, (3, 2), spatial_scale=0.9, sampling_ratio=sr,
                                  aligned=aligned)[0]
 
-    num = numeric_gradient(f, x, dout)
-    assert relative_error(dx, num) < 1e-6
+    # RoIAlign is linear in x, so a sample of entries suffices here (the adjoint test and
+    # the naive Jacobian test below cover every entry): 40 that receive gradient, 20 any
+    nz = np.argwhere(dx != 0)
+    pick = [tuple(i) for i in nz[rng.choice(len(nz), 40, replace=False)]]
+    pick += [tuple(int(rng.integers(0, s)) for s in x.shape) for _ in range(20)]
+    num = numeric_gradient(f, x, dout, indices=pick)
+    sel = tuple(np.array(pick).T)
+    assert relative_error(dx[sel], num[sel]) < 1e-6
     assert np.abs(dx).max() > 0
 
 
