@@ -81,9 +81,14 @@ def test_level_mapper_matches_torchvision():
     rng = np.random.default_rng(0)
     boxes = np.column_stack([rng.uniform(0, 50, (200, 2)), rng.uniform(51, 1500, (200, 2))])
     boxes = boxes[:, [0, 1, 2, 3]]
+    # plus boxes whose sqrt(area) sits at or just around 112, 224, 448
+    sides = np.array([111.99, 112.0, 112.01, 223.99, 224.0, 224.01, 447.99, 448.0, 448.01])
+    boxes = np.concatenate([boxes, np.column_stack([np.zeros((9, 2)), sides, sides])])
     mapper = LevelMapper(2, 5)
-    want = mapper([torch.tensor(boxes)]).numpy() + 2
-    np.testing.assert_array_equal(level_mapper(boxes), want)
+    for dtype in (np.float64, np.float32):
+        b = boxes.astype(dtype)
+        want = mapper([torch.tensor(b)]).numpy() + 2
+        np.testing.assert_array_equal(level_mapper(b), want)
 
 
 def test_multiscale_roi_align_matches_torchvision():
