@@ -85,6 +85,7 @@ from .ops.conv import (
 from .ops.linear import linear_backward, linear_forward
 from .ops.losses import bce_with_logits, smooth_l1, softmax_cross_entropy
 from .ops.resize import resize_bilinear
+from .roi_align import roi_align_forward
 
 __all__ = [
     "BOX_CODER_WEIGHTS",
@@ -749,8 +750,6 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     M: int >= 1, the target side (28).
     Returns (P, M, M) in the boxes' dtype, values in [0, 1].
     """
-    from .roi_align import roi_align_forward  # lazy: keeps import order flexible
-
     check_array("gt_masks", gt_masks, ndim=3, dtype_kind="fbiu")
     _check_boxes("boxes", boxes)
     p = boxes.shape[0]
