@@ -173,24 +173,19 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1):
     convolution of image n, flattened to (F, Ho*Wo).
     For a 1x1 kernel with stride 1 and no padding the result is a view of x.
     """
+    x = check_array("x", x, ndim=4)
     KH, KW = check_pair("kernel_size", kernel_size)
     stride = check_pair("stride", stride)
     padding = check_pair("padding", padding, minimum=0)
     dilation = check_pair("dilation", dilation)
-    return _im2col(x, KH, KW, stride, padding, dilation)
-
-
-def _im2col(x, KH, KW, stride, padding, dilation, out_hw=None):
-    # out_hw: number of window positions (Ho, Wo); default: all that fit.
     N, C, H, W = x.shape
     (sh, sw), (dh, dw) = stride, dilation
-    if out_hw is None:
-        Ho = conv_output_size(H, KH, stride=sh, padding=padding[0], dilation=dh)
-        Wo = conv_output_size(W, KW, stride=sw, padding=padding[1], dilation=dw)
-    else:
-        Ho, Wo = out_hw
+    Ho = conv_output_size(H, KH, stride=sh, padding=padding[0], dilation=dh)
+    Wo = conv_output_size(W, KW, stride=sw, padding=padding[1], dilation=dw)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"kernel_size ({KH}, {KW}) does not fit x {x.shape} with padding {padding}")
     if KH == 1 and KW == 1 and padding == (0, 0):
-        if stride == (1, 1) and (Ho, Wo) == (H, W):
+        if stride == (1, 1):
             return np.ascontiguousarray(x).reshape(N, C, H * W)
         return np.ascontiguousarray(x[:, :, ::sh, ::sw][:, :, :Ho, :Wo]).reshape(N, C, Ho * Wo)
     xp = _pad(x, padding)
@@ -216,19 +211,13 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1):
     stride = check_pair("stride", stride)
     padding = check_pair("padding", padding, minimum=0)
     dilation = check_pair("dilation", dilation)
-    return _col2im(cols, tuple(x_shape), KH, KW, stride, padding, dilation)
-
-
-def _col2im(cols, x_shape, KH, KW, stride, padding, dilation, out_hw=None):
-    N, C, H, W = x_shape
+    N, C, H, W = (int(v) for v in x_shape)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    if out_hw is None:
-        Ho = conv_output_size(H, KH, stride=sh, padding=ph, dilation=dh)
-        Wo = conv_output_size(W, KW, stride=sw, padding=pw, dilation=dw)
-    else:
-        Ho, Wo = out_hw
-    if KH == 1 and KW == 1 and padding == (0, 0) and stride == (1, 1) and (Ho, Wo) == (H, W):
-        return cols.reshape(N, C, H, W)
+    Ho = conv_output_size(H, KH, stride=sh, padding=ph, dilation=dh)
+    Wo = conv_output_size(W, KW, stride=sw, padding=pw, dilation=dw)
+    cols = check_array("cols", cols, shape=(N, C * KH * KW, Ho * Wo))
+    if KH == 1 and KW == 1 and padding == (0, 0) and stride == (1, 1):
+        return cols.reshape(N, C, H, W).copy()
     c6 = cols.reshape(N, C, KH, KW, Ho, Wo)
     xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
     for p in range(KH):
@@ -236,9 +225,7 @@ def _col2im(cols, x_shape, KH, KW, stride, padding, dilation, out_hw=None):
         for q in range(KW):
             ws = slice(q * dw, q * dw + sw * (Wo - 1) + 1, sw)
             xp[:, :, hs, ws] += c6[:, :, p, q]
-    if ph == 0 and pw == 0:
-        return xp
-    return xp[:, :, ph:ph + H, pw:pw + W]
+    return _crop(xp, padding, H, W)
 
 
 def _batched_outer(a, b):
