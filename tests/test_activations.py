@@ -72,3 +72,8 @@ def test_bad_inputs():
         relu_backward(np.ones(4), cache)
     with pytest.raises(TypeError, match="cache"):
         sigmoid_backward(np.ones(3), cache)
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        relu_backward(np.ones(3, np.float32), cache)
+    _, scache = sigmoid_forward(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float32\), got float64"):
+        sigmoid_backward(np.ones(3), scache)

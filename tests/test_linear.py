@@ -53,3 +53,5 @@ def test_bad_inputs():
     _, cache = linear_forward(x, np.ones((4, 3)), None)
     with pytest.raises(ValueError, match="dout"):
         linear_backward(np.ones((2, 3)), cache)
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        linear_backward(np.ones((2, 4), np.float32), cache)

@@ -133,6 +133,10 @@ def test_bce_bad_inputs():
         bce_with_logits(np.zeros(2), np.zeros(2, np.int64))
     with pytest.raises(TypeError, match="logits"):
         bce_with_logits(np.zeros(2, np.int64), np.zeros(2))
+    with pytest.raises(ValueError, match=r"targets must be probabilities in \[0, 1\], got a value 1.5"):
+        bce_with_logits(np.zeros(2), np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="targets must be probabilities"):
+        bce_with_logits(np.zeros(2), np.array([0.5, np.nan]))
 
 
 # ---------------------------------------------------------------- smooth L1
@@ -180,6 +184,25 @@ def test_smooth_l1_continuous_at_beta():
     above = smooth_l1(np.array([b + 1e-9]), np.zeros(1), beta=b)[0]
     assert abs(above - below) < 1e-8  # both ~ 0.5 * beta = 0.125
     assert below == pytest.approx(0.125, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smooth_l1_extreme_beta_does_not_overflow(dtype):
+    big = np.finfo(dtype).max
+    d = np.array([1e20, -3.0, 0.0], dtype=dtype)
+    # beta 1e300: everything is in the quadratic zone; loss 0.5 d^2 / beta = 0.5 * 1e40 / 1e300,
+    # 0 in float32 (beta itself is inf there) and 5e-261 in float64; gradient d / beta likewise tiny
+    loss, g = no_warnings(smooth_l1, d, np.zeros(3, dtype), beta=1e300, reduction="none")
+    want = 0.5 * np.float64(d) ** 2 / 1e300
+    np.testing.assert_allclose(loss, want.astype(dtype), rtol=1e-6, atol=0)
+    assert np.all(np.abs(g) <= 1e-279) and loss.dtype == dtype
+    # beta at the top of the range: d = 1e20 is quadratic, 0.5 * 1e40 / max
+    loss, _ = no_warnings(smooth_l1, d[:1], np.zeros(1, dtype), beta=float(big), reduction="sum")
+    assert loss == pytest.approx(0.5 * 1e40 / float(big), rel=1e-5)
+    # subnormal beta: every |d| > 0 is linear, |d| - beta / 2 = |d|; d = 0 is quadratic -> 0
+    loss, g = no_warnings(smooth_l1, d, np.zeros(3, dtype), beta=5e-324, reduction="none")
+    np.testing.assert_array_equal(loss, np.abs(d))
+    np.testing.assert_array_equal(g, [1, -1, 0])
 
 
 def test_smooth_l1_empty_and_bad_inputs():

@@ -60,3 +60,6 @@ def test_bad_inputs():
         frozen_batch_norm_forward(x, w, b, m, -np.ones(3))
     with pytest.raises(ValueError, match="eps"):
         frozen_batch_norm_forward(x, w, b, m, v, eps=-1.0)
+    _, cache = frozen_batch_norm_forward(x, w, b, m, v)
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        frozen_batch_norm_backward(x.astype(np.float32), cache)

@@ -64,10 +64,28 @@ def test_output_size_formula_and_default_stride():
         1, 1, (7 + 2 - 3) // 2 + 1, (9 + 2 - 2) // 1 + 1)
 
 
-def test_nan_propagates():
-    x = np.array([[[[1.0, np.nan], [3.0, 2.0]]]])
-    out, _ = max_pool2d_forward(x, kernel_size=2)
+def test_nan_propagates_and_the_last_nan_gets_the_gradient():
+    # torch's loop takes a cell when `val > maxval or isnan(val)`: every NaN is
+    # taken, so the last NaN in scan order (here the one at row 1, col 0) wins
+    x = np.array([[[[1.0, np.nan], [np.nan, 2.0]]]])
+    out, cache = max_pool2d_forward(x, kernel_size=2)
     assert np.isnan(out[0, 0, 0, 0])
+    dx = max_pool2d_backward(np.array([[[[5.0]]]]), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0], [5, 0]])
+    np.testing.assert_array_equal(max_pool2d_naive(x, kernel_size=2)[1].ravel(), [2])
+
+
+def test_all_minus_inf_window_routes_gradient_to_first_real_cell_not_padding():
+    # 3x3 input of -inf, kernel 3, stride 2, padding 1: every window's max is -inf.
+    # Window (0, 0) covers padded rows/cols -1..1; its first in-bounds cell is (0, 0).
+    # Window (0, 1) covers cols 1..3 -> first in-bounds (0, 1); (1, 0) -> (1, 0); (1, 1) -> (1, 1).
+    x = np.full((1, 1, 3, 3), -np.inf)
+    out, cache = max_pool2d_forward(x, kernel_size=3, stride=2, padding=1)
+    np.testing.assert_array_equal(out[0, 0], -np.inf)
+    dx = max_pool2d_backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 2, 0], [3, 4, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(max_pool2d_naive(x, kernel_size=3, stride=2, padding=1)[1][0, 0],
+                                  [[0, 1], [3, 4]])
 
 
 @pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 0))])
@@ -84,13 +102,19 @@ def test_gradient_matches_finite_differences(k, s, p):
 @settings(max_examples=30)
 @given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 8), w=st.integers(1, 8),
        k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 1), seed=st.integers(0, 1000),
-       ties=st.booleans())
-def test_fast_equals_naive(n, c, h, w, k, s, p, seed, ties):
+       values=st.sampled_from(["normal", "ties", "special"]))
+def test_fast_equals_naive(n, c, h, w, k, s, p, seed, values):
     p = min(p, k // 2)
     if h + 2 * p < k or w + 2 * p < k:
         return
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 3, (n, c, h, w)).astype(np.float64) if ties else rng.standard_normal((n, c, h, w))
+    if values == "normal":
+        x = rng.standard_normal((n, c, h, w))
+    else:  # small integers -> ties; "special" also sprinkles -inf and NaN
+        x = rng.integers(0, 3, (n, c, h, w)).astype(np.float64)
+        if values == "special":
+            x[rng.random(x.shape) < 0.5] = -np.inf
+            x[rng.random(x.shape) < 0.1] = np.nan
     out, cache = max_pool2d_forward(x, kernel_size=k, stride=s, padding=p)
     ref, idx = max_pool2d_naive(x, kernel_size=k, stride=s, padding=p)
     np.testing.assert_array_equal(out, ref)
@@ -130,3 +154,5 @@ def test_bad_inputs():
         max_pool2d_backward(np.zeros((1, 1, 3, 2)), cache)
     with pytest.raises(TypeError, match="cache"):
         max_pool2d_backward(out, (1, 2))
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        max_pool2d_backward(out.astype(np.float32), cache)

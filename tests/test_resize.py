@@ -180,3 +180,21 @@ def test_bad_inputs():
     _, cache = resize_bilinear_forward(np.ones((2, 3, 3)), (4, 4))
     with pytest.raises(ValueError, match=r"dout must have shape \(2, 4, 4\)"):
         resize_bilinear_backward(np.ones((2, 4, 5)), cache)
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        resize_bilinear_backward(np.ones((2, 4, 4), np.float32), cache)
+    with pytest.raises(ValueError, match=r"x must have H, W >= 1, got shape \(1, 1, 0, 3\)"):
+        upsample_nearest_forward(np.ones((1, 1, 0, 3)), (2, 2))
+    _, cache = upsample_nearest_forward(np.ones((1, 1, 2, 2)), (4, 4))
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        upsample_nearest_backward(np.ones((1, 1, 4, 4), np.float32), cache)
+
+
+def test_bilinear_float16_uses_float32_coordinates():
+    # a 0/1 stripe pattern 3000 wide, upsampled x2: a float16 coordinate grid cannot
+    # represent odd integers above 2048, so indices would land on the wrong stripe
+    # (errors ~0.5); with float32 coordinates only the weights are rounded (< 1e-3)
+    x = (np.arange(3000) % 2).astype(np.float64).reshape(1, 3000)
+    want = resize_bilinear(x, (1, 6000))
+    got = resize_bilinear(x.astype(np.float16), (1, 6000))
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float64), want, atol=1e-3, rtol=0)

@@ -12,13 +12,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array
+from .._checks import check_array, check_same_dtype
 
 
 class ReluCache(NamedTuple):
-    """positive: bool mask (*) of ``x > 0``."""
+    """positive: bool mask (*) of ``x > 0``; dtype: x's dtype."""
 
     positive: np.ndarray
+    dtype: np.dtype
 
 
 class SigmoidCache(NamedTuple):
@@ -31,14 +32,15 @@ def relu_forward(x):
     """ReLU (twin of torch ``F.relu``). x: (*) floating. Returns (out (*), ReluCache)."""
     x = check_array("x", x, dtype_kind="f")
     positive = x > 0
-    return np.maximum(x, x.dtype.type(0)), ReluCache(positive)
+    return np.maximum(x, x.dtype.type(0)), ReluCache(positive, x.dtype)
 
 
 def relu_backward(dout, cache):
-    """dout: (*) shaped like x. Returns dx (*) = dout where x > 0, else 0."""
+    """dout: (*) shaped like x, x's dtype. Returns dx (*) = dout where x > 0, else 0."""
     if not isinstance(cache, ReluCache):
         raise TypeError(f"cache must be a ReluCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.positive.shape, dtype_kind="f")
+    check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
     return np.where(cache.positive, dout, dout.dtype.type(0))
 
 
@@ -61,10 +63,11 @@ def sigmoid_forward(x):
 
 
 def sigmoid_backward(dout, cache):
-    """dout: (*) shaped like x. Returns dx (*) = dout * s * (1 - s)."""
+    """dout: (*) shaped like x, x's dtype. Returns dx (*) = dout * s * (1 - s)."""
     if not isinstance(cache, SigmoidCache):
         raise TypeError(f"cache must be a SigmoidCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.out.shape, dtype_kind="f")
+    check_same_dtype(x=cache.out, dout=dout)
     s = cache.out
     return dout * s * (1 - s)
 

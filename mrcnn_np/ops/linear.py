@@ -47,7 +47,7 @@ def linear_forward(x, w, b):
 def linear_backward(dout, cache):
     """Gradients of ``linear_forward``.
 
-    dout: (N, O).
+    dout: (N, O), x's dtype.
     cache: LinearCache.
     Returns (dx (N, I), dw (O, I), db (O,) or None when the forward had no bias):
     dx = dout @ w, dw = dout.T @ x, db = sum of dout over rows.
@@ -56,6 +56,7 @@ def linear_backward(dout, cache):
         raise TypeError(f"cache must be a LinearCache, got {type(cache).__name__}")
     n, o = cache.x.shape[0], cache.w.shape[0]
     dout = check_array("dout", dout, shape=(n, o), dtype_kind="f")
+    check_same_dtype(x=cache.x, dout=dout)
     dx = dout @ cache.w
     dw = dout.T @ cache.x
     db = dout.sum(axis=0) if cache.has_bias else None

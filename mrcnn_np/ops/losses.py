@@ -33,6 +33,7 @@ import numpy as np
 from .._checks import check_array, check_float
 
 REDUCTIONS = ("mean", "sum", "none")
+_TARGET_SLACK = 1e-5
 
 
 def _check_reduction(reduction, name, size):
@@ -93,7 +94,8 @@ def bce_with_logits(logits, targets, *, reduction="mean"):
 
     logits: (*) floating.
     targets: (*) same shape, floating or bool, values in [0, 1] (soft targets
-        allowed, e.g. RoIAligned masks); cast to logits' dtype.
+        allowed, e.g. RoIAligned masks; a value outside [0, 1] by more than
+        rounding (1e-5), or NaN, raises ValueError); cast to logits' dtype.
     reduction: "mean" (over all elements), "sum" or "none".
     Returns (loss, dlogits (*)). Stable for any finite logits: with
     ``log(1 + exp(-|x|))`` nothing overflows, even at |x| = 1e4.
@@ -101,6 +103,11 @@ def bce_with_logits(logits, targets, *, reduction="mean"):
     logits = check_array("logits", logits, dtype_kind="f")
     targets = check_array("targets", targets, shape=logits.shape, dtype_kind="fb")
     targets = targets.astype(logits.dtype, copy=False)
+    # a slack of 1e-5 lets through the rounding of soft targets computed in
+    # float32 (a bilinear average of ones can come out as 1 + 1e-7)
+    inside = (targets >= -_TARGET_SLACK) & (targets <= 1 + _TARGET_SLACK)
+    if targets.size and not np.all(inside):
+        raise ValueError(f"targets must be probabilities in [0, 1], got a value {targets[~inside][0]}")
     _check_reduction(reduction, "logits", logits.size)
     with np.errstate(under="ignore"):
         e = np.exp(-np.abs(logits))
@@ -132,13 +139,23 @@ def smooth_l1(pred, target, *, beta=1.0, reduction="sum"):
     if beta == 0.0:
         per, grad = a, np.sign(d)
     else:
-        b = pred.dtype.type(beta)
+        # beta in pred's dtype; a beta beyond its range (1e300 for float32)
+        # becomes inf there, so every finite |d| is in the quadratic zone, and
+        # that branch divides by the float64 beta instead (results rounded
+        # back to pred's dtype, tiny or 0).
+        with np.errstate(over="ignore"):
+            b = pred.dtype.type(beta)
         quad = a < b
-        # Evaluate each branch only where it applies: for a tiny beta the
-        # quadratic branch would overflow on the entries it does not select.
+        if np.isinf(b):
+            b = np.float64(beta)
+        # Evaluate each branch only where it applies (for a tiny beta the
+        # quadratic branch would overflow on the entries it does not select),
+        # and as 0.5 |d| (|d| / beta): |d| / beta < 1 there, so no overflow
+        # even where d^2 alone would overflow (huge beta).
         per = a - 0.5 * b
         grad = np.sign(d)
-        per[quad] = 0.5 * d[quad] * d[quad] / b
+        aq = a[quad]
+        per[quad] = 0.5 * aq * (aq / b)
         grad[quad] = d[quad] / b
     return _reduce(per.astype(pred.dtype, copy=False), grad.astype(pred.dtype, copy=False),
                    reduction, pred.size)

@@ -61,7 +61,7 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps
 def frozen_batch_norm_backward(dout, cache):
     """Gradient of ``frozen_batch_norm_forward`` with respect to x only.
 
-    dout: (N, C, H, W). cache: FrozenBatchNormCache.
+    dout: (N, C, H, W), x's dtype. cache: FrozenBatchNormCache.
     Returns dx (N, C, H, W) = dout * scale (per channel).
 
     No gradient is returned for weight, bias, running_mean or running_var,
@@ -73,4 +73,5 @@ def frozen_batch_norm_backward(dout, cache):
     if not isinstance(cache, FrozenBatchNormCache):
         raise TypeError(f"cache must be a FrozenBatchNormCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.x_shape, dtype_kind="f")
+    check_same_dtype(x=cache.scale, dout=dout)
     return dout * cache.scale[:, None, None]

@@ -7,8 +7,11 @@ KH x KW kernel, SH x SW stride, PH x PW padding.
 
 Padding is -inf, so a padded cell never wins. Ties go to the FIRST maximum in
 the window's row-major scan order, as torch does, and only that element
-receives the gradient. A NaN in a window wins the window (it propagates), as
-in torch.
+receives the gradient. Two corner cases follow torch's CPU loop
+(``if val > maxval or isnan(val)``, starting from the first in-bounds cell):
+a NaN in a window wins the window (it propagates) and the LAST NaN in scan
+order gets the gradient; a window whose real cells are all -inf gives -inf and
+its first in-bounds cell gets the gradient (never a padded cell).
 
 In Mask R-CNN's FPN, P6 is ``max_pool2d(P5, kernel_size=1, stride=2)``: a plain
 subsampling of every other row and column.
@@ -19,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_pair
+from .._checks import check_array, check_pair, check_same_dtype
 
 
 class MaxPool2dCache(NamedTuple):
@@ -112,41 +115,48 @@ def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     out = views[0].copy()
     for v in views[1:]:
         np.maximum(out, v, out=out)  # propagates NaN, as torch
-    nan_windows = np.isnan(out)
-    has_nan = bool(nan_windows.any())
     argmax = np.zeros((n, c, ho, wo), dtype=np.int16 if kh * kw < 2 ** 15 else np.int32)
-    for k in range(len(views) - 1, 0, -1):  # backwards, so the first hit is written last
-        hit = views[k] == out
-        if has_nan:
-            hit |= nan_windows & np.isnan(views[k])
-        np.copyto(argmax, k, where=hit)
-    hit = views[0] == out
-    if has_nan:
-        hit |= nan_windows & np.isnan(views[0])
-    np.copyto(argmax, 0, where=hit)
+    for k in range(len(views) - 1, -1, -1):  # backwards, so the first hit is written last
+        np.copyto(argmax, k, where=views[k] == out)
+    if np.isneginf(out).any():  # all real cells -inf: torch keeps its first in-bounds cell
+        np.copyto(argmax, _first_inbounds_offset(x.shape, ksize, strides, pads, (ho, wo)),
+                  where=np.isneginf(out))
+    if np.isnan(out).any():  # torch's `val > maxval or isnan(val)`: the last NaN wins
+        for k, v in enumerate(views):
+            np.copyto(argmax, k, where=np.isnan(v))
     cache = MaxPool2dCache(argmax, x.shape, x.dtype, ksize, strides, pads)
     return out, cache
+
+
+def _first_inbounds_offset(x_shape, kernel_size, stride, padding, out_hw):
+    """(Ho, Wo) flat kernel offset ``i * KW + j`` of each window's first
+    in-bounds cell in row-major scan order (its top-left unpadded cell)."""
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel_size, stride, padding, out_hw
+    i0 = np.maximum(ph - np.arange(ho) * sh, 0)
+    j0 = np.maximum(pw - np.arange(wo) * sw, 0)
+    return i0[:, None] * kw + j0[None, :]
 
 
 def max_pool2d_backward(dout, cache):
     """Gradient of ``max_pool2d_forward``: each window's dout goes to its winner.
 
-    dout: (N, C, Ho, Wo), dtype of the forward input.
+    dout: (N, C, Ho, Wo), the dtype of the forward input (else TypeError).
     cache: MaxPool2dCache from the forward.
     Returns dx (N, C, H, W). Overlapping windows (stride < kernel) add up.
     """
     if not isinstance(cache, MaxPool2dCache):
         raise TypeError(f"cache must be a MaxPool2dCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.argmax.shape, dtype_kind="f")
+    check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
     n, c, h, w = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
     ho, wo = dout.shape[2:]
     if kh == kw == 1:
-        dx = np.zeros((n, c, h, w), dtype=np.result_type(dout.dtype, cache.dtype))
+        dx = np.zeros((n, c, h, w), dtype=dout.dtype)
         dx[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw] = dout
         return dx
     hq, wq = _phase_shape(cache.x_shape, cache.kernel_size, cache.stride, cache.padding)
-    dxs = np.zeros((sh, sw, n, c, hq, wq), dtype=np.result_type(dout.dtype, cache.dtype))
+    dxs = np.zeros((sh, sw, n, c, hq, wq), dtype=dout.dtype)
     zero = dxs.dtype.type(0)
     for k, view in enumerate(_window_views(dxs, cache.kernel_size, cache.stride, (ho, wo))):
         view += np.where(cache.argmax == k, dout, zero)
@@ -169,14 +179,17 @@ def max_pool2d_naive(x, *, kernel_size, stride=None, padding=0):
         for ch in range(c):
             for oy in range(ho):
                 for ox in range(wo):
-                    best, best_idx = -np.inf, -1
+                    # torch's CPU loop: start at the first in-bounds cell with
+                    # -inf, take a cell if it is larger or NaN
+                    y0, x0 = max(oy * sh - ph, 0), max(ox * sw - pw, 0)
+                    best, best_idx = -np.inf, y0 * w + x0
                     for i in range(kh):
                         for j in range(kw):
                             y, xx = oy * sh - ph + i, ox * sw - pw + j
                             if not (0 <= y < h and 0 <= xx < w):
                                 continue
                             v = x[b, ch, y, xx]
-                            if best_idx < 0 or v > best or (np.isnan(v) and not np.isnan(best)):
+                            if v > best or np.isnan(v):
                                 best, best_idx = v, y * w + xx
                     out[b, ch, oy, ox] = best
                     idx[b, ch, oy, ox] = best_idx

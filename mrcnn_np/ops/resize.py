@@ -37,16 +37,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_pair
+from .._checks import check_array, check_pair, check_same_dtype
 
 
 class UpsampleNearestCache(NamedTuple):
     """rows: (h,) int64 source row of each output row; cols: (w,) source column;
-    x_shape: input shape (N, C, H, W)."""
+    x_shape: input shape (N, C, H, W); dtype: x's dtype."""
 
     rows: np.ndarray
     cols: np.ndarray
     x_shape: tuple
+    dtype: np.dtype
 
 
 class BilinearTaps(NamedTuple):
@@ -87,16 +88,19 @@ def _bilinear_taps(n_in, n_out, dtype):
     """Source taps of torch's align_corners=False bilinear along one axis.
 
     Computed in ``dtype`` arithmetic (float32 for float32 input, as torch's
-    CPU kernel does), so the weights match torch's to the last bit or two.
+    CPU kernel does), so the weights match torch's to the last bit or two;
+    float16 coordinates are computed in float32 (torch's ``opmath`` type: a
+    float16 index would be wrong beyond 2048) and only the weights rounded.
     """
-    one, half = dtype.type(1), dtype.type(0.5)
-    scale = dtype.type(n_in) / dtype.type(n_out)
-    src = (np.arange(n_out, dtype=dtype) + half) * scale - half
-    src = np.maximum(src, dtype.type(0))
+    ct = np.promote_types(dtype, np.float32)
+    one, half = ct.type(1), ct.type(0.5)
+    scale = ct.type(n_in) / ct.type(n_out)
+    src = (np.arange(n_out, dtype=ct) + half) * scale - half
+    src = np.maximum(src, ct.type(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-    w1 = np.clip(src - i0.astype(dtype), dtype.type(0), one)
-    return BilinearTaps(i0, i1, one - w1, w1)
+    w1 = np.clip(src - i0.astype(ct), ct.type(0), one)
+    return BilinearTaps(i0, i1, (one - w1).astype(dtype), w1.astype(dtype))
 
 
 def _sum_into(values, idx, n, axis):
@@ -135,18 +139,25 @@ def upsample_nearest_forward(x, size):
     size: int or (h, w), the output size.
     Returns (out (N, C, h, w), UpsampleNearestCache).
     """
-    x = check_array("x", x, shape=("N", "C", "H", "W"), dtype_kind="f")
+    x = _check_nearest_input(x)
     h, w = _check_size(size)
     rows = _nearest_index(x.shape[2], h)
     cols = _nearest_index(x.shape[3], w)
     out = x[:, :, rows[:, None], cols[None, :]]
-    return out, UpsampleNearestCache(rows, cols, x.shape)
+    return out, UpsampleNearestCache(rows, cols, x.shape, x.dtype)
+
+
+def _check_nearest_input(x):
+    x = check_array("x", x, shape=("N", "C", "H", "W"), dtype_kind="f")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
+    return x
 
 
 def upsample_nearest_backward(dout, cache):
     """Adjoint of ``upsample_nearest_forward``.
 
-    dout: (N, C, h, w). cache: UpsampleNearestCache.
+    dout: (N, C, h, w), x's dtype. cache: UpsampleNearestCache.
     Returns dx (N, C, H, W): each input pixel gets the sum of dout over the
     output pixels that copied it (0 if none did, when downsampling).
     """
@@ -155,13 +166,14 @@ def upsample_nearest_backward(dout, cache):
     n, c, big_h, big_w = cache.x_shape
     dout = check_array("dout", dout, shape=(n, c, len(cache.rows), len(cache.cols)),
                        dtype_kind="f")
+    check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
     d = _sum_into(dout, cache.rows, big_h, axis=2)
     return _sum_into(d, cache.cols, big_w, axis=3)
 
 
 def upsample_nearest_naive(x, size):
     """Loop reference of ``upsample_nearest_forward``: x (N, C, H, W) -> (N, C, h, w)."""
-    x = check_array("x", x, shape=("N", "C", "H", "W"), dtype_kind="f")
+    x = _check_nearest_input(x)
     h, w = _check_size(size)
     n, c, big_h, big_w = x.shape
     out = np.empty((n, c, h, w), dtype=x.dtype)
@@ -210,7 +222,7 @@ def resize_bilinear_forward(x, size):
 def resize_bilinear_backward(dout, cache):
     """Adjoint of ``resize_bilinear_forward``.
 
-    dout: (*, h, w). cache: ResizeBilinearCache.
+    dout: (*, h, w), x's dtype. cache: ResizeBilinearCache.
     Returns dx (*, H, W).
     """
     if not isinstance(cache, ResizeBilinearCache):
@@ -218,6 +230,7 @@ def resize_bilinear_backward(dout, cache):
     lead, (big_h, big_w) = cache.x_shape[:-2], cache.x_shape[-2:]
     want = tuple(lead) + (len(cache.rows.i0), len(cache.cols.i0))
     dout = check_array("dout", dout, shape=want, dtype_kind="f")
+    check_same_dtype(x=cache.rows.w0, dout=dout)
     cols, rows = cache.cols, cache.rows
     ndim = dout.ndim
     dt_cols = (_sum_into(dout * cols.w0, cols.i0, big_w, axis=ndim - 1)

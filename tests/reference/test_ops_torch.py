@@ -37,6 +37,22 @@ def test_max_pool2d(k, s, p, ties):
     np.testing.assert_allclose(max_pool2d_backward(dout, cache), dref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 0))])
+def test_max_pool2d_nan_and_minus_inf_like_torch(k, s, p):
+    """Which cell gets the gradient when a window holds NaN (torch: the last NaN)
+    or only -inf (torch: its first in-bounds cell)."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (2, 2, 7, 6)).astype(np.float64)
+    x[rng.random(x.shape) < 0.5] = -np.inf
+    x[rng.random(x.shape) < 0.1] = np.nan
+    out, cache = max_pool2d_forward(x, kernel_size=k, stride=s, padding=p)
+    dout = rng.standard_normal(out.shape)
+    ref, dref = grad_of(lambda a: F.max_pool2d(a, k, s, p), x, dout)
+    np.testing.assert_array_equal(out, ref)
+    # overlapping windows add in another order than torch: equal up to rounding
+    np.testing.assert_allclose(max_pool2d_backward(dout, cache), dref, rtol=1e-12, atol=1e-12)
+
+
 def test_linear_relu_sigmoid_softmax():
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((4, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)
