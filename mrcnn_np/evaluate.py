@@ -177,16 +177,26 @@ def _pack_masks(masks):
 
 _HAS_POPCOUNT = hasattr(np, "bitwise_count")
 _MATCH_BUDGET = 4_000_000  # elements of the (groups, A, T, G) working arrays per matching chunk
+_PAIR_BUDGET = 2_000_000  # uint64 words of the (D, G, L) AND of packed masks per chunk (16 MB)
 
 
 def _mask_counts(dt_masks, gt_masks):
-    """Pixel counts: (D,) dt areas, (G,) gt areas, (D, G) intersections (int64)."""
+    """Pixel counts: (D,) dt areas, (G,) gt areas, (D, G) intersections (int64).
+
+    The (D, G, L) AND of the packed masks is formed a block of detections at a
+    time, so memory stays bounded for large images (800 x 1333 masks are 16,700
+    words each; 100 x 50 pairs of them at once would be 670 MB).
+    """
     if _HAS_POPCOUNT:
         pd = _pack_masks(dt_masks)
         pg = _pack_masks(gt_masks)
         da = np.bitwise_count(pd).sum(axis=1, dtype=np.int64)
         ga = np.bitwise_count(pg).sum(axis=1, dtype=np.int64)
-        inter = np.bitwise_count(pd[:, None, :] & pg[None, :, :]).sum(axis=2, dtype=np.int64)
+        inter = np.empty((len(pd), len(pg)), dtype=np.int64)
+        step = max(1, _PAIR_BUDGET // max(1, pg.size))
+        for s in range(0, len(pd), step):
+            inter[s:s + step] = np.bitwise_count(pd[s:s + step, None, :] & pg[None, :, :]).sum(
+                axis=2, dtype=np.int64)
     else:  # pragma: no cover - numpy < 2.0
         fd = dt_masks.reshape(len(dt_masks), -1).astype(np.float64)
         fg = gt_masks.reshape(len(gt_masks), -1).astype(np.float64)
@@ -224,6 +234,22 @@ def _as_bool_masks(name, masks, n):
     raise TypeError(f"{name} must have a bool (or 0/1 integer) dtype, got {masks.dtype}; threshold soft masks first")
 
 
+def _check_boxes(name, boxes):
+    boxes = check_array(name, np.asarray(boxes), shape=("G" if "ground" in name else "D", 4))
+    if boxes.size and boxes.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must have a numeric dtype, got {boxes.dtype}")
+    if boxes.size and not np.all(np.isfinite(boxes)):
+        raise ValueError(f"{name} must be finite")
+    return boxes
+
+
+def _check_labels(name, labels, n):
+    labels = check_array(name, np.asarray(labels), shape=(n,))
+    if n and labels.dtype.kind not in "iu":  # an empty list arrives as float64
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    return labels
+
+
 def _prepare_image(i, gt, dt, iou_type):
     """Validate one image's dicts; return arrays needed for evaluation."""
     where = f"ground_truth[{i}]"
@@ -242,12 +268,12 @@ def _prepare_image(i, gt, dt, iou_type):
             f"detections[{i}]['image_id'] must equal ground_truth[{i}]['image_id'] ({gt['image_id']}), "
             f"got {dt['image_id']} (the lists are paired by position)"
         )
-    gb = check_array(f"{where}['boxes']", np.asarray(gt["boxes"]), shape=("G", 4))
+    gb = _check_boxes(f"{where}['boxes']", gt["boxes"])
     g = gb.shape[0]
-    gl = check_array(f"{where}['labels']", np.asarray(gt["labels"]), shape=(g,))
-    db = check_array(f"detections[{i}]['boxes']", np.asarray(dt["boxes"]), shape=("D", 4))
+    gl = _check_labels(f"{where}['labels']", gt["labels"], g)
+    db = _check_boxes(f"detections[{i}]['boxes']", dt["boxes"])
     d = db.shape[0]
-    dl = check_array(f"detections[{i}]['labels']", np.asarray(dt["labels"]), shape=(d,))
+    dl = _check_labels(f"detections[{i}]['labels']", dt["labels"], d)
     ds = check_array(f"detections[{i}]['scores']", np.asarray(dt["scores"], dtype=np.float64), shape=(d,))
     if not np.all(np.isfinite(ds)):
         raise ValueError(f"detections[{i}]['scores'] must be finite")

@@ -269,3 +269,24 @@ def test_missing_image_file(tmp_path):
     with pytest.raises(ValueError, match="image 5.*nowhere.png.*does not exist"):
         load_coco(path)
     load_coco(path, load_images=False)  # annotations alone are fine
+
+
+def test_results_file_errors(tmp_path):
+    path, solid, _ = _write_dataset(tmp_path)
+    data = load_coco(path)
+    seg = rle_encode(solid)  # 20 x 30, the size of image 1
+    ok = {"image_id": 1, "category_id": 3, "score": 0.9, "segmentation": seg}
+    back = load_coco_results([ok], data)  # a segmentation-only file: box from the mask
+    np.testing.assert_array_equal(back[0]["boxes"], [[2, 5, 8, 15]])
+    assert back[0]["area"][0] == 60 and back[1]["masks"].shape == (0, 16, 24)
+    cases = [
+        ([ok, {"image_id": 1, "category_id": 3, "score": 0.5, "bbox": [0, 0, 2, 2]}],
+         "result 1 has no 'segmentation'"),
+        ([dict(ok, image_id=2)], r"result 0: RLE size \[20, 30\] differs from the size \[16, 24\] of image 2"),
+        ([dict(ok, image_id=9)], "result 0: image_id 9"),
+        ([dict(ok, category_id=4)], "result 0: category_id 4"),
+        ([{"image_id": 1, "category_id": 3, "score": 0.5}], "result 0 needs 'bbox' or 'segmentation'"),
+    ]
+    for results, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            load_coco_results(results, data)

@@ -225,6 +225,14 @@ def test_bad_inputs():
         coco_evaluate([gt([[0, 0, 1, 1]], image_id=3), gt([[0, 0, 1, 1]], image_id=3)], d + d)
     with pytest.raises(ValueError, match="image_id"):
         coco_evaluate([gt([[0, 0, 1, 1]], image_id=1)], [det([[0, 0, 1, 1]], [0.5], image_id=2)])
+    with pytest.raises(TypeError, match=r"detections\[0\]\['labels'\] must have an integer dtype, got float64"):
+        coco_evaluate(g, [{"boxes": d[0]["boxes"], "labels": np.array([1.5]), "scores": np.ones(1)}])
+    with pytest.raises(ValueError, match=r"ground_truth\[0\]\['boxes'\] must be finite"):
+        coco_evaluate([gt([[0, 0, np.nan, 10]])], d)
+    # empty lists are fine (np.asarray([]) is float64)
+    empty = coco_evaluate([{"boxes": np.zeros((0, 4)), "labels": []}, g[0]],
+                          [{"boxes": np.zeros((0, 4)), "labels": [], "scores": []}, d[0]])
+    assert empty.stats[0] == pytest.approx(1.0, abs=EPS)
 
 
 # ------------------------------------------- plain re-derivation of COCOeval
@@ -322,10 +330,11 @@ def random_data(rng, n_images, size=48, with_masks=True):
     return gts, dts
 
 
-@pytest.mark.parametrize("iou_type,budget", [("bbox", None), ("segm", None), ("bbox", 500)])
+@pytest.mark.parametrize("iou_type,budget", [("bbox", None), ("segm", None), ("bbox", 500), ("segm", 100)])
 def test_equals_plain_reimplementation(iou_type, budget, monkeypatch):
-    if budget is not None:  # force many small matching chunks
+    if budget is not None:  # force many small matching chunks (and mask-pair blocks for segm)
         monkeypatch.setattr("mrcnn_np.evaluate._MATCH_BUDGET", budget)
+        monkeypatch.setattr("mrcnn_np.evaluate._PAIR_BUDGET", budget)
     rng = np.random.default_rng(7 if iou_type == "bbox" else 8)
     gts, dts = random_data(rng, 12)
     r = coco_evaluate(gts, dts, iou_type=iou_type, category_ids=(1, 2))

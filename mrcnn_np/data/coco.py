@@ -594,24 +594,34 @@ def load_coco_results(results, coco):
             raise ValueError(f"result {n} needs 'bbox' or 'segmentation'")
         if box_area and not r.get("bbox"):
             raise ValueError(f"result {n} has no 'bbox' while the first result has one")
+        if not box_area and "segmentation" not in r:
+            raise ValueError(f"result {n} has no 'segmentation' while the first result has one and no 'bbox'")
         if r["image_id"] not in index:
             raise ValueError(f"result {n}: image_id {r['image_id']} is not in the dataset")
         if r["category_id"] not in label_of:
             raise ValueError(f"result {n}: category_id {r['category_id']} is not in the dataset")
-        buckets[index[r["image_id"]]].append(r)
+        buckets[index[r["image_id"]]].append((n, r))
     out = []
-    for i, rs in enumerate(buckets):
+    for i, nrs in enumerate(buckets):
+        rs = [r for _, r in nrs]
         d = len(rs)
         det = {
             "labels": np.array([label_of[r["category_id"]] for r in rs], dtype=np.int64),
             "scores": np.array([r["score"] for r in rs], dtype=np.float64),
         }
+        hw = coco.samples[i]["masks"].shape[1:] if "masks" in coco.samples[i] else None
         with_masks = d > 0 and all("segmentation" in r for r in rs)
         if with_masks:
-            masks = [rle_decode(r["segmentation"], what=f"result for image {r['image_id']}") for r in rs]
+            masks = []
+            for n, r in nrs:
+                m = rle_decode(r["segmentation"], what=f"result {n}")
+                if hw is not None and m.shape != hw:
+                    raise ValueError(f"result {n}: RLE size {list(m.shape)} differs from the size "
+                                     f"{list(hw)} of image {r['image_id']}")
+                masks.append(m)
             det["masks"] = np.stack(masks)
-        elif "masks" in coco.samples[i]:
-            det["masks"] = np.zeros((0,) + coco.samples[i]["masks"].shape[1:], dtype=bool)
+        elif d == 0 and hw is not None:
+            det["masks"] = np.zeros((0,) + hw, dtype=bool)
         xywh = []
         for j, r in enumerate(rs):
             if "bbox" in r:

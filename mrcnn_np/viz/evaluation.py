@@ -3,7 +3,10 @@ curves built step by step, AP over IoU thresholds, AP against detector noise.
 
 Every function takes arrays (and an optional ``ax``/``axes``) and returns the
 figure and axes; nothing is shown or saved here (use ``viz.common.save_figure``).
-Boxes are (x1, y1, x2, y2) pixels; masks (H, W) bool.
+Boxes are (x1, y1, x2, y2) in continuous pixel coordinates (pixel column c
+covers [c, c + 1]); masks (H, W) bool. Images are drawn with
+``extent=(0, W, H, 0)`` so that box corners land on pixel edges, and mask
+outlines are traced through pixel centres (c + 0.5, r + 0.5).
 """
 from __future__ import annotations
 
@@ -26,6 +29,20 @@ def _axes(ax, n=1, figsize=None):
     return fig, axes[0]
 
 
+def _show(ax, image):
+    """imshow in continuous pixel coordinates: pixel (r, c) spans [c, c+1] x [r, r+1]."""
+    H, W = np.asarray(image).shape[:2]
+    ax.imshow(image, interpolation="nearest", extent=(0, W, H, 0))
+    return H, W
+
+
+def _outline(ax, mask, color, lw):
+    """Contour of a (H, W) bool mask at level 0.5, sampled at pixel centres."""
+    H, W = mask.shape
+    ax.contour(np.arange(W) + 0.5, np.arange(H) + 0.5, mask.astype(float), levels=[0.5],
+               colors=[color], linewidths=lw)
+
+
 def plot_iou_boxes_vs_masks(image, gt_box, gt_mask, det_box, det_mask, *, axes=None):
     """Two panels: box IoU (rectangles, intersection hatched) and mask IoU (pixels).
 
@@ -38,7 +55,7 @@ def plot_iou_boxes_vs_masks(image, gt_box, gt_mask, det_box, det_mask, *, axes=N
     biou = box_iou_coco(det_box[None], gt_box[None])[0, 0]
     miou = mask_iou_coco(np.asarray(det_mask, bool)[None], np.asarray(gt_mask, bool)[None])[0, 0]
     ax = axes[0]
-    ax.imshow(image, interpolation="nearest")
+    _show(ax, image)
     for b, c, name in ((gt_box, GT_COLOR, "ground truth"), (det_box, DT_COLOR, "detection")):
         ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec=c, lw=2.5, label=name))
     ix1, iy1 = np.maximum(gt_box[:2], det_box[:2])
@@ -56,7 +73,7 @@ def plot_iou_boxes_vs_masks(image, gt_box, gt_mask, det_box, det_mask, *, axes=N
     both = gt_mask & det_mask
     for m, c in ((only_g, GT_COLOR), (only_d, DT_COLOR), (both, BOTH_COLOR)):
         rgb[m] = plt.matplotlib.colors.to_rgb(c)
-    ax.imshow(rgb, interpolation="nearest")
+    _show(ax, rgb)
     ax.set_title(f"masks: IoU = {both.sum()} / {(gt_mask | det_mask).sum()} = {miou:.3f}")
     handles = [Rectangle((0, 0), 1, 1, fc=c) for c in (GT_COLOR, DT_COLOR, BOTH_COLOR)]
     ax.legend(handles, ["ground truth only", "detection only", "both"], loc="lower right", fontsize=8,
@@ -173,16 +190,16 @@ def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, mi
     """
     fig, axes = _axes(ax, 1, figsize=(4, 4))
     ax = axes[0]
-    ax.imshow(image, interpolation="nearest")
+    H, W = _show(ax, image)
     if gt.get("masks") is not None:
         for m in gt["masks"]:
             if m.any():
-                ax.contour(m.astype(float), levels=[0.5], colors=["white"], linewidths=2.5)
+                _outline(ax, m, "white", 2.5)
     keep = np.asarray(det["scores"]) >= min_score
     if det.get("masks") is not None:
         for m in np.asarray(det["masks"])[keep]:
             if m.any():
-                ax.contour(m.astype(float), levels=[0.5], colors=[DT_COLOR], linewidths=1.5)
+                _outline(ax, m, DT_COLOR, 1.5)
     for b, lab, s in zip(np.asarray(det["boxes"]).reshape(-1, 4)[keep], np.asarray(det["labels"])[keep],
                          np.asarray(det["scores"])[keep]):
         ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec=DT_COLOR, lw=1, ls="--"))
@@ -194,9 +211,8 @@ def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, mi
         ax.plot([], [], color=DT_COLOR, lw=1.5, label="detection")
         leg = ax.legend(loc="lower left", fontsize=7, facecolor="0.3", labelcolor="white", framealpha=0.8)
         leg.get_frame().set_edgecolor("none")
-    H, W = np.asarray(image).shape[:2]
-    ax.set_xlim(-0.5, W - 0.5)
-    ax.set_ylim(H - 0.5, -0.5)
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
     ax.set_xticks([]); ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10)
