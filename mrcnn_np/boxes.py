@@ -340,108 +340,167 @@ def batched_nms_naive(boxes, scores, idxs, iou_threshold):
 
 # --- fast NMS --------------------------------------------------------------
 #
-# Both phases below rest on one cheap geometric filter. Sort the boxes by x1.
-# Since the intersection is at most iw * min(h), IoU <= iw / max(w_p, w_q) and
-# IoU <= min(w) / max(w). So for IoU > t (t > 0):
-#   * the widths are within a factor t: max(w) < w_p / t;
-#   * |x1_q - x1_p| <= max(w) - iw < (1 - t) * max(w) < (1 - t) * w_p / t;
-#   * and, for x1_q >= x1_p, the boxes intersect only if x1_q < x2_p.
-# So box p's partners lie in the x1 window
-#   x1_p - reach_p < x1_q < min(x2_p, x1_p + reach_p),
-#   reach_p = (1 - t) * min(max_w, w_p / t),
-# a few boxes wide for uniform boxes; and with boxes grouped in width bands of
-# ratio >= 1 / t, a partner is in the same band or the next. We use t - 1e-3
-# in place of t: the margin keeps windows and bands safe under float rounding
-# (they only add candidates; the IoU test itself is the formula of box_iou, so
-# the result equals nms_naive bit for bit). Categories (batched_nms) are laid
-# side by side on the x axis, far apart, and also compared directly. A box of
-# zero width or height has IoU 0 with everything and takes no part.
+# How ``nms`` gets the result of ``nms_naive`` without one IoU row per kept box.
+#
+# The greedy rule. Sort the boxes by decreasing score; call the position in
+# that order the box's *rank*. Walk the ranks: a box not yet removed is kept
+# and removes every later box whose IoU with it is > t. Whether box r is kept
+# depends only on the boxes of lower rank, so the walk can be cut anywhere:
+# decide ranks < r one way and ranks >= r another, and the result is the same.
+# ``nms`` does exactly that with two methods (phases), below.
+#
+# 1. Which pairs can matter: an x window. For boxes p, q with widths w_p, w_q
+#    and overlap iw in x: the intersection is at most iw * min(h_p, h_q) and
+#    the union at least max(area_p, area_q), so
+#        IoU <= iw / max(w_p, w_q),   and since iw <= min(w_p, w_q),
+#        IoU <= min(w_p, w_q) / max(w_p, w_q).
+#    Hence IoU > t > 0 needs
+#      (a) max(w) < min(w) / t <= w_p / t    (widths within a factor 1 / t);
+#      (b) |x1_q - x1_p| <= max(w) - iw < (1 - t) * max(w)   (if x1_q >= x1_p,
+#          iw <= x2_p - x1_q = w_p - (x1_q - x1_p); the other side alike);
+#      (c) x1_q < x2_p when x1_q >= x1_p (else they do not meet in x).
+#    With (a) and max(w) <= wmax (the widest box), (b) and (c) say that q's x1
+#    lies in the open window of p
+#        (x1_p - reach_p,  min(x2_p, x1_p + reach_p)),
+#        reach_p = (1 - t) * min(wmax, w_p / t),
+#    which holds for the window of either box of a pair. So sort by x1 once:
+#    a box's partners form one contiguous run of that order, a few boxes long
+#    for typical boxes. And by (a), in width bands [base^k, base^(k+1)) with
+#    base >= 1 / t a partner of a box is in the same band or an adjacent one.
+#
+# 2. Rounding. What decides is the *computed* IoU (box_iou's formula, in the
+#    boxes' dtype) > t; the bounds above are about the exact IoU of the same
+#    coordinates. Each step of the formula rounds once (relative error 2^-24
+#    in float32) and union >= max(area) keeps its subtraction from cancelling,
+#    so the two differ by less than 1e-5, provided no area is subnormal (below
+#    ``finfo.tiny``: float32 boxes smaller than ~1e-19 px; an overflow to inf
+#    only makes the computed IoU 0 or NaN, never > t). Windows, bands and
+#    the pre-filter of phase 2 therefore use t' = t - 1e-3 (_IOU_MARGIN): a
+#    pair with computed IoU > t has exact IoU > t', so it is always a
+#    candidate; the margin only adds candidates, which the exact test then
+#    rejects. The window ends are computed in float64 and widened by 1e-9 of
+#    the coordinate scale. If some area is subnormal, t' = 0 instead: windows
+#    become "the boxes meet in x" (reach = wmax, one band), still exact because
+#    a computed intersection is > 0 only when the boxes overlap.
+#    So ``nms`` equals ``nms_naive`` bit for bit (the tests check it).
+#
+# Phase 1, the kept-box loop (_loop_kept): walk the ranks; each kept box
+#    computes IoU with the boxes of its x window only and removes those above
+#    t. Cheap while each kept box removes many (a dense cluster is cleared by
+#    its best box). The x-ordered arrays are rebuilt without the removed boxes
+#    whenever half of them have been removed, so windows stay short. When the
+#    kept boxes stop removing much (fewer than _MIN_REMOVED_PER_KEPT each over
+#    _PROBE kept boxes) the loop hands the remaining ranks to phase 2.
+# Phase 2, the pair sweep (_suppression_pairs, _block_pairs): for the boxes
+#    still undecided, find *all* pairs with IoU > t at once: per width band,
+#    boxes x-sorted, rows of consecutive boxes against the union of their
+#    windows as one dense block (a division-free superset test
+#    inter > t' * union, then the window and the exact IoU on the survivors).
+#    Then _greedy_from_pairs walks the pair list in rank order; only boxes
+#    that suppress something cost a Python step. If there are more than
+#    _MAX_PAIRS_PER_BOX * N + 4096 pairs, phase 1 finishes the job instead.
+#
+# batched_nms: the categories are laid side by side on the x axis, far apart
+# (no window reaches another category), and also compared directly. A box of
+# zero or negative width or height has IoU 0 with everything and takes no part.
 
 _BLOCK_ELEMENTS = 1 << 20       # IoU entries per dense block of the pair sweep
 _ROWS_PER_BLOCK = 96            # rows per dense block (Python overhead vs wasted entries)
-_IOU_MARGIN = 1e-3              # slack on the x-window bound (float rounding)
+_IOU_MARGIN = 1e-3              # t' = t - margin in windows, bands and pre-filter (rounding)
 _MAX_PAIRS_PER_BOX = 64         # pair budget of the sweep, per box
 _PROBE = 32                     # kept boxes per check of the loop's yield
-_MIN_REMOVED_PER_KEPT = 2.0     # below this yield the loop hands over to the sweep
+_MIN_REMOVED_PER_KEPT = 8.0     # below this yield the loop hands over to the sweep
+_COMPACT_MIN = 32               # the loop drops removed boxes from views larger than this
 
 
 class _Sweep:
-    """x-sorted view of boxes sorted by decreasing score (rank order).
+    """Per-rank data for both phases; boxes sorted by decreasing score (rank order).
 
-    b: (N, 4) in rank order; groups: (N,) or None. For the kept-box loop it
-    holds, in x order, the coordinates X1..Y2, areas A, ranks ``xo`` and
-    categories G, and per rank the candidate window [lo, hi) of x positions;
-    for the pair sweep, per rank, the x key, the window bounds (back, fwd) on
-    that key, the width band and whether the box has a positive area.
+    b: (N, 4) boxes in rank order; groups: (N,) categories in rank order, or
+    None; iou_threshold: t as a scalar of the boxes' dtype (``_threshold_as``).
+    Holds, all (N,) by rank: ``area`` (dtype), ``valid`` (positive width and
+    height), ``key`` = x1 (float64, categories moved apart), the open window
+    (``back``, ``fwd``) of a partner's key, the width ``band``, ``g`` (category
+    index, or None); ``xorder`` (N,) ranks sorted by key; ``t`` and ``t_window``
+    (the t' of windows, bands and the phase-2 pre-filter).
     """
 
     def __init__(self, b, groups, iou_threshold):
         n = b.shape[0]
+        self.n, self.b, self.t = n, b, iou_threshold
+        self.area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
         x1 = b[:, 0].astype(np.float64)
         x2 = b[:, 2].astype(np.float64)
+        w = x2 - x1
+        h = b[:, 3].astype(np.float64) - b[:, 1]
+        self.valid = (w > 0) & (h > 0)  # the others have IoU 0 with every box
         self.g = None
-        if groups is not None:
+        if groups is not None:  # category c moves right by c * (2 * span + 1)
             span = float(x2.max() - x1.min())
             _, g = np.unique(groups, return_inverse=True)
             self.g = g.reshape(-1)
-            offset = self.g.astype(np.float64) * (2.0 * span + 1.0) - x1.min()
+            offset = self.g * (2.0 * span + 1.0) - x1.min()
             x1 = x1 + offset
             x2 = x2 + offset
-        w = b[:, 2].astype(np.float64) - b[:, 0]
+        normal = not (self.area[self.valid] < np.finfo(b.dtype).tiny).any()
+        t = min(float(iou_threshold) - _IOU_MARGIN, 1.0) if normal else 0.0
+        self.t_window = max(t, 0.0)
         wmax = max(float(np.max(w)), 0.0)
-        t = float(iou_threshold) - _IOU_MARGIN
-        if t > 0:
-            reach = (1.0 - min(t, 1.0)) * np.minimum(wmax, w / t)
-        else:
-            reach = np.full(n, wmax)
+        reach = (1.0 - t) * np.minimum(wmax, w / t) if t > 0 else np.full(n, wmax)
         slack = 1e-9 * (float(np.abs(x2).max()) + float(np.abs(x1).max()) + 1.0)
-        xo = np.argsort(x1, kind="stable")
-        ks = x1[xo]
-        self.n = n
-        self.xo = xo                                   # x position -> rank
-        self.pos = np.empty(n, np.int64)
-        self.pos[xo] = np.arange(n)                    # rank -> x position
-        fwd = np.minimum(x2, x1 + reach) + slack       # partners after: x1_q < fwd
-        self.hi = np.searchsorted(ks, fwd, side="left")          # per rank
-        self.lo = np.searchsorted(ks, x1 - reach - slack, side="right")
-        bx = b[xo]
-        self.X1, self.Y1, self.X2, self.Y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
-        self.A = (self.X2 - self.X1) * (self.Y2 - self.Y1)
-        self.G = None if self.g is None else self.g[xo]
-        self.t = iou_threshold
-        # rank-order data for the banded pair sweep
-        self.b = b
-        self.area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
         self.key = x1
-        self.fwd = fwd
-        self.back = x1 - reach - slack
-        h = b[:, 3].astype(np.float64) - b[:, 1]
-        self.valid = (w > 0) & (h > 0)  # others have IoU 0 with every box
-        if t > 0:
-            # IoU > t' needs widths within a factor 1 / t', so with bands of
-            # ratio base >= 1 / t' partners are in the same or the next band
-            base = max(1.0 / min(t, 1.0), 1.5)
-            self.band = np.zeros(n, np.int64)
+        self.back = x1 - reach - slack                  # partner: back < key < fwd
+        self.fwd = np.minimum(x2, x1 + reach) + slack
+        self.xorder = np.argsort(x1, kind="stable")
+        self.band = np.zeros(n, np.int64)
+        if t > 0:  # bands of ratio base >= 1 / t': partners in the same or the next band
+            base = max(1.0 / t, 1.5)
             self.band[self.valid] = np.floor(np.log(w[self.valid]) / math.log(base)).astype(np.int64)
-        else:
-            self.band = np.zeros(n, np.int64)
+
+
+class _XView:
+    """Phase 1's x-ordered copy of the boxes still in play: not removed, rank >= start.
+
+    X1, Y1, X2, Y2, A (M,) coordinates and areas in x order, R (M,) their
+    ranks, G (M,) categories or None; per rank (lists of N): ``pos`` its x
+    position (meaningful for boxes in the view) and its window ``[lo, hi)`` of
+    positions.
+    """
+
+    def __init__(self, sw, removed, start):
+        live = ~removed
+        live[:start] = False
+        ranks = sw.xorder[live[sw.xorder]]
+        self.size = ranks.size
+        self.R = ranks
+        bx = sw.b[ranks]
+        self.X1, self.Y1, self.X2, self.Y2 = (np.ascontiguousarray(bx[:, k]) for k in range(4))
+        self.A = sw.area[ranks]
+        self.G = None if sw.g is None else sw.g[ranks]
+        keys = sw.key[ranks]
+        self.pos = np.zeros(sw.n, np.int64)   # entries of ranks not in the view are unused
+        self.lo = np.zeros(sw.n, np.int64)
+        self.hi = np.zeros(sw.n, np.int64)
+        self.pos[ranks] = np.arange(ranks.size)
+        self.lo[ranks] = np.searchsorted(keys, sw.back[ranks], side="right")
+        self.hi[ranks] = np.searchsorted(keys, sw.fwd[ranks], side="left")
 
 
 def _loop_kept(sw, removed, start, stop_when_unproductive):
-    """Greedy loop over kept boxes from rank ``start``; each kept box scores
-    only the boxes in its x window and removes those above the threshold.
+    """Phase 1: the greedy walk from rank ``start``; each kept box scores only
+    the boxes of its x window and removes those above the threshold.
 
-    Cost O(K * window) plus ~15 us of NumPy calls per kept box: cheap when
-    each kept box removes many (dense overlaps), torchvision's O(N * K) loop
-    with a spatial filter. With ``stop_when_unproductive`` it returns early
-    once the last ``_PROBE`` kept boxes removed fewer than
-    ``_MIN_REMOVED_PER_KEPT`` each; returns the first rank not yet decided.
+    removed: (N,) bool by rank, updated in place. Cost O(K * window) plus
+    ~15 us of NumPy calls per kept box: cheap when each kept box removes many
+    (dense overlaps); torchvision's O(N * K) loop with a spatial filter. With
+    ``stop_when_unproductive`` it returns early once the last ``_PROBE`` kept
+    boxes removed fewer than ``_MIN_REMOVED_PER_KEPT`` each. Returns the first
+    rank not yet decided (N when done).
     """
-    n = sw.n
+    n, t, valid = sw.n, sw.t, sw.valid.tolist()
     r = start
-    kept_since = removed_since = 0
-    X1, Y1, X2, Y2, A, xo, G, t = sw.X1, sw.Y1, sw.X2, sw.Y2, sw.A, sw.xo, sw.G, sw.t
-    pos, los, his = sw.pos.tolist(), sw.lo.tolist(), sw.hi.tolist()
+    view = _XView(sw, removed, start)
+    removed_in_view = kept_since = removed_since = 0
     # The IoU below is _pair_iou's formula written out for one box against a
     # slice (same operations, same values) without its zero-union guard: there
     # a raw division gives 0/0 = NaN or a value <= 0, and neither passes "> t"
@@ -451,27 +510,32 @@ def _loop_kept(sw, removed, start, stop_when_unproductive):
             if removed[r]:
                 r += 1
                 continue
-            p, lo, hi = pos[r], los[r], his[r]
+            v = view
+            p, lo, hi = int(v.pos[r]), int(v.lo[r]), int(v.hi[r])
             nvict = 0
-            if hi > lo and A[p] > 0:  # a box of area <= 0 has IoU 0 with everything
-                iw = np.minimum(X2[lo:hi], X2[p])
-                iw -= np.maximum(X1[lo:hi], X1[p])
+            if hi > lo and valid[r]:
+                iw = np.minimum(v.X2[lo:hi], v.X2[p])
+                iw -= np.maximum(v.X1[lo:hi], v.X1[p])
                 np.maximum(iw, 0, out=iw)
-                ih = np.minimum(Y2[lo:hi], Y2[p])
-                ih -= np.maximum(Y1[lo:hi], Y1[p])
+                ih = np.minimum(v.Y2[lo:hi], v.Y2[p])
+                ih -= np.maximum(v.Y1[lo:hi], v.Y1[p])
                 np.maximum(ih, 0, out=ih)
                 iw *= ih                                   # intersection
-                union = np.add(A[lo:hi], A[p], out=ih)
+                union = np.add(v.A[lo:hi], v.A[p], out=ih)
                 union -= iw
                 hit = np.divide(iw, union, out=iw) > t
-                ranks = xo[lo:hi]
+                ranks = v.R[lo:hi]
                 hit &= ranks > r
-                if G is not None:
-                    hit &= G[lo:hi] == G[p]
+                if v.G is not None:
+                    hit &= v.G[lo:hi] == v.G[p]
                 victims = ranks[hit]
                 removed[victims] = True
-                nvict = victims.size
+                nvict = victims.size   # may count a box twice: only steers the heuristics
             r += 1
+            removed_in_view += nvict
+            if 2 * removed_in_view > view.size > _COMPACT_MIN:
+                view = _XView(sw, removed, r)
+                removed_in_view = 0
             if stop_when_unproductive:
                 kept_since += 1
                 removed_since += nvict
@@ -498,7 +562,7 @@ def _suppression_pairs(sw, alive, max_pairs):
     heads = np.flatnonzero(np.r_[True, bands[1:] != bands[:-1]]) if idx.size else np.zeros(0, np.int64)
     ends = np.r_[heads[1:], idx.size].astype(np.int64)
     members = {int(bands[h]): idx[h:e] for h, e in zip(heads, ends)}
-    t_pre = sw.b.dtype.type(max(float(sw.t) - _IOU_MARGIN, 0.0))
+    t_pre = sw.b.dtype.type(sw.t_window)
     srcs, dsts = [], []
     total = 0
     for k, rows in members.items():

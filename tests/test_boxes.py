@@ -245,7 +245,9 @@ def test_iou_properties(seed, n, m, dtype, shift):
     assert iou.shape == (n, m) and iou.dtype == dtype
     np.testing.assert_array_equal(iou, box_iou(b, a).T)          # symmetric (bit for bit)
     assert (iou >= 0).all() and (iou <= 1 + 4 * np.finfo(dtype).eps).all()
-    np.testing.assert_allclose(np.diag(box_iou(a, a)), 1.0, rtol=1e-6)  # iou(b, b) = 1
+    # iou(b, b) = 1 exactly: the intersection is computed with the same operations as the
+    # area, so inter == area and union = (area + area) - area == area
+    np.testing.assert_array_equal(np.diag(box_iou(a, a)), 1.0)
     # translating both boxes by an integer shift keeps IoU (float64: exact up to rounding)
     t = np.asarray([shift[0], shift[1]] * 2, dtype=dtype)
     np.testing.assert_allclose(box_iou(a + t, b + t), iou, atol=1e-3 if dtype == np.float32 else 1e-10)
@@ -366,3 +368,39 @@ def test_nms_all_identical_boxes():
     b = np.tile(np.asarray([[3.0, 4.0, 50.0, 60.0]]), (3000, 1))
     s = np.random.default_rng(0).random(3000)
     np.testing.assert_array_equal(nms(b, s, 0.7), [np.argmax(s)])
+
+
+def test_nms_loop_drops_removed_boxes_from_its_view(monkeypatch):
+    # dense clusters: the kept-box loop rebuilds its x-ordered view without the removed
+    # boxes (several times here); the result must not change
+    rng = np.random.default_rng(11)
+    centres = random_boxes(rng, 12, scale=300, min_wh=20, max_wh=80)
+    b = centres[rng.integers(0, 12, 2000)] + rng.normal(0, 3, (2000, 4))
+    s = rng.random(2000)
+    builds = []
+    real = B._XView.__init__
+
+    def counting(self, *args):
+        builds.append(1)
+        real(self, *args)
+
+    monkeypatch.setattr(B._XView, "__init__", counting)
+    for thr in (0.5, 0.7):
+        builds.clear()
+        keep = B._nms_sorted(b, s, None, thr, probe=False, max_pairs=0)  # loop only
+        assert len(builds) > 2
+        np.testing.assert_array_equal(keep, nms_naive(b, s, thr))
+
+
+@pytest.mark.parametrize("side", [1e-20, 3e-23])
+def test_nms_subnormal_areas_equal_naive(side):
+    # float32 boxes so small that their areas are subnormal (< 1.2e-38): the computed IoU
+    # can then be far from the exact one (here identical boxes have area 1e-45 and IoU 1),
+    # and the fast path must not trust its rounding margin (it falls back to t' = 0).
+    b = np.tile(np.asarray([[0, 0, side, side]], np.float32), (3, 1))
+    b = np.concatenate([b, b + np.float32(0.4 * side)])  # shifted copies: partial overlaps
+    s = np.asarray([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], np.float32)
+    ref = nms_naive(b, s, 0.7)
+    assert ref.size < 6  # something is suppressed
+    for kw in ({"probe": False, "max_pairs": 10**9}, {"probe": False, "max_pairs": 0}, {}):
+        np.testing.assert_array_equal(B._nms_sorted(b, s, None, 0.7, **kw), ref)
