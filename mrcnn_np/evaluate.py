@@ -65,7 +65,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mrcnn_np._checks import check_array
+from mrcnn_np._checks import check_array, check_float, check_positive_int
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -468,8 +468,13 @@ def coco_evaluate(
     if not max_dets or max_dets[0] < 1:
         raise ValueError(f"max_dets must be positive ints, got {max_dets}")
     thresholds = IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, np.float64)
+    check_array("iou_thresholds", thresholds, shape=("T",))
+    if thresholds.size == 0 or not np.all((thresholds >= 0) & (thresholds <= 1)):
+        raise ValueError(f"iou_thresholds must be a non-empty list of values in [0, 1], got {thresholds}")
     area_ranges = np.asarray(area_ranges, dtype=np.float64)
     check_array("area_ranges", area_ranges, shape=("A", 2))
+    if len(area_ranges) == 0 or not np.all(area_ranges[:, 0] <= area_ranges[:, 1]):
+        raise ValueError(f"area_ranges must be non-empty [lo, hi] rows with lo <= hi, got {area_ranges.tolist()}")
     T, R, A, M = len(thresholds), len(RECALL_THRESHOLDS), len(area_ranges), len(max_dets)
     max_det = max_dets[-1]
 
@@ -682,6 +687,8 @@ def precision_recall_curve(scores, is_tp, num_gt, *, ignored=None, recall_thresh
     if int(num_gt) <= 0:
         raise ValueError(f"num_gt must be > 0, got {num_gt}")
     ignored = np.zeros_like(is_tp) if ignored is None else np.asarray(ignored, dtype=bool)
+    if ignored.shape != is_tp.shape:
+        raise ValueError(f"ignored must have the shape of is_tp {is_tp.shape}, got {ignored.shape}")
     order = np.argsort(-scores, kind="mergesort")
     tp = is_tp[order] & ~ignored[order]
     fp = ~is_tp[order] & ~ignored[order]
@@ -716,10 +723,12 @@ def simulate_detections(ground_truth, *, noise, rng, drop=0.0, false_positives=0
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    noise = check_float("noise", noise, minimum=0.0)
+    drop = check_float("drop", drop, minimum=0.0, maximum=1.0)
+    false_positives = check_float("false_positives", false_positives, minimum=0.0)
     if num_classes is None:
         num_classes = max([int(np.max(g["labels"])) for g in ground_truth if len(g["labels"])] + [1])
+    num_classes = check_positive_int("num_classes", num_classes)
     out = []
     for g in ground_truth:
         boxes = np.asarray(g["boxes"], dtype=np.float64).reshape(-1, 4)

@@ -212,6 +212,7 @@ def test_round_trip_ground_truth_as_detections_gives_ap_one(tmp_path):
                      "scores": np.linspace(0.9, 0.5, keep.sum()), "masks": s["masks"][keep]})
     out = write_coco_results(tmp_path / "res" / "results.json", dets, data.image_ids, category_ids=data.category_ids)
     assert sorted(p.name for p in out.parent.iterdir()) == ["results.json"]  # no temp file left
+    assert out.stat().st_mode & 0o777 == 0o644  # readable by all, not mkstemp's 0600
     results = json.loads(out.read_text())
     assert len(results) == 3
     r0 = results[0]

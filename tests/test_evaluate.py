@@ -229,6 +229,10 @@ def test_bad_inputs():
         coco_evaluate(g, [{"boxes": d[0]["boxes"], "labels": np.array([1.5]), "scores": np.ones(1)}])
     with pytest.raises(ValueError, match=r"ground_truth\[0\]\['boxes'\] must be finite"):
         coco_evaluate([gt([[0, 0, np.nan, 10]])], d)
+    with pytest.raises(ValueError, match="iou_thresholds"):
+        coco_evaluate(g, d, iou_thresholds=[0.5, 1.5])
+    with pytest.raises(ValueError, match="area_ranges"):
+        coco_evaluate(g, d, area_ranges=[[0, 1e10], [100, 10]])
     # empty lists are fine (np.asarray([]) is float64)
     empty = coco_evaluate([{"boxes": np.zeros((0, 4)), "labels": []}, g[0]],
                           [{"boxes": np.zeros((0, 4)), "labels": [], "scores": []}, d[0]])
@@ -437,6 +441,12 @@ def test_precision_recall_curve_by_hand():
     c = precision_recall_curve([0.9], [True], 2)
     np.testing.assert_allclose(c.sampled[:51], 1, atol=EPS)
     np.testing.assert_array_equal(c.sampled[51:], 0)
+    # an ignored detection counts neither way: TP, ignored, TP -> precision 1, 1, 1
+    c = precision_recall_curve([0.9, 0.8, 0.7], [True, False, True], 2, ignored=[False, True, False])
+    np.testing.assert_array_equal(c.fp_cum, [0, 0, 0])
+    assert c.ap == pytest.approx(1.0, abs=EPS)
+    with pytest.raises(ValueError, match="ignored must have the shape"):
+        precision_recall_curve([0.9], [True], 2, ignored=[False, True])
 
 
 def test_precision_recall_curve_equals_coco_evaluate():
@@ -483,3 +493,7 @@ def test_simulate_detections():
         np.testing.assert_array_equal(a["boxes"], b["boxes"])
     with pytest.raises(TypeError, match="rng"):
         simulate_detections(gts, noise=0.1, rng=1)
+    with pytest.raises(ValueError, match="drop must be <= 1.0, got 1.5"):
+        simulate_detections(gts, noise=0.1, rng=rng, drop=1.5)
+    with pytest.raises(ValueError, match="false_positives must be >= 0.0"):
+        simulate_detections(gts, noise=0.1, rng=rng, false_positives=-1)

@@ -556,6 +556,7 @@ def write_coco_results(path, detections, image_ids, *, category_ids=None):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(results, f)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a results file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
