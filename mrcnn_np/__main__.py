@@ -14,11 +14,11 @@ with the model; until then ``figures`` is the main job.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from ._atomic import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,15 +53,8 @@ def run_figures(patterns, timeout):
         ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
             nb, {"metadata": {"path": str(nb_dir)}}
         )
-        fd, tmp = tempfile.mkstemp(dir=nb_dir, prefix=path.stem + ".", suffix=".ipynb.tmp")
-        os.close(fd)
-        try:
-            nbformat.write(nb, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            nbformat.write(nb, str(tmp))
     return paths
 
 

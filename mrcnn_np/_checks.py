@@ -91,3 +91,22 @@ def check_same_dtype(**arrays):
             raise TypeError(
                 f"{name} must have the dtype of {first_name} ({first.dtype}), got {arr.dtype}"
             )
+
+
+def check_rng(rng, name="rng"):
+    """Check that ``rng`` is a ``numpy.random.Generator`` and return it.
+
+    All randomness in the library comes from an explicit Generator, so the
+    same seed gives the same result bit for bit; a legacy ``RandomState`` or a
+    bare seed is refused rather than silently converted.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name} must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def check_finite(name, array):
+    """Raise ValueError if ``array`` holds NaN or inf; return it."""
+    if array.size and not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf entries")
+    return array

@@ -65,7 +65,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mrcnn_np._checks import check_array, check_float, check_positive_int
+from mrcnn_np._checks import check_array, check_float, check_positive_int, check_rng
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -721,8 +721,7 @@ def simulate_detections(ground_truth, *, noise, rng, drop=0.0, false_positives=0
     Returns a list of detection dicts (``boxes`` float64, ``labels``,
     ``scores``, ``masks`` when the ground truth has masks).
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    check_rng(rng)
     noise = check_float("noise", noise, minimum=0.0)
     drop = check_float("drop", drop, minimum=0.0, maximum=1.0)
     false_positives = check_float("false_positives", false_positives, minimum=0.0)

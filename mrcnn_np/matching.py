@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_array, check_float, check_positive_int
+from ._checks import check_array, check_finite, check_float, check_positive_int, check_rng
 
 __all__ = [
     "BELOW_LOW_THRESHOLD",
@@ -139,10 +139,9 @@ def balanced_positive_negative_sampler(labels, *, batch_size_per_image=256,
     labels = check_array("labels", labels, ndim=1, dtype_kind="iuf")
     batch = check_positive_int("batch_size_per_image", batch_size_per_image)
     fraction = check_float("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels)):
-        raise ValueError("labels must be finite, got NaN or inf entries")
+    check_rng(rng)
+    if labels.dtype.kind == "f":
+        check_finite("labels", labels)
 
     positive = np.flatnonzero(labels >= 1)
     negative = np.flatnonzero(labels == 0)

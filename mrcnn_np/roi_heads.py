@@ -65,7 +65,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_float, check_positive_int, check_same_dtype
+from ._checks import check_array, check_float, check_positive_int, check_rng, check_same_dtype
 from .boxes import (
     batched_nms,
     box_iou,
@@ -134,12 +134,6 @@ BOX_HEAD_KEYS = tuple(
 
 
 # =========================================================================== checks
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
-
-
 def _check_list(name, value):
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{name} must be a list with one entry per image, got {type(value).__name__}")
@@ -269,7 +263,7 @@ def subsample(labels, *, rng, batch_size_per_image=512, positive_fraction=0.25):
     Images are sampled one after the other from the same ``rng``.
     """
     labels = _check_list("labels", labels)
-    _check_rng(rng)
+    check_rng(rng)
     out = []
     for i, lab in enumerate(labels):
         check_array(f"labels[{i}]", lab, ndim=1, dtype_kind="iu")
@@ -309,7 +303,7 @@ def select_training_samples(proposals, targets, *, rng, fg_iou_thresh=0.5, bg_io
     """
     proposals = _check_box_list("proposals", proposals)
     (targets,) = _check_lists(len(proposals), targets=targets)
-    _check_rng(rng)
+    check_rng(rng)
     gt_boxes, gt_labels = [], []
     for i, t in enumerate(targets):
         if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
@@ -420,7 +414,7 @@ def init_box_head(in_channels=256, resolution=7, representation_size=1024, num_c
     res = check_positive_int("resolution", resolution)
     rep = check_positive_int("representation_size", representation_size)
     k = check_positive_int("num_classes", num_classes, minimum=2)
-    _check_rng(rng)
+    check_rng(rng)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
@@ -627,7 +621,7 @@ def init_mask_head(in_channels=256, layers=(256, 256, 256, 256), dim_reduced=256
     layers = [check_positive_int("layers", v) for v in layers]
     dr = check_positive_int("dim_reduced", dim_reduced)
     k = check_positive_int("num_classes", num_classes, minimum=2)
-    _check_rng(rng)
+    check_rng(rng)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")

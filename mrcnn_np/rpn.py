@@ -44,7 +44,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_float, check_positive_int, check_same_dtype
+from ._checks import (
+    check_array,
+    check_finite,
+    check_float,
+    check_positive_int,
+    check_rng,
+    check_same_dtype,
+)
 from .boxes import batched_nms, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, balanced_positive_negative_sampler, matcher
 from .ops.activations import relu_backward, relu_forward, sigmoid
@@ -112,7 +119,7 @@ def init_rpn_head(in_channels, num_anchors, *, rng, dtype=np.float32):
     """
     c = check_positive_int("in_channels", in_channels)
     a = check_positive_int("num_anchors", num_anchors)
-    _check_rng(rng)
+    check_rng(rng)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
@@ -324,16 +331,6 @@ def concat_box_prediction_layers_backward(douts, cache):
 # --------------------------------------------------------------------- targets
 
 
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-
-
-def _check_finite(name, array):
-    if array.size and not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf entries")
-
-
 def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_threshold=0.3,
                               allow_low_quality_matches=True):
     """Label the anchors of one image and find the box each should regress to.
@@ -354,8 +351,8 @@ def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_thre
     """
     anchors = check_array("anchors", anchors, shape=("T", 4), dtype_kind="f")
     gt_boxes = check_array("gt_boxes", gt_boxes, shape=("G", 4), dtype_kind="f")
-    _check_finite("anchors", anchors)
-    _check_finite("gt_boxes", gt_boxes)
+    check_finite("anchors", anchors)
+    check_finite("gt_boxes", gt_boxes)
     t = anchors.shape[0]
     if gt_boxes.shape[0] == 0:
         return np.zeros(t, dtype=np.int64), np.zeros((t, 4), dtype=anchors.dtype)
@@ -392,7 +389,7 @@ def rpn_targets(anchors, gt_boxes_per_image, *, high_threshold=0.7, low_threshol
     weights = np.asarray(RPN_BOX_WEIGHTS, dtype=anchors.dtype)
     for i, gt in enumerate(gt_boxes_per_image):
         check_array(f"gt_boxes_per_image[{i}]", gt, shape=("G", 4), dtype_kind="f")
-        _check_finite(f"gt_boxes_per_image[{i}]", gt)
+        check_finite(f"gt_boxes_per_image[{i}]", gt)
         lab, matched = assign_targets_to_anchors(
             anchors, gt, high_threshold=high_threshold, low_threshold=low_threshold,
             allow_low_quality_matches=allow_low_quality_matches)
@@ -426,7 +423,7 @@ def sample_anchors(labels, *, rng, batch_size_per_image=256, positive_fraction=0
     ``batch_size_per_image`` anchors in all (``balanced_positive_negative_sampler``).
     """
     labels = check_array("labels", labels, shape=("N", "T"), dtype_kind="iuf")
-    _check_rng(rng)
+    check_rng(rng)
     pos = np.zeros(labels.shape, dtype=bool)
     neg = np.zeros(labels.shape, dtype=bool)
     for i in range(labels.shape[0]):  # a loop over images, not anchors
@@ -447,7 +444,7 @@ def _check_loss_inputs(objectness, pred_bbox_deltas, labels, regression_targets)
         bad = labels[~np.isin(labels, (-1, 0, 1))]
         raise ValueError(f"labels must be 1 (positive), 0 (negative) or -1 (ignored), got {bad[0]}")
     for name, arr in (("objectness", objectness), ("pred_bbox_deltas", pred_bbox_deltas)):
-        _check_finite(name, arr)
+        check_finite(name, arr)
     return n, t
 
 
@@ -568,8 +565,8 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     objectness = check_array("objectness", objectness, shape=("N", "T"), dtype_kind="f")
     n, t = objectness.shape
     check_array("proposals", proposals, shape=(n, t, 4), dtype_kind="f")
-    _check_finite("objectness", objectness)
-    _check_finite("proposals", proposals)
+    check_finite("objectness", objectness)
+    check_finite("proposals", proposals)
     shapes = _check_image_shapes(image_shapes, n)
     if not isinstance(num_anchors_per_level, (list, tuple)) or len(num_anchors_per_level) == 0:
         raise TypeError("num_anchors_per_level must be a non-empty list of ints")

@@ -49,3 +49,25 @@ def test_check_same_dtype():
     check_same_dtype(x=np.zeros(1), b=None, w=np.zeros(2))
     with pytest.raises(TypeError, match=r"^w must have the dtype of x \(float64\), got float32$"):
         check_same_dtype(x=np.zeros(1), w=np.zeros(1, np.float32))
+
+
+def test_check_rng_accepts_generator_refuses_seed_and_randomstate():
+    from mrcnn_np._checks import check_rng
+
+    g = np.random.default_rng(0)
+    assert check_rng(g) is g
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator, got int"):
+        check_rng(0)
+    with pytest.raises(TypeError, match="generator must be a numpy.random.Generator, got RandomState"):
+        check_rng(np.random.RandomState(0), "generator")
+
+
+def test_check_finite_names_the_argument():
+    from mrcnn_np._checks import check_finite
+
+    ok = np.array([1.0, -2.0])
+    assert check_finite("x", ok) is ok
+    assert check_finite("x", np.zeros(0)).size == 0
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="boxes must be finite"):
+            check_finite("boxes", np.array([0.0, bad]))

@@ -67,13 +67,12 @@ Nothing here unpickles anything: json and images only.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from mrcnn_np._atomic import atomic_path
 from mrcnn_np._checks import check_array
 
 __all__ = [
@@ -551,17 +550,9 @@ def write_coco_results(path, detections, image_ids, *, category_ids=None):
     """
     results = detections_to_coco_results(detections, image_ids, category_ids=category_ids)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(results, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a results file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -1,9 +1,9 @@
 """Helpers shared by the chapter figure modules: atomic saving, image paths."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from .._atomic import atomic_path
 
 
 def images_dir():
@@ -14,26 +14,17 @@ def images_dir():
 
 
 def save_figure(fig, path, **savefig_kwargs):
-    """Write a matplotlib figure atomically: a temporary file, then a rename.
+    """Write a matplotlib figure atomically (a temporary file, then a rename).
 
-    A reader never sees a half-written image, even if the process is killed.
-    path: file name (format from its suffix: .png, .gif via ``save_animation``).
+    path: file name; the format comes from its suffix (.png, .svg, .pdf).
+    savefig_kwargs: passed to ``fig.savefig`` (defaults dpi=100, bbox_inches="tight").
     Returns the Path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=path.suffix + ".tmp")
-    os.close(fd)
-    try:
-        savefig_kwargs.setdefault("dpi", 100)
-        savefig_kwargs.setdefault("bbox_inches", "tight")
+    savefig_kwargs.setdefault("dpi", 100)
+    savefig_kwargs.setdefault("bbox_inches", "tight")
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -42,15 +33,6 @@ def save_animation(anim, path, *, fps=2):
     from matplotlib.animation import PillowWriter
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.gif")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         anim.save(tmp, writer=PillowWriter(fps=fps))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
