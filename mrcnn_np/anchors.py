@@ -227,9 +227,7 @@ def feature_grid_sizes(image_size, strides=FPN_STRIDES, *, size_divisible=1):
     """
     H, W = _check_int_pair("image_size", image_size)
     strides = _check_numbers("strides", strides)
-    d = int(size_divisible)
-    if d < 1:
-        raise ValueError(f"size_divisible must be >= 1, got {size_divisible}")
+    d = check_positive_int("size_divisible", size_divisible)
     H = -(-H // d) * d
     W = -(-W // d) * d
     return [(math.ceil(H / s), math.ceil(W / s)) for s in strides]
@@ -268,8 +266,11 @@ def torchvision_resized_size(image_size, min_size=800, max_size=1333):
 
     scale = min(min_size / short side, max_size / long side); each side becomes
     ``floor(side * scale)`` (``interpolate(scale_factor=..., recompute_scale_factor=True)``).
-    image_size: (H, W) ints. 1024x1024 -> 800x800; 480x640 -> 800x1066.
+    image_size: (H, W) ints; min_size, max_size: positive ints.
+    Returns (H', W') ints. 1024x1024 -> 800x800; 480x640 -> 800x1066.
     """
     H, W = _check_int_pair("image_size", image_size)
+    min_size = check_positive_int("min_size", min_size)
+    max_size = check_positive_int("max_size", max_size)
     scale = min(float(min_size) / min(H, W), float(max_size) / max(H, W))
     return (int(math.floor(H * scale)), int(math.floor(W * scale)))

@@ -179,3 +179,11 @@ def test_bad_input():
         feature_grid_sizes((64,))
     with pytest.raises(ValueError, match="num_anchors_per_location"):
         anchor_counts([(2, 2)], (3, 3))
+    with pytest.raises(TypeError, match="size_divisible"):
+        feature_grid_sizes((64, 64), size_divisible=2.5)
+    with pytest.raises(ValueError, match="size_divisible"):
+        feature_grid_sizes((64, 64), size_divisible=0)
+    with pytest.raises(ValueError, match="min_size"):
+        torchvision_resized_size((64, 64), min_size=0)
+    with pytest.raises(TypeError, match="max_size"):
+        torchvision_resized_size((64, 64), max_size=None)
