@@ -228,7 +228,8 @@ def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_C
     boxes: (N, 4) float xyxy references (anchors / proposals), same dtype.
     weights: 4 positive numbers (wx, wy, ww, wh), the ones used to encode.
     bbox_xform_clip: dw/wx... are divided by the weights, then dw and dh are
-        clamped from above at this value before ``exp`` (default log(1000/16)).
+        clamped from above at this value before ``exp`` (default log(1000/16));
+        at most log(largest float of the dtype), so that ``exp`` stays finite.
     Returns (N, 4k) xyxy boxes of the same dtype::
 
         cx' = dx / wx * w + cx     w' = exp(min(dw / ww, clip)) * w
@@ -248,8 +249,9 @@ def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_C
         )
     if rel_codes.size and not np.isfinite(rel_codes).all():
         raise ValueError("rel_codes must be finite, got NaN or inf")
-    clip = check_float("bbox_xform_clip", bbox_xform_clip)
     dtype = rel_codes.dtype
+    # exp(clip) must be finite in the dtype (88.7 for float32, 709.8 for float64)
+    clip = check_float("bbox_xform_clip", bbox_xform_clip, maximum=math.log(np.finfo(dtype).max))
     wx, wy, ww, wh = _check_weights(weights, dtype)
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
@@ -294,6 +296,9 @@ def _threshold_as(dtype, iou_threshold):
     which is rounded *up* and so keeps a box whose IoU is exactly 0.3f. We take
     the largest ``dtype`` value <= the threshold instead.
     """
+    # a computed IoU is never above 1, so every threshold >= 1 removes nothing;
+    # clamping keeps the cast finite (1e40 would overflow float32)
+    iou_threshold = min(iou_threshold, 2.0)
     t = np.asarray(iou_threshold, dtype=dtype)[()]
     if float(t) > iou_threshold:
         t = np.nextafter(t, dtype.type(-np.inf))
