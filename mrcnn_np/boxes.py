@@ -467,9 +467,9 @@ class _XView:
     """Phase 1's x-ordered copy of the boxes still in play: not removed, rank >= start.
 
     X1, Y1, X2, Y2, A (M,) coordinates and areas in x order, R (M,) their
-    ranks, G (M,) categories or None; per rank (lists of N): ``pos`` its x
-    position (meaningful for boxes in the view) and its window ``[lo, hi)`` of
-    positions.
+    ranks, G (M,) categories or None; per rank, (N,) int64 arrays (entries of
+    ranks outside the view unused): ``pos`` its x position in the view and its
+    window ``[lo, hi)`` of positions.
     """
 
     def __init__(self, sw, removed, start):
