@@ -417,6 +417,56 @@ def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
                 dw += tmp
 
 
+def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
+    """Stride-1 convs on large images take the row-unrolled path (:func:`_gemm_rows`)."""
+    return stride == (1, 1) and KH > 1 and C * KH * KW * Ho * Wo * itemsize > _BLOCK_BYTES
+
+
+def _gemm_rows(xp, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None):
+    """Stride-1 im2col GEMMs that copy only KW (not KH*KW) shifted copies of the input.
+
+    For a block of output rows i0..i0+r, ``Y[c, q, t, j] = xpad[n, c, i0 + t, j + q*dw]``
+    (t < r + dh*(KH-1)) is KW shifted copies of the input rows. For kernel row p the
+    (C*KW, r*Wo) column matrix of that row's taps is then ``Y[:, :, p*dh:p*dh + r]``, a
+    strided view with no copy, and the block's output is the sum of KH GEMMs:
+    ``out = sum_p wk[p] @ Y_p``. A third of the copying of im2col for a 3x3 kernel, for
+    KH-1 additions of the (smaller) output block.
+
+    xp: padded input (N, C, Hp, Wp); out_hw: (Ho, Wo).
+    wk: (KH, F, C*KW) weights by kernel row, out: (N, F, Ho*Wo), written;
+    src: (N, F2, Ho*Wo), dwk: (KH, F2, C*KW): ``dwk[p] += src[n][:, block] @ Y_p.T``.
+    """
+    N, C = xp.shape[:2]
+    Ho, Wo = out_hw
+    dh, dw = dilation
+    ext = dh * (KH - 1)
+    rows = max(1, min(Ho, _BLOCK_BYTES // (C * KW * Wo * xp.itemsize)))
+    buf = np.empty(C * KW * (rows + ext) * Wo, dtype=xp.dtype)
+    tmp = np.empty(wk.shape[1] * rows * Wo, dtype=xp.dtype) if wk is not None else None
+    tmp_dw = np.empty_like(dwk[0]) if dwk is not None else None
+    for n in range(N):
+        for i0 in range(0, Ho, rows):
+            r = min(rows, Ho - i0)
+            R = r + ext
+            y = buf[:C * KW * R * Wo].reshape(C, KW, R, Wo)
+            for q in range(KW):
+                np.copyto(y[:, q], xp[n, :, i0:i0 + R, q * dw:q * dw + Wo])
+            yf = y.reshape(C * KW, R * Wo)
+            row_views = [yf[:, p * dh * Wo:(p * dh + r) * Wo] for p in range(KH)]
+            if wk is not None:
+                o = out[n, :, i0 * Wo:(i0 + r) * Wo]
+                np.matmul(wk[0], row_views[0], out=o)
+                t = tmp[:wk.shape[1] * r * Wo].reshape(-1, r * Wo)
+                for p in range(1, KH):
+                    np.matmul(wk[p], row_views[p], out=t)
+                    o += t
+            if dwk is not None:
+                s = src[n, :, i0 * Wo:(i0 + r) * Wo]
+                for p in range(KH):
+                    np.matmul(s, row_views[p].T, out=tmp_dw)
+                    dwk[p] += tmp_dw
+
+
 def _gemm_col2im(wmT, src, dphases, taps, shape):
     """``dphases += col2im(wmT @ src)``, block by block.
 
@@ -495,6 +545,10 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
     wm = _weight_matrix(w)
     if _is_pointwise(KH, KW, stride, padding):
         out = np.matmul(wm, np.ascontiguousarray(x).reshape(N, C, H * W))
+    elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
+        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+        wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
+        _gemm_rows(_pad(x, padding), KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
     else:
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
@@ -534,14 +588,19 @@ def conv2d_backward(dout, cache):
     else:
         shape6 = (N, C, KH, KW, Ho, Wo)
         taps = _taps(KH, KW, stride, dilation)
-        dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
-        _gemm_im2col(_phases(_pad(x, padding), taps), taps, shape6, src=d2, dw=dw)
+        if _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
+            dwk = np.zeros((KH, F, C * KW), dtype=x.dtype)
+            _gemm_rows(_pad(x, padding), KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
+            dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
+        else:
+            dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
+            _gemm_im2col(_phases(_pad(x, padding), taps), taps, shape6, src=d2, dw=dw)
         xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
         dphases = _zero_phases(xp_shape, taps, x.dtype)
         _gemm_col2im(np.ascontiguousarray(wm.T), d2, dphases, taps, shape6)
         dx = _assemble(dphases, xp_shape, taps, padding, H, W)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    return dx, dw.reshape(w.shape), db
+    return dx, np.ascontiguousarray(dw).reshape(w.shape), db
 
 
 def conv2d_naive(x, w, b, *, stride=1, padding=0, dilation=1):
