@@ -519,19 +519,15 @@ def test_bad_dout():
         conv_transpose2d_backward(np.zeros((1, 3, 5, 5)), cache)
 
 
-@pytest.mark.parametrize("budget,parallel", [(1, False), (700, True), (5000, False),
-                                             (5000, True)])
-def test_blocked_paths_equal_naive(monkeypatch, budget, parallel):
+@pytest.mark.parametrize("budget", [1, 700, 5000])
+def test_blocked_paths_equal_naive(monkeypatch, budget):
     # The fast paths unroll the columns in blocks of output rows or of whole
-    # images; a small budget forces one-row blocks, a ragged last block and
-    # multi-image blocks, which the default budget never reaches on tiny inputs.
-    # parallel: spread the copies/additions of every block over worker threads
-    # (normally only for blocks above _PARALLEL_MIN_BYTES).
+    # images; a small budget forces one-row blocks, a ragged last block,
+    # multi-image blocks and the stride-1 row unrolling, which the default
+    # budget never reaches on tiny inputs.
     import mrcnn_np.ops.conv as conv
 
     monkeypatch.setattr(conv, "_BLOCK_BYTES", budget)
-    monkeypatch.setattr(conv, "_N_THREADS", 3 if parallel else 1)
-    monkeypatch.setattr(conv, "_PARALLEL_MIN_BYTES", 0)
     rng = np.random.default_rng(11)
     x, w, b = _rand(rng, (3, 2, 9, 7)), _rand(rng, (3, 2, 3, 2)), _rand(rng, (3,))
     # strided (phases + per-tap unrolling) and stride-1 (row unrolling, large images)

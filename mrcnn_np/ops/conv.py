@@ -35,8 +35,6 @@ plain, unblocked versions, kept for teaching and tests.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -251,51 +249,12 @@ def _weight_matrix(w):
 #
 # Strided convolutions first split the padded input into its stride phases
 # P[a][b] = xpad[:, :, a::sh, b::sw]; every kernel tap then reads a contiguous run of
-# one phase, so each copy is a plain strided-slice copy with unit inner stride. The
-# copies of a block (one per kernel tap) and the col2im additions (one per tap, split
-# by channel) are spread over a few threads: NumPy releases the GIL while copying, and
-# the GEMMs already use every core, so the copies would otherwise run on one core only.
+# one phase, so each copy is a plain strided-slice copy with unit inner stride.
+# Stride-1 convolutions on large images copy even less (see :func:`_gemm_rows`).
+# (Spreading the copies over worker threads was tried: on the 2-core build machine,
+# shared with other jobs, it gained nothing, so the copies stay on the calling thread.)
 
 _BLOCK_BYTES = 16 * 2**20
-_PARALLEL_MIN_BYTES = 2**20
-_N_THREADS = max(1, min(4, os.cpu_count() or 1))
-_POOL = None
-
-
-def _forget_pool():
-    # a forked child inherits the pool object but not its threads: start afresh
-    global _POOL
-    _POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _run_groups(fn, groups):
-    """Call ``fn(group)`` for every group, the first on this thread, the rest on the pool."""
-    global _POOL
-    groups = [g for g in groups if len(g)]
-    if len(groups) <= 1:
-        for g in groups:
-            fn(g)
-        return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(_N_THREADS, thread_name_prefix="mrcnn_np.conv")
-    futures = [_POOL.submit(fn, g) for g in groups[1:]]
-    fn(groups[0])
-    for f in futures:
-        f.result()
-
-
-def _n_groups(nbytes):
-    return _N_THREADS if nbytes >= _PARALLEL_MIN_BYTES else 1
-
-
-def _split(n, parts):
-    """[(start, stop), ...]: range(n) cut into at most ``parts`` nearly equal pieces."""
-    edges = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 class _Taps(NamedTuple):
@@ -345,42 +304,26 @@ def _blocks(N, Ho, Wo, K, itemsize):
 
 
 def _unroll_block(cols6, phases, taps, n0, n1, i0, i1):
-    """im2col of one block: ``cols6[:, p, q] = window of tap (p, q)``.
+    """im2col of one block, one copy per kernel tap: ``cols6[:, p, q] = window of (p, q)``.
 
-    cols6: (C, KH, KW, nb, r, Wo) buffer; phases from :func:`_phases`. One copy per
-    tap (split by channel when there are fewer taps than threads).
+    cols6: (C, KH, KW, nb, r, Wo) buffer for images n0..n1-1, output rows i0..i1-1;
+    phases from :func:`_phases`.
     """
-    C, _, _, nb, r, Wo = cols6.shape
-    groups = _n_groups(cols6.nbytes)
-    if len(taps.taps) >= groups:
-        units = [(t, 0, C) for t in taps.taps]
-    else:
-        units = [(t, c0, c1) for t in taps.taps for c0, c1 in _split(C, groups)]
-
-    def work(group):
-        for (p, q, a, b, oh, ow), c0, c1 in group:
-            src = phases[a, b][n0:n1, c0:c1, oh + i0:oh + i1, ow:ow + Wo]
-            np.copyto(cols6[c0:c1, p, q], src.transpose(1, 0, 2, 3))
-
-    _run_groups(work, [units[g::groups] for g in range(groups)])
+    Wo = cols6.shape[-1]
+    for p, q, a, b, oh, ow in taps.taps:
+        src = phases[a, b][n0:n1, :, oh + i0:oh + i1, ow:ow + Wo]
+        np.copyto(cols6[:, p, q], src.transpose(1, 0, 2, 3))
 
 
 def _scatter_block(dphases, cols6, taps, n0, n1, i0, i1):
     """col2im of one block: add ``cols6[:, p, q]`` onto the window of tap (p, q).
 
-    dphases: {(a, b): (N, C, Hq, Wq)} accumulators, one per stride phase. Split by
-    channel across threads (windows of different taps overlap, channels do not).
+    dphases: {(a, b): (N, C, Hq, Wq)} accumulators, one per stride phase.
     """
-    C, _, _, nb, r, Wo = cols6.shape
-
-    def work(chunks):
-        for c0, c1 in chunks:
-            for p, q, a, b, oh, ow in taps.taps:
-                dst = dphases[a, b][n0:n1, c0:c1, oh + i0:oh + i1, ow:ow + Wo]
-                dst += cols6[c0:c1, p, q].transpose(1, 0, 2, 3)
-
-    groups = _n_groups(cols6.nbytes)
-    _run_groups(work, [[c] for c in _split(C, groups)])
+    Wo = cols6.shape[-1]
+    for p, q, a, b, oh, ow in taps.taps:
+        dst = dphases[a, b][n0:n1, :, oh + i0:oh + i1, ow:ow + Wo]
+        dst += cols6[:, p, q].transpose(1, 0, 2, 3)
 
 
 def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
