@@ -532,7 +532,8 @@ def test_blocked_paths_equal_naive(monkeypatch, budget):
     x, w, b = _rand(rng, (3, 2, 9, 7)), _rand(rng, (3, 2, 3, 2)), _rand(rng, (3,))
     # strided (phases + per-tap unrolling) and stride-1 (row unrolling, large images)
     for kw in (dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
-               dict(stride=1, padding=(1, 2), dilation=(2, 1))):
+               dict(stride=1, padding=(1, 2), dilation=(2, 1)),
+               dict(stride=1, padding=(3, 1), dilation=(2, 1))):  # dx as a forward conv
         out, cache = conv2d_forward(x, w, b, **kw)
         np.testing.assert_allclose(out, conv2d_naive(x, w, b, **kw), rtol=1e-12, atol=1e-12)
         dout = _rand(rng, out.shape)

@@ -538,10 +538,20 @@ def conv2d_backward(dout, cache):
         else:
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
             _gemm_im2col(_phases(_pad(x, padding), taps), taps, shape6, src=d2, dw=dw)
-        xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
-        dphases = _zero_phases(xp_shape, taps, x.dtype)
-        _gemm_col2im(np.ascontiguousarray(wm.T), d2, dphases, taps, shape6)
-        dx = _assemble(dphases, xp_shape, taps, padding, H, W)
+        back_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (KH, KW), padding))
+        if _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize) and min(back_pad) >= 0:
+            # stride 1: dx is the convolution of dout, padded by d*(k-1) - p, with the
+            # kernel flipped in space and its channel axes swapped; as a forward conv it
+            # takes the row-unrolled path (KW copies of dout instead of KH*KW additions).
+            wk = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 1, 0, 3)).reshape(KH, C, F * KW)
+            dx = np.empty((N, C, H * W), dtype=x.dtype)
+            _gemm_rows(_pad(dout, back_pad), KH, KW, dilation, (H, W), wk=wk, out=dx)
+            dx = dx.reshape(N, C, H, W)
+        else:
+            xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
+            dphases = _zero_phases(xp_shape, taps, x.dtype)
+            _gemm_col2im(np.ascontiguousarray(wm.T), d2, dphases, taps, shape6)
+            dx = _assemble(dphases, xp_shape, taps, padding, H, W)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, np.ascontiguousarray(dw).reshape(w.shape), db
 
