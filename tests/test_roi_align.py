@@ -266,6 +266,20 @@ def test_fast_equals_naive_float32_and_keeps_dtype():
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_float16_keeps_dtype(method, monkeypatch):
+    # scipy's sparse kernels have no float16: they compute in float32, the result is cast back
+    monkeypatch.setattr(ra, "_METHOD", method)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 2, 9, 9)).astype(np.float16)
+    boxes = np.array([[0, 0.7, 1.3, 6.9, 7.7], [0, 2.2, -1.4, 9.1, 4.3]])
+    out, cache = roi_align_forward(x, boxes, 3, sampling_ratio=2)
+    dx = roi_align_backward(np.ones_like(out), cache)
+    assert out.dtype == dx.dtype == np.float16
+    want = roi_align_naive(x.astype(np.float64), boxes, 3, sampling_ratio=2)
+    np.testing.assert_allclose(out, want, rtol=0, atol=4e-3)  # float16 spacing at 2 is 2e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_mixed_grid_sizes_in_one_call(method):
     # adaptive sampling with boxes of very different sizes: several grids at once
     rng = np.random.default_rng(11)
@@ -280,9 +294,10 @@ def test_mixed_grid_sizes_in_one_call(method):
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
 
 
-def test_threaded_blocks_and_chunked_build_equal_naive(monkeypatch):
-    # the fast path splits boxes into blocks run in threads when there is enough work;
-    # force several blocks on a small problem and compare with the naive loops
+def test_chunked_build_equals_naive(monkeypatch):
+    # roi_align_matrix builds its entries a few boxes at a time (bounded temporaries);
+    # force chunks of one or two boxes on a small problem and compare with the naive
+    # loops, forward and backward
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 3, 12, 10))
     boxes = np.column_stack([rng.integers(0, 2, 17), rng.uniform(-3, 14, (17, 4))])
@@ -290,19 +305,12 @@ def test_threaded_blocks_and_chunked_build_equal_naive(monkeypatch):
     dout = rng.standard_normal((17, 3, 3, 2))
     monkeypatch.setattr(ra, "_METHOD", "matrix")
     _, cache1 = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
-    assert len(cache1.blocks) == 1
     dx1 = roi_align_backward(dout, cache1)
-    monkeypatch.setattr(ra, "_MIN_PARALLEL_NNZ", 0)
-    monkeypatch.setattr(ra, "_THREADS", 3)
-    monkeypatch.setattr(ra, "_CHUNK_ENTRIES", 200)  # and build the matrix a few boxes at a time
-    monkeypatch.setattr(ra, "_ROWS_PER_CHUNK", 13)  # cache blocks of 2 boxes
+    monkeypatch.setattr(ra, "_CHUNK_ENTRIES", 200)
+    out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
     naive = roi_align_naive(x, boxes, (3, 2), sampling_ratio=-1)
-    for kernels in (ra._sparsetools, None):  # scipy's kernels, then the public API
-        monkeypatch.setattr(ra, "_sparsetools", kernels)
-        out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
-        assert len(cache.blocks) == 3
-        np.testing.assert_allclose(out, naive, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(roi_align_backward(dout, cache), dx1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, naive, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(roi_align_backward(dout, cache), dx1, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------
@@ -571,6 +579,20 @@ def test_bad_inputs():
         roi_align_naive(x, np.zeros((3, 6)), 2)
     with pytest.raises(ValueError, match="boxes"):
         level_mapper(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="boxes must be finite"):
+        level_mapper(np.array([[0, 0, np.nan, 10.0]]))
+    with pytest.raises(TypeError, match="sampling_ratio"):
+        roi_align_forward(x, ok, 2, sampling_ratio=1.5)
+    with pytest.raises(TypeError, match="aligned"):
+        roi_align_forward(x, ok, 2, aligned=1)
+    with pytest.raises(ValueError, match="batch index"):
+        ra.roi_align_matrix((2, 1, 5, 5), np.array([[2, 1, 1, 3, 3.0]]), 2)
+    with pytest.raises(ValueError, match="input_shape"):
+        ra.roi_align_separable((1, 5, 5), ok, 2)
+    with pytest.raises(ValueError, match="box must have shape"):
+        roi_sample_points(np.zeros(5), 2)
+    with pytest.raises(TypeError, match="sampling_ratio"):
+        roi_sample_points(np.array([1, 1, 3, 3.0]), 2, sampling_ratio=1.5)
     _, cache = roi_align_forward(x, ok, 2)
     with pytest.raises(ValueError, match="dout"):
         roi_align_backward(np.zeros((1, 1, 3, 3)), cache)
@@ -581,3 +603,9 @@ def test_bad_inputs():
         multiscale_roi_align_forward(feats, ok, 2, scales=(1 / 4, 1 / 16))
     with pytest.raises(ValueError, match="boxes"):
         multiscale_roi_align_forward(feats, np.zeros((1, 4)), 2, scales=(1 / 4, 1 / 8))
+    with pytest.raises(ValueError, match="boxes must be finite"):
+        multiscale_roi_align_forward(feats, np.array([[0, 0, 0, np.nan, 3.0]]), 2,
+                                     scales=(1 / 4, 1 / 8))
+    with pytest.raises(TypeError, match="sampling_ratio"):  # checked even with no boxes
+        multiscale_roi_align_forward(feats, np.zeros((0, 5)), 2, scales=(1 / 4, 1 / 8),
+                                     sampling_ratio=1.5)

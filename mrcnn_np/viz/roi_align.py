@@ -7,7 +7,7 @@ Feature-map figures use RoIAlign's own frame: the value of cell ``(i, j)``
 sits at the point ``(y, x) = (i, j)``, so a cell is drawn as the unit square
 centred there (``imshow`` extent ``(-0.5, W - 0.5, H - 0.5, -0.5)``). In that
 frame an image box edge ``x1`` (pixel-corner units) is at ``x1 * scale - 0.5``:
-the "true" box is drawn dashed. Photo figures use image pixels, boxes xyxy.
+the "true" box is drawn dotted. Photo figures use image pixels, boxes xyxy.
 """
 from __future__ import annotations
 
