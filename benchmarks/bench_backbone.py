@@ -119,7 +119,8 @@ def per_conv(convs, rng, repeats):
           f"{'GEMM ms':>8s} {'GEMM GF/s':>9s} {'conv/GEMM':>9s} {'total ms':>9s}")
     for total, count, cin, cout, k, s, h, w, tc, tg, flops in rows:
         flag = "  <-- slow" if tg / tc < 0.6 else ""
-        print(f"{cin:5d}->{cout:<6d} {k}/{s:<3d} {h:4d}x{w:<4d} {count:3d} {tc * 1e3:8.2f} {flops / tc / 1e9:6.1f} "
+        print(f"{cin:5d}->{cout:<6d} {k}/{s:<3d} {h:4d}x{w:<4d} {count:3d} {tc * 1e3:8.2f} "
+              f"{flops / tc / 1e9:6.1f} "
               f"{tg * 1e3:8.2f} {flops / tg / 1e9:9.1f} {tg / tc:9.2f} {total * 1e3:9.1f}{flag}")
     return sum(r[0] for r in rows)
 

@@ -306,7 +306,9 @@ def check_resnet_params(params, dtype=None):
         if value.shape != shape:
             raise ValueError(f"params[{key!r}] must have shape {shape}, got {value.shape}")
         if dtype is not None and value.dtype != dtype:
-            raise TypeError(f"params[{key!r}] must have dtype {np.dtype(dtype)} (the input's), got {value.dtype}")
+            raise TypeError(
+                f"params[{key!r}] must have dtype {np.dtype(dtype)} (the input's), got {value.dtype}"
+            )
     for key in params:
         if key.startswith(PREFIX) and key not in expected:
             raise ValueError(

@@ -173,7 +173,9 @@ def check_fpn_params(params, dtype=None):
         if value.shape != shape:
             raise ValueError(f"params[{key!r}] must have shape {shape}, got {value.shape}")
         if dtype is not None and value.dtype != dtype:
-            raise TypeError(f"params[{key!r}] must have dtype {np.dtype(dtype)} (the features'), got {value.dtype}")
+            raise TypeError(
+                f"params[{key!r}] must have dtype {np.dtype(dtype)} (the features'), got {value.dtype}"
+            )
     for key in params:
         if key.startswith(PREFIX) and key not in expected:
             raise ValueError(f"params has unexpected key {key!r} for an FPN with {len(ins)} levels")
@@ -197,7 +199,9 @@ def _check_features(features, ins):
         if n is None:
             n, dtype = f.shape[0], f.dtype
         elif f.shape[0] != n:
-            raise ValueError(f"features[{name!r}] must have batch size {n} (as {in_names[0]}), got {f.shape[0]}")
+            raise ValueError(
+                f"features[{name!r}] must have batch size {n} (as {in_names[0]}), got {f.shape[0]}"
+            )
         elif f.dtype != dtype:
             raise TypeError(f"features[{name!r}] must have dtype {dtype} (as {in_names[0]}), got {f.dtype}")
     return in_names, dtype

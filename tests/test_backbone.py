@@ -178,7 +178,8 @@ def test_init_reproducible_and_depth_aliases():
     a = init_resnet((1, 1, 1, 1), width=4, rng=np.random.default_rng(7))
     b = init_resnet((1, 1, 1, 1), width=4, rng=np.random.default_rng(7))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert resnet_structure(init_resnet(101, width=2, rng=np.random.default_rng(0))).layers == RESNET_BLOCKS[101]
+    r101 = init_resnet(101, width=2, rng=np.random.default_rng(0))
+    assert resnet_structure(r101).layers == RESNET_BLOCKS[101]
     with pytest.raises(ValueError, match="depth"):
         init_resnet(18, rng=np.random.default_rng(0))  # basic-block ResNets are not bottleneck
     with pytest.raises(ValueError, match="layers"):
@@ -242,7 +243,8 @@ def test_receptive_fields_resnet50_by_hand():
 
 def picks(arr, grad, rng, k=3):
     """k random entries plus the entry with the largest analytic gradient."""
-    flat = [tuple(int(i) for i in np.unravel_index(j, arr.shape)) for j in rng.choice(arr.size, size=min(k, arr.size), replace=False)]
+    chosen = rng.choice(arr.size, size=min(k, arr.size), replace=False)
+    flat = [tuple(int(i) for i in np.unravel_index(j, arr.shape)) for j in chosen]
     flat.append(tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(grad)), arr.shape)))
     return list(dict.fromkeys(flat))
 

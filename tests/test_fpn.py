@@ -98,14 +98,16 @@ def test_random_weights_match_independent_reference():
     last = None
     expect = {}
     for i in range(3, -1, -1):
-        lat = ref_conv(feats[f"C{i + 2}"], p[f"{F}inner_blocks.{i}.0.weight"], p[f"{F}inner_blocks.{i}.0.bias"], 0)
+        lat = ref_conv(feats[f"C{i + 2}"], p[f"{F}inner_blocks.{i}.0.weight"],
+                       p[f"{F}inner_blocks.{i}.0.bias"], 0)
         if last is not None:
             h, w = lat.shape[2:]
             rows = (np.arange(h) * last.shape[2]) // h
             cols = (np.arange(w) * last.shape[3]) // w
             lat = lat + last[:, :, rows][:, :, :, cols]
         last = lat
-        expect[f"P{i + 2}"] = ref_conv(lat, p[f"{F}layer_blocks.{i}.0.weight"], p[f"{F}layer_blocks.{i}.0.bias"], 1)
+        expect[f"P{i + 2}"] = ref_conv(lat, p[f"{F}layer_blocks.{i}.0.weight"],
+                                       p[f"{F}layer_blocks.{i}.0.bias"], 1)
     expect["P6"] = expect["P5"][:, :, ::2, ::2]
     assert set(pyr) == set(expect)
     for k in expect:
@@ -185,7 +187,8 @@ def test_init_as_torchvision():
     for k, v in p.items():
         if k.endswith("bias"):
             assert v.shape == (256,) and not np.any(v)
-    assert init_fpn([4, 8], 3, rng=np.random.default_rng(0))[F + "inner_blocks.0.0.weight"].dtype == np.float32
+    small = init_fpn([4, 8], 3, rng=np.random.default_rng(0))
+    assert small[F + "inner_blocks.0.0.weight"].dtype == np.float32
 
 
 def test_float32_stays_float32():

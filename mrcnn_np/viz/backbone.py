@@ -170,7 +170,8 @@ def plot_feature_shapes(shapes, image_size, *, ax=None):
         slot = max(w + depth * off, 0.3 * W)  # room for the label
         x += (slot - w - depth * off) / 2
         for i in range(depth, 0, -1):
-            ax.add_patch(Rectangle((x + i * off, -i * off + (H - h)), w, h, fill=False, ec=color, lw=0.6, alpha=0.6))
+            ax.add_patch(Rectangle((x + i * off, -i * off + (H - h)), w, h, fill=False, ec=color,
+                                   lw=0.6, alpha=0.6))
         ax.add_patch(Rectangle((x, H - h), w, h, fc=color, ec="k", alpha=0.85))
         ax.text(x + w / 2 + depth * off / 2, H - h - depth * off - 0.03 * H,
                 f"{name}\n{c} x {h} x {w}\nstride {H // h}", ha="center", va="bottom", fontsize=9)

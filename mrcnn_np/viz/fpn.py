@@ -15,7 +15,8 @@ __all__ = [
 
 
 def _show(ax, m, *, cmap="viridis", vmin=None, vmax=None):
-    ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(0, m.shape[1], m.shape[0], 0), vmin=vmin, vmax=vmax)
+    ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(0, m.shape[1], m.shape[0], 0),
+              vmin=vmin, vmax=vmax)
     ax.set_xticks([])
     ax.set_yticks([])
 

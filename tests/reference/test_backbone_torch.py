@@ -71,7 +71,7 @@ def test_tiny_forward_and_gradients_match_torchvision():
     pyr, fc = fpn_forward(params, feats)
     body_t = model.body(torch.tensor(x))
     for k, v in body_t.items():
-        ours = feats[{"layer1": "C2", "layer2": "C3", "layer3": "C4", "layer4": "C5", "0": "C2", "1": "C3", "2": "C4", "3": "C5"}[k]]
+        ours = feats[{"0": "C2", "1": "C3", "2": "C4", "3": "C5"}[k]]  # IntermediateLayerGetter names
         np.testing.assert_allclose(ours, v.detach().numpy(), rtol=1e-10, atol=1e-10)
     for k, v in out_t.items():
         np.testing.assert_allclose(pyr[names[k]], v.detach().numpy(), rtol=1e-10, atol=1e-10)
@@ -92,7 +92,8 @@ def test_tiny_forward_and_gradients_match_torchvision():
 
 def test_trainable_layers_3_matches_torchvision_requires_grad():
     model = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)
-    trainable = {"backbone." + k for k, p in model.named_parameters() if p.requires_grad and k.startswith("body.")}
+    trainable = {"backbone." + k for k, p in model.named_parameters()
+                 if p.requires_grad and k.startswith("body.")}
     from mrcnn_np.backbone import resnet_trainable_keys
 
     params = to_params(model)
