@@ -294,6 +294,32 @@ def test_conv2d_fast_equals_naive(problem, with_bias):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=30)
+@given(conv_problems(), st.integers(1, 4000))
+def test_conv2d_small_blocks_equal_naive(problem, budget):
+    # tiny block budgets send every problem through the blocked paths the
+    # default budget keeps for large images (row blocks, stride-1 row unrolling
+    # with the padding written in place, dx as a flipped-kernel forward conv)
+    import mrcnn_np.ops.conv as conv
+
+    N, C, H, W, F, KH, KW, s, p, d, seed = problem
+    rng = np.random.default_rng(seed)
+    x, w = _rand(rng, (N, C, H, W)), _rand(rng, (F, C, KH, KW))
+    kw = dict(stride=s, padding=p, dilation=d)
+    saved = conv._BLOCK_BYTES
+    conv._BLOCK_BYTES = budget
+    try:
+        out, cache = conv2d_forward(x, w, None, **kw)
+        dout = _rand(rng, out.shape)
+        got = conv2d_backward(dout, cache)
+    finally:
+        conv._BLOCK_BYTES = saved
+    np.testing.assert_allclose(out, conv2d_naive(x, w, None, **kw), rtol=1e-12, atol=1e-12)
+    want = conv2d_backward_naive(dout, x, w, **kw)
+    for g, n in zip(got[:2], want[:2]):
+        np.testing.assert_allclose(g, n, rtol=1e-12, atol=1e-12)
+
+
 @settings(max_examples=40)
 @given(conv_problems(), st.booleans())
 def test_conv_transpose2d_fast_equals_naive(problem, with_bias):

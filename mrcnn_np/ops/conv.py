@@ -365,7 +365,7 @@ def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
     return stride == (1, 1) and KH > 1 and C * KH * KW * Ho * Wo * itemsize > _BLOCK_BYTES
 
 
-def _gemm_rows(xp, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None):
+def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None):
     """Stride-1 im2col GEMMs that copy only KW (not KH*KW) shifted copies of the input.
 
     For a block of output rows i0..i0+r, ``Y[c, q, t, j] = xpad[n, c, i0 + t, j + q*dw]``
@@ -375,25 +375,38 @@ def _gemm_rows(xp, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk
     ``out = sum_p wk[p] @ Y_p``. A third of the copying of im2col for a 3x3 kernel, for
     KH-1 additions of the (smaller) output block.
 
-    xp: padded input (N, C, Hp, Wp); out_hw: (Ho, Wo).
+    The zero padding is written straight into Y (no padded copy of x is made).
+
+    x: input (N, C, H, W); padding: (ph, pw); out_hw: (Ho, Wo).
     wk: (KH, F, C*KW) weights by kernel row, out: (N, F, Ho*Wo), written;
     src: (N, F2, Ho*Wo), dwk: (KH, F2, C*KW): ``dwk[p] += src[n][:, block] @ Y_p.T``.
     """
-    N, C = xp.shape[:2]
+    N, C, H, W = x.shape
+    ph, pw = padding
     Ho, Wo = out_hw
     dh, dw = dilation
     ext = dh * (KH - 1)
-    rows = max(1, min(Ho, _BLOCK_BYTES // (C * KW * Wo * xp.itemsize)))
-    buf = np.empty(C * KW * (rows + ext) * Wo, dtype=xp.dtype)
-    tmp = np.empty(wk.shape[1] * rows * Wo, dtype=xp.dtype) if wk is not None else None
+    rows = max(1, min(Ho, _BLOCK_BYTES // (C * KW * Wo * x.itemsize)))
+    buf = np.empty(C * KW * (rows + ext) * Wo, dtype=x.dtype)
+    tmp = np.empty(wk.shape[1] * rows * Wo, dtype=x.dtype) if wk is not None else None
     tmp_dw = np.empty_like(dwk[0]) if dwk is not None else None
     for n in range(N):
         for i0 in range(0, Ho, rows):
             r = min(rows, Ho - i0)
             R = r + ext
             y = buf[:C * KW * R * Wo].reshape(C, KW, R, Wo)
+            # padded rows i0 .. i0+R-1 are x rows i0-ph ..; keep those inside x
+            t0, t1 = max(0, ph - i0), min(R, H + ph - i0)
+            y[:, :, :t0] = 0
+            y[:, :, t1:] = 0
             for q in range(KW):
-                np.copyto(y[:, q], xp[n, :, i0:i0 + R, q * dw:q * dw + Wo])
+                # padded columns q*dw .. q*dw+Wo-1 are x columns q*dw-pw ..
+                j0, j1 = max(0, pw - q * dw), min(Wo, W + pw - q * dw)
+                yq = y[:, q, t0:t1]
+                yq[:, :, :j0] = 0
+                yq[:, :, j1:] = 0
+                np.copyto(yq[:, :, j0:j1],
+                          x[n, :, i0 + t0 - ph:i0 + t1 - ph, j0 + q * dw - pw:j1 + q * dw - pw])
             yf = y.reshape(C * KW, R * Wo)
             row_views = [yf[:, p * dh * Wo:(p * dh + r) * Wo] for p in range(KH)]
             if wk is not None:
@@ -491,7 +504,7 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
     elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
-        _gemm_rows(_pad(x, padding), KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
+        _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
     else:
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
@@ -533,7 +546,7 @@ def conv2d_backward(dout, cache):
         taps = _taps(KH, KW, stride, dilation)
         if _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
             dwk = np.zeros((KH, F, C * KW), dtype=x.dtype)
-            _gemm_rows(_pad(x, padding), KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
+            _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
             dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
         else:
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
@@ -545,7 +558,7 @@ def conv2d_backward(dout, cache):
             # takes the row-unrolled path (KW copies of dout instead of KH*KW additions).
             wk = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 1, 0, 3)).reshape(KH, C, F * KW)
             dx = np.empty((N, C, H * W), dtype=x.dtype)
-            _gemm_rows(_pad(dout, back_pad), KH, KW, dilation, (H, W), wk=wk, out=dx)
+            _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
             dx = dx.reshape(N, C, H, W)
         else:
             xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
