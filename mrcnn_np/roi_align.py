@@ -60,7 +60,9 @@ feature cell ``(n, h, w)`` (``roi_align_matrix``). Row ``(k, p, q)`` holds,
 for each of the bin's ``gh * gw`` samples, the four bilinear weights above
 divided by ``gh * gw``, on the four neighbour cells; a cell shared by several
 samples is stored once with the summed weight, zero weights are dropped.
-``M`` is built vectorised, with no loop over boxes, bins or samples: the
+``M`` is built vectorised, with no loop over single boxes, bins or samples
+(only over memory-bounded chunks of boxes and, with adaptive sampling, over
+the distinct grid sizes ``(gh, gw)``, boxes of one size together): the
 weights factor into a y part and an x part (``w = wy * wx``, and the "outside
 [-1, H] x [-1, W] gives 0" rule factors too), so the neighbours and weights
 are computed once per box row (ph of them) and per box column (pw), and the
@@ -70,13 +72,14 @@ With the features laid out channels last, ``(N*H*W, C)``, the forward is one
 sparse times dense product ``M @ F`` and the backward one product with the
 transpose, ``M^T @ dout`` (a scatter-add), both scipy's compiled kernels
 through the public ``scipy.sparse`` API. That alone, single-threaded, is
-faster than torchvision's C++ CPU kernel on the benchmark (512 boxes on a
-(1, 256, 50, 50) float32 map, sampling_ratio 2, 2-core machine under load,
-same process, min of repeats, ``benchmarks/bench_roi_align.py``): 7x7
-forward 18.6 ms vs 67.7 ms, forward + backward 33 ms vs 523 ms; 14x14
-forward 90 ms vs 337 ms, forward + backward 137 ms vs 2109 ms. (A thread
-pool and calling scipy's private kernels in place were tried: at most 1.7x
-more on an idle core, not worth the extra code paths.)
+faster than torchvision's C++ CPU kernel on the benchmark
+(``benchmarks/bench_roi_align.py``: 512 boxes on a (1, 256, 50, 50) float32
+map, sampling_ratio 2; 2-core machine under load, float32 GEMM at 62 GFLOP/s
+in the same process, min of repeats): 7x7 forward 17 ms vs 75 ms, forward +
+backward 30 ms vs 527 ms; 14x14 forward 84 ms vs 311 ms, forward + backward
+127 ms vs 2059 ms. (A thread pool over box blocks plus scipy's private
+in-place kernels were tried and removed: 1.05x to 1.7x faster depending on
+the load, not worth two more code paths.)
 
 When channels are few and sampling grids large (mask targets: adaptive
 sampling of big boxes on (G, 1, H, W) masks) the full matrix would be
