@@ -151,6 +151,7 @@ def test_conv2d_no_bias_gives_db_none():
 TRANSPOSE_CASES = [
     # (N, C_in, H, W, C_out, KH, KW, stride, padding, dilation)
     (2, 3, 4, 5, 2, 2, 2, 2, 0, 1),  # the mask head's 2x2 stride-2 upsampler
+    (3, 8, 2, 2, 4, 2, 2, 2, 0, 1),  # same, many channels on tiny maps (dw as one GEMM)
     (1, 2, 5, 4, 3, 3, 3, 2, 1, 1),
     (2, 2, 3, 4, 2, 3, 2, (1, 3), (2, 0), (1, 2)),
     (1, 3, 4, 4, 2, 1, 1, 1, 0, 1),

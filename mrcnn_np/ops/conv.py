@@ -228,9 +228,22 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1):
 
 def _batched_outer(a, b):
     """``sum_n a[n] @ b[n].T`` for a (N, M, L), b (N, K, L) -> (M, K)."""
-    if a.shape[0] == 1:
+    N, M, L = a.shape
+    K = b.shape[1]
+    if N == 1:
         return a[0] @ b[0].T
-    return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
+    if N * M * K <= a.size + b.size:  # N small products are cheaper than the copies
+        return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
+    # one GEMM over all images: (M, N*L) @ (N*L, K), at the price of two copies
+    a2 = np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(M, N * L)
+    b2 = np.ascontiguousarray(b.transpose(1, 0, 2)).reshape(K, N * L)
+    return a2 @ b2.T
+
+
+def _is_tiling(KH, KW, stride, padding, dilation, out_hw, in_hw):
+    """Transposed conv whose kernel stamps tile the output exactly (stride = kernel)."""
+    return (stride == (KH, KW) and padding == (0, 0) and dilation == (1, 1)
+            and tuple(out_hw) == (in_hw[0] * KH, in_hw[1] * KW))
 
 
 def _weight_matrix(w):
@@ -687,6 +700,13 @@ def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output
     wm = _weight_matrix(w)  # (C_in, C_out*KH*KW)
     if _is_pointwise(KH, KW, stride, padding) and (Ho, Wo) == (H, W):
         out = np.matmul(wm.T, x2).reshape(N, Cout, Ho, Wo)
+    elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
+        # every input pixel paints its own KH x KW block (the mask head's 2x2,
+        # stride-2 upsampler): one GEMM, then one copy that interleaves the blocks
+        res = np.matmul(np.ascontiguousarray(wm.T), x2)  # (N, C_out*KH*KW, H*W)
+        out = np.ascontiguousarray(
+            res.reshape(N, Cout, KH, KW, H, W).transpose(0, 1, 4, 2, 5, 3)
+        ).reshape(N, Cout, Ho, Wo)
     else:
         taps = _taps(KH, KW, stride, dilation)
         outp_shape = (N, Cout, Ho + 2 * padding[0], Wo + 2 * padding[1])
@@ -717,6 +737,12 @@ def conv_transpose2d_backward(dout, cache):
         d2 = np.ascontiguousarray(dout).reshape(N, Cout, H * W)
         dx = np.matmul(wm, d2)
         dw = _batched_outer(x2, d2)
+    elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
+        cols = np.ascontiguousarray(
+            dout.reshape(N, Cout, H, KH, W, KW).transpose(0, 1, 3, 5, 2, 4)
+        ).reshape(N, Cout * KH * KW, H * W)
+        dx = np.matmul(wm, cols)
+        dw = _batched_outer(x2, cols)
     else:
         dx = np.empty((N, Cin, H * W), dtype=x.dtype)
         dw = np.zeros_like(wm)
