@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_positive_int
+from ._checks import check_array, check_positive_int, check_rng
 from .ops.activations import relu_backward, relu_forward
 from .ops.conv import conv2d_backward, conv2d_forward, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
@@ -337,8 +337,7 @@ def init_resnet(layers=None, *, depth=None, width=64, rng, dtype=np.float32):
     False by default, so bn3 is not zeroed either). No fc layer: detection
     drops it.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    check_rng(rng)
     if layers is not None and depth is not None:
         raise ValueError(f"give layers or depth, not both (got layers={layers!r}, depth={depth!r})")
     if layers is None:

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_positive_int
+from ._checks import check_array, check_positive_int, check_rng
 from .backbone import EXPANSION, init_resnet, resnet_backward, resnet_forward
 from .ops.conv import conv2d_backward, conv2d_forward
 from .ops.pool import max_pool2d_backward, max_pool2d_forward
@@ -106,8 +106,7 @@ def init_fpn(in_channels_list, out_channels=256, *, rng, dtype=np.float32):
     Weights: ``kaiming_uniform_(a=1)``: U(-b, b) with ``b = sqrt(3 / fan_in)``
     (gain sqrt(2 / (1 + a^2)) = 1), fan_in = C_in * k * k. Biases 0.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    check_rng(rng)
     if not isinstance(in_channels_list, (list, tuple)) or len(in_channels_list) == 0:
         raise ValueError(f"in_channels_list must be a non-empty list of ints, got {in_channels_list!r}")
     ins = [check_positive_int("in_channels_list", c) for c in in_channels_list]
