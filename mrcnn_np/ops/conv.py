@@ -409,17 +409,20 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
             R = r + ext
             y = buf[:C * KW * R * Wo].reshape(C, KW, R, Wo)
             # padded rows i0 .. i0+R-1 are x rows i0-ph ..; keep those inside x
-            t0, t1 = max(0, ph - i0), min(R, H + ph - i0)
+            t0 = min(R, max(0, ph - i0))
+            t1 = max(t0, min(R, H + ph - i0))
             y[:, :, :t0] = 0
             y[:, :, t1:] = 0
             for q in range(KW):
                 # padded columns q*dw .. q*dw+Wo-1 are x columns q*dw-pw ..
-                j0, j1 = max(0, pw - q * dw), min(Wo, W + pw - q * dw)
+                j0 = min(Wo, max(0, pw - q * dw))
+                j1 = max(j0, min(Wo, W + pw - q * dw))
                 yq = y[:, q, t0:t1]
                 yq[:, :, :j0] = 0
                 yq[:, :, j1:] = 0
-                np.copyto(yq[:, :, j0:j1],
-                          x[n, :, i0 + t0 - ph:i0 + t1 - ph, j0 + q * dw - pw:j1 + q * dw - pw])
+                if t1 > t0 and j1 > j0:  # else this part of the block is all padding
+                    np.copyto(yq[:, :, j0:j1], x[n, :, i0 + t0 - ph:i0 + t1 - ph,
+                                                 j0 + q * dw - pw:j1 + q * dw - pw])
             yf = y.reshape(C * KW, R * Wo)
             row_views = [yf[:, p * dh * Wo:(p * dh + r) * Wo] for p in range(KH)]
             if wk is not None:
@@ -434,6 +437,49 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
                 for p in range(KH):
                     np.matmul(s, row_views[p].T, out=tmp_dw)
                     dwk[p] += tmp_dw
+
+
+def _gemm_wide(x, padding, KH, KW, dilation, out_hw, *, wm=None, out=None, src=None, dw=None):
+    """Stride-1 im2col GEMMs for small images, on "wide" rows.
+
+    The output is computed for all Wp columns of the padded width (the last
+    Wp - Wo of every row are junk and dropped), so the window of tap (p, q) over a
+    whole image is one contiguous run of the flattened padded image, starting at
+    ``p*dh*Wp + q*dw``: each tap is copied with runs of Ho*Wp elements instead of
+    rows of Wo (a 14x14 RoI map would otherwise be copied 14 floats at a time).
+    Blocks hold several whole images side by side.
+
+    x: (N, C, H, W); padding: (ph, pw); out_hw: (Ho, Wo).
+    wm: (F, K) and out: (N, F, Ho, Wo), written; src: (N, F2, Ho, Wo) and dw: (F2, K):
+    ``dw += src @ cols.T`` over all images.
+    """
+    N, C, H, W = x.shape
+    ph, pw = padding
+    Ho, Wo = out_hw
+    dh, dw_ = dilation
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    xp = np.zeros((N, C, Hp + 1, Wp), dtype=x.dtype)  # one spare row for the last runs
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    flat = xp.reshape(N, C, (Hp + 1) * Wp)
+    K, Mw = C * KH * KW, Ho * Wp
+    per = max(1, _BLOCK_BYTES // (K * Mw * x.itemsize))
+    buf = np.empty(K * min(per, N) * Mw, dtype=x.dtype)
+    for n0 in range(0, N, per):
+        n1 = min(N, n0 + per)
+        nb = n1 - n0
+        cols = buf[:K * nb * Mw].reshape(C, KH, KW, nb, Mw)
+        for p in range(KH):
+            for q in range(KW):
+                off = p * dh * Wp + q * dw_
+                np.copyto(cols[:, p, q], flat[n0:n1, :, off:off + Mw].transpose(1, 0, 2))
+        cols = cols.reshape(K, nb * Mw)
+        if wm is not None:
+            res = (wm @ cols).reshape(-1, nb, Ho, Wp)
+            out[n0:n1] = res[:, :, :, :Wo].transpose(1, 0, 2, 3)
+        if dw is not None:
+            s_wide = np.zeros((src.shape[1], nb, Ho, Wp), dtype=x.dtype)
+            s_wide[:, :, :, :Wo] = src[n0:n1].transpose(1, 0, 2, 3)
+            dw += s_wide.reshape(-1, nb * Mw) @ cols.T
 
 
 def _gemm_col2im(wmT, src, dphases, taps, shape):
@@ -518,6 +564,9 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
         _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
+    elif stride == (1, 1):
+        out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), wm=wm, out=out)
     else:
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
@@ -557,21 +606,31 @@ def conv2d_backward(dout, cache):
     else:
         shape6 = (N, C, KH, KW, Ho, Wo)
         taps = _taps(KH, KW, stride, dilation)
-        if _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
+        rows = _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize)
+        if rows:
             dwk = np.zeros((KH, F, C * KW), dtype=x.dtype)
             _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
             dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
+        elif stride == (1, 1):
+            dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
+            _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), src=dout, dw=dw)
         else:
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
             _gemm_im2col(_phases(_pad(x, padding), taps), taps, shape6, src=d2, dw=dw)
         back_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (KH, KW), padding))
-        if _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize) and min(back_pad) >= 0:
+        if stride == (1, 1) and min(back_pad) >= 0:
             # stride 1: dx is the convolution of dout, padded by d*(k-1) - p, with the
             # kernel flipped in space and its channel axes swapped; as a forward conv it
-            # takes the row-unrolled path (KW copies of dout instead of KH*KW additions).
-            wk = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 1, 0, 3)).reshape(KH, C, F * KW)
-            dx = np.empty((N, C, H * W), dtype=x.dtype)
-            _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
+            # copies dout KW (or KH*KW) times instead of adding KH*KW slices into dx.
+            w_flip = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, KH, KW)
+            if rows:
+                wk = np.ascontiguousarray(w_flip.transpose(2, 0, 1, 3)).reshape(KH, C, F * KW)
+                dx = np.empty((N, C, H * W), dtype=x.dtype)
+                _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
+            else:
+                dx = np.empty((N, C, H, W), dtype=x.dtype)
+                _gemm_wide(dout, back_pad, KH, KW, dilation, (H, W),
+                           wm=_weight_matrix(w_flip), out=dx)
             dx = dx.reshape(N, C, H, W)
         else:
             xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
