@@ -110,3 +110,38 @@ def check_finite(name, array):
     if array.size and not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf entries")
     return array
+
+
+def check_params(params, expected, *, dtype=None, dtype_source="the input's", prefix=None, context=""):
+    """Check a flat parameter dict against the keys (and shapes) a block expects.
+
+    params: dict of arrays keyed by torchvision state_dict names; keys outside
+        the block are allowed (the whole model's dict can be passed).
+    expected: dict key -> shape tuple, or -> None to check only presence.
+    dtype: required dtype of every checked array, or None.
+    dtype_source: what the dtype must match, for the message ("the input's").
+    prefix: when given, any key of ``params`` starting with it that is not in
+        ``expected`` is an error (an extra layer is a bug, not a no-op).
+    context: appended to the unexpected-key message (e.g. the structure found).
+    Raises ValueError (TypeError for types and dtypes) naming the key.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    for key, shape in expected.items():
+        if key not in params:
+            raise ValueError(f"params is missing {key!r}")
+        value = params[key]
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
+        if value.dtype.kind != "f":
+            raise TypeError(f"params[{key!r}] must have a floating dtype, got {value.dtype}")
+        if shape is not None and value.shape != tuple(shape):
+            raise ValueError(f"params[{key!r}] must have shape {tuple(shape)}, got {value.shape}")
+        if dtype is not None and value.dtype != dtype:
+            raise TypeError(
+                f"params[{key!r}] must have dtype {np.dtype(dtype)} ({dtype_source}), got {value.dtype}"
+            )
+    if prefix is not None:
+        for key in params:
+            if key.startswith(prefix) and key not in expected:
+                raise ValueError(f"params has unexpected key {key!r}{context}")

@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_positive_int, check_rng
+from ._checks import check_array, check_params, check_positive_int, check_rng
 from .ops.activations import relu_backward, relu_forward
 from .ops.conv import conv2d_backward, conv2d_forward, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
@@ -297,24 +297,10 @@ def check_resnet_params(params, dtype=None):
     """
     structure = resnet_structure(params)
     expected = resnet_expected_shapes(structure)
-    for key, shape in expected.items():
-        if key not in params:
-            raise ValueError(f"params is missing {key!r}")
-        value = params[key]
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
-        if value.shape != shape:
-            raise ValueError(f"params[{key!r}] must have shape {shape}, got {value.shape}")
-        if dtype is not None and value.dtype != dtype:
-            raise TypeError(
-                f"params[{key!r}] must have dtype {np.dtype(dtype)} (the input's), got {value.dtype}"
-            )
-    for key in params:
-        if key.startswith(PREFIX) and key not in expected:
-            raise ValueError(
-                f"params has unexpected key {key!r} for a ResNet of width {structure.width} "
-                f"and blocks {structure.layers}"
-            )
+    check_params(
+        params, expected, dtype=dtype, prefix=PREFIX,
+        context=f" for a ResNet of width {structure.width} and blocks {structure.layers}",
+    )
     return structure
 
 

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_positive_int, check_rng
+from ._checks import check_array, check_params, check_positive_int, check_rng
 from .backbone import EXPANSION, init_resnet, resnet_backward, resnet_forward
 from .ops.conv import conv2d_backward, conv2d_forward
 from .ops.pool import max_pool2d_backward, max_pool2d_forward
@@ -163,21 +163,8 @@ def check_fpn_params(params, dtype=None):
     for i, c in enumerate(ins):
         kw, kb, lw, lb = _keys(i)
         expected.update({kw: (d, c, 1, 1), kb: (d,), lw: (d, d, 3, 3), lb: (d,)})
-    for key, shape in expected.items():
-        if key not in params:
-            raise ValueError(f"params is missing {key!r}")
-        value = params[key]
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
-        if value.shape != shape:
-            raise ValueError(f"params[{key!r}] must have shape {shape}, got {value.shape}")
-        if dtype is not None and value.dtype != dtype:
-            raise TypeError(
-                f"params[{key!r}] must have dtype {np.dtype(dtype)} (the features'), got {value.dtype}"
-            )
-    for key in params:
-        if key.startswith(PREFIX) and key not in expected:
-            raise ValueError(f"params has unexpected key {key!r} for an FPN with {len(ins)} levels")
+    check_params(params, expected, dtype=dtype, dtype_source="the features'", prefix=PREFIX,
+                 context=f" for an FPN with {len(ins)} levels")
     return ins, d
 
 

@@ -65,7 +65,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_float, check_positive_int, check_rng, check_same_dtype
+from ._checks import (
+    check_array,
+    check_float,
+    check_params,
+    check_positive_int,
+    check_rng,
+    check_same_dtype,
+)
 from .boxes import (
     batched_nms,
     box_iou,
@@ -368,17 +375,6 @@ def _kaiming_normal_fan_out(rng, shape, fan_out, dtype):
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)).astype(dtype)
 
 
-def _check_params(params, keys, dtype_of):
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
-    for k in keys:
-        if k not in params:
-            raise ValueError(f"params is missing {k!r}")
-        check_array(f"params[{k!r}]", params[k], dtype_kind="f")
-        if params[k].dtype != dtype_of.dtype:
-            raise TypeError(f"params[{k!r}] must have the dtype of the input ({dtype_of.dtype}), got {params[k].dtype}")
-
-
 # =========================================================================== box head
 class BoxHeadCache(NamedTuple):
     """Caches of the box branch, in forward order.
@@ -442,7 +438,7 @@ def box_head_forward(params, pooled):
     Returns ((class_logits, box_regression), BoxHeadCache).
     """
     check_array("pooled", pooled, ndim=4, dtype_kind="f")
-    _check_params(params, BOX_HEAD_KEYS, pooled)
+    check_params(params, dict.fromkeys(BOX_HEAD_KEYS), dtype=pooled.dtype)
     w6 = params[_BOX_HEAD + "fc6.weight"]
     r = pooled.shape[0]
     flat_dim = int(np.prod(pooled.shape[1:]))
@@ -675,7 +671,7 @@ def mask_head_forward(params, pooled, *, dilation=1):
     n_layers = _count_mask_layers(params)
     if n_layers == 0:
         raise ValueError(f"params is missing {_mask_head_layer_keys(0)[0]!r}")
-    _check_params(params, mask_head_keys(params), pooled)
+    check_params(params, dict.fromkeys(mask_head_keys(params)), dtype=pooled.dtype)
     d = check_positive_int("dilation", dilation)
     w0 = params[_mask_head_layer_keys(0)[0]]
     if w0.ndim != 4 or pooled.shape[1] != w0.shape[1]:

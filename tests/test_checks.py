@@ -71,3 +71,23 @@ def test_check_finite_names_the_argument():
     for bad in (np.nan, np.inf, -np.inf):
         with pytest.raises(ValueError, match="boxes must be finite"):
             check_finite("boxes", np.array([0.0, bad]))
+
+
+def test_check_params_names_the_key_for_each_failure():
+    from mrcnn_np._checks import check_params
+
+    good = {"a.w": np.zeros((2, 3)), "a.b": np.zeros(2), "other.x": np.zeros(1)}
+    expected = {"a.w": (2, 3), "a.b": None}
+    check_params(good, expected, dtype=np.float64, prefix="a.")  # passes; other.x ignored
+    with pytest.raises(TypeError, match="params must be a dict"):
+        check_params([1], expected)
+    with pytest.raises(ValueError, match=r"params is missing 'a.b'"):
+        check_params({"a.w": good["a.w"]}, expected)
+    with pytest.raises(ValueError, match=r"params\['a.w'\] must have shape \(2, 3\), got \(3, 2\)"):
+        check_params({**good, "a.w": np.zeros((3, 2))}, expected)
+    with pytest.raises(TypeError, match=r"params\['a.b'\] must be a numpy.ndarray, got list"):
+        check_params({**good, "a.b": [0.0, 0.0]}, expected)
+    with pytest.raises(TypeError, match=r"params\['a.b'\] must have dtype float32 \(the input's\)"):
+        check_params(good, expected, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"unexpected key 'a.extra' in block A"):
+        check_params({**good, "a.extra": np.zeros(1)}, expected, prefix="a.", context=" in block A")
