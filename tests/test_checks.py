@@ -87,7 +87,7 @@ def test_check_params_names_the_key_for_each_failure():
         check_params({**good, "a.w": np.zeros((3, 2))}, expected)
     with pytest.raises(TypeError, match=r"params\['a.b'\] must be a numpy.ndarray, got list"):
         check_params({**good, "a.b": [0.0, 0.0]}, expected)
-    with pytest.raises(TypeError, match=r"params\['a.b'\] must have dtype float32 \(the input's\)"):
+    with pytest.raises(TypeError, match=r"params\['a.w'\] must have dtype float32 \(the input's\)"):
         check_params(good, expected, dtype=np.float32)
     with pytest.raises(ValueError, match=r"unexpected key 'a.extra' in block A"):
         check_params({**good, "a.extra": np.zeros(1)}, expected, prefix="a.", context=" in block A")
