@@ -1,5 +1,39 @@
 """mrcnn_np: Mask R-CNN in plain NumPy, every stage a forward/backward pair.
 
-See README.md for the chapter map and DESIGN notes for conventions.
+The package is organised by stage; import the stage you want to read or check:
+
+- ``mrcnn_np.ops``        differentiable primitives (conv, pool, linear, norm, resize, losses)
+- ``mrcnn_np.boxes``      box geometry, NMS, the box coder (no gradients)
+- ``mrcnn_np.anchors``    base anchors, grids, pyramids (torchvision and matterport conventions)
+- ``mrcnn_np.backbone``   ResNet with frozen batch norm; ``mrcnn_np.fpn`` the feature pyramid
+- ``mrcnn_np.matching``   Matcher and balanced sampler; ``mrcnn_np.rpn`` the region proposal network
+- ``mrcnn_np.roi_align``  RoIAlign and the FPN level mapper
+- ``mrcnn_np.roi_heads``  box and mask heads, targets, losses, post-processing, mask pasting
+- ``mrcnn_np.data``       synthetic shapes (``data.shapes``) and COCO format (``data.coco``)
+- ``mrcnn_np.evaluate``   COCO-style AP/AR, equal to pycocotools
+- ``mrcnn_np.gradcheck``  numeric gradients, relative error, adjoint test
+- ``mrcnn_np.viz``        matplotlib figures for the notebooks (imported on demand)
+
+Every module states its shape shorthand and coordinate convention at the top.
 """
+from . import (  # noqa: F401  (submodules as attributes: mrcnn_np.boxes.nms, ...)
+    anchors,
+    backbone,
+    boxes,
+    data,
+    evaluate,
+    fpn,
+    gradcheck,
+    matching,
+    ops,
+    roi_align,
+    roi_heads,
+    rpn,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "anchors", "backbone", "boxes", "data", "evaluate", "fpn", "gradcheck", "matching", "ops",
+    "roi_align", "roi_heads", "rpn", "__version__",
+]

@@ -24,3 +24,15 @@ def test_module_all_names_exist(module):
     mod = importlib.import_module(f"mrcnn_np.{module}")
     for name in getattr(mod, "__all__", []):
         assert hasattr(mod, name), f"mrcnn_np.{module}.__all__ lists missing {name}"
+
+
+def test_package_exposes_every_stage_without_importing_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, mrcnn_np; "
+            "assert all(hasattr(mrcnn_np, n) for n in mrcnn_np.__all__); "
+            "assert mrcnn_np.data.shapes.ShapesDataset and mrcnn_np.roi_align.level_mapper; "
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # viz stays optional: the library never needs a display
