@@ -439,49 +439,6 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
                     dwk[p] += tmp_dw
 
 
-def _gemm_wide(x, padding, KH, KW, dilation, out_hw, *, wm=None, out=None, src=None, dw=None):
-    """Stride-1 im2col GEMMs for small images, on "wide" rows.
-
-    The output is computed for all Wp columns of the padded width (the last
-    Wp - Wo of every row are junk and dropped), so the window of tap (p, q) over a
-    whole image is one contiguous run of the flattened padded image, starting at
-    ``p*dh*Wp + q*dw``: each tap is copied with runs of Ho*Wp elements instead of
-    rows of Wo (a 14x14 RoI map would otherwise be copied 14 floats at a time).
-    Blocks hold several whole images side by side.
-
-    x: (N, C, H, W); padding: (ph, pw); out_hw: (Ho, Wo).
-    wm: (F, K) and out: (N, F, Ho, Wo), written; src: (N, F2, Ho, Wo) and dw: (F2, K):
-    ``dw += src @ cols.T`` over all images.
-    """
-    N, C, H, W = x.shape
-    ph, pw = padding
-    Ho, Wo = out_hw
-    dh, dw_ = dilation
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    xp = np.zeros((N, C, Hp + 1, Wp), dtype=x.dtype)  # one spare row for the last runs
-    xp[:, :, ph:ph + H, pw:pw + W] = x
-    flat = xp.reshape(N, C, (Hp + 1) * Wp)
-    K, Mw = C * KH * KW, Ho * Wp
-    per = max(1, _BLOCK_BYTES // (K * Mw * x.itemsize))
-    buf = np.empty(K * min(per, N) * Mw, dtype=x.dtype)
-    for n0 in range(0, N, per):
-        n1 = min(N, n0 + per)
-        nb = n1 - n0
-        cols = buf[:K * nb * Mw].reshape(C, KH, KW, nb, Mw)
-        for p in range(KH):
-            for q in range(KW):
-                off = p * dh * Wp + q * dw_
-                np.copyto(cols[:, p, q], flat[n0:n1, :, off:off + Mw].transpose(1, 0, 2))
-        cols = cols.reshape(K, nb * Mw)
-        if wm is not None:
-            res = (wm @ cols).reshape(-1, nb, Ho, Wp)
-            out[n0:n1] = res[:, :, :, :Wo].transpose(1, 0, 2, 3)
-        if dw is not None:
-            s_wide = np.zeros((src.shape[1], nb, Ho, Wp), dtype=x.dtype)
-            s_wide[:, :, :, :Wo] = src[n0:n1].transpose(1, 0, 2, 3)
-            dw += s_wide.reshape(-1, nb * Mw) @ cols.T
-
-
 def _gemm_col2im(wmT, src, dphases, taps, shape):
     """``dphases += col2im(wmT @ src)``, block by block.
 
@@ -564,9 +521,6 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
         _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
-    elif stride == (1, 1):
-        out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
-        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), wm=wm, out=out)
     else:
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
@@ -611,9 +565,6 @@ def conv2d_backward(dout, cache):
             dwk = np.zeros((KH, F, C * KW), dtype=x.dtype)
             _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
             dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
-        elif stride == (1, 1):
-            dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
-            _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), src=dout, dw=dw)
         else:
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
             _gemm_im2col(_phases(_pad(x, padding), taps), taps, shape6, src=d2, dw=dw)
@@ -628,9 +579,10 @@ def conv2d_backward(dout, cache):
                 dx = np.empty((N, C, H * W), dtype=x.dtype)
                 _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
             else:
-                dx = np.empty((N, C, H, W), dtype=x.dtype)
-                _gemm_wide(dout, back_pad, KH, KW, dilation, (H, W),
-                           wm=_weight_matrix(w_flip), out=dx)
+                dx = np.empty((N, C, H * W), dtype=x.dtype)
+                taps_t = _taps(KH, KW, stride, dilation)
+                _gemm_im2col(_phases(_pad(dout, back_pad), taps_t), taps_t, (N, F, KH, KW, H, W),
+                             wm=_weight_matrix(w_flip), out=dx)
             dx = dx.reshape(N, C, H, W)
         else:
             xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
@@ -761,10 +713,12 @@ def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output
         out = np.matmul(wm.T, x2).reshape(N, Cout, Ho, Wo)
     elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
         # every input pixel paints its own KH x KW block (the mask head's 2x2,
-        # stride-2 upsampler): one GEMM, then one copy that interleaves the blocks
-        res = np.matmul(np.ascontiguousarray(wm.T), x2)  # (N, C_out*KH*KW, H*W)
+        # stride-2 upsampler): one GEMM over all images, then one copy that
+        # interleaves the blocks
+        xc = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(Cin, N * H * W)
+        res = np.ascontiguousarray(wm.T) @ xc  # (C_out*KH*KW, N*H*W)
         out = np.ascontiguousarray(
-            res.reshape(N, Cout, KH, KW, H, W).transpose(0, 1, 4, 2, 5, 3)
+            res.reshape(Cout, KH, KW, N, H, W).transpose(3, 0, 4, 1, 5, 2)
         ).reshape(N, Cout, Ho, Wo)
     else:
         taps = _taps(KH, KW, stride, dilation)
@@ -798,10 +752,10 @@ def conv_transpose2d_backward(dout, cache):
         dw = _batched_outer(x2, d2)
     elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
         cols = np.ascontiguousarray(
-            dout.reshape(N, Cout, H, KH, W, KW).transpose(0, 1, 3, 5, 2, 4)
-        ).reshape(N, Cout * KH * KW, H * W)
-        dx = np.matmul(wm, cols)
-        dw = _batched_outer(x2, cols)
+            dout.reshape(N, Cout, H, KH, W, KW).transpose(1, 3, 5, 0, 2, 4)
+        ).reshape(Cout * KH * KW, N * H * W)
+        dx = np.ascontiguousarray((wm @ cols).reshape(Cin, N, H * W).transpose(1, 0, 2))
+        dw = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(Cin, N * H * W) @ cols.T
     else:
         dx = np.empty((N, Cin, H * W), dtype=x.dtype)
         dw = np.zeros_like(wm)
