@@ -577,6 +577,15 @@ def test_blocked_paths_equal_naive(monkeypatch, budget):
     # the transposed conv's backward is a conv2d of dout: check it against the loops
     np.testing.assert_allclose(dx, conv2d_naive(dout, wt, None, stride=(2, 3), padding=(1, 0)),
                                rtol=1e-12, atol=1e-12)
+    # the tiling transposed conv (stride = kernel, the mask head's) in image blocks
+    wt2 = _rand(rng, (2, 3, 2, 2))
+    out2, cache2 = conv_transpose2d_forward(x, wt2, b, stride=2)
+    np.testing.assert_allclose(out2, conv_transpose2d_naive(x, wt2, b, stride=2), rtol=1e-12)
+    dout2 = _rand(rng, out2.shape)
+    dx2, dw2, _ = conv_transpose2d_backward(dout2, cache2)
+    np.testing.assert_allclose(dx2, conv2d_naive(dout2, wt2, None, stride=2), rtol=1e-12)
+    f2 = lambda: conv_transpose2d_naive(x, wt2, None, stride=2)  # noqa: E731
+    assert relative_error(dw2, numeric_gradient(f2, wt2, dout2)) < 1e-6
     f = lambda: conv_transpose2d_naive(x, wt, None, **kw)  # noqa: E731
     idx = [(0, 0, 0, 0), (1, 2, 2, 1), (0, 1, 1, 0)]
     ndw = numeric_gradient(f, wt, dout, indices=idx)

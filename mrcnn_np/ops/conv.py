@@ -715,11 +715,16 @@ def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output
         # every input pixel paints its own KH x KW block (the mask head's 2x2,
         # stride-2 upsampler): one GEMM over all images, then one copy that
         # interleaves the blocks
-        xc = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(Cin, N * H * W)
-        res = np.ascontiguousarray(wm.T) @ xc  # (C_out*KH*KW, N*H*W)
-        out = np.ascontiguousarray(
-            res.reshape(Cout, KH, KW, N, H, W).transpose(3, 0, 4, 1, 5, 2)
-        ).reshape(N, Cout, Ho, Wo)
+        # (in blocks of images, so that the GEMM result stays in cache)
+        wmT = np.ascontiguousarray(wm.T)  # (C_out*KH*KW, C_in)
+        out = np.empty((N, Cout, H, KH, W, KW), dtype=x.dtype)
+        per = max(1, _BLOCK_BYTES // (wmT.shape[0] * H * W * x.itemsize))
+        for n0 in range(0, N, per):
+            n1 = min(N, n0 + per)
+            xc = np.ascontiguousarray(x[n0:n1].transpose(1, 0, 2, 3)).reshape(Cin, -1)
+            res = (wmT @ xc).reshape(Cout, KH, KW, n1 - n0, H, W)  # (C_out*KH*KW, nb*H*W)
+            out[n0:n1] = res.transpose(3, 0, 4, 1, 5, 2)
+        out = out.reshape(N, Cout, Ho, Wo)
     else:
         taps = _taps(KH, KW, stride, dilation)
         outp_shape = (N, Cout, Ho + 2 * padding[0], Wo + 2 * padding[1])
@@ -751,11 +756,16 @@ def conv_transpose2d_backward(dout, cache):
         dx = np.matmul(wm, d2)
         dw = _batched_outer(x2, d2)
     elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
-        cols = np.ascontiguousarray(
-            dout.reshape(N, Cout, H, KH, W, KW).transpose(1, 3, 5, 0, 2, 4)
-        ).reshape(Cout * KH * KW, N * H * W)
-        dx = np.ascontiguousarray((wm @ cols).reshape(Cin, N, H * W).transpose(1, 0, 2))
-        dw = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(Cin, N * H * W) @ cols.T
+        dx = np.empty((N, Cin, H * W), dtype=x.dtype)
+        dw = np.zeros_like(wm)
+        d6 = dout.reshape(N, Cout, H, KH, W, KW)
+        per = max(1, _BLOCK_BYTES // (wm.shape[1] * H * W * x.itemsize))
+        for n0 in range(0, N, per):
+            n1 = min(N, n0 + per)
+            cols = np.ascontiguousarray(d6[n0:n1].transpose(1, 3, 5, 0, 2, 4)).reshape(wm.shape[1], -1)
+            dx[n0:n1] = (wm @ cols).reshape(Cin, n1 - n0, H * W).transpose(1, 0, 2)
+            xc = np.ascontiguousarray(x[n0:n1].transpose(1, 0, 2, 3)).reshape(Cin, -1)
+            dw += xc @ cols.T
     else:
         dx = np.empty((N, Cin, H * W), dtype=x.dtype)
         dw = np.zeros_like(wm)
