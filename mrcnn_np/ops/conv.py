@@ -181,7 +181,9 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1):
     Ho = conv_output_size(H, KH, stride=sh, padding=padding[0], dilation=dh)
     Wo = conv_output_size(W, KW, stride=sw, padding=padding[1], dilation=dw)
     if Ho < 1 or Wo < 1:
-        raise ValueError(f"kernel_size ({KH}, {KW}) does not fit x {x.shape} with padding {padding}")
+        raise ValueError(
+            f"kernel_size ({KH}, {KW}) does not fit x {x.shape} with padding {padding}"
+        )
     if KH == 1 and KW == 1 and padding == (0, 0):
         if stride == (1, 1):
             return np.ascontiguousarray(x).reshape(N, C, H * W)
@@ -762,7 +764,8 @@ def conv_transpose2d_backward(dout, cache):
         per = max(1, _BLOCK_BYTES // (wm.shape[1] * H * W * x.itemsize))
         for n0 in range(0, N, per):
             n1 = min(N, n0 + per)
-            cols = np.ascontiguousarray(d6[n0:n1].transpose(1, 3, 5, 0, 2, 4)).reshape(wm.shape[1], -1)
+            cols = np.ascontiguousarray(d6[n0:n1].transpose(1, 3, 5, 0, 2, 4))
+            cols = cols.reshape(wm.shape[1], -1)
             dx[n0:n1] = (wm @ cols).reshape(Cin, n1 - n0, H * W).transpose(1, 0, 2)
             xc = np.ascontiguousarray(x[n0:n1].transpose(1, 0, 2, 3)).reshape(Cin, -1)
             dw += xc @ cols.T
