@@ -23,8 +23,9 @@ The convolutional base of Mask R-CNN, built the way torchvision builds
 
 Shape shorthand: N images, 3 colour channels, H x W input; C_s channels and
 H_s x W_s spatial size at level s, ``C_s = 4 * width * 2**(s-2)`` and
-``H_s = ceil(H / 2**s)`` for H a multiple of 32 (in general each stride-2 step
-maps H to ``(H - 1) // 2 + 1``).
+``H_s = ceil(H / 2**s)`` for any H (each stride-2 step -- the 7x7 conv with
+padding 3, the 3x3 max-pool and 3x3 convs with padding 1, the 1x1 shortcut --
+maps n to ``(n - 1) // 2 + 1 = ceil(n / 2)``, and ceil halvings compose).
 
 Parameters: one flat dict with torchvision's ``state_dict`` names, so that a
 torchvision ResNet-FPN backbone loads with no mapping table::
@@ -489,12 +490,13 @@ def bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     return dm
 
 
-def _zero_grads(stage_specs, params_like, grads):
+def _zero_grads(stage_specs, dtype, grads):
+    """Zero weight gradients for every conv of one stage (no gradient reached it)."""
     for specs in stage_specs:
         for spec in specs:
             if spec is not None:
                 grads[spec.conv] = np.zeros(
-                    (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel), params_like
+                    (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel), dtype
                 )
 
 

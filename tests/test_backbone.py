@@ -201,6 +201,18 @@ def test_resnet50_shapes_1024_shape_only():
     }
 
 
+def test_resnet50_layout_1024_real_forward_small_weights():
+    # the 1024x1024 case through the real forward: ResNet-50 block
+    # counts at width 1 (C2..C5 get 4, 8, 16, 32 channels = 256..2048 / 64),
+    # so it stays fast; spatial sizes do not depend on the width.
+    p = init_resnet(50, width=1, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, 3, 1024, 1024)).astype(np.float32)
+    feats, _ = resnet_forward(p, x)
+    assert {k: v.shape for k, v in feats.items()} == {
+        "C2": (1, 4, 256, 256), "C3": (1, 8, 128, 128), "C4": (1, 16, 64, 64), "C5": (1, 32, 32, 32)}
+    assert all(v.dtype == np.float32 for v in feats.values())
+
+
 def test_strides_on_a_real_forward():
     # ResNet-50 block counts, tiny width: the real forward must give strides 4..32
     p = init_resnet(50, width=2, rng=np.random.default_rng(0))

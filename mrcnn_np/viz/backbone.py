@@ -149,9 +149,9 @@ def plot_feature_shapes(shapes, image_size, *, ax=None):
 
     shapes: {"C2": (N, C, H, W), ...} (e.g. ``resnet_feature_shapes``);
     image_size: (H, W) of the input. One square per map, side = its number
-    of cells (the image in pixels), all on one scale, labelled C x H x W; a
-    stack of offset outlines behind each map grows with log2 of its channels
-    (more, thinner maps as we go deeper).
+    of cells (the image in pixels), all on one scale, labelled with its
+    channels, H x W and stride; a stack of offset outlines behind each map
+    grows with log2 of its channels (more, thinner maps as we go deeper).
     """
     from matplotlib.patches import Rectangle
 
@@ -167,16 +167,17 @@ def plot_feature_shapes(shapes, image_size, *, ax=None):
         _, c, h, w = shape
         depth = max(int(np.log2(c)) - 4, 1)  # 256 ch -> 4 outlines, 2048 -> 7
         off = 0.012 * W
-        slot = max(w + depth * off, 0.3 * W)  # room for the label
+        slot = max(w + depth * off, 0.4 * W)  # room for the label
         x += (slot - w - depth * off) / 2
         for i in range(depth, 0, -1):
             ax.add_patch(Rectangle((x + i * off, -i * off + (H - h)), w, h, fill=False, ec=color,
                                    lw=0.6, alpha=0.6))
         ax.add_patch(Rectangle((x, H - h), w, h, fc=color, ec="k", alpha=0.85))
         ax.text(x + w / 2 + depth * off / 2, H - h - depth * off - 0.03 * H,
-                f"{name}\n{c} x {h} x {w}\nstride {H // h}", ha="center", va="bottom", fontsize=9)
+                f"{name}\n{c} channels\n{h} x {w}\nstride {H // h}", ha="center", va="bottom",
+                fontsize=9)
         x += w + depth * off + (slot - w - depth * off) / 2 + gap / 2
-    ax.set_xlim(-gap / 2, x)
+    ax.set_xlim(-gap / 2, x + gap / 2)
     ax.set_ylim(H * 1.02, -0.2 * H)
     ax.set_aspect("equal")
     ax.axis("off")

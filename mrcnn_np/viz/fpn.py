@@ -46,8 +46,7 @@ def plot_topdown_merge(steps, *, channel=0, cmap="viridis"):
             if m is None:
                 ax.text(0.5, 0.5, "(top level:\nnothing above)", ha="center", va="center",
                         transform=ax.transAxes, fontsize=8)
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.axis("off")
             else:
                 _show(ax, m, cmap=cmap, vmin=lo, vmax=hi)
             if r == 0:
@@ -66,7 +65,8 @@ def plot_pyramid_levels(pyramid, *, channel=None, image_size=None, cmap="magma",
     channel: channel to draw, or None for the mean |activation| over channels.
     image_size: (H, W) of the input, to label each level's stride (H / h).
     Each level is drawn with one data unit per cell, so P3 is half as wide
-    as P2, ..., P6 a 32nd; labelled with its size and stride.
+    as P2, ..., P6 a 16th (stride 64 against 4); each is labelled with its
+    size and stride.
     """
     import matplotlib.pyplot as plt
 
