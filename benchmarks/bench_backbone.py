@@ -116,7 +116,7 @@ def per_conv(convs, rng, repeats):
         rows.append((count * t_conv, count, cin, cout, k, s, h, w, t_conv, t_gemm, flops))
         del x, A, B
     rows.sort(reverse=True)
-    print(f"\nper conv shape (sorted by total time; x = count in the forward):")
+    print("\nper conv shape (sorted by total time; x = count in the forward):")
     print(f"{'C_in->C_out':>13s} {'k/s':>5s} {'in HxW':>9s} {'x':>3s} {'ms each':>8s} {'GF/s':>6s} "
           f"{'GEMM ms':>8s} {'GEMM GF/s':>9s} {'conv/GEMM':>9s} {'total ms':>9s}")
     for total, count, cin, cout, k, s, h, w, tc, tg, flops in rows:
