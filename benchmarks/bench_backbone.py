@@ -28,28 +28,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-try:
-    import mrcnn_np  # noqa: F401
-except ImportError:  # run from a checkout without ``pip install -e .``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_seconds, gemm_gflops  # noqa: E402  (also puts the checkout on sys.path)
 
 from mrcnn_np.backbone import init_resnet, resnet_conv_specs, resnet_forward, resnet_structure  # noqa: E402
 from mrcnn_np.fpn import fpn_forward, init_fpn  # noqa: E402
 from mrcnn_np.ops.conv import conv2d_forward, conv_output_size  # noqa: E402
-
-
-def _best(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def conv_list(params, size):
@@ -88,13 +74,8 @@ def conv_list(params, size):
 
 def gemm_rate(rng, repeats):
     """Best float32 GEMM GFLOP/s over a few shapes like the forward's."""
-    best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (256, 2304, 10000), (128, 1152, 40000)):
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((k, n), dtype=np.float32)
-        t = _best(lambda: a @ b, repeats)
-        best = max(best, 2 * m * k * n / t / 1e9)
-    return best
+    shapes = ((2048, 2048, 2048), (256, 2304, 10000), (128, 1152, 40000))
+    return max(gemm_gflops(m, k, n, repeats=repeats, rng=rng) for m, k, n in shapes)
 
 
 def per_conv(convs, rng, repeats):
@@ -111,8 +92,8 @@ def per_conv(convs, rng, repeats):
         B = rng.standard_normal((cin * k * k, ho * wo), dtype=np.float32)
         t_conv = t_gemm = float("inf")
         for _ in range(repeats):  # interleaved, so both see the same machine load
-            t_conv = min(t_conv, _best(lambda: conv2d_forward(x, wt, b, stride=s, padding=p), 1))
-            t_gemm = min(t_gemm, _best(lambda: A @ B, 1))
+            t_conv = min(t_conv, best_seconds(lambda: conv2d_forward(x, wt, b, stride=s, padding=p), 1))
+            t_gemm = min(t_gemm, best_seconds(lambda: A @ B, 1))
         rows.append((count * t_conv, count, cin, cout, k, s, h, w, t_conv, t_gemm, flops))
         del x, A, B
     rows.sort(reverse=True)
@@ -137,7 +118,7 @@ def bench_torch(size, repeats):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         model(x)
-        return _best(lambda: model(x), repeats), torch.get_num_threads()
+        return best_seconds(lambda: model(x), repeats), torch.get_num_threads()
 
 
 def main(argv=None):
@@ -177,12 +158,12 @@ def main(argv=None):
     probe_flops = 2 * 256 * 2304 * 10000
     times, ratios = [], []
     for _ in range(args.repeats):
-        tg = _best(lambda: a @ b, 2)
-        tf = _best(forward, 1)
+        tg = best_seconds(lambda: a @ b, 2)
+        tf = best_seconds(forward, 1)
         times.append(tf)
         ratios.append((flops / tf) / (probe_flops / tg))
     t = min(times)
-    t_body = _best(lambda: resnet_forward(params, x, fold_bn=fold), args.repeats)
+    t_body = best_seconds(lambda: resnet_forward(params, x, fold_bn=fold), args.repeats)
     rate = flops / t / 1e9
     print(f"mrcnn_np forward (fold_bn={fold}): best {t:.3f} s (body alone {t_body:.3f} s), "
           f"{rate:.1f} GFLOP/s = {rate / gemm:.0%} of the best GEMM rate")
@@ -197,7 +178,7 @@ def main(argv=None):
 
         pyramid, cache = backbone_forward(params, x, fold_bn=fold)
         dpyr = {k: np.ones_like(v) for k, v in pyramid.items()}
-        tb = _best(lambda: backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS),
+        tb = best_seconds(lambda: backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS),
                    args.repeats)
         print(f"mrcnn_np backward (trainable_layers=3): {tb:.3f} s")
 

@@ -25,14 +25,10 @@ import contextlib
 import io
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-try:
-    import mrcnn_np  # noqa: F401
-except ImportError:  # run from a checkout without ``pip install -e .``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_of, gemm_gflops  # noqa: E402  (also puts the checkout on sys.path)
 
 from mrcnn_np.evaluate import coco_evaluate  # noqa: E402
 
@@ -84,26 +80,6 @@ def make_data(n_images=500, n_dets=100, size=128, seed=0):
         dts.append({"boxes": tight_boxes(dm) + rng.normal(0, 1, (n_dets, 4)), "labels": dl,
                     "masks": dm, "scores": rng.random(n_dets)})
     return gts, dts
-
-
-def gemm_gflops(n=1024, repeats=5):
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    b = a.T.copy()
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
-def best_of(fn, repeats):
-    best, out = np.inf, None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def pycocotools_runner(gts, dts):

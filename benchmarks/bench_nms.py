@@ -29,14 +29,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-try:
-    import mrcnn_np  # noqa: F401
-except ImportError:  # run from a checkout without ``pip install -e .``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_of  # noqa: E402  (also puts the checkout on sys.path)
 
 from mrcnn_np.boxes import batched_nms, box_iou, nms, nms_naive  # noqa: E402
 
@@ -60,13 +56,7 @@ _CLOCK = time.perf_counter
 
 
 def _best(fn, repeats):
-    best = float("inf")
-    out = None
-    for _ in range(repeats):
-        t0 = _CLOCK()
-        out = fn()
-        best = min(best, _CLOCK() - t0)
-    return best, out
+    return best_of(fn, repeats, clock=_CLOCK)  # _CLOCK is switched by --cpu
 
 
 def _torch():

@@ -22,26 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-try:
-    import mrcnn_np  # noqa: F401
-except ImportError:  # run from a checkout without ``pip install -e .``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_seconds  # noqa: E402  (also puts the checkout on sys.path)
 
 from mrcnn_np.roi_align import roi_align_backward, roi_align_forward  # noqa: E402
-
-
-def _best(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def random_boxes(rng, k, image=800):
@@ -70,7 +56,7 @@ def main(argv=None):
 
     a = rng.standard_normal((1024, 1024), dtype=np.float32)
     b = rng.standard_normal((1024, 1024), dtype=np.float32)
-    t_gemm = _best(lambda: a @ b, args.repeats)  # probed again after every row; min kept
+    t_gemm = best_seconds(lambda: a @ b, args.repeats)  # probed again after every row; min kept
     rows = []
     for size in (7, 14):
         out, cache = roi_align_forward(x, boxes, size, **kw)
@@ -105,11 +91,11 @@ def main(argv=None):
                                      ("fwd+bwd", np_fwd_bwd, tv_fwd_bwd, 2 * flops)):
             t = tt = float("inf")
             for _ in range(args.repeats):  # interleaved, so both see the same load
-                t = min(t, _best(fn, 1))
+                t = min(t, best_seconds(fn, 1))
                 if tfn is not None:
-                    tt = min(tt, _best(tfn, 1))
+                    tt = min(tt, best_seconds(tfn, 1))
             rows.append((size, name, t, tt, nflop))
-            t_gemm = min(t_gemm, _best(lambda: a @ b, 3))
+            t_gemm = min(t_gemm, best_seconds(lambda: a @ b, 3))
 
     gemm_gflops = 2 * 1024**3 / t_gemm / 1e9
     print(f"float32 GEMM 1024^3: {t_gemm * 1e3:.1f} ms, {gemm_gflops:.0f} GFLOP/s")
