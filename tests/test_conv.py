@@ -591,3 +591,27 @@ def test_blocked_paths_equal_naive(monkeypatch, budget):
     ndw = numeric_gradient(f, wt, dout, indices=idx)
     for i in idx:
         assert abs(dw[i] - ndw[i]) < 1e-6 * max(1.0, abs(ndw[i]))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (6, 5)])
+def test_pointwise_weight_gradient_paths_equal_naive(hw):
+    # a 1x1 conv's weight gradient sums one (F, C) product per image; on tiny maps
+    # (H*W < F*C / (F + C)) it is taken as one GEMM over all images instead
+    # (_batched_outer): every branch must agree with the loops, for conv2d and
+    # for the 1x1 transposed conv
+    rng = np.random.default_rng(13)
+    N, C, F = 3, 6, 5
+    x, w, b = _rand(rng, (N, C) + hw), _rand(rng, (F, C, 1, 1)), _rand(rng, (F,))
+    out, cache = conv2d_forward(x, w, b)
+    dout = _rand(rng, out.shape)
+    for got, want in zip(conv2d_backward(dout, cache), conv2d_backward_naive(dout, x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    wt = _rand(rng, (C, F, 1, 1))
+    out, cache = conv_transpose2d_forward(x, wt, None)
+    dout = _rand(rng, out.shape)
+    dx, dw, _ = conv_transpose2d_backward(dout, cache)
+    # the transposed conv is conv2d's input gradient; its weight gradient is
+    # sum_n x[n] (C, HW) @ dout[n].T (F, HW) -> (C, F), the adjoint pairing
+    want_dw = np.einsum("nchw,nfhw->cf", x, dout).reshape(C, F, 1, 1)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, conv2d_naive(dout, wt, None), rtol=1e-12, atol=1e-12)
