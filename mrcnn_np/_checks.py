@@ -145,3 +145,33 @@ def check_params(params, expected, *, dtype=None, dtype_source="the input's", pr
         for key in params:
             if key.startswith(prefix) and key not in expected:
                 raise ValueError(f"params has unexpected key {key!r}{context}")
+
+
+def check_float_dtype(dtype, name="dtype"):
+    """Return ``np.dtype(dtype)``; TypeError unless it is a floating dtype."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be a floating dtype, got {dtype!r}") from None
+    if dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating dtype, got {dtype}")
+    return dtype
+
+
+def check_grad_dict(name, grads, shapes, dtype):
+    """Check a dict of upstream gradients, e.g. ``dfeatures`` or ``dpyramid``.
+
+    grads: dict key -> array; any subset of ``shapes``' keys (a missing key
+        means a zero gradient for that output).
+    shapes: dict key -> the forward output's shape.
+    dtype: the forward's dtype; every gradient must have it.
+    """
+    if not isinstance(grads, dict):
+        raise TypeError(f"{name} must be a dict, got {type(grads).__name__}")
+    dtype = np.dtype(dtype)
+    for key, value in grads.items():
+        if key not in shapes:
+            raise ValueError(f"{name} has unexpected key {key!r}; expected some of {tuple(shapes)}")
+        check_array(f"{name}[{key!r}]", value, shape=shapes[key], dtype_kind="f")
+        if value.dtype != dtype:
+            raise TypeError(f"{name}[{key!r}] must have dtype {dtype}, got {value.dtype}")

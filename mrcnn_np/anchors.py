@@ -37,7 +37,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_positive_int
+from ._checks import check_array, check_float_dtype, check_positive_int
 
 __all__ = [
     "base_anchors",
@@ -112,9 +112,7 @@ def base_anchors(sizes, aspect_ratios, *, dtype=np.float32):
     """
     sizes = _check_numbers("sizes", sizes)
     aspect_ratios = _check_numbers("aspect_ratios", aspect_ratios)
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_float_dtype(dtype)
     scales = np.asarray(sizes, dtype=dtype)
     ratios = np.asarray(aspect_ratios, dtype=dtype)
     h_ratios = np.sqrt(ratios)

@@ -68,7 +68,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_params, check_positive_int, check_rng
+from ._checks import (
+    check_array,
+    check_float_dtype,
+    check_grad_dict,
+    check_params,
+    check_positive_int,
+    check_rng,
+)
 from .ops.activations import relu_backward, relu_forward
 from .ops.conv import conv2d_backward, conv2d_forward, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
@@ -330,9 +337,7 @@ def init_resnet(layers=None, *, depth=None, width=64, rng, dtype=np.float32):
     if layers is None:
         layers = 50 if depth is None else depth
     structure = ResNetStructure(check_positive_int("width", width), _normalize_layers(layers))
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_float_dtype(dtype)
     params = {}
     for _, spec in _all_specs(structure):
         shape = (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel)
@@ -567,15 +572,8 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
     """
     if not isinstance(cache, ResNetCache):
         raise TypeError(f"cache must be a ResNetCache, got {type(cache).__name__}")
-    if not isinstance(dfeatures, dict):
-        raise TypeError(f"dfeatures must be a dict, got {type(dfeatures).__name__}")
+    check_grad_dict("dfeatures", dfeatures, cache.feature_shapes, cache.dtype)
     trainable_layers = _check_trainable_layers(trainable_layers)
-    for key, value in dfeatures.items():
-        if key not in cache.feature_shapes:
-            raise ValueError(f"dfeatures has unexpected key {key!r}; expected some of {FEATURE_NAMES}")
-        check_array(f"dfeatures[{key!r}]", value, shape=cache.feature_shapes[key], dtype_kind="f")
-        if value.dtype != cache.dtype:
-            raise TypeError(f"dfeatures[{key!r}] must have dtype {cache.dtype}, got {value.dtype}")
     # group index: 0 = conv1 (stem), 1..4 = layer1..layer4
     lowest_trained = 5 - trainable_layers
     lowest_visited = 0 if return_input_grad else lowest_trained

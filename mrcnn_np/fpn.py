@@ -35,7 +35,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_params, check_positive_int, check_rng
+from ._checks import (
+    check_array,
+    check_float_dtype,
+    check_grad_dict,
+    check_params,
+    check_positive_int,
+    check_rng,
+)
 from .backbone import EXPANSION, init_resnet, resnet_backward, resnet_forward
 from .ops.conv import conv2d_backward, conv2d_forward
 from .ops.pool import max_pool2d_backward, max_pool2d_forward
@@ -111,9 +118,7 @@ def init_fpn(in_channels_list, out_channels=256, *, rng, dtype=np.float32):
         raise ValueError(f"in_channels_list must be a non-empty list of ints, got {in_channels_list!r}")
     ins = [check_positive_int("in_channels_list", c) for c in in_channels_list]
     d = check_positive_int("out_channels", out_channels)
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_float_dtype(dtype)
 
     def uniform(shape):
         bound = np.sqrt(3.0 / (shape[1] * shape[2] * shape[3]))
@@ -244,14 +249,7 @@ def fpn_backward(dpyramid, cache):
     """
     if not isinstance(cache, FPNCache):
         raise TypeError(f"cache must be an FPNCache, got {type(cache).__name__}")
-    if not isinstance(dpyramid, dict):
-        raise TypeError(f"dpyramid must be a dict, got {type(dpyramid).__name__}")
-    for key, value in dpyramid.items():
-        if key not in cache.out_shapes:
-            raise ValueError(f"dpyramid has unexpected key {key!r}; expected some of {cache.out_names}")
-        check_array(f"dpyramid[{key!r}]", value, shape=cache.out_shapes[key], dtype_kind="f")
-        if value.dtype != cache.dtype:
-            raise TypeError(f"dpyramid[{key!r}] must have dtype {cache.dtype}, got {value.dtype}")
+    check_grad_dict("dpyramid", dpyramid, cache.out_shapes, cache.dtype)
 
     def dout(name):
         if name in dpyramid:

@@ -68,6 +68,7 @@ import numpy as np
 from ._checks import (
     check_array,
     check_float,
+    check_float_dtype,
     check_params,
     check_positive_int,
     check_rng,
@@ -411,9 +412,7 @@ def init_box_head(in_channels=256, resolution=7, representation_size=1024, num_c
     rep = check_positive_int("representation_size", representation_size)
     k = check_positive_int("num_classes", num_classes, minimum=2)
     check_rng(rng)
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_float_dtype(dtype)
     params = {}
     for name, (out_f, in_f) in (
         (_BOX_HEAD + "fc6", (rep, c * res * res)),
@@ -618,9 +617,7 @@ def init_mask_head(in_channels=256, layers=(256, 256, 256, 256), dim_reduced=256
     dr = check_positive_int("dim_reduced", dim_reduced)
     k = check_positive_int("num_classes", num_classes, minimum=2)
     check_rng(rng)
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_float_dtype(dtype)
     params = {}
     prev = c
     for i, out_c in enumerate(layers):

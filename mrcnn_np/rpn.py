@@ -48,6 +48,7 @@ from ._checks import (
     check_array,
     check_finite,
     check_float,
+    check_float_dtype,
     check_positive_int,
     check_rng,
     check_same_dtype,
@@ -120,9 +121,7 @@ def init_rpn_head(in_channels, num_anchors, *, rng, dtype=np.float32):
     c = check_positive_int("in_channels", in_channels)
     a = check_positive_int("num_anchors", num_anchors)
     check_rng(rng)
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    dtype = check_float_dtype(dtype)
     shapes = {_CONV_W: (c, c, 3, 3), _CLS_W: (a, c, 1, 1), _BOX_W: (4 * a, c, 1, 1)}
     params = {}
     for w_name, b_name in ((_CONV_W, _CONV_B), (_CLS_W, _CLS_B), (_BOX_W, _BOX_B)):

@@ -91,3 +91,19 @@ def test_check_params_names_the_key_for_each_failure():
         check_params(good, expected, dtype=np.float32)
     with pytest.raises(ValueError, match=r"unexpected key 'a.extra' in block A"):
         check_params({**good, "a.extra": np.zeros(1)}, expected, prefix="a.", context=" in block A")
+
+
+def test_check_float_dtype_and_grad_dict():
+    from mrcnn_np._checks import check_float_dtype, check_grad_dict
+
+    assert check_float_dtype("float32") == np.float32
+    with pytest.raises(TypeError, match="dtype must be a floating dtype, got int64"):
+        check_float_dtype(np.int64)
+    shapes = {"P2": (1, 2, 4, 4), "P3": (1, 2, 2, 2)}
+    check_grad_dict("dpyramid", {"P3": np.zeros((1, 2, 2, 2))}, shapes, np.float64)  # subset is fine
+    with pytest.raises(ValueError, match="dpyramid has unexpected key 'P9'"):
+        check_grad_dict("dpyramid", {"P9": np.zeros(1)}, shapes, np.float64)
+    with pytest.raises(ValueError, match=r"dpyramid\['P2'\] must have shape \(1, 2, 4, 4\)"):
+        check_grad_dict("dpyramid", {"P2": np.zeros((1, 2, 2, 2))}, shapes, np.float64)
+    with pytest.raises(TypeError, match=r"dpyramid\['P3'\] must have dtype float64, got float32"):
+        check_grad_dict("dpyramid", {"P3": np.zeros((1, 2, 2, 2), np.float32)}, shapes, np.float64)
