@@ -606,14 +606,12 @@ def conv2d_backward(dout, cache):
             # kernel flipped in space and its channel axes swapped; as a forward conv it
             # copies dout KW (or KH*KW) times instead of adding KH*KW slices into dx.
             w_flip = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, KH, KW)
+            dx = np.empty((N, C, H * W), dtype=x.dtype)
             if rows:
                 wk = np.ascontiguousarray(w_flip.transpose(2, 0, 1, 3)).reshape(KH, C, F * KW)
-                dx = np.empty((N, C, H * W), dtype=x.dtype)
                 _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
-            else:
-                dx = np.empty((N, C, H * W), dtype=x.dtype)
-                taps_t = _taps(KH, KW, stride, dilation)
-                _gemm_im2col(_phases(_pad(dout, back_pad), taps_t), taps_t, (N, F, KH, KW, H, W),
+            else:  # (the taps of a stride-1 conv are the same for x and dout)
+                _gemm_im2col(_phases(_pad(dout, back_pad), taps), taps, (N, F, KH, KW, H, W),
                              wm=_weight_matrix(w_flip), out=dx)
             dx = dx.reshape(N, C, H, W)
         else:
