@@ -541,9 +541,13 @@ def test_bad_dout():
     out, cache = conv2d_forward(x, w, b)
     with pytest.raises(ValueError, match=r"dout must have shape \(1, 2, 3, 3\)"):
         conv2d_backward(np.zeros((1, 2, 4, 4)), cache)
+    with pytest.raises(TypeError, match=r"dout must have the dtype of x \(float64\), got float32"):
+        conv2d_backward(out.astype(np.float32), cache)
     out, cache = conv_transpose2d_forward(np.zeros((1, 2, 4, 4)), w, None)
     with pytest.raises(ValueError, match="dout must have shape"):
         conv_transpose2d_backward(np.zeros((1, 3, 5, 5)), cache)
+    with pytest.raises(TypeError, match="dout must have the dtype of x"):
+        conv_transpose2d_backward(out.astype(np.float32), cache)
 
 
 @pytest.mark.parametrize("budget", [1, 700, 5000])
