@@ -219,8 +219,11 @@ def plot_mask_targets(image, gt_mask, rois, targets, *, titles=None, figsize=Non
     ax = axes[0]
     _show_image(ax, image)
     tint = np.zeros(gt_mask.shape + (4,))
-    tint[gt_mask] = (1.0, 1.0, 0.0, 0.45)
+    tint[gt_mask] = (1.0, 1.0, 1.0, 0.35)
     ax.imshow(tint, extent=(0, gt_mask.shape[1], gt_mask.shape[0], 0), interpolation="nearest")
+    h, w = gt_mask.shape
+    ax.contour(np.arange(w) + 0.5, np.arange(h) + 0.5, gt_mask.astype(float), levels=[0.5],
+               colors="white", linewidths=1.5)
     # number each RoI at a different corner (top-left, top-right, bottom-left, bottom-right)
     # so that RoIs sharing a corner do not print their numbers on top of each other
     corners = ((0, 1, "left", "bottom", -1), (2, 1, "right", "bottom", -1),
@@ -229,7 +232,7 @@ def plot_mask_targets(image, gt_mask, rois, targets, *, titles=None, figsize=Non
         draw_boxes(ax, b, color=f"C{i}", lw=1.6)
         xi, yi, ha, va, dy = corners[i % 4]
         ax.text(b[xi], b[yi] + dy, str(i), color=f"C{i}", fontsize=9, fontweight="bold", ha=ha, va=va)
-    ax.set_title("GT mask (yellow) and RoIs")
+    ax.set_title("GT mask (white outline) and RoIs")
     for i, (ax, t) in enumerate(zip(axes[1:], targets)):
         ax.imshow(t, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         for s in ax.spines.values():
