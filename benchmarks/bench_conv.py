@@ -22,14 +22,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-try:
-    import mrcnn_np  # noqa: F401
-except ImportError:  # run from a checkout without ``pip install -e .``
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_seconds  # noqa: E402  (also puts the checkout on sys.path)
 
 from mrcnn_np.ops.conv import (  # noqa: E402
     conv2d_backward,
@@ -48,15 +44,6 @@ EXTRA = [  # shapes the model runs: FPN/ResNet pointwise, mask head (R RoIs of 1
     ("1x1 1024x50x50->256", (1, 1024, 50, 50), 256, 1, 1, 0),
     ("mask 64x256x14x14 3x3", (64, 256, 14, 14), 256, 3, 1, 1),
 ]
-
-
-def _best(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _torch():
@@ -131,7 +118,7 @@ def bench_case(xshape, F, k, s, p, *, repeats, rng, torch=None):
                 time.sleep(0.2)
             wake()
             for key in keys:
-                times[key] = min(times[key], _best(tasks[key], 1))
+                times[key] = min(times[key], best_seconds(tasks[key], 1))
     flops = 2.0 * F * K * M
     times["flops"] = flops
     return times
@@ -146,9 +133,9 @@ def bench_transpose(rng, repeats):
     K, M = 256 * 4, 64 * 14 * 14
     A = rng.standard_normal((K, 256), dtype=np.float32)
     B = rng.standard_normal((256, M), dtype=np.float32)
-    fwd = _best(lambda: conv_transpose2d_forward(x, w, None, stride=2), repeats)
-    bwd = _best(lambda: conv_transpose2d_backward(dout, cache), repeats)
-    gemm = _best(lambda: A @ B, repeats)
+    fwd = best_seconds(lambda: conv_transpose2d_forward(x, w, None, stride=2), repeats)
+    bwd = best_seconds(lambda: conv_transpose2d_backward(dout, cache), repeats)
+    gemm = best_seconds(lambda: A @ B, repeats)
     return fwd, bwd, gemm, 2.0 * K * 256 * M
 
 
