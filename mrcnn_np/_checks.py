@@ -175,3 +175,21 @@ def check_grad_dict(name, grads, shapes, dtype):
         check_array(f"{name}[{key!r}]", value, shape=shapes[key], dtype_kind="f")
         if value.dtype != dtype:
             raise TypeError(f"{name}[{key!r}] must have dtype {dtype}, got {value.dtype}")
+
+
+def check_hw_pair(name, value, *, minimum=1):
+    """Check an (h, w) pair of ints (image size, grid size) and return it as a tuple.
+
+    Unlike :func:`check_pair` a bare int is refused: a size is always two numbers.
+    A 1-D integer ndarray of length 2 is accepted. Raises ValueError naming ``name``.
+    """
+    if isinstance(value, np.ndarray):
+        value = tuple(value.tolist())
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair of ints (h, w), got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be a pair of ints (h, w), got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
+    return int(value[0]), int(value[1])

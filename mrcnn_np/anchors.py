@@ -37,7 +37,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_float_dtype, check_positive_int
+from ._checks import check_array, check_float_dtype, check_hw_pair, check_positive_int
 
 __all__ = [
     "base_anchors",
@@ -78,25 +78,10 @@ def _check_numbers(name, values, *, positive=True):
     return vals
 
 
-def _check_int_pair(name, value, *, minimum=1):
-    if isinstance(value, np.ndarray):
-        value = tuple(value.tolist())
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be a pair of ints (h, w), got {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
-            raise ValueError(f"{name} must be a pair of ints (h, w), got {value!r}")
-        if v < minimum:
-            raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
-        out.append(int(v))
-    return tuple(out)
-
-
 def _check_grid_sizes(grid_sizes):
     if not isinstance(grid_sizes, (tuple, list)) or not grid_sizes:
         raise ValueError(f"grid_sizes must be a non-empty list of (h, w) pairs, got {grid_sizes!r}")
-    return [_check_int_pair("grid_sizes", g) for g in grid_sizes]
+    return [check_hw_pair("grid_sizes", g) for g in grid_sizes]
 
 
 def base_anchors(sizes, aspect_ratios, *, dtype=np.float32):
@@ -133,8 +118,8 @@ def grid_anchors(base, grid_size, stride):
     ``base[a] + (j * sw, i * sh, j * sw, i * sh)``.
     """
     check_array("base", base, shape=("A", 4), dtype_kind="f")
-    gh, gw = _check_int_pair("grid_size", grid_size)
-    sh, sw = _check_int_pair("stride", stride)
+    gh, gw = check_hw_pair("grid_size", grid_size)
+    sh, sw = check_hw_pair("stride", stride)
     shift_x = np.arange(gw, dtype=np.int64) * sw
     shift_y = np.arange(gh, dtype=np.int64) * sh
     sy, sx = np.meshgrid(shift_y, shift_x, indexing="ij")
@@ -155,7 +140,7 @@ def pyramid_anchors(image_size, grid_sizes, sizes=DEFAULT_SIZES, aspect_ratios=N
     Returns a list of L arrays (h_l * w_l * A_l, 4), stride_l = (H // h_l, W // w_l).
     Concatenate them for torchvision's single (sum, 4) array.
     """
-    H, W = _check_int_pair("image_size", image_size)
+    H, W = check_hw_pair("image_size", image_size)
     grid_sizes = _check_grid_sizes(grid_sizes)
     if aspect_ratios is None:
         aspect_ratios = ((0.5, 1.0, 2.0),) * len(grid_sizes)
@@ -187,7 +172,7 @@ def matterport_pyramid_anchors(image_size, scales=(32, 64, 128, 256, 512), ratio
     ``w = scale * sqrt(r)``, ``h = scale / sqrt(r)``, centre ``(j, i) * stride``,
     no rounding. Same order as torchvision: location-major, ratio fastest.
     """
-    H, W = _check_int_pair("image_size", image_size)
+    H, W = check_hw_pair("image_size", image_size)
     scales = _check_numbers("scales", scales)
     ratios = np.asarray(_check_numbers("ratios", ratios), dtype=dtype)
     strides = _check_numbers("feature_strides", feature_strides)
@@ -223,7 +208,7 @@ def feature_grid_sizes(image_size, strides=FPN_STRIDES, *, size_divisible=1):
     torchvision's P6 (max-pool kernel 1, stride 2) too; ceil(ceil(n/a)/b) =
     ceil(n/(ab)), hence ceil(n / stride). E.g. 800 -> 200, 100, 50, 25, 13.
     """
-    H, W = _check_int_pair("image_size", image_size)
+    H, W = check_hw_pair("image_size", image_size)
     strides = _check_numbers("strides", strides)
     d = check_positive_int("size_divisible", size_divisible)
     H = -(-H // d) * d
@@ -267,7 +252,7 @@ def torchvision_resized_size(image_size, min_size=800, max_size=1333):
     image_size: (H, W) ints; min_size, max_size: positive ints.
     Returns (H', W') ints. 1024x1024 -> 800x800; 480x640 -> 800x1066.
     """
-    H, W = _check_int_pair("image_size", image_size)
+    H, W = check_hw_pair("image_size", image_size)
     min_size = check_positive_int("min_size", min_size)
     max_size = check_positive_int("max_size", max_size)
     scale = min(float(min_size) / min(H, W), float(max_size) / max(H, W))

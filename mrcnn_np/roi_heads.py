@@ -60,7 +60,6 @@ the FPN. Post-processing and pasting have no gradient.
 """
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -69,6 +68,7 @@ from ._checks import (
     check_array,
     check_float,
     check_float_dtype,
+    check_hw_pair,
     check_params,
     check_positive_int,
     check_rng,
@@ -176,13 +176,6 @@ def _check_box_list(name, boxes_per_image):
         _check_boxes(f"{name}[{i}]", b, dtype=dtype)
         dtype = b.dtype
     return boxes_per_image
-
-
-def _check_image_shape(name, shape):
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape)):
-        raise ValueError(f"{name} must be a pair of positive ints (height, width), got {shape!r}")
-    return int(shape[0]), int(shape[1])
 
 
 def _concat_or_array(name, value, *, ndim, dtype_kind):
@@ -872,7 +865,7 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
         raise ValueError("class_logits and box_regression must be finite, got NaN or inf")
     proposals = _check_box_list("proposals", proposals)
     (image_shapes,) = _check_lists(len(proposals), image_shapes=image_shapes)
-    shapes = [_check_image_shape(f"image_shapes[{i}]", s) for i, s in enumerate(image_shapes)]
+    shapes = [check_hw_pair(f"image_shapes[{i}]", s) for i, s in enumerate(image_shapes)]
     counts = [p.shape[0] for p in proposals]
     if sum(counts) != r:
         raise ValueError(f"class_logits must have {sum(counts)} rows (the proposals), got {r}")
@@ -943,7 +936,7 @@ def _check_paste_args(masks, boxes, img_shape, padding):
     check_array("boxes", boxes, shape=(d, 4), dtype_kind="f")
     if boxes.size and not np.isfinite(boxes).all():
         raise ValueError("boxes must be finite, got NaN or inf")
-    h, w = _check_image_shape("img_shape", img_shape)
+    h, w = check_hw_pair("img_shape", img_shape)
     pad = check_positive_int("padding", padding, minimum=0)
     return h, w, pad
 

@@ -49,6 +49,7 @@ from ._checks import (
     check_finite,
     check_float,
     check_float_dtype,
+    check_hw_pair,
     check_positive_int,
     check_rng,
     check_same_dtype,
@@ -532,13 +533,7 @@ def decode_proposals(pred_bbox_deltas, anchors):
 def _check_image_shapes(image_shapes, n):
     if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) != n:
         raise ValueError(f"image_shapes must be a list of {n} (height, width) pairs, got {image_shapes!r:.80}")
-    out = []
-    for i, s in enumerate(image_shapes):
-        if not isinstance(s, (list, tuple)) or len(s) != 2:
-            raise ValueError(f"image_shapes[{i}] must be a (height, width) pair, got {s!r}")
-        out.append((check_positive_int(f"image_shapes[{i}]", s[0]),
-                    check_positive_int(f"image_shapes[{i}]", s[1])))
-    return out
+    return [check_hw_pair(f"image_shapes[{i}]", s) for i, s in enumerate(image_shapes)]
 
 
 def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level, *,

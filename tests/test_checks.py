@@ -107,3 +107,16 @@ def test_check_float_dtype_and_grad_dict():
         check_grad_dict("dpyramid", {"P2": np.zeros((1, 2, 2, 2))}, shapes, np.float64)
     with pytest.raises(TypeError, match=r"dpyramid\['P3'\] must have dtype float64, got float32"):
         check_grad_dict("dpyramid", {"P3": np.zeros((1, 2, 2, 2), np.float32)}, shapes, np.float64)
+
+
+def test_check_hw_pair_refuses_a_bare_int_and_bools():
+    from mrcnn_np._checks import check_hw_pair
+
+    assert check_hw_pair("image_size", (800, np.int64(1333))) == (800, 1333)
+    assert check_hw_pair("image_size", np.array([3, 4])) == (3, 4)
+    assert check_hw_pair("grid", (0, 5), minimum=0) == (0, 5)
+    for bad in (800, (800,), (800, 1.5), (True, 3), "ab"):
+        with pytest.raises(ValueError, match=r"image_size must be a pair of ints \(h, w\)"):
+            check_hw_pair("image_size", bad)
+    with pytest.raises(ValueError, match=r"image_shapes\[1\] entries must be >= 1, got \(0, 4\)"):
+        check_hw_pair("image_shapes[1]", (0, 4))
