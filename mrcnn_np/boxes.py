@@ -23,7 +23,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_float, check_same_dtype
+from ._checks import check_array, check_finite, check_float, check_same_dtype
 
 __all__ = [
     "box_area",
@@ -47,8 +47,7 @@ DEFAULT_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 # --------------------------------------------------------------------------- checks
 def _check_boxes(name, boxes):
     check_array(name, boxes, shape=("N", 4), dtype_kind="f")
-    if boxes.size and not np.isfinite(boxes).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
+    check_finite(name, boxes)
     return boxes
 
 
@@ -58,8 +57,7 @@ def _check_scores(name, scores, n, boxes_name="boxes"):
         raise ValueError(
             f"{name} must have shape ({n},) to match {boxes_name} ({n}, 4), got {scores.shape}"
         )
-    if scores.size and not np.isfinite(scores).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
+    check_finite(name, scores)
     return scores
 
 
@@ -247,8 +245,7 @@ def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_C
         raise ValueError(
             f"boxes must have shape ({rel_codes.shape[0]}, 4) to match rel_codes, got {boxes.shape}"
         )
-    if rel_codes.size and not np.isfinite(rel_codes).all():
-        raise ValueError("rel_codes must be finite, got NaN or inf")
+    check_finite("rel_codes", rel_codes)
     dtype = rel_codes.dtype
     # exp(clip) must be finite in the dtype (88.7 for float32, 709.8 for float64)
     clip = check_float("bbox_xform_clip", bbox_xform_clip, maximum=math.log(np.finfo(dtype).max))

@@ -65,7 +65,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mrcnn_np._checks import check_array, check_float, check_positive_int, check_rng
+from mrcnn_np._checks import check_array, check_finite, check_float, check_positive_int, check_rng
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -238,8 +238,7 @@ def _check_boxes(name, boxes):
     boxes = check_array(name, np.asarray(boxes), shape=("G" if "ground" in name else "D", 4))
     if boxes.size and boxes.dtype.kind not in "iuf":
         raise TypeError(f"{name} must have a numeric dtype, got {boxes.dtype}")
-    if boxes.size and not np.all(np.isfinite(boxes)):
-        raise ValueError(f"{name} must be finite")
+    check_finite(name, boxes)
     return boxes
 
 
@@ -275,8 +274,7 @@ def _prepare_image(i, gt, dt, iou_type):
     d = db.shape[0]
     dl = _check_labels(f"detections[{i}]['labels']", dt["labels"], d)
     ds = check_array(f"detections[{i}]['scores']", np.asarray(dt["scores"], dtype=np.float64), shape=(d,))
-    if not np.all(np.isfinite(ds)):
-        raise ValueError(f"detections[{i}]['scores'] must be finite")
+    check_finite(f"detections[{i}]['scores']", ds)
     crowd = np.zeros(g, dtype=bool)
     if gt.get("iscrowd") is not None:
         crowd = check_array(f"{where}['iscrowd']", np.asarray(gt["iscrowd"]), shape=(g,)).astype(bool)

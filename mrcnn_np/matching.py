@@ -42,8 +42,7 @@ def _check_matcher_args(match_quality_matrix, high_threshold, low_threshold):
         raise ValueError(
             f"low_threshold must be <= high_threshold ({high}), got {low}"
         )
-    if m.size and not np.all(np.isfinite(m)):
-        raise ValueError("match_quality_matrix must be finite, got NaN or inf entries")
+    check_finite("match_quality_matrix", m)
     return m, high, low
 
 

@@ -99,7 +99,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from ._checks import check_array, check_float, check_pair, check_positive_int
+from ._checks import check_array, check_finite, check_float, check_pair, check_positive_int
 
 __all__ = [
     "RoIAlignCache",
@@ -181,8 +181,7 @@ def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, al
         raise TypeError(f"aligned must be a bool, got {type(aligned).__name__}")
     n = input.shape[0]
     if boxes.shape[0]:
-        if not np.all(np.isfinite(boxes)):
-            raise ValueError("boxes must be finite, got NaN or inf")
+        check_finite("boxes", boxes)
         bidx = boxes[:, 0]
         if np.any(bidx != np.round(bidx)):
             bad = bidx[bidx != np.round(bidx)][0]
@@ -757,8 +756,7 @@ def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_leve
     (or negative) area goes to ``k_min``.
     """
     check_array("boxes", boxes, shape=("K", 4), dtype_kind="fiu")
-    if not np.all(np.isfinite(boxes)):
-        raise ValueError("boxes must be finite, got NaN or inf")
+    check_finite("boxes", boxes)
     k_min = check_positive_int("k_min", k_min, minimum=0)
     k_max = check_positive_int("k_max", k_max, minimum=k_min)
     canonical_scale = check_float("canonical_scale", canonical_scale, minimum=0)

@@ -66,6 +66,7 @@ import numpy as np
 
 from ._checks import (
     check_array,
+    check_finite,
     check_float,
     check_float_dtype,
     check_hw_pair,
@@ -161,8 +162,7 @@ def _check_lists(num_images, **lists):
 
 def _check_boxes(name, boxes, *, dtype=None):
     check_array(name, boxes, shape=("N", 4), dtype_kind="f")
-    if boxes.size and not np.isfinite(boxes).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
+    check_finite(name, boxes)
     if dtype is not None and boxes.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (as the other boxes), got {boxes.dtype}")
     return boxes
@@ -530,8 +530,7 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     if s and (labels.min() < 0 or labels.max() >= k1):
         raise ValueError(f"labels must be in [0, {k1 - 1}], got values in [{labels.min()}, {labels.max()}]")
     for name, arr in (("class_logits", class_logits), ("box_regression", box_regression)):
-        if arr.size and not np.isfinite(arr).all():
-            raise ValueError(f"{name} must be finite, got NaN or inf")
+        check_finite(name, arr)
     dt = class_logits.dtype.type
     if s == 0:
         return dt(0), dt(0), np.zeros_like(class_logits), np.zeros_like(box_regression)
@@ -934,8 +933,7 @@ def _check_paste_args(masks, boxes, img_shape, padding):
     if masks.shape[1] != masks.shape[2] or masks.shape[1] == 0:
         raise ValueError(f"masks must have shape (D, M, M) with M >= 1, got {masks.shape}")
     check_array("boxes", boxes, shape=(d, 4), dtype_kind="f")
-    if boxes.size and not np.isfinite(boxes).all():
-        raise ValueError("boxes must be finite, got NaN or inf")
+    check_finite("boxes", boxes)
     h, w = check_hw_pair("img_shape", img_shape)
     pad = check_positive_int("padding", padding, minimum=0)
     return h, w, pad
