@@ -1,0 +1,356 @@
+"""Hyper-parameters of a Mask R-CNN: one frozen dataclass and three presets.
+
+``MaskRCNNConfig`` holds every number the model (``mrcnn_np.model``) and the
+input pipeline (resize, normalise, batch) need, flat, with the names of
+torchvision's ``MaskRCNN`` / ``FasterRCNN`` constructor arguments where one
+exists (``rpn_pre_nms_top_n_train``, ``box_score_thresh``, ...). It is
+validated when built: a bad value raises ``ValueError`` (``TypeError`` for a
+wrong type) naming the field.
+
+Presets:
+
+* :func:`torchvision_config` -- exactly ``maskrcnn_resnet50_fpn`` (v1):
+  ResNet-50, 256-channel FPN, 1024-wide box head, 4 x 256 mask head, 800/1333
+  resize, the RPN and RoI numbers of the reference;
+* :func:`shapes_config` -- a tiny model for the synthetic shapes dataset
+  (``mrcnn_np.data.shapes``: 128 x 128 images, 3 classes, objects 15..64 px),
+  small enough that a training step on 4 images takes a fraction of a second
+  in NumPy;
+* :func:`matterport_config` -- matterport Mask_RCNN's defaults, as far as the
+  torchvision-semantics model can express them (see its docstring for what it
+  cannot).
+
+Derived values: ``num_anchors_per_location`` (A), ``fpn_strides``.
+A config is immutable; derive a variant with ``dataclasses.replace(cfg, ...)``
+(it is validated again).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+
+__all__ = [
+    "MaskRCNNConfig",
+    "torchvision_config",
+    "shapes_config",
+    "matterport_config",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+#: torchvision's ``GeneralizedRCNNTransform`` normalisation (ImageNet statistics)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_NUM_LEVELS = 5  # P2..P6 feed the RPN; P2..P5 the RoI heads
+
+
+def _int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real(name, value, *, minimum=None, maximum=None, strict_min=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict_min else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def _seq(name, value, length=None):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(value)}: {tuple(value)!r}")
+    if len(value) == 0:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """Every hyper-parameter of a Mask R-CNN (defaults: torchvision ``maskrcnn_resnet50_fpn`` v1).
+
+    Model:
+      num_classes: K+1, background included (91 for COCO, 4 for shapes).
+      backbone_layers: bottleneck blocks in layer1..layer4 ((3, 4, 6, 3) = ResNet-50).
+      backbone_width: stem channels; stage s has ``width * 2**(s-1)`` inner and
+          4x that output channels (64 -> C2..C5 = 256, 512, 1024, 2048).
+      fpn_channels: D, channels of every pyramid level (256).
+      trainable_layers: how many of (conv1, layer1, ..., layer4), counted from
+          the top, get gradients (3 in the reference, whose backbone is
+          pretrained; 5 = all). FPN and heads are always trained; frozen BN never.
+      anchor_sizes: one tuple of sizes per level P2..P6 (pixels, side of the
+          square anchor), ((32,), (64,), (128,), (256,), (512,)).
+      aspect_ratios: one tuple of h/w ratios per level, (0.5, 1.0, 2.0) each.
+          Every level must have the same number of anchors A per location
+          (the RPN head is shared).
+    RPN:
+      rpn_pre_nms_top_n_train / _test: proposals kept per level before NMS (2000 / 1000).
+      rpn_post_nms_top_n_train / _test: kept per image after NMS (2000 / 1000).
+      rpn_nms_thresh: IoU of the per-level NMS (0.7).
+      rpn_fg_iou_thresh / rpn_bg_iou_thresh: anchor positive at IoU >= 0.7,
+          negative below 0.3, ignored between.
+      rpn_batch_size_per_image, rpn_positive_fraction: anchors sampled per
+          image for the loss (256), at most this share positive (0.5).
+      rpn_score_thresh: proposals below this objectness probability are dropped (0.0).
+    RoI heads:
+      box_fg_iou_thresh / box_bg_iou_thresh: RoI foreground at IoU >= 0.5,
+          background below 0.5.
+      box_batch_size_per_image, box_positive_fraction: RoIs sampled per image
+          (512), at most 25 % foreground.
+      box_score_thresh, box_nms_thresh, box_detections_per_img: inference
+          post-processing (0.05, per-class NMS 0.5, top 100).
+      bbox_reg_weights: box coder weights of the heads (10, 10, 5, 5).
+      box_roi_output_size, box_roi_sampling_ratio: RoIAlign of the box head (7, 2).
+      mask_roi_output_size, mask_roi_sampling_ratio: RoIAlign of the mask head (14, 2).
+      representation_size: width of fc6 and fc7 (1024).
+      mask_layers: output channels of the 3x3 convs of the mask head (4 x 256).
+      mask_dim_reduced: channels of the 2x2 transposed conv (256).
+    Input pipeline (not read by ``model.py``; the transform uses them):
+      min_size, max_size: resize so the short side is min_size and the long
+          side at most max_size (800, 1333).
+      image_mean, image_std: per-channel normalisation of [0, 1] images.
+      size_divisible: the batch is zero-padded to a multiple of this (32).
+    """
+
+    num_classes: int = 91
+    # backbone
+    backbone_layers: tuple = (3, 4, 6, 3)
+    backbone_width: int = 64
+    fpn_channels: int = 256
+    trainable_layers: int = 3
+    # anchors
+    anchor_sizes: tuple = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple = ((0.5, 1.0, 2.0),) * 5
+    # RPN
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_score_thresh: float = 0.0
+    # RoI heads
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+    box_roi_output_size: int = 7
+    box_roi_sampling_ratio: int = 2
+    mask_roi_output_size: int = 14
+    mask_roi_sampling_ratio: int = 2
+    representation_size: int = 1024
+    mask_layers: tuple = (256, 256, 256, 256)
+    mask_dim_reduced: int = 256
+    # input pipeline (transform)
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: tuple = IMAGENET_MEAN
+    image_std: tuple = IMAGENET_STD
+    size_divisible: int = 32
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("num_classes", _int("num_classes", self.num_classes, minimum=2))
+        layers = _seq("backbone_layers", self.backbone_layers, 4)
+        put("backbone_layers", tuple(_int("backbone_layers", v) for v in layers))
+        for name in ("backbone_width", "fpn_channels", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                     "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
+                     "box_batch_size_per_image", "box_roi_output_size", "mask_roi_output_size",
+                     "representation_size", "mask_dim_reduced", "min_size", "max_size", "size_divisible"):
+            put(name, _int(name, getattr(self, name)))
+        put("box_detections_per_img", _int("box_detections_per_img", self.box_detections_per_img, minimum=0))
+        tl = _int("trainable_layers", self.trainable_layers, minimum=0)
+        if tl > 5:
+            raise ValueError(f"trainable_layers must be in [0, 5], got {tl}")
+        put("trainable_layers", tl)
+        for name in ("box_roi_sampling_ratio", "mask_roi_sampling_ratio"):
+            # torchvision: <= 0 means adaptive (ceil(roi / output) samples per bin)
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            put(name, int(value))
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size must be >= min_size ({self.min_size}), got {self.max_size}")
+
+        sizes = _seq("anchor_sizes", self.anchor_sizes, _NUM_LEVELS)
+        ratios = _seq("aspect_ratios", self.aspect_ratios, _NUM_LEVELS)
+        sizes = tuple(tuple(_real("anchor_sizes", s, minimum=0, strict_min=True)
+                            for s in _seq("anchor_sizes", lvl)) for lvl in sizes)
+        ratios = tuple(tuple(_real("aspect_ratios", r, minimum=0, strict_min=True)
+                             for r in _seq("aspect_ratios", lvl)) for lvl in ratios)
+        # keep ints as ints (anchor sizes are ints in torchvision)
+        sizes = tuple(tuple(int(s) if float(s).is_integer() else s for s in lvl) for lvl in sizes)
+        counts = {len(s) * len(r) for s, r in zip(sizes, ratios)}
+        if len(counts) != 1:
+            raise ValueError(
+                "anchor_sizes and aspect_ratios must give the same number of anchors per location on "
+                f"every level (the RPN head is shared), got {[len(s) * len(r) for s, r in zip(sizes, ratios)]}"
+            )
+        put("anchor_sizes", sizes)
+        put("aspect_ratios", ratios)
+
+        for name in ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction",
+                     "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction", "box_nms_thresh"):
+            put(name, _real(name, getattr(self, name), minimum=0.0, maximum=1.0))
+        for name in ("rpn_score_thresh", "box_score_thresh"):
+            put(name, _real(name, getattr(self, name)))
+        if self.rpn_bg_iou_thresh > self.rpn_fg_iou_thresh:
+            raise ValueError(f"rpn_bg_iou_thresh must be <= rpn_fg_iou_thresh ({self.rpn_fg_iou_thresh}), "
+                             f"got {self.rpn_bg_iou_thresh}")
+        if self.box_bg_iou_thresh > self.box_fg_iou_thresh:
+            raise ValueError(f"box_bg_iou_thresh must be <= box_fg_iou_thresh ({self.box_fg_iou_thresh}), "
+                             f"got {self.box_bg_iou_thresh}")
+        w = _seq("bbox_reg_weights", self.bbox_reg_weights, 4)
+        put("bbox_reg_weights", tuple(_real("bbox_reg_weights", v, minimum=0, strict_min=True) for v in w))
+        ml = _seq("mask_layers", self.mask_layers)
+        put("mask_layers", tuple(_int("mask_layers", v) for v in ml))
+        mean = _seq("image_mean", self.image_mean, 3)
+        put("image_mean", tuple(_real("image_mean", v) for v in mean))
+        std = _seq("image_std", self.image_std, 3)
+        put("image_std", tuple(_real("image_std", v, minimum=0, strict_min=True) for v in std))
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_anchors_per_location(self):
+        """A: anchors per feature-map cell (sizes x ratios of one level)."""
+        return len(self.anchor_sizes[0]) * len(self.aspect_ratios[0])
+
+    @property
+    def backbone_out_channels(self):
+        """Channels of C2..C5: ``4 * width * 2**s`` for s = 0..3."""
+        return tuple(4 * self.backbone_width * 2 ** s for s in range(4))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (validated again); ``dataclasses.replace``."""
+        return dataclasses.replace(self, **changes)
+
+
+def torchvision_config(num_classes=91):
+    """torchvision ``maskrcnn_resnet50_fpn`` (v1), every number as in the reference.
+
+    num_classes: K+1 with background (91 for COCO's label ids).
+    ResNet-50 body with the top 3 stages trained (the rest pretrained and
+    frozen), 256-channel FPN, anchors 32..512 on P2..P6 with ratios 0.5/1/2,
+    RPN 2000/2000 (train) and 1000/1000 (test) proposals, 512 RoIs at 25 %,
+    box head 1024, mask head 4 x 256, images resized to 800/1333.
+    """
+    return MaskRCNNConfig(num_classes=num_classes)
+
+
+def shapes_config(num_classes=4):
+    """A tiny Mask R-CNN for the synthetic shapes dataset, trained from scratch.
+
+    The data (``mrcnn_np.data.shapes``): 128 x 128 images, 1..4 objects of
+    3 classes (+ background = 4), each 15..64 px wide (half-size 7.7..32).
+
+    Why each number:
+
+    * backbone (1, 1, 1, 1) blocks, width 8: C2..C5 have 32, 64, 128, 256
+      channels. One bottleneck per stage keeps the four strides (4..32) and
+      the FPN structure of the reference at ~1/100 of its depth x width;
+      flat-coloured shapes need no deep features.
+    * trainable_layers 5: nothing is pretrained, so every stage learns.
+    * fpn_channels 32 (the width every level, the RPN head and the RoI
+      heads work at; 1/8 of the reference's 256).
+    * anchor_sizes 8, 16, 32, 64, 128 on P2..P6: twice the stride of each
+      level (the reference uses 8x its stride on 800-px images); 16..64
+      bracket the objects, 8 and 128 keep the five-level structure (they
+      mostly give negatives). Ratios 0.5/1/2 as the reference.
+    * RPN: 4,092 anchors per image (3 x (32^2 + 16^2 + 8^2 + 4^2 + 2^2)); keep
+      the 256 best per level before NMS in training (128 at test) and 256 /
+      128 after it -- images hold at most 4 objects, and proposals are the
+      RoI heads' cost. 128 anchors sampled per image (half may be positive).
+    * RoI heads: 64 RoIs per image (16 may be positive, 4x the maximum number
+      of objects); box head fc width 128; mask head two 3x3 convs of 32 and a
+      32-channel transposed conv (the 28 x 28 masks of 15..64 px objects need
+      little capacity). RoIAlign sizes 7 and 14 as the reference (the mask
+      target side 28 is tied to 14).
+    * min_size = max_size = 128: no resize; size_divisible 32 (128 already is).
+    * Inference post-processing as the reference (0.05, NMS 0.5, 100).
+    """
+    return MaskRCNNConfig(
+        num_classes=num_classes,
+        backbone_layers=(1, 1, 1, 1),
+        backbone_width=8,
+        fpn_channels=32,
+        trainable_layers=5,
+        anchor_sizes=((8,), (16,), (32,), (64,), (128,)),
+        aspect_ratios=((0.5, 1.0, 2.0),) * 5,
+        rpn_pre_nms_top_n_train=256,
+        rpn_pre_nms_top_n_test=128,
+        rpn_post_nms_top_n_train=256,
+        rpn_post_nms_top_n_test=128,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=64,
+        representation_size=128,
+        mask_layers=(32, 32),
+        mask_dim_reduced=32,
+        min_size=128,
+        max_size=128,
+    )
+
+
+def matterport_config(num_classes=81):
+    """matterport Mask_RCNN's ``Config`` defaults, as far as this model can express them.
+
+    num_classes: K+1 (81 for matterport's COCO: 80 classes + background).
+    Taken over: ResNet-101 body ((3, 4, 23, 3) blocks), 256-channel FPN,
+    anchor scales 32..512 on P2..P6 with ratios 0.5/1/2, RPN NMS 0.7,
+    256 anchors per image at most half positive (``RPN_TRAIN_ANCHORS_PER_IMAGE``),
+    2000 / 1000 proposals after NMS (``POST_NMS_ROIS_TRAINING / _INFERENCE``),
+    200 RoIs per image at 33 % positive (``TRAIN_ROIS_PER_IMAGE``,
+    ``ROI_POSITIVE_RATIO``), detections at confidence >= 0.7, NMS 0.3, top 100,
+    box head 1024, mask head 4 x 256, box coder weights 10, 10, 5, 5
+    (``1 / BBOX_STD_DEV``), 1024 x 1024 images (``IMAGE_MIN_DIM`` =
+    ``IMAGE_MAX_DIM`` = 1024), padded to a multiple of 64, every stage trained
+    (trainable_layers 5, matterport's ``layers="all"``).
+
+    Not expressible (the model keeps torchvision's semantics): matterport
+    takes the top 6000 anchors over ALL levels before NMS (here per level,
+    ``rpn_pre_nms_top_n_train = 6000``); its ratios mean width/height (the
+    set 0.5/1/2 is the same, the order within a cell differs); it rounds in
+    the FPN level mapper and samples RoIs with ``crop_and_resize`` (not
+    RoIAlign). Its input is ``pixels_0_255 - MEAN_PIXEL``; with images in
+    [0, 1] that is ``(x - MEAN_PIXEL / 255) / (1 / 255)``, hence image_std 1/255.
+    """
+    return MaskRCNNConfig(
+        num_classes=num_classes,
+        backbone_layers=(3, 4, 23, 3),
+        trainable_layers=5,
+        rpn_pre_nms_top_n_train=6000,
+        rpn_pre_nms_top_n_test=6000,
+        rpn_post_nms_top_n_train=2000,
+        rpn_post_nms_top_n_test=1000,
+        box_batch_size_per_image=200,
+        box_positive_fraction=0.33,
+        box_score_thresh=0.7,
+        box_nms_thresh=0.3,
+        box_detections_per_img=100,
+        min_size=1024,
+        max_size=1024,
+        image_mean=(123.7 / 255, 116.8 / 255, 103.9 / 255),
+        image_std=(1.0 / 255, 1.0 / 255, 1.0 / 255),
+        size_divisible=64,
+    )
