@@ -270,8 +270,14 @@ def test_postprocess_pastes_full_box_mask(dtype):
     np.testing.assert_allclose(m[0, 0, 12:59, 22:79], 1.0, atol=1e-6)
     # grown box: centre (50, 35), half sizes 30 * 30/28 = 32.14, 25 * 30/28 = 26.79 ->
     # [17.86, 8.21, 82.14, 61.79] -> truncated [17, 8, 82, 61]: nothing outside it
-    assert not m[0, 0, :8].any() and not m[0, 0, 62:].any()
-    assert not m[0, 0, :, :17].any() and not m[0, 0, :, 83:].any()
+    # and the padded mask's zero border is sampled on the grown box's first and last pixel:
+    # rows 8..61 (54 pixels) read src = (t + 0.5) * 30/54 - 0.5: t = 0 -> 0 (clamped, the zero
+    # border), t = 1 -> 0.33 (a third of row 1, nonzero), t = 52 -> 28.67, t = 53 -> 29.2 -> row 29
+    # (border again). Columns 17..82 (66 pixels) likewise: nonzero exactly on 18..81.
+    rows = np.flatnonzero(m[0, 0].any(axis=1))
+    cols = np.flatnonzero(m[0, 0].any(axis=0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (9, 60, 18, 81)
+    np.testing.assert_allclose(m[0, 0, 9, 40], 1 / 3, rtol=1e-6)
     # inputs untouched
     for k in ("boxes", "masks", "labels"):
         np.testing.assert_array_equal(res[0][k], res_before[0][k])
