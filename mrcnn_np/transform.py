@@ -93,8 +93,10 @@ def _check_stats(name, values, *, positive=False):
     if not isinstance(values, (list, tuple)) or len(values) != 3:
         raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v):
-            raise TypeError(f"{name} must be 3 finite real numbers, got {values!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be 3 real numbers, got {values!r}")
+        if not np.isfinite(v):
+            raise ValueError(f"{name} must be 3 finite numbers, got {values!r}")
         if positive and v <= 0:
             raise ValueError(f"{name} entries must be > 0, got {values!r}")
     return tuple(float(v) for v in values)
@@ -263,6 +265,20 @@ def transform_forward(images, targets=None, *, min_size=800, max_size=1333, mean
     return batch, sizes, (None if targets is None else new_targets)
 
 
+def _paste(name, masks, boxes, image_size):
+    """Paste (D, 1, M, M) or (D, M, M) probabilities at ``boxes``; same rank out."""
+    d = boxes.shape[0]
+    check_array(name, masks, dtype_kind="f")
+    with_channel = masks.ndim == 4
+    want = (d, 1, "M", "M") if with_channel else (d, "M", "M")
+    if masks.ndim not in (3, 4) or masks.shape[:len(want) - 2] != want[:-2] or \
+            masks.shape[-1] != masks.shape[-2] or masks.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape ({d}, 1, M, M) or ({d}, M, M) with M >= 1, "
+                         f"got {masks.shape}")
+    pasted = paste_masks_in_image(masks[:, 0] if with_channel else masks, boxes, image_size)
+    return pasted[:, None] if with_channel else pasted
+
+
 def postprocess(result, image_shapes, original_image_sizes):
     """Map each image's detections from the resized frame to the original image.
 
@@ -274,13 +290,16 @@ def postprocess(result, image_shapes, original_image_sizes):
 
     result: list of N dicts, each with "boxes" (D, 4) float xyxy in the resized
         image, optionally "masks" (D, 1, M, M) float probabilities in [0, 1]
-        (the mask head's output for the predicted class), and any other keys
-        ("scores", "labels") passed through.
+        (the mask head's output for the predicted class, as torchvision's
+        ``maskrcnn_inference``) or (D, M, M) (as ``roi_heads.maskrcnn_inference``,
+        which drops the channel axis), and any other keys ("scores", "labels")
+        passed through.
     image_shapes: list of N (H', W') resized sizes (``transform_forward``'s
         ``image_sizes``). original_image_sizes: list of N (H, W).
     Returns a list of N new dicts: "boxes" (D, 4) in original pixels and, if
-    "masks" was given, "masks" (D, 1, H, W) soft probabilities in the masks'
-    dtype (threshold at 0.5 for binary masks). The inputs are not modified.
+    "masks" was given, "masks" (D, 1, H, W) (or (D, H, W) for (D, M, M) in)
+    soft probabilities in the masks' dtype (threshold at 0.5 for binary masks).
+    The inputs are not modified.
     """
     for name, value in (("result", result), ("image_shapes", image_shapes),
                         ("original_image_sizes", original_image_sizes)):
@@ -302,8 +321,6 @@ def postprocess(result, image_shapes, original_image_sizes):
         new = dict(pred)
         new["boxes"] = resize_boxes(boxes, im_s, o_im_s)
         if "masks" in pred:
-            masks = check_array(f"result[{i}]['masks']", pred["masks"],
-                                shape=(boxes.shape[0], 1, "M", "M"), dtype_kind="f")
-            new["masks"] = paste_masks_in_image(masks[:, 0], new["boxes"], o_im_s)[:, None]
+            new["masks"] = _paste(f"result[{i}]['masks']", pred["masks"], new["boxes"], o_im_s)
         out.append(new)
     return out

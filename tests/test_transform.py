@@ -284,6 +284,19 @@ def test_postprocess_pastes_full_box_mask(dtype):
     assert res[0]["masks"].shape == (1, 1, 28, 28)
 
 
+def test_postprocess_masks_without_channel_axis():
+    # (D, M, M) masks, as roi_heads.maskrcnn_inference returns them, paste to (D, H, W), equal to
+    # the (D, 1, M, M) result without its channel axis
+    rng = np.random.default_rng(6)
+    boxes = np.array([[3.0, 4.0, 50.0, 33.0], [10.0, 0.0, 20.0, 60.0]])
+    masks = rng.random((2, 28, 28))
+    a = postprocess([{"boxes": boxes, "masks": masks}], [(64, 64)], [(32, 48)])[0]["masks"]
+    b = postprocess([{"boxes": boxes, "masks": masks[:, None]}], [(64, 64)], [(32, 48)])[0]["masks"]
+    assert a.shape == (2, 32, 48) and b.shape == (2, 1, 32, 48)
+    np.testing.assert_array_equal(a, b[:, 0])
+    assert a.any()
+
+
 def test_postprocess_no_detections():
     out = postprocess([{"boxes": np.zeros((0, 4)), "masks": np.zeros((0, 1, 28, 28))}],
                       [(800, 1066)], [(480, 640)])
@@ -298,7 +311,8 @@ def test_postprocess_no_detections():
     (lambda: normalize_image([[0.0]]), TypeError, "image"),
     (lambda: normalize_image(np.zeros((3, 4, 4)), mean=(0.5, 0.5)), ValueError, "mean"),
     (lambda: normalize_image(np.zeros((3, 4, 4)), std=(0.5, 0.0, 0.5)), ValueError, "std"),
-    (lambda: normalize_image(np.zeros((3, 4, 4)), std=(0.5, float("nan"), 0.5)), TypeError, "std"),
+    (lambda: normalize_image(np.zeros((3, 4, 4)), std=(0.5, float("nan"), 0.5)), ValueError, "std"),
+    (lambda: normalize_image(np.zeros((3, 4, 4)), mean=(0.5, "a", 0.5)), TypeError, "mean"),
     (lambda: resize_image_and_target(np.zeros((3, 4, 4)), min_size=0), ValueError, "min_size"),
     (lambda: resize_image_and_target(np.zeros((3, 4, 4)), max_size=2.5), TypeError, "max_size"),
     (lambda: resize_image_and_target(np.zeros((3, 4, 0))), ValueError, "image"),
@@ -330,8 +344,14 @@ def test_postprocess_no_detections():
     (lambda: postprocess([{"boxes": np.zeros((0, 4))}], [(8, 8), (8, 8)], [(8, 8)]), ValueError,
      "image_shapes"),
     (lambda: postprocess([{"scores": np.zeros(0)}], [(8, 8)], [(8, 8)]), ValueError, "boxes"),
-    (lambda: postprocess([{"boxes": np.zeros((1, 4)), "masks": np.zeros((1, 28, 28))}], [(8, 8)],
+    (lambda: postprocess([{"boxes": np.zeros((1, 4)), "masks": np.zeros((1, 2, 28, 28))}], [(8, 8)],
+                         [(8, 8)]), ValueError, r"result\[0\]\['masks'\]"),
+    (lambda: postprocess([{"boxes": np.zeros((1, 4)), "masks": np.zeros((1, 1, 28, 27))}], [(8, 8)],
                          [(8, 8)]), ValueError, "masks"),
+    (lambda: postprocess([{"boxes": np.zeros((1, 4)), "masks": np.zeros((2, 28, 28))}], [(8, 8)],
+                         [(8, 8)]), ValueError, "masks"),
+    (lambda: postprocess([{"boxes": np.zeros((1, 4)), "masks": np.zeros((1, 28, 28), np.uint8)}],
+                         [(8, 8)], [(8, 8)]), TypeError, "masks"),
     (lambda: postprocess([{"boxes": np.zeros((0, 4))}], [(8, 0)], [(8, 8)]), ValueError,
      "image_shapes"),
 ])
