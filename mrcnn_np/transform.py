@@ -112,7 +112,7 @@ def _check_target(name, target, image_hw):
     if not isinstance(target, dict):
         raise TypeError(f"{name} must be a dict, got {type(target).__name__}")
     if "boxes" not in target:
-        raise ValueError(f"{name} must have a 'boxes' entry (G, 4), got keys {sorted(target)}")
+        raise ValueError(f"{name} must have a 'boxes' entry (G, 4), got keys {list(target)}")
     boxes = _check_boxes(f"{name}['boxes']", target["boxes"])
     if "masks" in target:
         h, w = image_hw
@@ -314,7 +314,7 @@ def postprocess(result, image_shapes, original_image_sizes):
         if not isinstance(pred, dict):
             raise TypeError(f"result[{i}] must be a dict, got {type(pred).__name__}")
         if "boxes" not in pred:
-            raise ValueError(f"result[{i}] must have a 'boxes' entry (D, 4), got keys {sorted(pred)}")
+            raise ValueError(f"result[{i}] must have a 'boxes' entry (D, 4), got keys {list(pred)}")
         boxes = _check_boxes(f"result[{i}]['boxes']", pred["boxes"])
         im_s = check_hw_pair(f"image_shapes[{i}]", im_s)
         o_im_s = check_hw_pair(f"original_image_sizes[{i}]", o_im_s)
