@@ -10,7 +10,7 @@ from mrcnn_np.ops.linear import linear_backward, linear_forward  # noqa: E402
 from mrcnn_np.ops.losses import bce_with_logits, smooth_l1, softmax_cross_entropy  # noqa: E402
 from mrcnn_np.ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward  # noqa: E402
 from mrcnn_np.ops.pool import max_pool2d_backward, max_pool2d_forward  # noqa: E402
-from mrcnn_np.ops.resize import (resize_bilinear_backward, resize_bilinear_forward,  # noqa: E402
+from mrcnn_np.ops.resize import (resize_bilinear, resize_bilinear_backward, resize_bilinear_forward,  # noqa: E402
                                  upsample_nearest_backward, upsample_nearest_forward)
 
 
@@ -163,3 +163,14 @@ def test_losses(reduction):
         ref.sum().backward()
         np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-13)
         np.testing.assert_allclose(d, pt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("src, dst", [((480, 640), (800, 1066)), ((333, 500), (799, 1201))])
+def test_resize_bilinear_float32_large_image_matches_torch_to_rounding(src, dst):
+    # torch computes the source coordinate (i + 0.5) * scale - 0.5 with one rounding;
+    # two float32 roundings would put these sizes ~3e-5 off
+    x = np.random.default_rng(3).random((3,) + src, dtype=np.float32)
+    ours = resize_bilinear(x, dst)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=dst, mode="bilinear",
+                                          align_corners=False)[0].numpy()
+    assert np.abs(ours - ref).max() < 1e-6
