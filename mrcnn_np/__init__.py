@@ -9,6 +9,9 @@ The package is organised by stage; import the stage you want to read or check:
 - ``mrcnn_np.matching``   Matcher and balanced sampler; ``mrcnn_np.rpn`` the region proposal network
 - ``mrcnn_np.roi_align``  RoIAlign and the FPN level mapper
 - ``mrcnn_np.roi_heads``  box and mask heads, targets, losses, post-processing, mask pasting
+- ``mrcnn_np.transform``  normalise, resize, batch; map detections back to the original image
+- ``mrcnn_np.train``      SGD with momentum, warm-up and step schedule, the training loop
+- ``mrcnn_np.io``         checkpoints (.npz) and safetensors weights, never unpickled
 - ``mrcnn_np.data``       synthetic shapes (``data.shapes``) and COCO format (``data.coco``)
 - ``mrcnn_np.evaluate``   COCO-style AP/AR, equal to pycocotools
 - ``mrcnn_np.gradcheck``  numeric gradients, relative error, adjoint test
@@ -24,16 +27,19 @@ from . import (  # noqa: F401  (submodules as attributes: mrcnn_np.boxes.nms, ..
     evaluate,
     fpn,
     gradcheck,
+    io,
     matching,
     ops,
     roi_align,
     roi_heads,
     rpn,
+    train,
+    transform,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "anchors", "backbone", "boxes", "data", "evaluate", "fpn", "gradcheck", "matching", "ops",
-    "roi_align", "roi_heads", "rpn", "__version__",
+    "anchors", "backbone", "boxes", "data", "evaluate", "fpn", "gradcheck", "io", "matching", "ops",
+    "roi_align", "roi_heads", "rpn", "train", "transform", "__version__",
 ]
