@@ -1,0 +1,550 @@
+"""The whole Mask R-CNN: parameters, training forward/backward, prediction.
+
+This module only composes the stages; each lives (and is tested) in its own
+module::
+
+    images (N, 3, H, W)
+      -> backbone_forward (fpn.py: ResNet body + FPN)     pyramid P2..P6 (N, D, H_l, W_l)
+      -> rpn_head_forward (rpn.py), on P2..P6             objectness (N, A, H_l, W_l), deltas (N, 4A, H_l, W_l)
+      -> concat_box_prediction_layers_forward            (N, T), (N, T, 4)
+      -> decode_proposals + filter_proposals             proposals, list of (K_i, 4)   [no gradient]
+      -> [train] rpn_targets + rpn_loss                  loss_objectness, loss_rpn_box_reg
+      -> [train] select_training_samples (roi_heads.py)  S_i sampled RoIs, labels, targets [no gradient]
+      -> multiscale_roi_align_forward (roi_align.py), on P2..P5, 7x7    (R, D, 7, 7)
+      -> box_head_forward -> fastrcnn_loss               loss_classifier, loss_box_reg
+         [test] postprocess_detections                   boxes, scores, labels
+      -> multiscale_roi_align_forward, 14x14, on the positive RoIs [train] / detections [test]
+      -> mask_head_forward -> maskrcnn_loss              loss_mask
+         [test] maskrcnn_inference                       masks (D, 1, 28, 28)
+
+It is the twin of torchvision's ``GeneralizedRCNN.forward`` with
+``RegionProposalNetwork.forward`` and ``RoIHeads.forward`` of
+``maskrcnn_resnet50_fpn`` (v1), without the transform: the input here is an
+already normalised, padded batch plus the valid size of each image
+(``image_sizes``), and ``predict`` returns boxes in that batch frame and
+28 x 28 mask probabilities (resizing back and pasting are the transform's
+job).
+
+Shape shorthand: N images; H, W the padded batch size; D FPN channels;
+A anchors per location; T anchors of one image over all levels; G
+ground-truth objects of one image; S sampled RoIs of one image; P positive
+RoIs; D_i detections of image i; K+1 classes with background (label 0).
+Boxes are (x1, y1, x2, y2) in batch pixels.
+
+Where gradients flow: every loss is differentiated with respect to the
+trainable parameters. The pyramid feeds the RPN head (all five levels), the
+box RoIAlign and the mask RoIAlign (P2..P5): its gradient is the SUM of the
+three. Proposals, anchor and RoI targets, and both samplings are constants
+(torchvision detaches the proposals). Frozen BN parameters never get a
+gradient, nor do the backbone stages below ``config.trainable_layers``.
+
+Randomness: only the two samplers draw, from the ``rng`` given to
+``forward_train``, in a fixed order: first the RPN anchors of image 0, 1, ...
+(two permutations each: positives, negatives), then the RoIs of image 0, 1, ...
+The same seed gives the same losses bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._checks import check_array, check_float_dtype, check_hw_pair, check_rng
+from .anchors import pyramid_anchors
+from .backbone import check_resnet_params, resnet_trainable_keys
+from .config import MaskRCNNConfig
+from .fpn import backbone_backward, backbone_forward, check_fpn_params, init_resnet_fpn_backbone
+from .roi_align import multiscale_roi_align_backward, multiscale_roi_align_forward
+from .roi_heads import (
+    BOX_HEAD_KEYS,
+    box_head_backward,
+    box_head_forward,
+    fastrcnn_loss,
+    init_box_head,
+    init_mask_head,
+    mask_head_backward,
+    mask_head_forward,
+    mask_head_keys,
+    maskrcnn_inference,
+    maskrcnn_loss,
+    postprocess_detections,
+    select_positive_proposals,
+    select_training_samples,
+)
+from .rpn import (
+    RPN_PARAM_NAMES,
+    concat_box_prediction_layers_backward,
+    concat_box_prediction_layers_forward,
+    decode_proposals,
+    filter_proposals,
+    init_rpn_head,
+    rpn_head_backward,
+    rpn_head_forward,
+    rpn_loss,
+    rpn_targets,
+)
+
+__all__ = [
+    "LOSS_NAMES",
+    "ModelCache",
+    "init_params",
+    "trainable_keys",
+    "forward_train",
+    "backward",
+    "loss_and_grads",
+    "predict",
+    "roi_scales",
+]
+
+#: the keys of the loss dict, in torchvision's order (RoI heads, then RPN)
+LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+
+_RPN_LEVELS = ("P2", "P3", "P4", "P5", "P6")   # torchvision's "0".."3", "pool"
+_ROI_LEVELS = ("P2", "P3", "P4", "P5")         # MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"])
+_MASK_SIDE_FACTOR = 2                          # 14x14 pooled -> 28x28 logits (ConvTranspose 2x2, stride 2)
+
+
+class ModelCache(NamedTuple):
+    """What ``backward`` needs, plus the intermediate values worth looking at.
+
+    config: MaskRCNNConfig; dtype; keys: the trainable keys (gradient order);
+    param_shapes: {key: shape} of those keys;
+    backbone: BackboneCache; rpn_head: RPNHeadCache; concat: ConcatCache;
+    box_pool, mask_pool: MultiScaleRoIAlignCache; box_head: BoxHeadCache;
+    mask_head: MaskHeadCache;
+    dobjectness (N, T), dpred_bbox_deltas (N, T, 4): gradients of
+        loss_objectness and loss_rpn_box_reg (each of its own loss);
+    dclass_logits (S, K+1), dbox_regression (S, 4(K+1)), dmask_logits
+        (P, K+1, 28, 28): gradients of loss_classifier, loss_box_reg, loss_mask;
+    info: dict of intermediate values (no gradient): "anchors" (list of L
+        (H_l*W_l*A, 4)), "proposals" / "proposal_scores" (lists over images),
+        "rpn_labels" (N, T), "sampled_proposals", "sampled_labels",
+        "matched_idxs", "regression_targets" (lists over images),
+        "mask_proposals", "pos_matched_idxs" (lists over images),
+        "class_logits", "box_regression", "mask_logits".
+    """
+
+    config: Any
+    dtype: np.dtype
+    keys: tuple
+    param_shapes: dict
+    backbone: Any
+    rpn_head: Any
+    concat: Any
+    box_pool: Any
+    box_head: Any
+    mask_pool: Any
+    mask_head: Any
+    dobjectness: np.ndarray
+    dpred_bbox_deltas: np.ndarray
+    dclass_logits: np.ndarray
+    dbox_regression: np.ndarray
+    dmask_logits: np.ndarray
+    info: dict
+
+
+# =========================================================================== parameters
+
+
+def _check_config(config):
+    if not isinstance(config, MaskRCNNConfig):
+        raise TypeError(f"config must be a MaskRCNNConfig, got {type(config).__name__}")
+    return config
+
+
+def init_params(config, *, rng, dtype=np.float32):
+    """Random parameters of the whole model, initialised as torchvision does.
+
+    config: MaskRCNNConfig; rng: np.random.Generator; dtype: float dtype.
+    Returns one flat dict with torchvision ``state_dict`` names, drawn in this
+    order: ``backbone.body.*`` and ``backbone.fpn.*`` (``init_resnet_fpn_backbone``:
+    Kaiming-normal convs, identity frozen BN, FPN kaiming_uniform(a=1)),
+    ``rpn.head.*`` (normal std 0.01, bias 0), ``roi_heads.box_head.*`` /
+    ``box_predictor.*`` (torch Linear default), ``roi_heads.mask_head.*`` /
+    ``mask_predictor.*`` (Kaiming normal, fan_out).
+    """
+    config = _check_config(config)
+    check_rng(rng)
+    dtype = check_float_dtype(dtype)
+    d = config.fpn_channels
+    params = init_resnet_fpn_backbone(config.backbone_layers, width=config.backbone_width,
+                                      out_channels=d, rng=rng, dtype=dtype)
+    params.update(init_rpn_head(d, config.num_anchors_per_location, rng=rng, dtype=dtype))
+    params.update(init_box_head(d, config.box_roi_output_size, config.representation_size,
+                                config.num_classes, rng=rng, dtype=dtype))
+    params.update(init_mask_head(d, config.mask_layers, config.mask_dim_reduced, config.num_classes,
+                                 rng=rng, dtype=dtype))
+    return params
+
+
+def trainable_keys(params, config):
+    """The parameter keys that get gradients and updates, in ``params`` order.
+
+    params: the model's parameter dict; config: MaskRCNNConfig.
+    Everything except the backbone stages below ``config.trainable_layers``
+    (of conv1, layer1, ..., layer4, counted from the top) and except every
+    frozen-BN array (weight, bias, running_mean, running_var are buffers in
+    the reference). The FPN, the RPN head and the RoI heads are always trained.
+    """
+    config = _check_config(config)
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    body = set(resnet_trainable_keys(params, trainable_layers=config.trainable_layers))
+    heads = set(RPN_PARAM_NAMES) | set(BOX_HEAD_KEYS) | set(mask_head_keys(params))
+    return [k for k in params
+            if k in body or k in heads or k.startswith("backbone.fpn.")]
+
+
+def _check_params(params, config, dtype):
+    """Structure of params vs config, and one dtype (the images')."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    for key, value in params.items():
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
+        if value.dtype != dtype:
+            raise TypeError(f"params[{key!r}] must have the dtype of images ({dtype}), got {value.dtype}")
+    structure = check_resnet_params(params, dtype=dtype)
+    if structure.layers != config.backbone_layers or structure.width != config.backbone_width:
+        raise ValueError(
+            f"params hold a ResNet of width {structure.width} and blocks {structure.layers}, but config says "
+            f"backbone_width={config.backbone_width}, backbone_layers={config.backbone_layers}"
+        )
+    ins, d = check_fpn_params(params, dtype=dtype)
+    if d != config.fpn_channels or len(ins) != 4:
+        raise ValueError(f"params hold an FPN of {len(ins)} levels and {d} channels, but config says "
+                         f"fpn_channels={config.fpn_channels}")
+    for key in RPN_PARAM_NAMES + BOX_HEAD_KEYS:
+        if key not in params:
+            raise ValueError(f"params is missing {key!r}")
+    a = params["rpn.head.cls_logits.weight"].shape[0]
+    if a != config.num_anchors_per_location:
+        raise ValueError(f"params['rpn.head.cls_logits.weight'] has {a} anchors per location, but config "
+                         f"gives {config.num_anchors_per_location}")
+    k1 = params["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    if k1 != config.num_classes:
+        raise ValueError(f"params['roi_heads.box_predictor.cls_score.weight'] has {k1} classes, but config "
+                         f"says num_classes={config.num_classes}")
+    key = "roi_heads.mask_predictor.mask_fcn_logits.weight"
+    if key not in params:
+        raise ValueError(f"params is missing {key!r}")
+    if params[key].shape[0] != config.num_classes:
+        raise ValueError(f"params[{key!r}] has {params[key].shape[0]} classes, but config says "
+                         f"num_classes={config.num_classes}")
+
+
+# =========================================================================== input checks
+
+
+def _check_images(images):
+    check_array("images", images, shape=("N", 3, "H", "W"), dtype_kind="f")
+    if min(images.shape) == 0:
+        raise ValueError(f"images must have no empty dimension, got {images.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError("images must be finite, got NaN or inf entries")
+    return images
+
+
+def _check_image_sizes(image_sizes, images):
+    n, _, h, w = images.shape
+    if image_sizes is None:
+        return [(h, w)] * n
+    if not isinstance(image_sizes, (list, tuple)) or len(image_sizes) != n:
+        raise ValueError(f"image_sizes must be a list of {n} (h, w) pairs (one per image), got {image_sizes!r:.80}")
+    out = []
+    for i, s in enumerate(image_sizes):
+        hi, wi = check_hw_pair(f"image_sizes[{i}]", s)
+        if hi > h or wi > w:
+            raise ValueError(f"image_sizes[{i}] must fit in the batch ({h}, {w}), got {(hi, wi)}")
+        out.append((hi, wi))
+    return out
+
+
+def _check_targets(targets, n, num_classes):
+    if not isinstance(targets, (list, tuple)):
+        raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
+    if len(targets) != n:
+        raise ValueError(f"targets must have one dict per image ({n}), got {len(targets)}")
+    for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise TypeError(f"targets[{i}] must be a dict, got {type(t).__name__}")
+        for key in ("boxes", "labels", "masks"):
+            if key not in t:
+                raise ValueError(f"targets[{i}] is missing {key!r} (needs 'boxes', 'labels', 'masks')")
+        boxes = check_array(f"targets[{i}]['boxes']", t["boxes"], shape=("G", 4), dtype_kind="f")
+        g = boxes.shape[0]
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"targets[{i}]['boxes'] must be finite, got NaN or inf entries")
+        if g and not ((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()):
+            raise ValueError(f"targets[{i}]['boxes'] must have x2 > x1 and y2 > y1, got a degenerate box")
+        labels = check_array(f"targets[{i}]['labels']", t["labels"], shape=(g,), dtype_kind="iu")
+        if g and (labels.min() < 1 or labels.max() >= num_classes):
+            raise ValueError(f"targets[{i}]['labels'] must be in [1, {num_classes - 1}] (num_classes="
+                             f"{num_classes}, 0 is background), got values in [{labels.min()}, {labels.max()}]")
+        check_array(f"targets[{i}]['masks']", t["masks"], shape=(g, "H_i", "W_i"), dtype_kind="biuf")
+    return list(targets)
+
+
+def _check_loss_weights(loss_weights):
+    if loss_weights is None:
+        return dict.fromkeys(LOSS_NAMES, 1.0)
+    if not isinstance(loss_weights, dict):
+        raise TypeError(f"loss_weights must be a dict {{loss name: weight}}, got {type(loss_weights).__name__}")
+    out = dict.fromkeys(LOSS_NAMES, 1.0)
+    for k, v in loss_weights.items():
+        if k not in out:
+            raise ValueError(f"loss_weights has unknown key {k!r}; expected some of {LOSS_NAMES}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"loss_weights[{k!r}] must be a finite number, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+# =========================================================================== shared pieces
+
+
+def roi_scales(pyramid_shapes, image_sizes):
+    """Spatial scales of P2..P5 for the RoI poolers (twin of torchvision's ``_setup_scales``).
+
+    pyramid_shapes: the (N, D, H_l, W_l) shapes of P2..P5; image_sizes: list of (h, w).
+    Each scale is ``2 ** round(log2(H_l / max_h))`` over the heights (half to
+    even, as ``torch.round``): 1/4, 1/8, 1/16, 1/32 for any batch padded to a
+    multiple of 32.
+    """
+    max_h = max(s[0] for s in image_sizes)
+    return tuple(float(2.0 ** np.round(np.log2(shape[2] / max_h))) for shape in pyramid_shapes)
+
+
+def _rois(boxes_per_image, dtype):
+    """List over images of (R_i, 4) -> (R, 5) [batch index, x1, y1, x2, y2]."""
+    parts = [np.concatenate([np.full((b.shape[0], 1), i, dtype=dtype), b.astype(dtype, copy=False)], axis=1)
+             for i, b in enumerate(boxes_per_image)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, 5), dtype)
+
+
+def _rpn_forward(params, pyramid, images, config, image_sizes, training):
+    """Head, anchors, flattening and proposals. Returns (head outputs, caches, proposals, info)."""
+    feats = [pyramid[name] for name in _RPN_LEVELS]
+    (obj_levels, del_levels), head_cache = rpn_head_forward(params, feats)
+    grids = [f.shape[-2:] for f in feats]
+    anchors = pyramid_anchors(images.shape[-2:], grids, config.anchor_sizes, config.aspect_ratios,
+                              dtype=images.dtype)
+    (objectness, deltas), concat_cache = concat_box_prediction_layers_forward(obj_levels, del_levels)
+    counts = [a.shape[0] for a in anchors]
+    pre = config.rpn_pre_nms_top_n_train if training else config.rpn_pre_nms_top_n_test
+    post = config.rpn_post_nms_top_n_train if training else config.rpn_post_nms_top_n_test
+    proposals, scores = _propose(objectness, deltas, anchors, image_sizes, counts, config=config,
+                                 pre_nms_top_n=pre, post_nms_top_n=post)
+    return objectness, deltas, head_cache, concat_cache, anchors, proposals, scores
+
+
+def _propose(objectness, deltas, anchors, image_sizes, counts, *, config, pre_nms_top_n, post_nms_top_n):
+    """Decode and filter (no gradient: the deltas and logits are detached, as torchvision).
+
+    A module-level function so that a test can hold the proposals fixed
+    while it moves the parameters (a finite-difference check of the detached
+    model must not let the proposals move).
+    """
+    boxes = decode_proposals(deltas, anchors)
+    return filter_proposals(boxes, objectness, image_sizes, counts, pre_nms_top_n=pre_nms_top_n,
+                            post_nms_top_n=post_nms_top_n, nms_thresh=config.rpn_nms_thresh,
+                            score_thresh=config.rpn_score_thresh)
+
+
+# =========================================================================== training
+
+
+def forward_train(params, images, targets, config, *, rng, image_sizes=None):
+    """The five training losses of Mask R-CNN (twin of ``GeneralizedRCNN.forward`` in train mode,
+    after the transform).
+
+    params: flat dict (``init_params``), every array in images' dtype.
+    images: (N, 3, H, W) float, normalised and padded batch.
+    targets: list of N dicts: "boxes" (G, 4) float xyxy in batch pixels,
+        "labels" (G,) int in [1, num_classes - 1], "masks" (G, H_i, W_i)
+        bool / uint8 / float in the image frame (G may be 0).
+    config: MaskRCNNConfig. rng: np.random.Generator (both samplers).
+    image_sizes: list of N (h, w), the valid region of each image (proposals
+        are clipped to it); default the full (H, W).
+    Returns (losses, cache): losses {"loss_classifier", "loss_box_reg",
+    "loss_mask", "loss_objectness", "loss_rpn_box_reg"} as Python floats;
+    cache a ModelCache for ``backward``.
+    """
+    config = _check_config(config)
+    images = _check_images(images)
+    check_rng(rng)
+    _check_params(params, config, images.dtype)
+    n = images.shape[0]
+    sizes = _check_image_sizes(image_sizes, images)
+    targets = _check_targets(targets, n, config.num_classes)
+    dtype = images.dtype
+    keys = tuple(trainable_keys(params, config))
+
+    # backbone + FPN
+    pyramid, backbone_cache = backbone_forward(params, images)
+
+    # RPN: proposals (detached), then anchor targets, sample, loss
+    objectness, deltas, head_cache, concat_cache, anchors, proposals, proposal_scores = _rpn_forward(
+        params, pyramid, images, config, sizes, training=True)
+    gt_boxes = [t["boxes"] for t in targets]
+    rpn_labels, rpn_reg_targets = rpn_targets(anchors, gt_boxes, high_threshold=config.rpn_fg_iou_thresh,
+                                              low_threshold=config.rpn_bg_iou_thresh)
+    loss_objectness, loss_rpn_box_reg, dobj, ddel = rpn_loss(
+        objectness, deltas, rpn_labels, rpn_reg_targets, rng=rng,
+        batch_size_per_image=config.rpn_batch_size_per_image,
+        positive_fraction=config.rpn_positive_fraction)
+
+    # RoI heads: sample RoIs (constants), box branch
+    sampled, matched_idxs, labels, reg_targets = select_training_samples(
+        proposals, targets, rng=rng, fg_iou_thresh=config.box_fg_iou_thresh,
+        bg_iou_thresh=config.box_bg_iou_thresh, batch_size_per_image=config.box_batch_size_per_image,
+        positive_fraction=config.box_positive_fraction, bbox_reg_weights=config.bbox_reg_weights)
+    roi_feats = [pyramid[name] for name in _ROI_LEVELS]
+    scales = roi_scales([f.shape for f in roi_feats], sizes)
+    box_pooled, box_pool_cache = multiscale_roi_align_forward(
+        roi_feats, _rois(sampled, dtype), config.box_roi_output_size, scales=scales,
+        sampling_ratio=config.box_roi_sampling_ratio)
+    (class_logits, box_regression), box_head_cache = box_head_forward(params, box_pooled)
+    loss_classifier, loss_box_reg, dcls, dreg = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
+
+    # mask branch on the positive RoIs
+    mask_proposals, pos_matched_idxs = select_positive_proposals(sampled, labels, matched_idxs)
+    mask_pooled, mask_pool_cache = multiscale_roi_align_forward(
+        roi_feats, _rois(mask_proposals, dtype), config.mask_roi_output_size, scales=scales,
+        sampling_ratio=config.mask_roi_sampling_ratio)
+    mask_logits, mask_head_cache = mask_head_forward(params, mask_pooled)
+    loss_mask, dmask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
+                                     [t["labels"] for t in targets], pos_matched_idxs)
+
+    losses = {
+        "loss_classifier": float(loss_classifier),
+        "loss_box_reg": float(loss_box_reg),
+        "loss_mask": float(loss_mask),
+        "loss_objectness": float(loss_objectness),
+        "loss_rpn_box_reg": float(loss_rpn_box_reg),
+    }
+    info = {
+        "anchors": anchors, "proposals": proposals, "proposal_scores": proposal_scores,
+        "rpn_labels": rpn_labels, "sampled_proposals": sampled, "sampled_labels": labels,
+        "matched_idxs": matched_idxs, "regression_targets": reg_targets,
+        "mask_proposals": mask_proposals, "pos_matched_idxs": pos_matched_idxs,
+        "class_logits": class_logits, "box_regression": box_regression, "mask_logits": mask_logits,
+    }
+    cache = ModelCache(
+        config=config, dtype=dtype, keys=keys, param_shapes={k: params[k].shape for k in keys},
+        backbone=backbone_cache, rpn_head=head_cache, concat=concat_cache,
+        box_pool=box_pool_cache, box_head=box_head_cache, mask_pool=mask_pool_cache,
+        mask_head=mask_head_cache, dobjectness=dobj, dpred_bbox_deltas=ddel,
+        dclass_logits=dcls, dbox_regression=dreg, dmask_logits=dmask, info=info,
+    )
+    return losses, cache
+
+
+def _scaled(d, w):
+    """w * d as a new array in d's dtype (d itself is never modified)."""
+    return d * d.dtype.type(w) if w != 1.0 else d
+
+
+def backward(cache, *, loss_weights=None):
+    """Gradient of ``sum_k loss_weights[k] * losses[k]`` with respect to every trainable parameter.
+
+    cache: ModelCache from ``forward_train`` (not modified: backward can be
+        called again with other weights).
+    loss_weights: {loss name: float}, missing names weigh 1; default all 1.
+    Returns {key: array} for ``trainable_keys(params, config)``, each shaped
+    and typed like the parameter. The pyramid's gradient is the sum of what
+    the RPN head (P2..P6), the box RoIAlign and the mask RoIAlign (P2..P5)
+    send back; proposals and targets are constants.
+    """
+    if not isinstance(cache, ModelCache):
+        raise TypeError(f"cache must be the ModelCache from forward_train, got {type(cache).__name__}")
+    w = _check_loss_weights(loss_weights)
+    config = cache.config
+
+    # RoI heads: box branch, then mask branch, each back to the pyramid through RoIAlign
+    dcls = _scaled(cache.dclass_logits, w["loss_classifier"])
+    dreg = _scaled(cache.dbox_regression, w["loss_box_reg"])
+    box_grads, dbox_pooled = box_head_backward((dcls, dreg), cache.box_head)
+    dfeat_box = multiscale_roi_align_backward(dbox_pooled, cache.box_pool)
+    dmask = _scaled(cache.dmask_logits, w["loss_mask"])
+    mask_grads, dmask_pooled = mask_head_backward(dmask, cache.mask_head)
+    dfeat_mask = multiscale_roi_align_backward(dmask_pooled, cache.mask_pool)
+
+    # RPN head
+    dobj = _scaled(cache.dobjectness, w["loss_objectness"])
+    ddel = _scaled(cache.dpred_bbox_deltas, w["loss_rpn_box_reg"])
+    dobj_levels, ddel_levels = concat_box_prediction_layers_backward((dobj, ddel), cache.concat)
+    rpn_grads, dfeat_rpn = rpn_head_backward((dobj_levels, ddel_levels), cache.rpn_head)
+
+    # the pyramid feeds three consumers: gradients add
+    dpyramid = {}
+    for i, name in enumerate(_RPN_LEVELS):
+        d = dfeat_rpn[i]
+        if i < len(_ROI_LEVELS):
+            d = d + dfeat_box[i] + dfeat_mask[i]
+        dpyramid[name] = d
+    backbone_grads = backbone_backward(dpyramid, cache.backbone, trainable_layers=config.trainable_layers)
+
+    everything = {**backbone_grads, **rpn_grads, **box_grads, **mask_grads}
+    grads = {}
+    for k in cache.keys:
+        g = everything.get(k)
+        if g is None:  # a layer no gradient reached
+            g = np.zeros(cache.param_shapes[k], cache.dtype)
+        grads[k] = g
+    return grads
+
+
+def loss_and_grads(params, images, targets, config, *, rng, image_sizes=None, loss_weights=None):
+    """``forward_train`` then ``backward``: returns (losses, grads)."""
+    losses, cache = forward_train(params, images, targets, config, rng=rng, image_sizes=image_sizes)
+    return losses, backward(cache, loss_weights=loss_weights)
+
+
+# =========================================================================== inference
+
+
+def predict(params, images, config, *, image_sizes=None):
+    """Detections of every image (twin of ``GeneralizedRCNN.forward`` in eval mode, before
+    ``transform.postprocess``).
+
+    params: flat dict; images: (N, 3, H, W) float normalised batch;
+    config: MaskRCNNConfig (the ``*_test`` RPN numbers and the box_* post-processing);
+    image_sizes: list of N (h, w) valid regions (boxes are clipped to them);
+        default the full (H, W).
+    Returns a list of N dicts: "boxes" (D_i, 4) in batch pixels, "labels"
+    (D_i,) int64 in [1, K], "scores" (D_i,) sorted decreasing, "masks"
+    (D_i, 1, M, M) probabilities (M = 2 * mask_roi_output_size = 28), all in
+    images' dtype (labels int64). D_i may be 0. Deterministic (no rng).
+    """
+    config = _check_config(config)
+    images = _check_images(images)
+    _check_params(params, config, images.dtype)
+    sizes = _check_image_sizes(image_sizes, images)
+    dtype = images.dtype
+
+    pyramid, _ = backbone_forward(params, images)
+    *_, proposals, _ = _rpn_forward(params, pyramid, images, config, sizes, training=False)
+    roi_feats = [pyramid[name] for name in _ROI_LEVELS]
+    scales = roi_scales([f.shape for f in roi_feats], sizes)
+    box_pooled, _ = multiscale_roi_align_forward(
+        roi_feats, _rois(proposals, dtype), config.box_roi_output_size, scales=scales,
+        sampling_ratio=config.box_roi_sampling_ratio)
+    (class_logits, box_regression), _ = box_head_forward(params, box_pooled)
+    boxes, scores, labels = postprocess_detections(
+        class_logits, box_regression, proposals, sizes, score_thresh=config.box_score_thresh,
+        nms_thresh=config.box_nms_thresh, detections_per_img=config.box_detections_per_img,
+        bbox_reg_weights=config.bbox_reg_weights)
+    mask_pooled, _ = multiscale_roi_align_forward(
+        roi_feats, _rois(boxes, dtype), config.mask_roi_output_size, scales=scales,
+        sampling_ratio=config.mask_roi_sampling_ratio)
+    mask_logits, _ = mask_head_forward(params, mask_pooled)
+    probs = maskrcnn_inference(mask_logits, labels)
+    m = _MASK_SIDE_FACTOR * config.mask_roi_output_size
+    out = []
+    for i in range(images.shape[0]):
+        masks = probs[i] if probs else np.zeros((0, m, m), dtype)
+        out.append({"boxes": boxes[i], "labels": labels[i], "scores": scores[i], "masks": masks[:, None]})
+    return out
