@@ -60,7 +60,7 @@ def micro_config(**kw):
     return MaskRCNNConfig(**args)
 
 
-def _mask_in_box(box, h, w, rng):
+def _mask_in_box(box, h, w):
     """An ellipse inscribed in the box (a non-rectangular mask)."""
     x1, y1, x2, y2 = box
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
@@ -78,7 +78,7 @@ def make_batch(config, *, n=2, size=64, gt_counts=(2, 3), seed=0, dtype=np.float
         xy = rng.uniform(0.6, 1.0, (g, 2)) * (size - wh - 1)
         boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
         labels = rng.integers(1, config.num_classes, g).astype(np.int64)
-        masks = np.stack([_mask_in_box(b, size, size, rng) for b in boxes]) if g else np.zeros((0, size, size), bool)
+        masks = np.stack([_mask_in_box(b, size, size) for b in boxes]) if g else np.zeros((0, size, size), bool)
         targets.append({"boxes": boxes, "labels": labels, "masks": masks})
     return images, targets
 
@@ -354,6 +354,30 @@ def test_image_without_ground_truth(micro):
     grads = M.backward(cache)
     assert not np.any(grads["roi_heads.mask_predictor.mask_fcn_logits.weight"])
     assert np.any(grads["roi_heads.box_predictor.cls_score.weight"])
+
+
+def test_no_proposal_at_all(micro, monkeypatch):
+    """An RPN that proposes nothing: predict returns empty detections; in training the
+    ground-truth boxes are the only RoIs (an image without GT then has none)."""
+    config, params, images, targets = micro
+
+    def nothing(objectness, *args, **kw):
+        n = objectness.shape[0]
+        return [np.zeros((0, 4)) for _ in range(n)], [np.zeros(0) for _ in range(n)]
+
+    monkeypatch.setattr(M, "_propose", nothing)
+    for o in M.predict(params, images, config):
+        assert o["boxes"].shape == (0, 4) and o["masks"].shape == (0, 1, 28, 28)
+    losses, cache = M.forward_train(params, images, targets, config, rng=np.random.default_rng(0))
+    assert [len(p) for p in cache.info["sampled_proposals"]] == [len(t["boxes"]) for t in targets]
+    assert all(np.all(lab > 0) for lab in cache.info["sampled_labels"])  # GT boxes are all positive
+    assert losses["loss_mask"] > 0
+    _, empty_targets = make_batch(config, n=1, empty=(0,))
+    losses, cache = M.forward_train(params, images[:1], empty_targets, config, rng=np.random.default_rng(0))
+    assert losses["loss_classifier"] == losses["loss_box_reg"] == losses["loss_mask"] == 0
+    grads = M.backward(cache)
+    assert not np.any(grads["roi_heads.box_head.fc6.weight"])
+    assert np.any(grads["rpn.head.cls_logits.weight"])
 
 
 def test_image_sizes_clip_the_proposals(micro):
