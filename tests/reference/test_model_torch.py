@@ -149,6 +149,20 @@ def test_state_dict_names_equal_ours():
     assert trainable == set(M.trainable_keys(params, config))
 
 
+@pytest.mark.parametrize("layers", [0, 3, 5])
+def test_trainable_keys_equal_torchvision_requires_grad(layers):
+    # torchvision's own rule (_resnet_fpn_extractor, which fixes the FPN at 256 channels)
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    body = ResNet(Bottleneck, [1, 1, 1, 1], norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(body, layers)
+    theirs = {"backbone." + n for n, p in backbone.named_parameters() if p.requires_grad}
+    config = small_config(fpn_channels=256, trainable_layers=layers)
+    params = M.init_params(config, rng=np.random.default_rng(0))
+    ours = {k for k in M.trainable_keys(params, config) if k.startswith("backbone.")}
+    assert ours == theirs
+
+
 @pytest.mark.parametrize("size", sorted(CASES))
 def test_predict_equals_torchvision_eval(size):
     config = small_config(size)
