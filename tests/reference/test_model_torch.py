@@ -240,3 +240,48 @@ def test_loss_weights_equal_a_weighted_torch_sum():
     _, grads = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0),
                                 image_sizes=sizes, loss_weights=weights)
     _compare_grads(grads, model, 1e-8)
+
+
+def test_torchvision_preset_equals_maskrcnn_resnet50_fpn():
+    """Every number of torchvision_config() read back from the real model, and init_params'
+    names and shapes equal its state_dict (91 classes, ResNet-50).
+
+    Built as ``maskrcnn_resnet50_fpn`` builds it with a pretrained backbone (frozen BN,
+    3 trainable stages); without weights the builder would switch to plain BatchNorm
+    and train all 5 stages, which is not the reference, and weights need a download.
+    """
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    from mrcnn_np.config import torchvision_config
+
+    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    tv = MaskRCNN(backbone, num_classes=91)
+    c = torchvision_config()
+    rpn, heads, tr = tv.rpn, tv.roi_heads, tv.transform
+    assert rpn._pre_nms_top_n == {"training": c.rpn_pre_nms_top_n_train, "testing": c.rpn_pre_nms_top_n_test}
+    assert rpn._post_nms_top_n == {"training": c.rpn_post_nms_top_n_train, "testing": c.rpn_post_nms_top_n_test}
+    assert (rpn.nms_thresh, rpn.score_thresh) == (c.rpn_nms_thresh, c.rpn_score_thresh)
+    assert (rpn.proposal_matcher.high_threshold, rpn.proposal_matcher.low_threshold) == \
+        (c.rpn_fg_iou_thresh, c.rpn_bg_iou_thresh)
+    assert (rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction) == \
+        (c.rpn_batch_size_per_image, c.rpn_positive_fraction)
+    assert rpn.anchor_generator.sizes == c.anchor_sizes
+    assert rpn.anchor_generator.aspect_ratios == c.aspect_ratios
+    assert (heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold) == \
+        (c.box_fg_iou_thresh, c.box_bg_iou_thresh)
+    assert (heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction) == \
+        (c.box_batch_size_per_image, c.box_positive_fraction)
+    assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == \
+        (c.box_score_thresh, c.box_nms_thresh, c.box_detections_per_img)
+    assert tuple(heads.box_coder.weights) == c.bbox_reg_weights
+    assert (heads.box_roi_pool.output_size, heads.box_roi_pool.sampling_ratio) == \
+        ((c.box_roi_output_size,) * 2, c.box_roi_sampling_ratio)
+    assert (heads.mask_roi_pool.output_size, heads.mask_roi_pool.sampling_ratio) == \
+        ((c.mask_roi_output_size,) * 2, c.mask_roi_sampling_ratio)
+    assert (tr.min_size, tr.max_size, tr.size_divisible) == ((c.min_size,), c.max_size, c.size_divisible)
+    assert tuple(tr.image_mean) == c.image_mean and tuple(tr.image_std) == c.image_std
+    trained = {n for n, p in tv.named_parameters() if p.requires_grad}
+    params = M.init_params(c, rng=np.random.default_rng(0))
+    assert {k: tuple(v.shape) for k, v in tv.state_dict().items()} == {k: v.shape for k, v in params.items()}
+    assert set(M.trainable_keys(params, c)) == trained
