@@ -324,6 +324,22 @@ def test_same_seed_same_losses_other_seed_other_sample(micro):
     assert c[0] != a[0]  # both samplers draw fewer than the candidates
 
 
+def test_losses_do_not_depend_on_the_order_of_the_images(micro):
+    """With every anchor and RoI sampled (no randomness left), each loss is a mean over the
+    whole batch, so swapping the two images changes nothing."""
+    config, params, images, targets = micro
+    config = config.replace(rpn_batch_size_per_image=4096, rpn_positive_fraction=1.0,
+                            box_batch_size_per_image=4096, box_positive_fraction=1.0)
+    a, ga = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0),
+                             image_sizes=[(64, 64), (60, 50)])
+    b, gb = M.loss_and_grads(params, images[::-1], targets[::-1], config, rng=np.random.default_rng(1),
+                             image_sizes=[(60, 50), (64, 64)])
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-12), k
+    for k in ga:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-9, atol=1e-12 * np.abs(ga[k]).max())
+
+
 def test_float32_runs_and_stays_float32(micro):
     config, _, _, _ = micro
     params = make_params(config, dtype=np.float32)
