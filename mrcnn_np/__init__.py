@@ -9,6 +9,8 @@ The package is organised by stage; import the stage you want to read or check:
 - ``mrcnn_np.matching``   Matcher and balanced sampler; ``mrcnn_np.rpn`` the region proposal network
 - ``mrcnn_np.roi_align``  RoIAlign and the FPN level mapper
 - ``mrcnn_np.roi_heads``  box and mask heads, targets, losses, post-processing, mask pasting
+- ``mrcnn_np.config``     hyper-parameters and presets (torchvision, matterport-like, tiny shapes)
+- ``mrcnn_np.model``      the whole Mask R-CNN: init, forward_train + backward, predict, detect
 - ``mrcnn_np.transform``  normalise, resize, batch; map detections back to the original image
 - ``mrcnn_np.train``      SGD with momentum, warm-up and step schedule, the training loop
 - ``mrcnn_np.io``         checkpoints (.npz) and safetensors weights, never unpickled
@@ -23,12 +25,14 @@ from . import (  # noqa: F401  (submodules as attributes: mrcnn_np.boxes.nms, ..
     anchors,
     backbone,
     boxes,
+    config,
     data,
     evaluate,
     fpn,
     gradcheck,
     io,
     matching,
+    model,
     ops,
     roi_align,
     roi_heads,
@@ -40,6 +44,6 @@ from . import (  # noqa: F401  (submodules as attributes: mrcnn_np.boxes.nms, ..
 __version__ = "0.1.0"
 
 __all__ = [
-    "anchors", "backbone", "boxes", "data", "evaluate", "fpn", "gradcheck", "io", "matching", "ops",
+    "anchors", "backbone", "boxes", "config", "data", "evaluate", "fpn", "gradcheck", "io", "matching", "model", "ops",
     "roi_align", "roi_heads", "rpn", "train", "transform", "__version__",
 ]

@@ -23,7 +23,8 @@ It is the twin of torchvision's ``GeneralizedRCNN.forward`` with
 already normalised, padded batch plus the valid size of each image
 (``image_sizes``), and ``predict`` returns boxes in that batch frame and
 28 x 28 mask probabilities (resizing back and pasting are the transform's
-job).
+job). :func:`detect` is the whole inference pipeline on raw images:
+``transform.transform_forward`` -> :func:`predict` -> ``transform.postprocess``.
 
 Shape shorthand: N images; H, W the padded batch size; D FPN channels;
 A anchors per location; T anchors of one image over all levels; G
@@ -57,6 +58,7 @@ from .backbone import check_resnet_params, resnet_trainable_keys
 from .config import MaskRCNNConfig
 from .fpn import backbone_backward, backbone_forward, check_fpn_params, init_resnet_fpn_backbone
 from .roi_align import multiscale_roi_align_backward, multiscale_roi_align_forward
+from .transform import postprocess, transform_forward
 from .roi_heads import (
     BOX_HEAD_KEYS,
     box_head_backward,
@@ -95,6 +97,7 @@ __all__ = [
     "backward",
     "loss_and_grads",
     "predict",
+    "detect",
     "roi_scales",
 ]
 
@@ -548,3 +551,24 @@ def predict(params, images, config, *, image_sizes=None):
         masks = probs[i] if probs else np.zeros((0, m, m), dtype)
         out.append({"boxes": boxes[i], "labels": labels[i], "scores": scores[i], "masks": masks[:, None]})
     return out
+
+
+def detect(params, images, config):
+    """Detect objects in raw images: transform, :func:`predict`, map back (torchvision's
+    ``MaskRCNN(images)`` in eval mode).
+
+    params: flat dict; images: list of N (3, H_i, W_i) float images in [0, 1]
+    (any sizes; resized, normalised and batched by ``transform.transform_forward``
+    with the config's min_size, max_size, image_mean, image_std, size_divisible).
+    Returns a list of N dicts in ORIGINAL image pixels: "boxes" (D_i, 4), "labels"
+    (D_i,) int64, "scores" (D_i,) sorted decreasing, "masks" (D_i, 1, H_i, W_i) soft
+    probabilities pasted into the image (``> 0.5`` gives the binary masks).
+    """
+    config = _check_config(config)
+    if not isinstance(images, (list, tuple)) or not images:
+        raise TypeError(f"images must be a non-empty list of (3, H, W) arrays, got {type(images).__name__}")
+    batch, image_sizes, _ = transform_forward(
+        list(images), None, min_size=config.min_size, max_size=config.max_size,
+        mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
+    preds = predict(params, batch, config, image_sizes=image_sizes)
+    return postprocess(preds, image_sizes, [tuple(np.shape(im)[-2:]) for im in images])

@@ -448,6 +448,34 @@ def test_predict_with_no_detection(micro):
     assert all(o["boxes"].shape[0] == 3 for o in capped)
 
 
+
+def test_detect_is_transform_predict_postprocess_in_original_pixels(micro):
+    from mrcnn_np.transform import normalize_image, postprocess, resize_image_and_target
+
+    config, params, _, _ = micro
+    rng = np.random.default_rng(5)
+    raw = [rng.random((3, 48, 40)), rng.random((3, 64, 64))]
+    out = M.detect(params, raw, config)
+    # by hand: normalise, resize (48x40 -> 64x53: scale min(64/40, 64/48) = 4/3,
+    # floor(40 * 4/3) = 53), pad to 64x64 (a multiple of 32), predict, map back
+    resized = [resize_image_and_target(normalize_image(im), min_size=64, max_size=64)[0] for im in raw]
+    assert [r.shape[1:] for r in resized] == [(64, 53), (64, 64)]
+    batch = np.zeros((2, 3, 64, 64))
+    for i, r in enumerate(resized):
+        batch[i, :, :r.shape[1], :r.shape[2]] = r
+    sizes = [(64, 53), (64, 64)]
+    expected = postprocess(M.predict(params, batch, config, image_sizes=sizes), sizes, [(48, 40), (64, 64)])
+    assert sum(len(o["scores"]) for o in out) > 0
+    for o, e, im in zip(out, expected, raw):
+        for key in ("boxes", "scores", "labels", "masks"):
+            np.testing.assert_allclose(o[key], e[key], rtol=1e-12, atol=1e-12)
+        h, w = im.shape[1:]
+        assert o["masks"].shape == (len(o["scores"]), 1, h, w)
+        assert np.all(o["boxes"][:, 2] <= w + 1e-9) and np.all(o["boxes"][:, 3] <= h + 1e-9)
+    with pytest.raises(TypeError, match="images"):
+        M.detect(params, np.zeros((1, 3, 64, 64)), config)
+
+
 # --------------------------------------------------------------- keys, init
 
 

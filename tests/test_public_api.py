@@ -19,7 +19,7 @@ def test_ops_exports_every_forward_with_its_backward():
 
 @pytest.mark.parametrize("module", ["boxes", "anchors", "backbone", "fpn", "matching", "rpn",
                                     "roi_align", "roi_heads", "evaluate", "data.shapes",
-                                    "data.coco", "gradcheck", "transform", "train", "io"])
+                                    "data.coco", "gradcheck", "transform", "train", "io", "config", "model"])
 def test_module_all_names_exist(module):
     mod = importlib.import_module(f"mrcnn_np.{module}")
     for name in getattr(mod, "__all__", []):
