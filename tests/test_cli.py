@@ -19,3 +19,30 @@ def test_command_is_required(capsys):
         main([])
     assert info.value.code == 2
     assert "figures" in capsys.readouterr().err
+
+
+def test_demo_trains_saves_evaluates_and_draws(tmp_path):
+    import numpy as np
+
+    from mrcnn_np.__main__ import run_demo
+    from mrcnn_np.io import load_checkpoint
+
+    out = run_demo(steps=3, train_images=12, val_images=8, batch_size=2, base_lr=0.01, seed=3,
+                   out_dir=tmp_path / "ck", figures_dir=tmp_path / "figs", progress=False)
+    assert len(out["history"]) == 3
+    assert all(np.isfinite(h["loss"]) for h in out["history"])
+    params, meta = load_checkpoint(out["checkpoint"])
+    assert meta["steps"] == 3 and meta["config"]["num_classes"] == 4
+    assert "rpn.head.cls_logits.weight" in params
+    for iou_type in ("bbox", "segm"):
+        stats = out["stats"][iou_type]
+        assert stats.shape == (12,) and np.all((stats >= 0) | (stats == -1))
+    assert sorted(p.name for p in out["figures"]) == ["demo_losses.png", "demo_predictions.png"]
+    assert all(p.stat().st_size > 10_000 for p in out["figures"])
+
+
+def test_demo_rejects_bad_counts(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--steps", "0"])
+    assert info.value.code == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Figures of chapter 09 and of the demo: training curves and predictions on held-out images."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..model import LOSS_NAMES
+from .evaluation import plot_detections
+
+__all__ = ["smooth", "plot_training_history", "plot_demo_predictions"]
+
+
+def smooth(values, window):
+    """Moving average over the last ``window`` values (shorter at the start): (S,) -> (S,)."""
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or values.size == 0:
+        return values
+    c = np.cumsum(np.concatenate([[0.0], values]))
+    idx = np.arange(1, values.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_training_history(history, *, window=25, axes=None):
+    """Left: the total loss per step (faint) and its moving average; right: the five losses
+    (moving averages, log scale) and the learning rate on a second axis.
+
+    history: list of per-step dicts from ``train.train`` (the five losses, "loss", "lr").
+    """
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    else:
+        fig = axes[0].figure
+    steps = np.arange(1, len(history) + 1)
+    total = [h["loss"] for h in history]
+    ax = axes[0]
+    ax.plot(steps, total, color="0.75", lw=0.6, label="per step")
+    ax.plot(steps, smooth(total, window), color="C0", lw=1.8, label=f"mean of {window} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("total loss (sum of five)")
+    ax.set_title("training loss")
+    ax.set_ylim(0, max(total) * 1.05)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for i, name in enumerate(LOSS_NAMES):
+        ax.plot(steps, smooth([h[name] for h in history], window), color=f"C{i}", lw=1.4,
+                label=name.replace("loss_", ""))
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (moving average)")
+    ax.set_title("the five losses")
+    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [h["lr"] for h in history], color="k", lw=1.0, ls=":")
+    lr_ax.set_ylabel("learning rate (dotted)")
+    lr_ax.set_ylim(0, max(h["lr"] for h in history) * 1.1)
+    fig.tight_layout()
+    return fig, axes
+
+
+def plot_demo_predictions(images, ground_truth, detections, *, class_names=None, min_score=0.5, ncols=4):
+    """A grid of held-out images: ground truth outlined in white, detections (score >=
+    ``min_score``) as orange mask outlines and dashed boxes with class and score.
+
+    images: list of (H, W, 3) in [0, 1]; ground_truth / detections: lists of dicts as
+    ``evaluate.coco_evaluate`` takes them (detection masks (D, H, W) bool).
+    """
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.4 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        if k >= n:
+            ax.axis("off")
+            continue
+        det = detections[k]
+        shown = int(np.sum(np.asarray(det["scores"]) >= min_score))
+        g = len(ground_truth[k]["labels"])
+        plot_detections(images[k], ground_truth[k], det, ax=ax, class_names=class_names,
+                        min_score=min_score, legend=(k == 0),
+                        title=f"{g} object{'s' * (g != 1)}, {shown} detection{'s' * (shown != 1)}")
+    fig.suptitle(f"held-out images: ground truth (white) and detections with score >= {min_score}", y=1.0)
+    fig.tight_layout()
+    return fig, axes
