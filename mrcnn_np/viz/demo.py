@@ -7,7 +7,7 @@ import numpy as np
 from ..model import LOSS_NAMES
 from .evaluation import plot_detections
 
-__all__ = ["smooth", "plot_training_history", "plot_demo_predictions"]
+__all__ = ["smooth", "plot_training_history", "plot_demo_predictions", "plot_learning_rate", "plot_gradient_reach"]
 
 
 def smooth(values, window):
@@ -81,3 +81,45 @@ def plot_demo_predictions(images, ground_truth, detections, *, class_names=None,
     fig.suptitle(f"held-out images: ground truth (white) and detections with score >= {min_score}", y=1.0)
     fig.tight_layout()
     return fig, axes
+
+
+def plot_learning_rate(lrs, *, ax=None, title=None):
+    """The learning rate per step (lrs: (S,)), linear axes."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+    else:
+        fig = ax.figure
+    ax.plot(np.arange(len(lrs)), lrs, color="C0")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_ylim(0, max(lrs) * 1.1)
+    ax.set_title(title or "warm-up, then a step decay")
+    fig.tight_layout()
+    return fig, ax
+
+
+def plot_gradient_reach(norms, loss_names, group_names, *, ax=None):
+    """Heat map of gradient norms: which loss (row) trains which part of the model (column).
+
+    norms: (L, P) L2 norm of d loss_l / d (parameters of group p); exact zeros are
+    drawn white and labelled "0" (the loss does not reach that part).
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.25 * len(group_names) + 2, 0.55 * len(loss_names) + 1.6))
+    else:
+        fig = ax.figure
+    shown = np.where(norms > 0, np.log10(np.where(norms > 0, norms, 1.0)), np.nan)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")
+    im = ax.imshow(shown, cmap=cmap, aspect="auto")
+    for (i, j), v in np.ndenumerate(norms):
+        text = "0" if v == 0 else f"{v:.1e}"
+        bright = v > 0 and shown[i, j] > np.nanmean(shown)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if bright or v == 0 else "w")
+    ax.set_xticks(range(len(group_names)), group_names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(loss_names)), loss_names, fontsize=8)
+    fig.colorbar(im, ax=ax, label="log10 gradient norm")
+    ax.set_title("which loss trains which part (gradient norm at initialisation)")
+    fig.tight_layout()
+    return fig, ax
