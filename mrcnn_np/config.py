@@ -31,18 +31,14 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from .transform import IMAGE_MEAN, IMAGE_STD
+
 __all__ = [
     "MaskRCNNConfig",
     "torchvision_config",
     "shapes_config",
     "matterport_config",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
 ]
-
-#: torchvision's ``GeneralizedRCNNTransform`` normalisation (ImageNet statistics)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _NUM_LEVELS = 5  # P2..P6 feed the RPN; P2..P5 the RoI heads
 
@@ -164,8 +160,8 @@ class MaskRCNNConfig:
     # input pipeline (transform)
     min_size: int = 800
     max_size: int = 1333
-    image_mean: tuple = IMAGENET_MEAN
-    image_std: tuple = IMAGENET_STD
+    image_mean: tuple = IMAGE_MEAN
+    image_std: tuple = IMAGE_STD
     size_divisible: int = 32
 
     def __post_init__(self):

@@ -327,6 +327,33 @@ def _rois(boxes_per_image, dtype):
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 5), dtype)
 
 
+def _roi_features(pyramid, image_sizes):
+    """The levels the RoI heads pool from (P2..P5) and their scales (torchvision's inference)."""
+    roi_feats = [pyramid[name] for name in _ROI_LEVELS]
+    return roi_feats, roi_scales([f.shape for f in roi_feats], image_sizes)
+
+
+def _box_branch(params, roi_feats, scales, boxes, config):
+    """RoIAlign (7x7) of ``boxes`` (list over images) and the box head.
+
+    Returns ((class_logits (R, K+1), box_regression (R, 4(K+1))), pool cache, head cache).
+    """
+    pooled, pool_cache = multiscale_roi_align_forward(
+        roi_feats, _rois(boxes, roi_feats[0].dtype), config.box_roi_output_size, scales=scales,
+        sampling_ratio=config.box_roi_sampling_ratio)
+    out, head_cache = box_head_forward(params, pooled)
+    return out, pool_cache, head_cache
+
+
+def _mask_branch(params, roi_feats, scales, boxes, config):
+    """RoIAlign (14x14) of ``boxes`` and the mask head: (mask_logits (R, K+1, 28, 28), caches)."""
+    pooled, pool_cache = multiscale_roi_align_forward(
+        roi_feats, _rois(boxes, roi_feats[0].dtype), config.mask_roi_output_size, scales=scales,
+        sampling_ratio=config.mask_roi_sampling_ratio)
+    logits, head_cache = mask_head_forward(params, pooled)
+    return logits, pool_cache, head_cache
+
+
 def _rpn_forward(params, pyramid, images, config, image_sizes, training):
     """Head, anchors, flattening and proposals. Returns (head outputs, caches, proposals, info)."""
     feats = [pyramid[name] for name in _RPN_LEVELS]
@@ -404,20 +431,15 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
         proposals, targets, rng=rng, fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh, batch_size_per_image=config.box_batch_size_per_image,
         positive_fraction=config.box_positive_fraction, bbox_reg_weights=config.bbox_reg_weights)
-    roi_feats = [pyramid[name] for name in _ROI_LEVELS]
-    scales = roi_scales([f.shape for f in roi_feats], sizes)
-    box_pooled, box_pool_cache = multiscale_roi_align_forward(
-        roi_feats, _rois(sampled, dtype), config.box_roi_output_size, scales=scales,
-        sampling_ratio=config.box_roi_sampling_ratio)
-    (class_logits, box_regression), box_head_cache = box_head_forward(params, box_pooled)
+    roi_feats, scales = _roi_features(pyramid, sizes)
+    (class_logits, box_regression), box_pool_cache, box_head_cache = _box_branch(
+        params, roi_feats, scales, sampled, config)
     loss_classifier, loss_box_reg, dcls, dreg = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
 
     # mask branch on the positive RoIs
     mask_proposals, pos_matched_idxs = select_positive_proposals(sampled, labels, matched_idxs)
-    mask_pooled, mask_pool_cache = multiscale_roi_align_forward(
-        roi_feats, _rois(mask_proposals, dtype), config.mask_roi_output_size, scales=scales,
-        sampling_ratio=config.mask_roi_sampling_ratio)
-    mask_logits, mask_head_cache = mask_head_forward(params, mask_pooled)
+    mask_logits, mask_pool_cache, mask_head_cache = _mask_branch(
+        params, roi_feats, scales, mask_proposals, config)
     loss_mask, dmask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
                                      [t["labels"] for t in targets], pos_matched_idxs)
 
@@ -530,20 +552,13 @@ def predict(params, images, config, *, image_sizes=None):
 
     pyramid, _ = backbone_forward(params, images)
     *_, proposals, _ = _rpn_forward(params, pyramid, images, config, sizes, training=False)
-    roi_feats = [pyramid[name] for name in _ROI_LEVELS]
-    scales = roi_scales([f.shape for f in roi_feats], sizes)
-    box_pooled, _ = multiscale_roi_align_forward(
-        roi_feats, _rois(proposals, dtype), config.box_roi_output_size, scales=scales,
-        sampling_ratio=config.box_roi_sampling_ratio)
-    (class_logits, box_regression), _ = box_head_forward(params, box_pooled)
+    roi_feats, scales = _roi_features(pyramid, sizes)
+    (class_logits, box_regression), _, _ = _box_branch(params, roi_feats, scales, proposals, config)
     boxes, scores, labels = postprocess_detections(
         class_logits, box_regression, proposals, sizes, score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh, detections_per_img=config.box_detections_per_img,
         bbox_reg_weights=config.bbox_reg_weights)
-    mask_pooled, _ = multiscale_roi_align_forward(
-        roi_feats, _rois(boxes, dtype), config.mask_roi_output_size, scales=scales,
-        sampling_ratio=config.mask_roi_sampling_ratio)
-    mask_logits, _ = mask_head_forward(params, mask_pooled)
+    mask_logits, _, _ = _mask_branch(params, roi_feats, scales, boxes, config)
     probs = maskrcnn_inference(mask_logits, labels)
     m = _MASK_SIDE_FACTOR * config.mask_roi_output_size
     out = []

@@ -5,8 +5,6 @@ import pytest
 
 from mrcnn_np.anchors import feature_grid_sizes
 from mrcnn_np.config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MaskRCNNConfig,
     matterport_config,
     shapes_config,
@@ -135,5 +133,6 @@ def test_bad_types_raise_type_error_naming_the_field(field, value):
         MaskRCNNConfig(**{field: value})
 
 
-def test_imagenet_constants():
-    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+def test_default_normalisation_is_imagenet_statistics():
+    c = MaskRCNNConfig()
+    assert c.image_mean == (0.485, 0.456, 0.406) and c.image_std == (0.229, 0.224, 0.225)
