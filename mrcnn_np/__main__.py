@@ -1,9 +1,15 @@
-"""Command line: ``python -m mrcnn_np {demo,figures,bench} ...``.
+"""Command line: ``python -m mrcnn_np {demo,train,evaluate,predict,figures,bench} ...``.
 
 - ``demo``: the main job. Trains the tiny shapes Mask R-CNN
   (``config.shapes_config``) from scratch on synthetic shapes with a progress
   bar, saves the checkpoint, evaluates box and mask AP on held-out images and
   draws the loss curves and the predictions (``images/demo_*.png``).
+- ``train``: the training part of ``demo`` alone (checkpoint in ``--checkpoint``).
+- ``evaluate CKPT``: COCO box and mask AP of a checkpoint on held-out shapes
+  images (the training seed + 10000, never seen in training).
+- ``predict CKPT IMAGE...``: detections in PNG/JPEG files, printed and drawn.
+  Checkpoints are ``.npz`` files with the model's config in their metadata
+  (``mrcnn_np.io``; loading never unpickles).
 - ``figures``: execute every notebook in ``notebooks/`` top to bottom, in
   place (outputs refreshed, written atomically); the notebooks regenerate the
   figures in ``images/``. Needs the ``notebooks`` extra
@@ -75,34 +81,66 @@ def run_bench(names):
         subprocess.run([sys.executable, str(script)], check=True)
 
 
-def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_dir, figures_dir,
-             progress=True):
-    """Train the shapes model, evaluate it, draw it. Returns a dict of results."""
+def _config_from_meta(meta, path):
+    from .config import MaskRCNNConfig
+
+    try:
+        return MaskRCNNConfig(**meta["config"])
+    except (KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: no usable model config in the checkpoint's metadata ({exc})") from exc
+
+
+def load_model(path):
+    """(params, config) from a checkpoint written by ``train``/``demo``."""
+    from .io import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"checkpoint {path} not found")
+    params, meta = load_checkpoint(path)
+    return params, _config_from_meta(meta, path)
+
+
+def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, progress=True):
+    """Train the shapes model from scratch and save it. Returns (params, config, history, path)."""
     import dataclasses
 
     import numpy as np
 
     from . import model, train
     from .config import shapes_config
-    from .data.shapes import CLASS_NAMES, ShapesDataset
-    from .evaluate import coco_evaluate, summarize
+    from .data.shapes import ShapesDataset
     from .io import save_checkpoint
 
     config = shapes_config()
     rng = np.random.default_rng(seed)
     params = model.init_params(config, rng=rng)
-    train_set = ShapesDataset(train_images, seed=seed)
-    val_set = ShapesDataset(val_images, seed=seed + 10_000)  # other images than training
     print(f"training the shapes Mask R-CNN ({sum(v.size for v in params.values()):,} parameters) "
           f"for {steps} steps of {batch_size} images")
     history = train.train(
-        params, config, train_set, steps=steps, rng=rng, batch_size=batch_size, base_lr=base_lr,
-        warmup_iters=min(100, steps // 5), milestones=(int(0.8 * steps),), progress=progress)
-    ckpt = save_checkpoint(Path(out_dir) / "shapes_demo.npz", params, meta={
+        params, config, ShapesDataset(train_images, seed=seed), steps=steps, rng=rng,
+        batch_size=batch_size, base_lr=base_lr, warmup_iters=min(100, steps // 5),
+        milestones=(int(0.8 * steps),), progress=progress)
+    path = save_checkpoint(checkpoint, params, meta={
         "steps": steps, "seed": seed, "batch_size": batch_size, "base_lr": base_lr,
-        "config": dataclasses.asdict(config), "final_loss": history[-1]["loss"]})
-    print(f"checkpoint: {ckpt}")
+        "train_images": train_images, "config": dataclasses.asdict(config),
+        "final_loss": history[-1]["loss"]})
+    print(f"checkpoint: {path}")
+    return params, config, history, path
 
+
+def evaluate_on_shapes(params, config, val_images, seed):
+    """Detect on held-out shapes images (seed + 10000: never seen in training) and score them.
+
+    Returns (dataset, ground truth list, detections list with binary masks, {iou_type: stats (12,)}).
+    """
+    import numpy as np
+
+    from . import model
+    from .data.shapes import ShapesDataset
+    from .evaluate import coco_evaluate, summarize
+
+    val_set = ShapesDataset(val_images, seed=seed + 10_000)
     gt, dets = [], []
     for i0 in range(0, len(val_set), 8):
         items = [val_set[i] for i in range(i0, min(len(val_set), i0 + 8))]
@@ -111,52 +149,133 @@ def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_
             gt.append({k: item[k] for k in ("boxes", "labels", "masks")})
             dets.append({"boxes": det["boxes"], "labels": det["labels"], "scores": det["scores"],
                          "masks": det["masks"][:, 0] > 0.5})
-    results = {}
+    stats = {}
     for iou_type in ("bbox", "segm"):
-        stats = coco_evaluate(gt, dets, iou_type=iou_type).stats
-        results[iou_type] = stats
-        print(f"\n{iou_type} on {len(val_set)} held-out images:\n{summarize(stats, iou_type=iou_type)}")
+        stats[iou_type] = coco_evaluate(gt, dets, iou_type=iou_type).stats
+        print(f"\n{iou_type} on {len(val_set)} held-out images:\n{summarize(stats[iou_type], iou_type=iou_type)}")
+    return val_set, gt, dets, stats
 
-    from .viz.demo import plot_demo_predictions, plot_training_history
+
+def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_dir, figures_dir,
+             progress=True):
+    """Train the shapes model, evaluate it, draw it. Returns a dict of results."""
+    params, config, history, ckpt = run_train(
+        steps=steps, train_images=train_images, batch_size=batch_size, base_lr=base_lr, seed=seed,
+        checkpoint=Path(out_dir) / "shapes_demo.npz", progress=progress)
+    val_set, gt, dets, stats = evaluate_on_shapes(params, config, val_images, seed)
+
+    from .data.shapes import CLASS_NAMES
     from .viz.common import save_figure
+    from .viz.demo import plot_demo_predictions, plot_training_history
 
     figures_dir = Path(figures_dir)
     fig, _ = plot_training_history(history)
     paths = [save_figure(fig, figures_dir / "demo_losses.png")]
-    fig, _ = plot_demo_predictions([val_set[i]["image"] for i in range(8)], gt[:8], dets[:8],
+    n = min(8, len(val_set))
+    fig, _ = plot_demo_predictions([val_set[i]["image"] for i in range(n)], gt[:n], dets[:n],
                                    class_names=CLASS_NAMES)
     paths.append(save_figure(fig, figures_dir / "demo_predictions.png"))
     print("figures: " + ", ".join(str(p) for p in paths))
-    return {"history": history, "stats": results, "checkpoint": ckpt, "figures": paths}
+    return {"history": history, "stats": stats, "checkpoint": ckpt, "figures": paths}
+
+
+def _read_image(path):
+    """An image file as (3, H, W) float32 in [0, 1] (RGB; alpha dropped, grey repeated)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    try:
+        img = mpimg.imread(path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read image {path}: {exc}") from exc
+    img = np.asarray(img)
+    if img.dtype.kind in "ui":  # JPEG via Pillow comes as uint8
+        img = img / np.iinfo(img.dtype).max
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise SystemExit(f"{path}: expected an RGB(A) or grey image, got shape {img.shape}")
+    return np.ascontiguousarray(img[:, :, :3].transpose(2, 0, 1), dtype=np.float32)
+
+
+def run_predict(checkpoint, images, *, out_dir, min_score=0.5):
+    """Detect objects in image files with a saved model; print them, draw them. Returns the detections."""
+    from . import model
+    from .data.shapes import CLASS_NAMES
+    from .viz.common import save_figure
+    from .viz.evaluation import plot_detections
+
+    params, config = load_model(checkpoint)
+    names = CLASS_NAMES if config.num_classes == len(CLASS_NAMES) else None
+    arrays = [_read_image(p) for p in images]
+    results = model.detect(params, arrays, config)
+    for path, img, det in zip(images, arrays, results):
+        keep = det["scores"] >= min_score
+        print(f"{path}: {int(keep.sum())} detections with score >= {min_score}")
+        for box, label, score in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep]):
+            name = names[label] if names else str(int(label))
+            print(f"  {name:10s} {score:.3f}  box " + " ".join(f"{v:.1f}" for v in box))
+        shown = {"boxes": det["boxes"], "labels": det["labels"], "scores": det["scores"],
+                 "masks": det["masks"][:, 0] > 0.5}
+        fig, _ = plot_detections(img.transpose(1, 2, 0), {"boxes": [], "labels": []}, shown,
+                                 class_names=names, min_score=min_score, legend=False, title=Path(path).name)
+        out = save_figure(fig, Path(out_dir) / f"{Path(path).stem}_detections.png")
+        print(f"  drawn: {out}")
+    return results
+
+
+def _positive(parser, args, names):
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mrcnn_np", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train the shapes Mask R-CNN, evaluate it, draw its predictions")
-    demo.add_argument("--steps", type=int, default=1500, help="SGD steps (default 1500, about 3 minutes)")
-    demo.add_argument("--batch-size", type=int, default=4)
-    demo.add_argument("--lr", type=float, default=0.02, help="base learning rate")
-    demo.add_argument("--train-images", type=int, default=2000)
+    tr = sub.add_parser("train", help="train the shapes Mask R-CNN from scratch and save a checkpoint")
+    for p in (demo, tr):
+        p.add_argument("--steps", type=int, default=1500, help="SGD steps (default 1500, about 3 minutes)")
+        p.add_argument("--batch-size", type=int, default=4)
+        p.add_argument("--lr", type=float, default=0.02, help="base learning rate")
+        p.add_argument("--train-images", type=int, default=2000)
+        p.add_argument("--seed", type=int, default=0)
     demo.add_argument("--val-images", type=int, default=100)
-    demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", default="demo_output", help="checkpoint folder")
     demo.add_argument("--figures-dir", default=str(REPO / "images"))
+    tr.add_argument("--checkpoint", default="demo_output/shapes_model.npz", help="where to save (.npz)")
+    ev = sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint on held-out shapes images")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--val-images", type=int, default=100)
+    ev.add_argument("--seed", type=int, default=0, help="the training seed (held-out images use seed + 10000)")
+    pr = sub.add_parser("predict", help="detect objects in image files with a checkpoint")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+", help="PNG or JPEG files")
+    pr.add_argument("--min-score", type=float, default=0.5)
+    pr.add_argument("--out-dir", default="demo_output", help="where the drawings go")
     fig = sub.add_parser("figures", help="execute the notebooks in place and regenerate images/")
     fig.add_argument("patterns", nargs="*", default=["*.ipynb"], help="notebook glob(s), default all")
     fig.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     bench = sub.add_parser("bench", help="run the speed benchmarks")
     bench.add_argument("names", nargs="*", help="e.g. conv nms roi_align (default: all)")
     args = parser.parse_args(argv)
+    if args.command in ("demo", "train"):
+        _positive(parser, args, ["steps", "batch_size", "train_images"])
+    if args.command in ("demo", "evaluate"):
+        _positive(parser, args, ["val_images"])
     if args.command == "demo":
-        for name in ("steps", "batch_size", "train_images", "val_images"):
-            if getattr(args, name) < 1:
-                parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        if args.val_images < 8:
-            parser.error(f"--val-images must be >= 8 (the figure shows 8), got {args.val_images}")
         run_demo(steps=args.steps, train_images=args.train_images, val_images=args.val_images,
                  batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, out_dir=args.out_dir,
                  figures_dir=args.figures_dir)
+    elif args.command == "train":
+        run_train(steps=args.steps, train_images=args.train_images, batch_size=args.batch_size,
+                  base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint)
+    elif args.command == "evaluate":
+        params, config = load_model(args.checkpoint)
+        evaluate_on_shapes(params, config, args.val_images, args.seed)
+    elif args.command == "predict":
+        run_predict(args.checkpoint, args.images, out_dir=args.out_dir, min_score=args.min_score)
     elif args.command == "figures":
         for path in run_figures(args.patterns, args.timeout):
             print(f"executed {path.relative_to(REPO)}")

@@ -46,3 +46,37 @@ def test_demo_rejects_bad_counts(capsys):
         main(["demo", "--steps", "0"])
     assert info.value.code == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_train_then_evaluate_then_predict_from_the_checkpoint(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mrcnn_np.data.shapes import ShapesDataset
+
+    ckpt = tmp_path / "m.npz"
+    assert main(["train", "--steps", "2", "--batch-size", "2", "--train-images", "6",
+                 "--checkpoint", str(ckpt)]) == 0
+    assert ckpt.is_file()
+    assert main(["evaluate", str(ckpt), "--val-images", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "bbox on 3 held-out images" in out and "segm on 3 held-out images" in out
+    image = ShapesDataset(1, seed=5)[0]["image"]
+    png = tmp_path / "shape.png"
+    plt.imsave(png, image)  # RGBA PNG: the alpha channel must be dropped
+    assert main(["predict", str(ckpt), str(png), "--min-score", "0.0",
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "shape.png:" in out and (tmp_path / "out" / "shape_detections.png").is_file()
+
+    from mrcnn_np.__main__ import _read_image
+    arr = _read_image(png)
+    assert arr.shape == (3, 128, 128) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr.transpose(1, 2, 0), image, atol=1 / 255)
+
+
+def test_evaluate_and_predict_need_an_existing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        main(["evaluate", str(tmp_path / "missing.npz")])
+    with pytest.raises(SystemExit, match="not found"):
+        main(["predict", str(tmp_path / "missing.npz"), "x.png"])
