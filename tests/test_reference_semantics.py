@@ -7,9 +7,12 @@ not repeated here; the map below says which test does it.
 
 Row -> tests that pin it (default suite, no torch)
 --------------------------------------------------
-transform       NO MODULE YET (no normalisation, image resize, batching/padding
-                or mapping of outputs back to the original size). Only the size
-                arithmetic exists: test_anchors::test_resize_and_padding_examples,
+transform       test_transform::test_normalize_by_hand (ImageNet mean/std),
+                ::test_resized_sizes_by_hand, ::test_resize_500x300_boxes_by_hand,
+                ::test_resize_image_linear_ramp (bilinear, align_corners=False),
+                ::test_batch_images_padding_by_hand (zeros, multiple of 32),
+                ::test_boxes_round_trip and ::test_postprocess_pastes_full_box_mask (outputs
+                mapped back), ::test_size_rule_property; test_anchors::test_resize_and_padding_examples;
                 here test_transform_sizes_short_side_800_long_side_1333_pad_32.
 backbone        test_backbone::test_forward_matches_independent_reference (stride
                 on the 3x3 conv, v1.5, frozen BN eps 1e-5),
@@ -46,7 +49,8 @@ RoIAlign        test_roi_align::test_golden_arange_unaligned_and_aligned (aligne
                 test_roi_align_adaptive_grid_is_ceil_roi_over_pooled,
                 test_roi_align_spatial_scale_then_clamp_to_one_cell,
                 test_multiscale_default_sampling_ratio_is_2.
-                (7x7 / 14x14 output sizes belong to model.py, which does not exist yet.)
+                The 7x7 / 14x14 sizes with sampling 2: test_config (torchvision preset) and
+                tests/reference/test_model_torch.py (whole model against torchvision).
 RoI targets     test_box_head::test_select_training_samples_golden (IoU 0.5 exactly -> fg, GT
                 appended, (10,10,5,5) deltas), ::test_sampling_limits_and_reproducibility (512, 128).
 box head        test_box_head::test_box_head_forward_matches_formula, ::test_init_box_head_names_shapes_and_bounds;
