@@ -7,7 +7,8 @@ import numpy as np
 from ..model import LOSS_NAMES
 from .evaluation import plot_detections
 
-__all__ = ["smooth", "plot_training_history", "plot_demo_predictions", "plot_learning_rate", "plot_gradient_reach"]
+__all__ = ["smooth", "plot_training_history", "plot_demo_predictions", "plot_learning_rate", "plot_gradient_reach",
+           "plot_transform"]
 
 
 def smooth(values, window):
@@ -123,3 +124,38 @@ def plot_gradient_reach(norms, loss_names, group_names, *, ax=None):
     ax.set_title("which loss trains which part (gradient norm at initialisation)")
     fig.tight_layout()
     return fig, ax
+
+
+def plot_transform(original, batch_image, valid_size, *, mean, std, axes=None):
+    """The transform on one image: the original, and the network's input de-normalised.
+
+    original: (H, W, 3) in [0, 1]; batch_image: (3, Hp, Wp) normalised and zero-padded
+    (one image of ``transform_forward``'s batch); valid_size: its (h, w) before padding;
+    mean, std: the normalisation, undone for display (the zero padding shows as the mean
+    colour). The valid region is outlined, the padding hatched.
+    """
+    from matplotlib.patches import Rectangle
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(7.5, 4))
+    else:
+        fig = axes[0].figure
+    H, W = original.shape[:2]
+    axes[0].imshow(original, extent=(0, W, H, 0))
+    axes[0].set_title(f"original: {H} x {W}")
+    shown = np.clip(batch_image.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean), 0, 1)
+    Hp, Wp = shown.shape[:2]
+    h, w = valid_size
+    axes[1].imshow(shown, extent=(0, Wp, Hp, 0))
+    axes[1].add_patch(Rectangle((0, 0), w, h, fill=False, ec="C1", lw=2, label=f"resized image {h} x {w}"))
+    for x0, y0, x1, y1 in ((w, 0, Wp, Hp), (0, h, w, Hp)):
+        if x1 > x0 and y1 > y0:
+            axes[1].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, hatch="///", ec="C3", lw=0))
+    axes[1].plot([], [], color="C3", lw=4, alpha=0.6, label="zero padding (= the mean colour)")
+    axes[1].set_title(f"network input: {Hp} x {Wp} (a multiple of 32)")
+    axes[1].legend(loc="lower center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2, frameon=False)
+    for ax, (hh, ww) in zip(axes, ((H, W), (Hp, Wp))):
+        ax.set_xlim(0, ww)
+        ax.set_ylim(hh, 0)
+    fig.tight_layout()
+    return fig, axes
