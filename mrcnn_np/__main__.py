@@ -91,14 +91,14 @@ def _config_from_meta(meta, path):
 
 
 def load_model(path):
-    """(params, config) from a checkpoint written by ``train``/``demo``."""
+    """(params, config, meta) from a checkpoint written by ``train``/``demo``."""
     from .io import load_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"checkpoint {path} not found")
     params, meta = load_checkpoint(path)
-    return params, _config_from_meta(meta, path)
+    return params, _config_from_meta(meta, path), meta
 
 
 def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, progress=True):
@@ -205,7 +205,7 @@ def run_predict(checkpoint, images, *, out_dir, min_score=0.5):
     from .viz.common import save_figure
     from .viz.evaluation import plot_detections
 
-    params, config = load_model(checkpoint)
+    params, config, _ = load_model(checkpoint)
     names = CLASS_NAMES if config.num_classes == len(CLASS_NAMES) else None
     arrays = [_read_image(p) for p in images]
     results = model.detect(params, arrays, config)
@@ -243,12 +243,14 @@ def main(argv=None):
         p.add_argument("--seed", type=int, default=0)
     demo.add_argument("--val-images", type=int, default=100)
     demo.add_argument("--out-dir", default="demo_output", help="checkpoint folder")
-    demo.add_argument("--figures-dir", default=str(REPO / "images"))
+    demo.add_argument("--figures-dir", default=None,
+                      help="where the figures go (default: images/ of the source checkout, else --out-dir)")
     tr.add_argument("--checkpoint", default="demo_output/shapes_model.npz", help="where to save (.npz)")
     ev = sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint on held-out shapes images")
     ev.add_argument("checkpoint")
     ev.add_argument("--val-images", type=int, default=100)
-    ev.add_argument("--seed", type=int, default=0, help="the training seed (held-out images use seed + 10000)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="the training seed (default: the checkpoint's; held-out images use seed + 10000)")
     pr = sub.add_parser("predict", help="detect objects in image files with a checkpoint")
     pr.add_argument("checkpoint")
     pr.add_argument("images", nargs="+", help="PNG or JPEG files")
@@ -265,15 +267,19 @@ def main(argv=None):
     if args.command in ("demo", "evaluate"):
         _positive(parser, args, ["val_images"])
     if args.command == "demo":
+        figures_dir = args.figures_dir
+        if figures_dir is None:  # a source checkout has images/ next to the package
+            figures_dir = REPO / "images" if (REPO / "images").is_dir() else args.out_dir
         run_demo(steps=args.steps, train_images=args.train_images, val_images=args.val_images,
                  batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, out_dir=args.out_dir,
-                 figures_dir=args.figures_dir)
+                 figures_dir=figures_dir)
     elif args.command == "train":
         run_train(steps=args.steps, train_images=args.train_images, batch_size=args.batch_size,
                   base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint)
     elif args.command == "evaluate":
-        params, config = load_model(args.checkpoint)
-        evaluate_on_shapes(params, config, args.val_images, args.seed)
+        params, config, meta = load_model(args.checkpoint)
+        seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
+        evaluate_on_shapes(params, config, args.val_images, seed)
     elif args.command == "predict":
         run_predict(args.checkpoint, args.images, out_dir=args.out_dir, min_score=args.min_score)
     elif args.command == "figures":

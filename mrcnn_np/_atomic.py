@@ -29,6 +29,11 @@ def atomic_path(path, *, mode=0o644):
     try:
         yield Path(tmp)
         os.chmod(tmp, mode)
+        fd = os.open(tmp, os.O_RDONLY)  # the bytes reach the disk before the name does
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

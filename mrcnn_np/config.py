@@ -20,17 +20,17 @@ Presets:
   torchvision-semantics model can express them (see its docstring for what it
   cannot).
 
-Derived values: ``num_anchors_per_location`` (A), ``fpn_strides``.
+Derived values: ``num_anchors_per_location`` (A), ``backbone_out_channels``.
 A config is immutable; derive a variant with ``dataclasses.replace(cfg, ...)``
 (it is validated again).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from dataclasses import dataclass
 
+from ._checks import check_float, check_positive_int
 from .transform import IMAGE_MEAN, IMAGE_STD
 
 __all__ = [
@@ -43,24 +43,11 @@ __all__ = [
 _NUM_LEVELS = 5  # P2..P6 feed the RPN; P2..P5 the RoI heads
 
 
-def _int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _real(name, value, *, minimum=None, maximum=None, strict_min=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if minimum is not None and (value <= minimum if strict_min else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+def _positive(name, value):
+    """A real number > 0 (sizes, ratios, weights, standard deviations)."""
+    value = check_float(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
     return value
 
 
@@ -168,16 +155,17 @@ class MaskRCNNConfig:
         def put(name, value):
             object.__setattr__(self, name, value)
 
-        put("num_classes", _int("num_classes", self.num_classes, minimum=2))
+        put("num_classes", check_positive_int("num_classes", self.num_classes, minimum=2))
         layers = _seq("backbone_layers", self.backbone_layers, 4)
-        put("backbone_layers", tuple(_int("backbone_layers", v) for v in layers))
+        put("backbone_layers", tuple(check_positive_int("backbone_layers", v) for v in layers))
         for name in ("backbone_width", "fpn_channels", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
                      "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
                      "box_batch_size_per_image", "box_roi_output_size", "mask_roi_output_size",
                      "representation_size", "mask_dim_reduced", "min_size", "max_size", "size_divisible"):
-            put(name, _int(name, getattr(self, name)))
-        put("box_detections_per_img", _int("box_detections_per_img", self.box_detections_per_img, minimum=0))
-        tl = _int("trainable_layers", self.trainable_layers, minimum=0)
+            put(name, check_positive_int(name, getattr(self, name)))
+        put("box_detections_per_img",
+            check_positive_int("box_detections_per_img", self.box_detections_per_img, minimum=0))
+        tl = check_positive_int("trainable_layers", self.trainable_layers, minimum=0)
         if tl > 5:
             raise ValueError(f"trainable_layers must be in [0, 5], got {tl}")
         put("trainable_layers", tl)
@@ -192,9 +180,9 @@ class MaskRCNNConfig:
 
         sizes = _seq("anchor_sizes", self.anchor_sizes, _NUM_LEVELS)
         ratios = _seq("aspect_ratios", self.aspect_ratios, _NUM_LEVELS)
-        sizes = tuple(tuple(_real("anchor_sizes", s, minimum=0, strict_min=True)
+        sizes = tuple(tuple(_positive("anchor_sizes", s)
                             for s in _seq("anchor_sizes", lvl)) for lvl in sizes)
-        ratios = tuple(tuple(_real("aspect_ratios", r, minimum=0, strict_min=True)
+        ratios = tuple(tuple(_positive("aspect_ratios", r)
                              for r in _seq("aspect_ratios", lvl)) for lvl in ratios)
         # keep ints as ints (anchor sizes are ints in torchvision)
         sizes = tuple(tuple(int(s) if float(s).is_integer() else s for s in lvl) for lvl in sizes)
@@ -209,9 +197,9 @@ class MaskRCNNConfig:
 
         for name in ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction",
                      "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction", "box_nms_thresh"):
-            put(name, _real(name, getattr(self, name), minimum=0.0, maximum=1.0))
+            put(name, check_float(name, getattr(self, name), minimum=0.0, maximum=1.0))
         for name in ("rpn_score_thresh", "box_score_thresh"):
-            put(name, _real(name, getattr(self, name)))
+            put(name, check_float(name, getattr(self, name)))
         if self.rpn_bg_iou_thresh > self.rpn_fg_iou_thresh:
             raise ValueError(f"rpn_bg_iou_thresh must be <= rpn_fg_iou_thresh ({self.rpn_fg_iou_thresh}), "
                              f"got {self.rpn_bg_iou_thresh}")
@@ -219,13 +207,13 @@ class MaskRCNNConfig:
             raise ValueError(f"box_bg_iou_thresh must be <= box_fg_iou_thresh ({self.box_fg_iou_thresh}), "
                              f"got {self.box_bg_iou_thresh}")
         w = _seq("bbox_reg_weights", self.bbox_reg_weights, 4)
-        put("bbox_reg_weights", tuple(_real("bbox_reg_weights", v, minimum=0, strict_min=True) for v in w))
+        put("bbox_reg_weights", tuple(_positive("bbox_reg_weights", v) for v in w))
         ml = _seq("mask_layers", self.mask_layers)
-        put("mask_layers", tuple(_int("mask_layers", v) for v in ml))
+        put("mask_layers", tuple(check_positive_int("mask_layers", v) for v in ml))
         mean = _seq("image_mean", self.image_mean, 3)
-        put("image_mean", tuple(_real("image_mean", v) for v in mean))
+        put("image_mean", tuple(check_float("image_mean", v) for v in mean))
         std = _seq("image_std", self.image_std, 3)
-        put("image_std", tuple(_real("image_std", v, minimum=0, strict_min=True) for v in std))
+        put("image_std", tuple(_positive("image_std", v) for v in std))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -319,16 +307,21 @@ def matterport_config(num_classes=81):
     200 RoIs per image at 33 % positive (``TRAIN_ROIS_PER_IMAGE``,
     ``ROI_POSITIVE_RATIO``), detections at confidence >= 0.7, NMS 0.3, top 100,
     box head 1024, mask head 4 x 256, box coder weights 10, 10, 5, 5
-    (``1 / BBOX_STD_DEV``), 1024 x 1024 images (``IMAGE_MIN_DIM`` =
-    ``IMAGE_MAX_DIM`` = 1024), padded to a multiple of 64, every stage trained
-    (trainable_layers 5, matterport's ``layers="all"``).
+    (``1 / BBOX_STD_DEV``), short side 800 and long side at most 1024
+    (``IMAGE_MIN_DIM = 800``, ``IMAGE_MAX_DIM = 1024``), padded to a multiple of
+    64, every stage trained (trainable_layers 5, matterport's ``layers="all"``).
 
     Not expressible (the model keeps torchvision's semantics): matterport
     takes the top 6000 anchors over ALL levels before NMS (here per level,
     ``rpn_pre_nms_top_n_train = 6000``); its ratios mean width/height (the
     set 0.5/1/2 is the same, the order within a cell differs); it rounds in
     the FPN level mapper and samples RoIs with ``crop_and_resize`` (not
-    RoIAlign). Its input is ``pixels_0_255 - MEAN_PIXEL``; with images in
+    RoIAlign); it scales the RPN's deltas by ``RPN_BBOX_STD_DEV`` (0.1, 0.1, 0.2,
+    0.2), i.e. RPN coder weights 10, 10, 5, 5 where torchvision uses 1, 1, 1, 1;
+    its "square" resize only enlarges (to a short side of 800, unless the long
+    side would pass 1024) and pads every image to a 1024 x 1024 square, where
+    this model scales every image to a short side of 800 and pads the batch to
+    a multiple of 64. Its input is ``pixels_0_255 - MEAN_PIXEL``; with images in
     [0, 1] that is ``(x - MEAN_PIXEL / 255) / (1 / 255)``, hence image_std 1/255.
     """
     return MaskRCNNConfig(
@@ -344,7 +337,7 @@ def matterport_config(num_classes=81):
         box_score_thresh=0.7,
         box_nms_thresh=0.3,
         box_detections_per_img=100,
-        min_size=1024,
+        min_size=800,
         max_size=1024,
         image_mean=(123.7 / 255, 116.8 / 255, 103.9 / 255),
         image_std=(1.0 / 255, 1.0 / 255, 1.0 / 255),

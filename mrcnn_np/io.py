@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,13 @@ def save_checkpoint(path, params, *, meta=None):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta must be JSON-serialisable: {exc}") from exc
     arrays[META_KEY] = np.array(text)  # 0-d unicode array: no pickle needed
+    # the .npz layout (a zip of NAME.npy members) written member by member: np.savez's
+    # keyword arguments would swallow parameters named "file" or "allow_pickle"
     with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, arr in arrays.items():
+                with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
     return path
 
 

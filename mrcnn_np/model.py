@@ -15,7 +15,7 @@ module::
          [test] postprocess_detections                   boxes, scores, labels
       -> multiscale_roi_align_forward, 14x14, on the positive RoIs [train] / detections [test]
       -> mask_head_forward -> maskrcnn_loss              loss_mask
-         [test] maskrcnn_inference                       masks (D, 1, 28, 28)
+         [test] maskrcnn_inference                       masks (E_i, 1, 28, 28) per image
 
 It is the twin of torchvision's ``GeneralizedRCNN.forward`` with
 ``RegionProposalNetwork.forward`` and ``RoIHeads.forward`` of
@@ -29,7 +29,8 @@ job). :func:`detect` is the whole inference pipeline on raw images:
 Shape shorthand: N images; H, W the padded batch size; D FPN channels;
 A anchors per location; T anchors of one image over all levels; G
 ground-truth objects of one image; S sampled RoIs of one image; P positive
-RoIs; D_i detections of image i; K+1 classes with background (label 0).
+RoIs; E_i detections of image i; K+1 classes with
+background (label 0).
 Boxes are (x1, y1, x2, y2) in batch pixels.
 
 Where gradients flow: every loss is differentiated with respect to the
@@ -106,14 +107,12 @@ LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
 
 _RPN_LEVELS = ("P2", "P3", "P4", "P5", "P6")   # torchvision's "0".."3", "pool"
 _ROI_LEVELS = ("P2", "P3", "P4", "P5")         # MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"])
-_MASK_SIDE_FACTOR = 2                          # 14x14 pooled -> 28x28 logits (ConvTranspose 2x2, stride 2)
 
 
 class ModelCache(NamedTuple):
     """What ``backward`` needs, plus the intermediate values worth looking at.
 
     config: MaskRCNNConfig; dtype; keys: the trainable keys (gradient order);
-    param_shapes: {key: shape} of those keys;
     backbone: BackboneCache; rpn_head: RPNHeadCache; concat: ConcatCache;
     box_pool, mask_pool: MultiScaleRoIAlignCache; box_head: BoxHeadCache;
     mask_head: MaskHeadCache;
@@ -132,7 +131,6 @@ class ModelCache(NamedTuple):
     config: Any
     dtype: np.dtype
     keys: tuple
-    param_shapes: dict
     backbone: Any
     rpn_head: Any
     concat: Any
@@ -219,23 +217,40 @@ def _check_params(params, config, dtype):
     if d != config.fpn_channels or len(ins) != 4:
         raise ValueError(f"params hold an FPN of {len(ins)} levels and {d} channels, but config says "
                          f"fpn_channels={config.fpn_channels}")
-    for key in RPN_PARAM_NAMES + BOX_HEAD_KEYS:
+    for key, (shape, fields) in _expected_head_shapes(config).items():
         if key not in params:
             raise ValueError(f"params is missing {key!r}")
-    a = params["rpn.head.cls_logits.weight"].shape[0]
-    if a != config.num_anchors_per_location:
-        raise ValueError(f"params['rpn.head.cls_logits.weight'] has {a} anchors per location, but config "
-                         f"gives {config.num_anchors_per_location}")
-    k1 = params["roi_heads.box_predictor.cls_score.weight"].shape[0]
-    if k1 != config.num_classes:
-        raise ValueError(f"params['roi_heads.box_predictor.cls_score.weight'] has {k1} classes, but config "
-                         f"says num_classes={config.num_classes}")
-    key = "roi_heads.mask_predictor.mask_fcn_logits.weight"
-    if key not in params:
-        raise ValueError(f"params is missing {key!r}")
-    if params[key].shape[0] != config.num_classes:
-        raise ValueError(f"params[{key!r}] has {params[key].shape[0]} classes, but config says "
-                         f"num_classes={config.num_classes}")
+        if params[key].shape != shape:
+            raise ValueError(f"params[{key!r}] has shape {params[key].shape}, but config ({fields}) "
+                             f"gives {shape}")
+    extra = f"roi_heads.mask_head.{len(config.mask_layers)}.0.weight"
+    if extra in params:
+        raise ValueError(f"params hold {extra!r}: more mask-head layers than config.mask_layers="
+                         f"{config.mask_layers}")
+
+
+def _expected_head_shapes(config):
+    """{key: (shape, the config fields that fix it)} of the RPN, box and mask heads."""
+    d, a, k1 = config.fpn_channels, config.num_anchors_per_location, config.num_classes
+    rep, s = config.representation_size, config.box_roi_output_size
+    out = {
+        "rpn.head.conv.0.0.weight": ((d, d, 3, 3), "fpn_channels"),
+        "rpn.head.cls_logits.weight": ((a, d, 1, 1), "fpn_channels, aspect_ratios"),
+        "rpn.head.bbox_pred.weight": ((4 * a, d, 1, 1), "fpn_channels, aspect_ratios"),
+        "roi_heads.box_head.fc6.weight": ((rep, d * s * s), "representation_size, fpn_channels, box_roi_output_size"),
+        "roi_heads.box_head.fc7.weight": ((rep, rep), "representation_size"),
+        "roi_heads.box_predictor.cls_score.weight": ((k1, rep), "num_classes, representation_size"),
+        "roi_heads.box_predictor.bbox_pred.weight": ((4 * k1, rep), "num_classes, representation_size"),
+    }
+    c = d
+    for i, width in enumerate(config.mask_layers):
+        out[f"roi_heads.mask_head.{i}.0.weight"] = ((width, c, 3, 3), "mask_layers, fpn_channels")
+        c = width
+    out["roi_heads.mask_predictor.conv5_mask.weight"] = ((c, config.mask_dim_reduced, 2, 2),
+                                                         "mask_layers, mask_dim_reduced")
+    out["roi_heads.mask_predictor.mask_fcn_logits.weight"] = ((k1, config.mask_dim_reduced, 1, 1),
+                                                              "num_classes, mask_dim_reduced")
+    return out
 
 
 # =========================================================================== input checks
@@ -286,7 +301,10 @@ def _check_targets(targets, n, num_classes):
         if g and (labels.min() < 1 or labels.max() >= num_classes):
             raise ValueError(f"targets[{i}]['labels'] must be in [1, {num_classes - 1}] (num_classes="
                              f"{num_classes}, 0 is background), got values in [{labels.min()}, {labels.max()}]")
-        check_array(f"targets[{i}]['masks']", t["masks"], shape=(g, "H_i", "W_i"), dtype_kind="biuf")
+        masks = check_array(f"targets[{i}]['masks']", t["masks"], shape=(g, "H_i", "W_i"), dtype_kind="biuf")
+        if masks.size and masks.dtype != bool and not (masks.min() >= 0 and masks.max() <= 1):
+            raise ValueError(f"targets[{i}]['masks'] must hold values in [0, 1] (binary or soft masks), "
+                             f"got values in [{masks.min()}, {masks.max()}]")
     return list(targets)
 
 
@@ -299,8 +317,10 @@ def _check_loss_weights(loss_weights):
     for k, v in loss_weights.items():
         if k not in out:
             raise ValueError(f"loss_weights has unknown key {k!r}; expected some of {LOSS_NAMES}")
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"loss_weights[{k!r}] must be a finite number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"loss_weights[{k!r}] must be a real number, got {type(v).__name__}")
+        if not math.isfinite(v):
+            raise ValueError(f"loss_weights[{k!r}] must be finite, got {v!r}")
         out[k] = float(v)
     return out
 
@@ -308,16 +328,21 @@ def _check_loss_weights(loss_weights):
 # =========================================================================== shared pieces
 
 
-def roi_scales(pyramid_shapes, image_sizes):
-    """Spatial scales of P2..P5 for the RoI poolers (twin of torchvision's ``_setup_scales``).
+def roi_scales(pyramid_shapes, batch_hw):
+    """Spatial scales of P2..P5 for the RoI poolers: ``2 ** round(log2(H_l / H))``.
 
-    pyramid_shapes: the (N, D, H_l, W_l) shapes of P2..P5; image_sizes: list of (h, w).
-    Each scale is ``2 ** round(log2(H_l / max_h))`` over the heights (half to
-    even, as ``torch.round``): 1/4, 1/8, 1/16, 1/32 for any batch padded to a
-    multiple of 32.
+    pyramid_shapes: the (N, D, H_l, W_l) shapes of P2..P5; batch_hw: (H, W) of the
+    padded batch. Gives 1/4, 1/8, 1/16, 1/32 for any batch padded to a multiple of 32.
+
+    Deliberate difference from torchvision's ``MultiScaleRoIAlign``: it infers the
+    scales once, on its first batch, from the LARGEST VALID image height
+    (``image_shapes``) and caches them. For a first batch whose tallest image is much
+    shorter than the padding (e.g. 40 rows padded to 64) that rounds P2's scale to 1/2
+    and every later batch pools from the wrong place. The padded height always gives
+    the true stride; for any ordinary first batch both agree.
     """
-    max_h = max(s[0] for s in image_sizes)
-    return tuple(float(2.0 ** np.round(np.log2(shape[2] / max_h))) for shape in pyramid_shapes)
+    H = batch_hw[0]
+    return tuple(float(2.0 ** np.round(np.log2(shape[2] / H))) for shape in pyramid_shapes)
 
 
 def _rois(boxes_per_image, dtype):
@@ -327,10 +352,10 @@ def _rois(boxes_per_image, dtype):
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 5), dtype)
 
 
-def _roi_features(pyramid, image_sizes):
-    """The levels the RoI heads pool from (P2..P5) and their scales (torchvision's inference)."""
+def _roi_features(pyramid, batch_hw):
+    """The levels the RoI heads pool from (P2..P5) and their scales (see :func:`roi_scales`)."""
     roi_feats = [pyramid[name] for name in _ROI_LEVELS]
-    return roi_feats, roi_scales([f.shape for f in roi_feats], image_sizes)
+    return roi_feats, roi_scales([f.shape for f in roi_feats], batch_hw)
 
 
 def _box_branch(params, roi_feats, scales, boxes, config):
@@ -431,7 +456,7 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
         proposals, targets, rng=rng, fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh, batch_size_per_image=config.box_batch_size_per_image,
         positive_fraction=config.box_positive_fraction, bbox_reg_weights=config.bbox_reg_weights)
-    roi_feats, scales = _roi_features(pyramid, sizes)
+    roi_feats, scales = _roi_features(pyramid, images.shape[2:])
     (class_logits, box_regression), box_pool_cache, box_head_cache = _box_branch(
         params, roi_feats, scales, sampled, config)
     loss_classifier, loss_box_reg, dcls, dreg = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
@@ -458,7 +483,7 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
         "class_logits": class_logits, "box_regression": box_regression, "mask_logits": mask_logits,
     }
     cache = ModelCache(
-        config=config, dtype=dtype, keys=keys, param_shapes={k: params[k].shape for k in keys},
+        config=config, dtype=dtype, keys=keys,
         backbone=backbone_cache, rpn_head=head_cache, concat=concat_cache,
         box_pool=box_pool_cache, box_head=box_head_cache, mask_pool=mask_pool_cache,
         mask_head=mask_head_cache, dobjectness=dobj, dpred_bbox_deltas=ddel,
@@ -513,13 +538,10 @@ def backward(cache, *, loss_weights=None):
     backbone_grads = backbone_backward(dpyramid, cache.backbone, trainable_layers=config.trainable_layers)
 
     everything = {**backbone_grads, **rpn_grads, **box_grads, **mask_grads}
-    grads = {}
-    for k in cache.keys:
-        g = everything.get(k)
-        if g is None:  # a layer no gradient reached
-            g = np.zeros(cache.param_shapes[k], cache.dtype)
-        grads[k] = g
-    return grads
+    missing = [k for k in cache.keys if k not in everything]
+    if missing:  # every stage returns a gradient for each of its trainable parameters
+        raise RuntimeError(f"no stage returned a gradient for trainable {missing[:3]} ...")
+    return {k: everything[k] for k in cache.keys}
 
 
 def loss_and_grads(params, images, targets, config, *, rng, image_sizes=None, loss_weights=None):
@@ -539,20 +561,19 @@ def predict(params, images, config, *, image_sizes=None):
     config: MaskRCNNConfig (the ``*_test`` RPN numbers and the box_* post-processing);
     image_sizes: list of N (h, w) valid regions (boxes are clipped to them);
         default the full (H, W).
-    Returns a list of N dicts: "boxes" (D_i, 4) in batch pixels, "labels"
-    (D_i,) int64 in [1, K], "scores" (D_i,) sorted decreasing, "masks"
-    (D_i, 1, M, M) probabilities (M = 2 * mask_roi_output_size = 28), all in
-    images' dtype (labels int64). D_i may be 0. Deterministic (no rng).
+    Returns a list of N dicts: "boxes" (E_i, 4) in batch pixels, "labels"
+    (E_i,) int64 in [1, K], "scores" (E_i,) sorted decreasing, "masks"
+    (E_i, 1, M, M) probabilities (M = 2 * mask_roi_output_size = 28), all in
+    images' dtype (labels int64). E_i may be 0. Deterministic (no rng).
     """
     config = _check_config(config)
     images = _check_images(images)
     _check_params(params, config, images.dtype)
     sizes = _check_image_sizes(image_sizes, images)
-    dtype = images.dtype
 
     pyramid, _ = backbone_forward(params, images)
     *_, proposals, _ = _rpn_forward(params, pyramid, images, config, sizes, training=False)
-    roi_feats, scales = _roi_features(pyramid, sizes)
+    roi_feats, scales = _roi_features(pyramid, images.shape[2:])
     (class_logits, box_regression), _, _ = _box_branch(params, roi_feats, scales, proposals, config)
     boxes, scores, labels = postprocess_detections(
         class_logits, box_regression, proposals, sizes, score_thresh=config.box_score_thresh,
@@ -560,12 +581,8 @@ def predict(params, images, config, *, image_sizes=None):
         bbox_reg_weights=config.bbox_reg_weights)
     mask_logits, _, _ = _mask_branch(params, roi_feats, scales, boxes, config)
     probs = maskrcnn_inference(mask_logits, labels)
-    m = _MASK_SIDE_FACTOR * config.mask_roi_output_size
-    out = []
-    for i in range(images.shape[0]):
-        masks = probs[i] if probs else np.zeros((0, m, m), dtype)
-        out.append({"boxes": boxes[i], "labels": labels[i], "scores": scores[i], "masks": masks[:, None]})
-    return out
+    return [{"boxes": boxes[i], "labels": labels[i], "scores": scores[i], "masks": probs[i][:, None]}
+            for i in range(images.shape[0])]
 
 
 def detect(params, images, config):
@@ -575,13 +592,17 @@ def detect(params, images, config):
     params: flat dict; images: list of N (3, H_i, W_i) float images in [0, 1]
     (any sizes; resized, normalised and batched by ``transform.transform_forward``
     with the config's min_size, max_size, image_mean, image_std, size_divisible).
-    Returns a list of N dicts in ORIGINAL image pixels: "boxes" (D_i, 4), "labels"
-    (D_i,) int64, "scores" (D_i,) sorted decreasing, "masks" (D_i, 1, H_i, W_i) soft
-    probabilities pasted into the image (``> 0.5`` gives the binary masks).
+    Returns a list of N dicts in ORIGINAL image pixels: "boxes" (E_i, 4), "labels"
+    (E_i,) int64, "scores" (E_i,) sorted decreasing, "masks" (E_i, 1, H_i, W_i) soft
+    probabilities pasted into the image (``> 0.5`` gives the binary masks). Boxes are
+    mapped back with float32 ratios, as torchvision does, so an edge clipped to the
+    resized image can exceed the original by a float32 rounding (~1e-7 relative).
     """
     config = _check_config(config)
-    if not isinstance(images, (list, tuple)) or not images:
-        raise TypeError(f"images must be a non-empty list of (3, H, W) arrays, got {type(images).__name__}")
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be a list of (3, H, W) arrays, got {type(images).__name__}")
+    if not images:
+        raise ValueError("images must hold at least one image, got an empty list")
     batch, image_sizes, _ = transform_forward(
         list(images), None, min_size=config.min_size, max_size=config.max_size,
         mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)

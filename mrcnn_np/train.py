@@ -28,7 +28,7 @@ import numpy as np
 
 from ._checks import check_float, check_positive_int, check_rng
 
-__all__ = ["learning_rate", "sgd_step", "clip_grad_norm", "shapes_batch", "train"]
+__all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "shapes_batch", "train"]
 
 
 def learning_rate(step, *, base_lr, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1):
@@ -39,12 +39,16 @@ def learning_rate(step, *, base_lr, warmup_iters=1000, warmup_factor=1e-3, miles
     total_iters=warmup_iters)``), then ``base_lr``; times ``gamma ** m`` where m
     counts the milestones ``<= step`` (``MultiStepLR``). warmup_iters=0: no warm-up.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
     base_lr = check_float("base_lr", base_lr, minimum=0.0)
     warmup_iters = check_positive_int("warmup_iters", warmup_iters, minimum=0)
     warmup_factor = check_float("warmup_factor", warmup_factor, minimum=0.0, maximum=1.0)
     gamma = check_float("gamma", gamma, minimum=0.0)
+    if not isinstance(milestones, (list, tuple)):
+        raise TypeError(f"milestones must be a list or tuple of steps, got {type(milestones).__name__}")
     milestones = tuple(check_positive_int("milestones", m, minimum=0) for m in milestones)
     if list(milestones) != sorted(milestones):
         raise ValueError(f"milestones must be increasing, got {milestones}")
@@ -66,13 +70,17 @@ def sgd_step(params, grads, buffers, *, lr, momentum=0.9, weight_decay=1e-4):
     lr = check_float("lr", lr, minimum=0.0)
     momentum = check_float("momentum", momentum, minimum=0.0)
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
-    for key, g in grads.items():
+    for key, g in grads.items():  # every check before the first update
         if key not in params:
             raise ValueError(f"grads has key {key!r} that is not in params")
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"grads[{key!r}] must be a numpy.ndarray, got {type(g).__name__}")
         p = params[key]
         if g.shape != p.shape or g.dtype != p.dtype:
             raise ValueError(f"grads[{key!r}] must have shape {p.shape} and dtype {p.dtype}, "
                              f"got {g.shape} {g.dtype}")
+    for key, g in grads.items():
+        p = params[key]
         d = g + weight_decay * p if weight_decay else g
         if momentum:
             buf = buffers.get(key)
@@ -85,6 +93,11 @@ def sgd_step(params, grads, buffers, *, lr, momentum=0.9, weight_decay=1e-4):
         p -= lr * d
 
 
+def global_norm(grads):
+    """Joint L2 norm of all gradients: ``sqrt(sum_k |g_k|^2)`` (a Python float)."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their joint L2 norm is at most ``max_norm``.
 
@@ -92,7 +105,7 @@ def clip_grad_norm(grads, max_norm):
     only when it is below 1). Returns the norm before clipping.
     """
     max_norm = check_float("max_norm", max_norm, minimum=0.0)
-    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    total = global_norm(grads)
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads.values():
@@ -117,7 +130,7 @@ def shapes_batch(dataset, indices, *, dtype=np.float32):
 
 
 def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, momentum=0.9,
-          weight_decay=1e-4, warmup_iters=100, warmup_factor=1e-3, milestones=(), gamma=0.1,
+          weight_decay=1e-4, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1,
           max_grad_norm=None, progress=True, callback=None):
     """Train ``params`` in place on ``dataset`` for ``steps`` SGD steps.
 
@@ -136,6 +149,8 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     from . import model as model_lib
     from .transform import transform_forward
 
+    if not isinstance(params, dict) or not params:
+        raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
     rng = check_rng(rng)
@@ -157,16 +172,15 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
             mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
         losses, grads = model_lib.loss_and_grads(params, batch, targets, config, rng=rng,
                                                  image_sizes=image_sizes)
-        grad_norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
-        if max_grad_norm is not None:
-            clip_grad_norm(grads, max_grad_norm)
+        record = {k: float(v) for k, v in losses.items()}
+        record["loss"] = sum(record.values())
+        grad_norm = global_norm(grads) if max_grad_norm is None else clip_grad_norm(grads, max_grad_norm)
+        if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
+            # stop before the update: the parameters stay those of the last good step
+            raise FloatingPointError(f"step {step}: loss {record['loss']}, gradient norm {grad_norm}: {record}")
         lr = learning_rate(step, base_lr=base_lr, warmup_iters=warmup_iters,
                            warmup_factor=warmup_factor, milestones=milestones, gamma=gamma)
         sgd_step(params, grads, buffers, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        record = {k: float(v) for k, v in losses.items()}
-        record["loss"] = sum(record.values())
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"loss became {record['loss']} at step {step}: {record}")
         record.update(lr=lr, grad_norm=grad_norm)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.4f}")

@@ -62,7 +62,8 @@ def test_matterport_preset_numbers():
     assert c.num_classes == 81 and c.backbone_layers == (3, 4, 23, 3)
     assert (c.box_batch_size_per_image, c.box_positive_fraction) == (200, 0.33)
     assert (c.box_score_thresh, c.box_nms_thresh) == (0.7, 0.3)
-    assert c.min_size == c.max_size == 1024 and c.size_divisible == 64
+    # IMAGE_MIN_DIM = 800, IMAGE_MAX_DIM = 1024 (matterport's config.py), padding to a multiple of 2^6
+    assert (c.min_size, c.max_size, c.size_divisible) == (800, 1024, 64)
     # x * 255 - 123.7 == (x - 123.7 / 255) / (1 / 255)
     x = 0.3
     assert (x - c.image_mean[0]) / c.image_std[0] == pytest.approx(x * 255 - 123.7)

@@ -161,3 +161,11 @@ def test_save_safetensors_bad_input(tmp_path):
         save_safetensors(tmp_path / "x.npz", {"w": np.ones(1)})
     with pytest.raises(TypeError, match="metadata"):
         save_safetensors(tmp_path / "x.safetensors", {"w": np.ones(1)}, metadata={"a": 1})
+
+
+@pytest.mark.parametrize("key", ["allow_pickle", "file", "a/b.c"])
+def test_checkpoint_keeps_keys_that_clash_with_savez_arguments(tmp_path, key):
+    save_checkpoint(tmp_path / "k.npz", {key: np.arange(3.0), "w": np.zeros(1)})
+    loaded, _ = load_checkpoint(tmp_path / "k.npz")
+    assert sorted(loaded) == sorted([key, "w"])
+    np.testing.assert_array_equal(loaded[key], [0.0, 1.0, 2.0])

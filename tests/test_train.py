@@ -78,3 +78,83 @@ def test_clip_grad_norm_scales_to_max_norm():
     unchanged = {"a": np.array([0.3, 0.4])}
     clip_grad_norm(unchanged, 1.0)
     np.testing.assert_array_equal(unchanged["a"], [0.3, 0.4])
+
+
+def test_sgd_step_validates_every_gradient_before_it_updates():
+    p = {"a": np.ones(2), "b": np.ones(2)}
+    with pytest.raises(ValueError, match="grads\\['b'\\]"):
+        sgd_step(p, {"a": np.ones(2), "b": np.ones(3)}, {}, lr=0.5)
+    np.testing.assert_array_equal(p["a"], [1.0, 1.0])
+    with pytest.raises(TypeError, match="grads\\['a'\\]"):
+        sgd_step(p, {"a": [1.0, 2.0]}, {}, lr=0.5)
+
+
+def test_learning_rate_type_errors():
+    with pytest.raises(TypeError, match="milestones"):
+        learning_rate(0, base_lr=0.1, milestones=5)
+    with pytest.raises(TypeError, match="step"):
+        learning_rate("3", base_lr=0.1)
+
+
+# ------------------------------------------------------------------ the loop (shapes model)
+
+from mrcnn_np import model as M  # noqa: E402
+from mrcnn_np.config import shapes_config  # noqa: E402
+from mrcnn_np.data.shapes import ShapesDataset  # noqa: E402
+from mrcnn_np.train import shapes_batch, train  # noqa: E402
+
+
+def test_shapes_batch_is_channels_first_in_the_requested_dtype():
+    ds = ShapesDataset(3, seed=4)
+    images, targets = shapes_batch(ds, [2, 0], dtype=np.float64)
+    item = ds[2]
+    assert images[0].dtype == np.float64 and images[0].shape == (3, 128, 128)
+    np.testing.assert_array_equal(images[0], item["image"].transpose(2, 0, 1))
+    np.testing.assert_array_equal(targets[0]["boxes"], item["boxes"])
+    np.testing.assert_array_equal(targets[0]["masks"], item["masks"])
+    assert targets[1]["labels"].tolist() == ds[0]["labels"].tolist()
+
+
+def test_train_updates_every_trainable_parameter_and_follows_the_schedule():
+    cfg = shapes_config()
+    params = M.init_params(cfg, rng=np.random.default_rng(0))
+    before = {k: v.copy() for k, v in params.items()}
+    hist = train(params, cfg, ShapesDataset(4, seed=0), steps=2, rng=np.random.default_rng(0), batch_size=2,
+                 base_lr=0.01, warmup_iters=4, warmup_factor=0.5, progress=False)
+    # lr = 0.01 * (0.5 + 0.5 * step / 4): 0.005, 0.00625
+    assert [h["lr"] for h in hist] == pytest.approx([0.005, 0.00625])
+    assert all(set(h) >= set(M.LOSS_NAMES) | {"loss", "lr", "grad_norm"} for h in hist)
+    assert hist[0]["loss"] == pytest.approx(sum(hist[0][k] for k in M.LOSS_NAMES))
+    trainable = set(M.trainable_keys(params, cfg))
+    for k in params:
+        changed = not np.array_equal(params[k], before[k])
+        assert changed == (k in trainable), k  # frozen BN statistics never move
+
+
+def test_train_stops_before_stepping_on_a_nonfinite_loss(monkeypatch):
+    cfg = shapes_config()
+    params = M.init_params(cfg, rng=np.random.default_rng(0))
+    before = {k: v.copy() for k, v in params.items()}
+    real = M.loss_and_grads
+
+    def diverged(*args, **kwargs):
+        losses, grads = real(*args, **kwargs)
+        losses["loss_mask"] = float("nan")
+        return losses, {key: np.full_like(g, np.nan) for key, g in grads.items()}
+
+    monkeypatch.setattr(M, "loss_and_grads", diverged)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        train(params, cfg, ShapesDataset(4, seed=0), steps=1, rng=np.random.default_rng(0), progress=False)
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k], err_msg=k)
+
+
+def test_train_bad_input():
+    cfg = shapes_config()
+    with pytest.raises(TypeError, match="params"):
+        train({}, cfg, ShapesDataset(4), steps=1, rng=np.random.default_rng(0))
+    params = M.init_params(cfg, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="batch_size"):
+        train(params, cfg, ShapesDataset(2), steps=1, rng=np.random.default_rng(0), batch_size=4)
+    with pytest.raises(TypeError, match="rng"):
+        train(params, cfg, ShapesDataset(4), steps=1, rng=0)

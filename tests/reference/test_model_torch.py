@@ -227,6 +227,29 @@ def test_training_losses_and_gradients_equal_torchvision_when_everything_is_samp
     _compare_grads(grads, model, 1e-5)
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_gradients_with_frozen_stages_equal_torchvision(layers):
+    """trainable_layers < 5 (the reference trains 3): the same keys get gradients, and equal ones."""
+    config = all_sampled(small_config(64, trainable_layers=layers))
+    params = our_params(config)
+    images, targets = batch(config, 64)
+    sizes = CASES[64]["sizes"]
+    model = torch_model(config, params).train()
+    frozen = ["layer4", "layer3", "layer2", "layer1", "conv1"][layers:]
+    for n, p in model.backbone.body.named_parameters():
+        if any(n.startswith(f) for f in frozen):
+            p.requires_grad_(False)
+    _, _, tlosses = torch_stages(model, images, sizes, targets)
+    sum(v for k, v in tlosses.items() if k != "loss_objectness").backward()
+    _, grads = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0),
+                                image_sizes=sizes, loss_weights={"loss_objectness": 0.0})
+    assert set(grads) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for n, p in model.named_parameters():
+        if p.requires_grad:  # grad None: no path from these losses (cls_logits without objectness)
+            tg = np.zeros(tuple(p.shape)) if p.grad is None else p.grad.numpy()
+            assert np.abs(grads[n] - tg).max() <= 1e-8 * max(np.abs(tg).max(), 1e-12), n
+
+
 def test_loss_weights_equal_a_weighted_torch_sum():
     config = all_sampled(small_config())
     params = our_params(config)
