@@ -42,7 +42,7 @@ import numbers
 import numpy as np
 
 from ._checks import check_array, check_hw_pair, check_positive_int
-from .anchors import feature_grid_sizes, torchvision_resized_size
+from .anchors import torchvision_resized_size
 from .ops.resize import resize_bilinear, upsample_nearest_forward
 from .roi_heads import paste_masks_in_image
 
@@ -221,8 +221,7 @@ def batch_images(images, *, size_divisible=32):
     d = check_positive_int("size_divisible", size_divisible)
     max_h = max(img.shape[1] for img in images)
     max_w = max(img.shape[2] for img in images)
-    # the padded size is the stride-1 grid of the padded image
-    (hp, wp), = feature_grid_sizes((max_h, max_w), strides=(1,), size_divisible=d)
+    hp, wp = -(-max_h // d) * d, -(-max_w // d) * d  # ceil to a multiple of d
     batch = np.zeros((len(images), 3, hp, wp), dtype=images[0].dtype)
     for i, img in enumerate(images):          # one copy per image (not per pixel)
         batch[i, :, :img.shape[1], :img.shape[2]] = img
