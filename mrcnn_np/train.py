@@ -25,8 +25,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from . import model as model_lib
 from ._checks import check_float, check_positive_int, check_rng
+from .transform import transform_forward
 
 __all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "shapes_batch", "train"]
 
@@ -144,11 +147,6 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     Returns the history: one dict per step with the five losses, "loss"
     (their sum), "lr" and "grad_norm".
     """
-    from tqdm.auto import tqdm
-
-    from . import model as model_lib
-    from .transform import transform_forward
-
     if not isinstance(params, dict) or not params:
         raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
     steps = check_positive_int("steps", steps)
