@@ -186,7 +186,7 @@ def _read_image(path):
 
     try:
         img = mpimg.imread(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow raises SyntaxError for a broken PNG
         raise SystemExit(f"cannot read image {path}: {exc}") from exc
     img = np.asarray(img)
     if img.dtype.kind in "ui":  # JPEG via Pillow comes as uint8

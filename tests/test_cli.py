@@ -80,3 +80,28 @@ def test_evaluate_and_predict_need_an_existing_checkpoint(tmp_path):
         main(["evaluate", str(tmp_path / "missing.npz")])
     with pytest.raises(SystemExit, match="not found"):
         main(["predict", str(tmp_path / "missing.npz"), "x.png"])
+
+
+def test_read_image_accepts_jpeg_uint8_and_grey(tmp_path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mrcnn_np.__main__ import _read_image
+
+    yy, xx = np.mgrid[0:20, 0:30]
+    rgb = np.stack([xx / 29, yy / 19, np.full((20, 30), 0.5)], axis=2)  # smooth: JPEG keeps it
+    plt.imsave(tmp_path / "a.jpg", rgb)  # Pillow writes uint8 JPEG: read back scaled to [0, 1]
+    arr = _read_image(tmp_path / "a.jpg")
+    assert arr.shape == (3, 20, 30) and arr.dtype == np.float32
+    assert 0.0 <= arr.min() and arr.max() <= 1.0
+    assert np.abs(arr.transpose(1, 2, 0) - rgb).max() < 0.08  # lossy, but the same picture
+    from PIL import Image  # (a matplotlib dependency) a single-channel "L" PNG
+    grey = np.tile(np.arange(30, dtype=np.uint8) * 8, (20, 1))
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    g = _read_image(tmp_path / "g.png")
+    assert g.shape == (3, 20, 30)
+    for channel in g:  # the grey level repeated in R, G and B
+        np.testing.assert_allclose(channel, grey / 255, atol=1e-6)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="cannot read image"):
+        _read_image(tmp_path / "bad.png")
