@@ -22,11 +22,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from . import model, train
 from ._atomic import atomic_path
+from .config import MaskRCNNConfig, shapes_config
+from .data.shapes import CLASS_NAMES, ShapesDataset
+from .evaluate import coco_evaluate, summarize
+from .io import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,8 +90,6 @@ def run_bench(names):
 
 
 def _config_from_meta(meta, path):
-    from .config import MaskRCNNConfig
-
     try:
         return MaskRCNNConfig(**meta["config"])
     except (KeyError, TypeError) as exc:
@@ -92,8 +98,6 @@ def _config_from_meta(meta, path):
 
 def load_model(path):
     """(params, config, meta) from a checkpoint written by ``train``/``demo``."""
-    from .io import load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"checkpoint {path} not found")
@@ -103,15 +107,6 @@ def load_model(path):
 
 def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, progress=True):
     """Train the shapes model from scratch and save it. Returns (params, config, history, path)."""
-    import dataclasses
-
-    import numpy as np
-
-    from . import model, train
-    from .config import shapes_config
-    from .data.shapes import ShapesDataset
-    from .io import save_checkpoint
-
     config = shapes_config()
     rng = np.random.default_rng(seed)
     params = model.init_params(config, rng=rng)
@@ -134,12 +129,6 @@ def evaluate_on_shapes(params, config, val_images, seed):
 
     Returns (dataset, ground truth list, detections list with binary masks, {iou_type: stats (12,)}).
     """
-    import numpy as np
-
-    from . import model
-    from .data.shapes import ShapesDataset
-    from .evaluate import coco_evaluate, summarize
-
     val_set = ShapesDataset(val_images, seed=seed + 10_000)
     gt, dets = [], []
     for i0 in range(0, len(val_set), 8):
@@ -164,8 +153,7 @@ def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_
         checkpoint=Path(out_dir) / "shapes_demo.npz", progress=progress)
     val_set, gt, dets, stats = evaluate_on_shapes(params, config, val_images, seed)
 
-    from .data.shapes import CLASS_NAMES
-    from .viz.common import save_figure
+    from .viz.common import save_figure  # matplotlib only when drawing
     from .viz.demo import plot_demo_predictions, plot_training_history
 
     figures_dir = Path(figures_dir)
@@ -182,7 +170,6 @@ def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_
 def _read_image(path):
     """An image file as (3, H, W) float32 in [0, 1] (RGB; alpha dropped, grey repeated)."""
     import matplotlib.image as mpimg
-    import numpy as np
 
     try:
         img = mpimg.imread(path)
@@ -200,8 +187,6 @@ def _read_image(path):
 
 def run_predict(checkpoint, images, *, out_dir, min_score=0.5):
     """Detect objects in image files with a saved model; print them, draw them. Returns the detections."""
-    from . import model
-    from .data.shapes import CLASS_NAMES
     from .viz.common import save_figure
     from .viz.evaluation import plot_detections
 
