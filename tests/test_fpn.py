@@ -85,15 +85,20 @@ def ref_conv(x, w, b, pad):
     return np.einsum("nchwij,fcij->nfhw", win, w) + b[:, None, None]
 
 
-def test_random_weights_match_independent_reference():
-    rng = np.random.default_rng(1)
-    ins = [3, 5, 4, 6]
-    p = init_fpn(ins, 7, rng=rng, dtype=np.float64)
+def _random_fpn(rng, ins, out_channels, sizes, n):
+    """float64 FPN params with non-zero biases, and C2..C5 of n images with the given sizes."""
+    p = init_fpn(ins, out_channels, rng=rng, dtype=np.float64)
     for k in p:
         if k.endswith("bias"):
             p[k] = rng.standard_normal(p[k].shape)
-    sizes = [(23, 19), (12, 10), (6, 5), (3, 3)]
-    feats = {f"C{i + 2}": rng.standard_normal((2, c) + s) for i, (c, s) in enumerate(zip(ins, sizes))}
+    feats = {f"C{i + 2}": rng.standard_normal((n, c) + s) for i, (c, s) in enumerate(zip(ins, sizes))}
+    return p, feats
+
+
+def test_random_weights_match_independent_reference():
+    rng = np.random.default_rng(1)
+    ins = [3, 5, 4, 6]
+    p, feats = _random_fpn(rng, ins, 7, [(23, 19), (12, 10), (6, 5), (3, 3)], 2)
     pyr, _ = fpn_forward(p, feats)
     last = None
     expect = {}
@@ -117,12 +122,7 @@ def test_random_weights_match_independent_reference():
 def test_fpn_gradient_check_odd_sizes():
     rng = np.random.default_rng(2)
     ins = [3, 4, 5, 6]
-    p = init_fpn(ins, 4, rng=rng, dtype=np.float64)
-    for k in p:
-        if k.endswith("bias"):
-            p[k] = rng.standard_normal(p[k].shape)
-    sizes = [(10, 14), (5, 7), (3, 4), (2, 2)]
-    feats = {f"C{i + 2}": rng.standard_normal((1, c) + s) for i, (c, s) in enumerate(zip(ins, sizes))}
+    p, feats = _random_fpn(rng, ins, 4, [(10, 14), (5, 7), (3, 4), (2, 2)], 1)
     pyr, cache = fpn_forward(p, feats)
     dpyr = {k: rng.standard_normal(v.shape) for k, v in pyr.items()}
     copies = {k: v.copy() for k, v in dpyr.items()}
