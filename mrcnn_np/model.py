@@ -358,14 +358,18 @@ def _roi_features(pyramid, batch_hw):
     return roi_feats, roi_scales([f.shape for f in roi_feats], batch_hw)
 
 
-def _box_branch(params, roi_feats, scales, boxes, config):
+def _box_branch(params, roi_feats, scales, boxes, config, record=None):
     """RoIAlign (7x7) of ``boxes`` (list over images) and the box head.
 
     Returns ((class_logits (R, K+1), box_regression (R, 4(K+1))), pool cache, head cache).
+    record: None, or a dict that receives "roi_features" (R, D, 7, 7), the pooled
+    input of the head, and "roi_levels" (R,), the level (2..5) each RoI was pooled from.
     """
     pooled, pool_cache = multiscale_roi_align_forward(
         roi_feats, _rois(boxes, roi_feats[0].dtype), config.box_roi_output_size, scales=scales,
         sampling_ratio=config.box_roi_sampling_ratio)
+    if record is not None:
+        record.update(roi_features=pooled, roi_levels=pool_cache.levels)
     out, head_cache = box_head_forward(params, pooled)
     return out, pool_cache, head_cache
 
@@ -379,8 +383,11 @@ def _mask_branch(params, roi_feats, scales, boxes, config):
     return logits, pool_cache, head_cache
 
 
-def _rpn_forward(params, pyramid, images, config, image_sizes, training):
-    """Head, anchors, flattening and proposals. Returns (head outputs, caches, proposals, info)."""
+def _rpn_forward(params, pyramid, images, config, image_sizes, training, record=None):
+    """Head, anchors, flattening and proposals. Returns (head outputs, caches, proposals, info).
+
+    record: None, or a dict for :func:`_propose` to fill.
+    """
     feats = [pyramid[name] for name in _RPN_LEVELS]
     (obj_levels, del_levels), head_cache = rpn_head_forward(params, feats)
     grids = [f.shape[-2:] for f in feats]
@@ -391,21 +398,26 @@ def _rpn_forward(params, pyramid, images, config, image_sizes, training):
     pre = config.rpn_pre_nms_top_n_train if training else config.rpn_pre_nms_top_n_test
     post = config.rpn_post_nms_top_n_train if training else config.rpn_post_nms_top_n_test
     proposals, scores = _propose(objectness, deltas, anchors, image_sizes, counts, config=config,
-                                 pre_nms_top_n=pre, post_nms_top_n=post)
+                                 pre_nms_top_n=pre, post_nms_top_n=post, record=record)
     return objectness, deltas, head_cache, concat_cache, anchors, proposals, scores
 
 
-def _propose(objectness, deltas, anchors, image_sizes, counts, *, config, pre_nms_top_n, post_nms_top_n):
+def _propose(objectness, deltas, anchors, image_sizes, counts, *, config, pre_nms_top_n, post_nms_top_n,
+             record=None):
     """Decode and filter (no gradient: the deltas and logits are detached, as torchvision).
 
     A module-level function so that a test can hold the proposals fixed
     while it moves the parameters (a finite-difference check of the detached
     model must not let the proposals move).
+    record: None, or a dict that receives "decoded" (N, T, 4), every anchor
+    refined by its deltas (before clipping), and what ``filter_proposals`` records.
     """
     boxes = decode_proposals(deltas, anchors)
+    if record is not None:
+        record["decoded"] = boxes
     return filter_proposals(boxes, objectness, image_sizes, counts, pre_nms_top_n=pre_nms_top_n,
                             post_nms_top_n=post_nms_top_n, nms_thresh=config.rpn_nms_thresh,
-                            score_thresh=config.rpn_score_thresh)
+                            score_thresh=config.rpn_score_thresh, record=record)
 
 
 # =========================================================================== training
@@ -570,17 +582,43 @@ def predict(params, images, config, *, image_sizes=None):
     images = _check_images(images)
     _check_params(params, config, images.dtype)
     sizes = _check_image_sizes(image_sizes, images)
+    return _predict(params, images, config, sizes)
 
+
+def _predict(params, images, config, sizes, record=None):
+    """:func:`predict` on checked arguments: the one inference path (``detect`` and
+    ``mrcnn_np.trace`` run it too).
+
+    record: None (nothing is kept; the default), or a dict that receives every
+    intermediate, batched as the stages produce them: "pyramid" (dict P2..P6),
+    "objectness" (N, T) logits, "rpn_deltas" (N, T, 4), "anchors" (list over
+    levels), "rpn" (what ``_propose`` / ``filter_proposals`` record),
+    "proposals" / "proposal_scores" (lists over images), "roi_features",
+    "roi_levels" (``_box_branch``), "class_logits" (R, K+1), "box_regression"
+    (R, 4(K+1)), "postprocess" (what ``postprocess_detections`` records),
+    "mask_logits" (E, K+1, M, M) of the detections of all images.
+    """
+    rec = record is not None
     pyramid, _ = backbone_forward(params, images)
-    *_, proposals, _ = _rpn_forward(params, pyramid, images, config, sizes, training=False)
+    rpn_record = {} if rec else None
+    objectness, deltas, _, _, anchors, proposals, proposal_scores = _rpn_forward(
+        params, pyramid, images, config, sizes, training=False, record=rpn_record)
     roi_feats, scales = _roi_features(pyramid, images.shape[2:])
-    (class_logits, box_regression), _, _ = _box_branch(params, roi_feats, scales, proposals, config)
+    box_record = {} if rec else None
+    (class_logits, box_regression), _, _ = _box_branch(params, roi_feats, scales, proposals, config,
+                                                       record=box_record)
+    post_record = {} if rec else None
     boxes, scores, labels = postprocess_detections(
         class_logits, box_regression, proposals, sizes, score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh, detections_per_img=config.box_detections_per_img,
-        bbox_reg_weights=config.bbox_reg_weights)
+        bbox_reg_weights=config.bbox_reg_weights, record=post_record)
     mask_logits, _, _ = _mask_branch(params, roi_feats, scales, boxes, config)
     probs = maskrcnn_inference(mask_logits, labels)
+    if rec:
+        record.update(pyramid=pyramid, objectness=objectness, rpn_deltas=deltas, anchors=anchors,
+                      rpn=rpn_record, proposals=proposals, proposal_scores=proposal_scores,
+                      class_logits=class_logits, box_regression=box_regression,
+                      postprocess=post_record, mask_logits=mask_logits, **box_record)
     return [{"boxes": boxes[i], "labels": labels[i], "scores": scores[i], "masks": probs[i][:, None]}
             for i in range(images.shape[0])]
 
@@ -597,7 +635,15 @@ def detect(params, images, config):
     probabilities pasted into the image (``> 0.5`` gives the binary masks). Boxes are
     mapped back with float32 ratios, as torchvision does, so an edge clipped to the
     resized image can exceed the original by a float32 rounding (~1e-7 relative).
+    ``mrcnn_np.trace.trace`` runs the same code and keeps every intermediate.
     """
+    return _detect(params, images, config)
+
+
+def _detect(params, images, config, record=None):
+    """:func:`detect`, optionally filling ``record`` (see :func:`_predict`) with, in
+    addition, "batch" (N, 3, Hp, Wp), "image_sizes" (resized (h, w) per image),
+    "original_sizes" and "predictions" (:func:`predict`'s output)."""
     config = _check_config(config)
     if not isinstance(images, (list, tuple)):
         raise TypeError(f"images must be a list of (3, H, W) arrays, got {type(images).__name__}")
@@ -606,5 +652,10 @@ def detect(params, images, config):
     batch, image_sizes, _ = transform_forward(
         list(images), None, min_size=config.min_size, max_size=config.max_size,
         mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
-    preds = predict(params, batch, config, image_sizes=image_sizes)
-    return postprocess(preds, image_sizes, [tuple(np.shape(im)[-2:]) for im in images])
+    batch = _check_images(batch)
+    _check_params(params, config, batch.dtype)
+    preds = _predict(params, batch, config, image_sizes, record)
+    original_sizes = [tuple(np.shape(im)[-2:]) for im in images]
+    if record is not None:
+        record.update(batch=batch, image_sizes=image_sizes, original_sizes=original_sizes, predictions=preds)
+    return postprocess(preds, image_sizes, original_sizes)

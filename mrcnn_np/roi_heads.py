@@ -836,7 +836,7 @@ def maskrcnn_inference(x, labels):
 # =========================================================================== inference
 def postprocess_detections(class_logits, box_regression, proposals, image_shapes, *,
                            score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
-                           bbox_reg_weights=BOX_CODER_WEIGHTS):
+                           bbox_reg_weights=BOX_CODER_WEIGHTS, record=None):
     """Final detections from the box branch's outputs (no gradient).
 
     Twin of ``RoIHeads.postprocess_detections``. Per image:
@@ -855,7 +855,18 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     image_shapes: list over images of (height, width) ints.
     Returns (boxes, scores, labels): lists over images of (D_i, 4) float,
     (D_i,) float sorted decreasing, (D_i,) int64 in [1, K].
+
+    record: None (default: nothing is kept), or a dict that receives, as lists
+    over images, the intermediates of each step (used by ``mrcnn_np.trace``; the
+    results are the same): "class_scores" (R_i, K+1) softmax (step 1);
+    "refined_boxes" (R_i, K+1, 4) decoded and clipped, background column
+    included (step 2); "before_threshold" and "before_nms", dicts of "boxes"
+    (B, 4), "scores" (B,), "labels" (B,) int64: every (RoI, foreground class)
+    pair, RoI-major (B = R_i K), and what remains after the score threshold and
+    the small-box removal (step 3), the input of step 4.
     """
+    if record is not None and not isinstance(record, dict):
+        raise TypeError(f"record must be None or a dict, got {type(record).__name__}")
     check_array("class_logits", class_logits, shape=("R", "K+1"), dtype_kind="f")
     r, k1 = class_logits.shape
     check_array("box_regression", box_regression, shape=(r, 4 * k1), dtype_kind="f")
@@ -877,18 +888,28 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     pred_boxes = decode_boxes(box_regression, all_props, bbox_reg_weights).reshape(r, k1, 4)
     pred_scores = softmax(class_logits, axis=-1) if r else np.zeros((0, k1), dtype)
     starts = np.cumsum([0] + counts)
+    if record is not None:
+        for key in ("class_scores", "refined_boxes", "before_threshold", "before_nms"):
+            record[key] = []
     all_boxes, all_scores, all_labels = [], [], []
     for i, (h, w) in enumerate(shapes):
         boxes = clip_boxes_to_image(pred_boxes[starts[i]:starts[i + 1]], (h, w))
         scores = pred_scores[starts[i]:starts[i + 1]]
+        if record is not None:
+            record["class_scores"].append(scores)
+            record["refined_boxes"].append(boxes)
         labels = np.broadcast_to(np.arange(k1, dtype=np.int64), scores.shape)
         boxes = boxes[:, 1:].reshape(-1, 4)
         scores = scores[:, 1:].reshape(-1)
         labels = labels[:, 1:].reshape(-1)
+        if record is not None:
+            record["before_threshold"].append({"boxes": boxes, "scores": scores, "labels": labels})
         inds = np.flatnonzero(scores > score_thresh)
         boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
         keep = remove_small_boxes(boxes, 1e-2)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        if record is not None:
+            record["before_nms"].append({"boxes": boxes, "scores": scores, "labels": labels})
         keep = batched_nms(boxes, scores, labels, nms_thresh)[:top]
         all_boxes.append(boxes[keep])
         all_scores.append(scores[keep])

@@ -538,7 +538,7 @@ def _check_image_shapes(image_shapes, n):
 
 def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level, *,
                      pre_nms_top_n, post_nms_top_n, nms_thresh=0.7, score_thresh=0.0,
-                     min_size=1e-3):
+                     min_size=1e-3, record=None):
     """Keep the best proposals of each image (torchvision ``RegionProposalNetwork.filter_proposals``).
 
     proposals: (N, T, 4) decoded boxes; objectness: (N, T) logits (detached);
@@ -555,7 +555,17 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     and (K_i,), sorted by decreasing score, K_i <= post_nms_top_n. Presets:
     ``PROPOSAL_PRESETS["train"]`` (2000 / 2000) and ``["test"]`` (1000 / 1000).
     Ties in the per-level top-k go to the lower anchor index.
+
+    record: None (default: nothing is kept), or a dict that receives the
+    intermediates (used by ``mrcnn_np.trace``; the results are the same):
+    "top_indices" (N, sum_l k_l) int, the anchors of step 1 (indices into T,
+    level by level); "top_levels" (sum_l k_l,) int, their level index 0..L-1;
+    "top_scores" (N, sum_l k_l), their sigmoid scores (step 2); and
+    "before_nms": a list over images of (boxes (B_i, 4), scores (B_i,),
+    level index (B_i,)) after steps 3-4, the input of step 5.
     """
+    if record is not None and not isinstance(record, dict):
+        raise TypeError(f"record must be None or a dict, got {type(record).__name__}")
     objectness = check_array("objectness", objectness, shape=("N", "T"), dtype_kind="f")
     n, t = objectness.shape
     check_array("proposals", proposals, shape=(n, t, 4), dtype_kind="f")
@@ -586,6 +596,11 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
             top_lvl.append(np.full(k, lvl, dtype=np.int64))
         offset += count
     if not top_idx:  # no anchors at all
+        if record is not None:
+            empty = (np.zeros((0, 4), dtype=proposals.dtype), np.zeros(0, dtype=objectness.dtype),
+                     np.zeros(0, dtype=np.int64))
+            record.update(top_indices=np.zeros((n, 0), np.int64), top_levels=np.zeros(0, np.int64),
+                          top_scores=np.zeros((n, 0), objectness.dtype), before_nms=[empty] * n)
         return ([np.zeros((0, 4), dtype=proposals.dtype) for _ in range(n)],
                 [np.zeros(0, dtype=objectness.dtype) for _ in range(n)])
     idx = np.concatenate(top_idx, axis=1)                     # (N, sum k)
@@ -593,6 +608,8 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     rows = np.arange(n)[:, None]
     scores_all = sigmoid(objectness[rows, idx])               # 2.
     boxes_all = proposals[rows, idx]
+    if record is not None:
+        record.update(top_indices=idx, top_levels=levels, top_scores=scores_all, before_nms=[])
 
     final_boxes, final_scores = [], []
     for i in range(n):  # a loop over images
@@ -602,6 +619,8 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
         keep = np.flatnonzero(scores >= score_thresh)         # 4.
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+        if record is not None:
+            record["before_nms"].append((boxes, scores, lvl))
         keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post]  # 5. and 6.
         final_boxes.append(boxes[keep])
         final_scores.append(scores[keep])
