@@ -11,6 +11,8 @@ The package is organised by stage; import the stage you want to read or check:
 - ``mrcnn_np.roi_heads``  box and mask heads, targets, losses, post-processing, mask pasting
 - ``mrcnn_np.config``     hyper-parameters and presets (torchvision, matterport-like, tiny shapes)
 - ``mrcnn_np.model``      the whole Mask R-CNN: init, forward_train + backward, predict, detect
+- ``mrcnn_np.trace``      every intermediate of inference, named (detect's own code path); RPN recall,
+                          IoU matrices, confusion matrix
 - ``mrcnn_np.transform``  normalise, resize, batch; map detections back to the original image
 - ``mrcnn_np.train``      SGD with momentum, warm-up and step schedule, the training loop
 - ``mrcnn_np.io``         checkpoints (.npz) and safetensors weights, never unpickled
@@ -37,6 +39,7 @@ from . import (  # noqa: F401  (submodules as attributes: mrcnn_np.boxes.nms, ..
     roi_align,
     roi_heads,
     rpn,
+    trace,
     train,
     transform,
 )
@@ -45,5 +48,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "anchors", "backbone", "boxes", "config", "data", "evaluate", "fpn", "gradcheck", "io", "matching", "model", "ops",
-    "roi_align", "roi_heads", "rpn", "train", "transform", "__version__",
+    "roi_align", "roi_heads", "rpn", "trace", "train", "transform", "__version__",
 ]
