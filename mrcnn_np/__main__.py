@@ -50,7 +50,13 @@ def _checkout_dir(name):
 
 
 def run_figures(patterns, timeout):
-    """Execute the selected notebooks in place; returns the list of paths."""
+    """Execute the selected notebooks in place; returns the list of paths.
+
+    The kernels run with MRCNN_NP_WRITE_FIGURES=1: only then do the notebooks
+    rewrite images/ (``viz.common.save_figure``); a test or Jupyter run leaves it alone.
+    """
+    import os
+
     try:
         import nbformat
         from nbconvert.preprocessors import ExecutePreprocessor
@@ -64,13 +70,21 @@ def run_figures(patterns, timeout):
     paths = sorted(p for pat in patterns for p in nb_dir.glob(pat))
     if not paths:
         raise SystemExit(f"no notebook in {nb_dir} matches {patterns}")
-    for path in tqdm(paths, desc="notebooks", unit="nb"):
-        nb = nbformat.read(path, as_version=4)
-        ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
-            nb, {"metadata": {"path": str(nb_dir)}}
-        )
-        with atomic_path(path) as tmp:
-            nbformat.write(nb, str(tmp))
+    previous = os.environ.get("MRCNN_NP_WRITE_FIGURES")
+    os.environ["MRCNN_NP_WRITE_FIGURES"] = "1"  # inherited by the kernels started below
+    try:
+        for path in tqdm(paths, desc="notebooks", unit="nb"):
+            nb = nbformat.read(path, as_version=4)
+            ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
+                nb, {"metadata": {"path": str(nb_dir)}}
+            )
+            with atomic_path(path) as tmp:
+                nbformat.write(nb, str(tmp))
+    finally:
+        if previous is None:
+            del os.environ["MRCNN_NP_WRITE_FIGURES"]
+        else:
+            os.environ["MRCNN_NP_WRITE_FIGURES"] = previous
     return paths
 
 
