@@ -472,7 +472,7 @@ class ConfusionSummary(NamedTuple):
 
 
 def _check_labelled(name, d, *, with_scores, num_classes):
-    if isinstance(d, ImageTrace):
+    if with_scores and isinstance(d, ImageTrace):
         d = d.detections
     if not isinstance(d, dict):
         raise TypeError(f"{name} must be a dict, got {type(d).__name__}")

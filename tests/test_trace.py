@@ -114,6 +114,51 @@ def test_detect_records_nothing(data, monkeypatch):
     assert all(r is None for _, r in seen)
 
 
+def test_filter_proposals_record_keeps_the_steps_and_changes_nothing():
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(-5, 40, (2, 9, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.5, 20, (2, 9, 2))], axis=2)
+    boxes[0, 3] = [10, 10, 10.0005, 30]                 # thinner than min_size: dropped before NMS
+    obj = rng.normal(size=(2, 9))
+    kw = dict(pre_nms_top_n=4, post_nms_top_n=3, nms_thresh=0.5)
+    plain = filter_proposals(boxes, obj, [(30, 40), (25, 25)], [6, 3], **kw)
+    record = {}
+    recorded = filter_proposals(boxes, obj, [(30, 40), (25, 25)], [6, 3], record=record, **kw)
+    for a, b in zip(plain, recorded):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    top = record["top_indices"]
+    assert top.shape == (2, 7) and record["top_levels"].tolist() == [0, 0, 0, 0, 1, 1, 1]
+    for i in range(2):  # per level, the best logits, best first
+        assert np.array_equal(top[i, :4], np.argsort(-obj[i, :6], kind="stable")[:4])
+        assert np.array_equal(top[i, 4:], 6 + np.argsort(-obj[i, 6:], kind="stable"))
+        np.testing.assert_allclose(record["top_scores"][i], 1 / (1 + np.exp(-obj[i, top[i]])))
+        b, s, lvl = record["before_nms"][i]
+        assert len(b) == len(s) == len(lvl) <= 7
+        assert set(map(tuple, plain[0][i].tolist())) <= set(map(tuple, b.tolist()))
+    with pytest.raises(TypeError, match="record must be None or a dict"):
+        filter_proposals(boxes, obj, [(30, 40), (25, 25)], [6, 3], record=[], **kw)
+
+
+def test_postprocess_detections_record_keeps_the_steps_and_changes_nothing():
+    from mrcnn_np.roi_heads import postprocess_detections
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(5, 3)) * 2
+    reg = rng.normal(size=(5, 12)) * 0.1
+    props = [np.array([[0, 0, 10, 10], [2, 2, 12, 12], [20, 5, 30, 25.]]), np.array([[0, 0, 8, 8], [1, 1, 9, 9.]])]
+    plain = postprocess_detections(logits, reg, props, [(30, 30), (20, 20)], score_thresh=0.3)
+    record = {}
+    recorded = postprocess_detections(logits, reg, props, [(30, 30), (20, 20)], score_thresh=0.3, record=record)
+    for a, b in zip(plain, recorded):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert [s.shape for s in record["class_scores"]] == [(3, 3), (2, 3)]
+    assert [b.shape for b in record["refined_boxes"]] == [(3, 3, 4), (2, 3, 4)]
+    for i in range(2):
+        before, nms_in = record["before_threshold"][i], record["before_nms"][i]
+        assert np.array_equal(before["scores"], record["class_scores"][i][:, 1:].reshape(-1))
+        assert np.array_equal(nms_in["scores"], before["scores"][before["scores"] > 0.3])
+        assert set(plain[1][i].tolist()) <= set(nms_in["scores"].tolist())
+
+
 # =========================================================================== fields
 
 
@@ -475,6 +520,7 @@ def test_confusion_summary_errors():
     with pytest.raises(ValueError, match="one entry per image"):
         confusion_summary([], [_dets([], [], [])], 4)
     with pytest.raises(ValueError, match=r"dets\[0\] is missing 'scores'"):
-        confusion_summary([dict(gt, labels=np.array([1]))], [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int)}], 4)
+        confusion_summary([dict(gt, labels=np.array([1]))],
+                          [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, int)}], 4)
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
         confusion_summary([], [], 1)
