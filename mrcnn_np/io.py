@@ -621,4 +621,5 @@ def load_torch_state_dict(path):
     except _Malformed as exc:
         raise ValueError(f"{path}: {exc}") from exc
     except Exception as exc:  # any parse failure of a corrupt file: one clear error naming it
-        raise ValueError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: not a readable torch.save file, truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from exc
