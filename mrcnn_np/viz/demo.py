@@ -69,6 +69,9 @@ def plot_demo_predictions(images, ground_truth, detections, *, class_names=None,
     n = len(images)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.4 * nrows), squeeze=False)
+    # fixed margins BEFORE drawing: the labels are placed for the axes' final positions
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / (3.4 * nrows), wspace=0.04,
+                        hspace=0.3 / nrows + 0.04)
     for k, ax in enumerate(axes.ravel()):
         if k >= n:
             ax.axis("off")
@@ -79,8 +82,7 @@ def plot_demo_predictions(images, ground_truth, detections, *, class_names=None,
         plot_detections(images[k], ground_truth[k], det, ax=ax, class_names=class_names,
                         min_score=min_score, legend=(k == 0),
                         title=f"{g} object{'s' * (g != 1)}, {shown} detection{'s' * (shown != 1)}")
-    fig.suptitle(f"held-out images: ground truth (white) and detections with score >= {min_score}", y=1.0)
-    fig.tight_layout()
+    fig.suptitle(f"held-out images: ground truth (white) and detections with score >= {min_score}", y=0.995)
     return fig, axes
 
 

@@ -182,11 +182,62 @@ def plot_ap_vs_noise(noise_levels, series, *, ax=None, title=None):
     return fig, ax
 
 
-def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, min_score=0.0, legend=True):
+def place_box_labels(ax, boxes, texts, *, color, fontsize=7):
+    """Label boxes so that no two labels overlap and none leaves the axes.
+
+    boxes: (D, 4) xyxy in data coordinates, in drawing priority (highest score
+    first); texts: D strings. Each label tries, in order: just above the box's
+    top-left corner, inside it at the top, just below it, inside at the bottom;
+    it slides horizontally to stay inside the axes and takes the first spot that
+    overlaps no label already placed (else the spot with the least overlap).
+    Placement is done in display coordinates for the axes' current position, so
+    lay the figure out (fixed margins) before calling this.
+    Returns the list of Text artists.
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_display = ax.transData
+    frame = ax.get_window_extent(renderer)
+    placed, artists = [], []
+    for box, text in zip(np.asarray(boxes, dtype=float).reshape(-1, 4), texts):
+        art = ax.text(0, 0, text, color="white", fontsize=fontsize, va="bottom", ha="left",
+                      bbox=dict(fc=color, ec="none", pad=0.5, alpha=0.85))
+        ext = art.get_window_extent(renderer)
+        w, h = ext.width + 2, ext.height + 2
+        (x1, y_top), (x2, y_bot) = to_display.transform([box[:2], box[2:]])  # y grows upwards on screen
+        ymax, ymin = max(y_top, y_bot), min(y_top, y_bot)
+        left = min(max(x1, frame.x0), frame.x1 - w)
+        candidates = [(left, ymax), (left, ymax - h), (left, ymin - h), (left, ymin)]
+        best, best_cost = None, None
+        for cx, cy in candidates:
+            cy = min(max(cy, frame.y0), frame.y1 - h)
+            rect = (cx, cy, cx + w, cy + h)
+            cost = sum(_overlap(rect, other) for other in placed)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = rect, cost
+            if cost == 0:
+                break
+        placed.append(best)
+        x, y = ax.transData.inverted().transform((best[0] + 1, best[1] + 1))
+        art.set_position((x, y))
+        artists.append(art)
+    return artists
+
+
+def _overlap(a, b):
+    """Area shared by two (x0, y0, x1, y1) rectangles."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, min_score=0.0, legend=True,
+                    label_size=7):
     """Ground truth (white outlines) and detections (orange masks and boxes with scores) on an image.
 
     gt: dict with ``boxes``, ``labels`` and optional ``masks``; det: dict with
-    ``boxes``, ``labels``, ``scores`` and optional ``masks``.
+    ``boxes``, ``labels``, ``scores`` and optional ``masks``. Labels ("class
+    score") are placed by :func:`place_box_labels`: none overlaps another or
+    leaves the image, as long as the axes are not moved afterwards (lay out
+    the figure before calling this with ``ax``).
     """
     fig, axes = _axes(ax, 1, figsize=(4, 4))
     ax = axes[0]
@@ -200,12 +251,15 @@ def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, mi
         for m in np.asarray(det["masks"])[keep]:
             if m.any():
                 _outline(ax, m, DT_COLOR, 1.5)
-    for b, lab, s in zip(np.asarray(det["boxes"]).reshape(-1, 4)[keep], np.asarray(det["labels"])[keep],
-                         np.asarray(det["scores"])[keep]):
+    kept_boxes = np.asarray(det["boxes"]).reshape(-1, 4)[keep]
+    texts = []
+    for b, lab, s in zip(kept_boxes, np.asarray(det["labels"])[keep], np.asarray(det["scores"])[keep]):
         ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec=DT_COLOR, lw=1, ls="--"))
         name = class_names[lab] if class_names is not None else str(lab)
-        ax.text(b[0], b[1] - 1, f"{name} {s:.2f}", color="white", fontsize=7,
-                bbox=dict(fc=DT_COLOR, ec="none", pad=0.5, alpha=0.85))
+        texts.append(f"{name} {s:.2f}")
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    place_box_labels(ax, kept_boxes, texts, color=DT_COLOR, fontsize=label_size)
     if legend:
         ax.plot([], [], color="white", lw=2.5, label="ground truth")
         ax.plot([], [], color=DT_COLOR, lw=1.5, label="detection")
