@@ -15,10 +15,11 @@ __all__ = [
 
 
 def _show(ax, m, *, cmap="viridis", vmin=None, vmax=None):
-    ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(0, m.shape[1], m.shape[0], 0),
-              vmin=vmin, vmax=vmax)
+    im = ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(0, m.shape[1], m.shape[0], 0),
+                   vmin=vmin, vmax=vmax)
     ax.set_xticks([])
     ax.set_yticks([])
+    return im
 
 
 def plot_topdown_merge(steps, *, channel=0, cmap="viridis"):
@@ -28,15 +29,16 @@ def plot_topdown_merge(steps, *, channel=0, cmap="viridis"):
         "name" (e.g. "P4"), "lateral" (C, h, w) the 1x1 conv of the backbone map,
         "top_down" (C, h, w) the upsampled map from the level above or None,
         "merged" (C, h, w) = lateral + top_down, "output" (C, h, w) after the 3x3.
-    channel: the channel drawn. Panels in a row share a colour scale; every
-    panel fills its box, so a coarse level shows as big blocks (the nearest
-    upsample copies each coarse cell into a block of fine cells).
+    channel: the channel drawn. Panels in a row share a colour scale (1st to
+    99th percentile of the row), shown by the row's colour bar; every panel
+    fills its box, so a coarse level shows as big blocks (the nearest upsample
+    copies each coarse cell into a block of fine cells).
     """
     import matplotlib.pyplot as plt
 
     cols = ("lateral", "top_down", "merged", "output")
     titles = ("lateral 1x1(C)", "upsampled from above", "merged = sum", "output 3x3(merged)")
-    fig, axes = plt.subplots(len(steps), 4, figsize=(9, 2.3 * len(steps)))
+    fig, axes = plt.subplots(len(steps), 4, figsize=(9.6, 2.3 * len(steps)), layout="constrained")
     axes = np.atleast_2d(axes)
     for r, step in enumerate(steps):
         maps = [step[c][channel] if step[c] is not None else None for c in cols]
@@ -48,13 +50,16 @@ def plot_topdown_merge(steps, *, channel=0, cmap="viridis"):
                         transform=ax.transAxes, fontsize=8)
                 ax.axis("off")
             else:
-                _show(ax, m, cmap=cmap, vmin=lo, vmax=hi)
+                im = _show(ax, m, cmap=cmap, vmin=lo, vmax=hi)
             if r == 0:
                 ax.set_title(titles[j], fontsize=9)
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
         axes[r, 0].set_ylabel(f"{step['name']}  {tuple(step['merged'].shape[1:])}", fontsize=9)
-    fig.tight_layout()
+        cbar = fig.colorbar(im, ax=list(axes[r]), shrink=0.85, aspect=15, pad=0.01)
+        cbar.ax.tick_params(labelsize=7)
+    fig.suptitle(f"channel {channel}; colour bar: the row's scale (values between its 1st and 99th "
+                 "percentile)", fontsize=9)
     return fig
 
 
@@ -66,7 +71,8 @@ def plot_pyramid_levels(pyramid, *, channel=None, image_size=None, cmap="magma",
     image_size: (H, W) of the input, to label each level's stride (H / h).
     Each level is drawn with one data unit per cell, so P3 is half as wide
     as P2, ..., P6 a 16th (stride 64 against 4); each is labelled with its
-    size and stride.
+    size and stride. All levels share one colour scale (the smallest to the
+    largest value drawn), shown by the colour bar, so levels can be compared.
     """
     import matplotlib.pyplot as plt
 
@@ -76,11 +82,13 @@ def plot_pyramid_levels(pyramid, *, channel=None, image_size=None, cmap="magma",
     names = list(pyramid)
     H0, W0 = pyramid[names[0]].shape[1:]
     x, gap = 0.0, max(4.0, 0.06 * W0)
+    maps = {name: (np.abs(f).mean(axis=0) if channel is None else f[channel]) for name, f in pyramid.items()}
+    lo = min(float(m.min()) for m in maps.values())
+    hi = max(float(m.max()) for m in maps.values())
     for name in names:
-        f = pyramid[name]
-        m = np.abs(f).mean(axis=0) if channel is None else f[channel]
+        m = maps[name]
         h, w = m.shape
-        ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(x, x + w, h, 0))
+        im = ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(x, x + w, h, 0), vmin=lo, vmax=hi)
         ax.add_patch(plt.Rectangle((x, 0), w, h, fill=False, ec="k", lw=0.8))
         label = f"{name}\n{h} x {w}"
         if image_size is not None:
@@ -92,7 +100,10 @@ def plot_pyramid_levels(pyramid, *, channel=None, image_size=None, cmap="magma",
     ax.set_aspect("equal")
     ax.axis("off")
     what = "mean |activation|" if channel is None else f"channel {channel}"
-    ax.set_title(f"pyramid levels at true relative size ({what})", fontsize=10)
+    ax.set_title(f"pyramid levels at true relative size ({what}, one colour scale)", fontsize=10)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, shrink=0.8)
+    cbar.ax.tick_params(labelsize=7)
+    cbar.set_label(what, fontsize=8)
     return fig
 
 
