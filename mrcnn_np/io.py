@@ -29,8 +29,8 @@ has two layouts:
 - zip (the default since torch 1.6): a zip archive (members stored, not
   compressed) with one top folder of any name, ``<top>/data.pkl`` (the pickle),
   ``<top>/data/<key>`` (the raw bytes of storage ``key``), ``<top>/byteorder``
-  (``little`` or ``big``; absent in files from torch < 1.12, which torch reads
-  as native order, little on every machine we know of), ``<top>/version``,
+  (``little`` or ``big``; older torch versions wrote none, and torch then reads
+  native order, so we read little), ``<top>/version``,
   ``<top>/.format_version``, ``<top>/.storage_alignment``. A persistent id is
   ``("storage", StorageClass, key, location, numel)``.
 - legacy (``_use_new_zipfile_serialization=False`` and every file written by
@@ -50,19 +50,21 @@ versions) arrives by the pickle's BUILD opcode.
 
 The published torchvision weights use both layouts (checked in the sources,
 not assumed): ``resnet50-19c8e357.pth`` (torchvision's original ImageNet
-ResNet-50, 2017) is legacy -- pytorch/vision issue #2068 reproduces a torch.load
-failure peculiar to the legacy format with exactly this file; vision PR #3620
+ResNet-50) is legacy -- pytorch/vision issue #2068 ("Re-upload weights for old
+model with new serialization") reproduces a torch.load failure peculiar to the
+legacy format with exactly this file; vision PR #3620
 (March 2021, "Update weights of classification models to allow proper
 unpickling") re-saved the classification weights in the zip format, and
 ``resnet50-0676ba61.pth`` is that re-save (the URL of
 ``ResNet50_Weights.IMAGENET1K_V1`` since then; the old URL is kept for BC).
-``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth`` was published with the detection
-models (vision PR #898, May 2019, torch 1.1, a year before the zip format
-existed) and was not part of #3620; the name's suffix is the prefix of the
-file's SHA-256, which ``torch.hub`` checks, and it is unchanged in torchvision
-0.29 (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``), so the bytes are the 2019
-legacy file. Both layouts are read the same way here, so nothing depends on
-this.
+``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth`` came with the detection models
+(torchvision 0.3, vision PR #898, May 2019: torch 1.1, before torch.save could
+write zip files at all -- opt-in from 1.4, the default from 1.6) and is not a
+classification model, so #3620 left it; the name's suffix is the prefix of the
+file's SHA-256, which ``torch.hub`` checks on download, and it is unchanged in
+torchvision 0.29 (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``), so the bytes are
+still the 2019 file: legacy layout. Both layouts are read the same way here,
+so nothing depends on this.
 """
 from __future__ import annotations
 
@@ -583,7 +585,9 @@ def load_torch_state_dict(path):
     and dtype: float64, float32, float16, int64, int32, int16, int8, uint8, bool;
     bfloat16 tensors come back as float32 (exact). Views are resolved: a
     tensor's storage offset and strides are applied, and tensors that share a
-    storage are read from one buffer (each result is its own copy).
+    storage are read from one buffer (each result is its own copy). Values
+    come back as stored (a NaN stays a NaN; ``pretrained.torchvision_model``
+    checks them).
 
     A file whose top object is a dict holding the state dict under ``"model"``
     (torchvision's reference training checkpoints) or ``"state_dict"`` (e.g.
