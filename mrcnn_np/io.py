@@ -58,9 +58,9 @@ unpickling") re-saved the classification weights in the zip format, and
 ``resnet50-0676ba61.pth`` is that re-save (the URL of
 ``ResNet50_Weights.IMAGENET1K_V1`` since then; the old URL is kept for BC).
 ``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth`` came with the detection models
-(torchvision 0.3, vision PR #898, May 2019: torch 1.1, before torch.save could
-write zip files at all -- opt-in from 1.4, the default from 1.6) and is not a
-classification model, so #3620 left it; the name's suffix is the prefix of the
+(torchvision 0.3, vision PR #898, May 2019: torch 1.1, months before torch.save
+could write zip files at all; the torch.save docs date the zip default to
+1.6) and is not a classification model, so #3620 left it; the name's suffix is the prefix of the
 file's SHA-256, which ``torch.hub`` checks on download, and it is unchanged in
 torchvision 0.29 (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``), so the bytes are
 still the 2019 file: legacy layout. Both layouts are read the same way here,
