@@ -124,11 +124,12 @@ def plot_nms_before_after(image, before, after, *, class_names=None, axes=None, 
     """Two panels: candidate detections before and after per-class NMS.
 
     before, after: (boxes (D, 4), scores (D,), labels (D,)) triples. Boxes take
-    their class colour; line width and opacity grow with the score. The kept
-    boxes are numbered and listed (class, score) beside the second panel.
-    Returns the figure.
+    their class colour (the key below the panels); line width and opacity grow
+    with the score. The kept boxes are numbered and listed (class, score)
+    beside the second panel. Returns the figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
@@ -149,6 +150,12 @@ def plot_nms_before_after(image, before, after, *, class_names=None, axes=None, 
                 for i, (s, lab) in enumerate(zip(scores[:max_listed], labels[:max_listed]))]
             ax.text(1.03, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", ha="left",
                     family="monospace", fontsize=8.5)
+    present = sorted({int(v) for v in np.concatenate([np.asarray(before[2]).ravel(), np.asarray(after[2]).ravel()])})
+    if present:
+        handles = [Line2D([], [], color=_color(v), lw=3) for v in present]
+        fig.legend(handles, [_name(v, class_names) for v in present], loc="upper center",
+                   bbox_to_anchor=(0.5, 0.095), ncol=len(present), frameon=False, fontsize=9,
+                   title="box colour = predicted class", title_fontsize=9)
     return fig
 
 

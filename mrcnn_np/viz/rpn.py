@@ -15,6 +15,7 @@ __all__ = [
     "plot_sliding_window",
     "plot_objectness_maps",
     "plot_anchor_labels",
+    "plot_anchor_labels_zoom",
     "plot_sampled_anchors",
     "plot_proposals",
     "draw_boxes",
@@ -134,21 +135,11 @@ def plot_objectness_maps(image, objectness, *, level_names=None, reduce="max", t
     return fig
 
 
-def plot_anchor_labels(image, anchors, labels, gt_boxes, *, ax=None, max_negatives=40, rng=None,
-                       negative_min_iou=0.05, ious=None, focus=None, title=None):
-    """Anchors coloured by their training label around the ground truth.
-
-    anchors: (T, 4); labels: (T,) 1 / 0 / -1; gt_boxes: (G, 4).
-    Every positive and ignored anchor is drawn; negatives (there are
-    thousands) only those that touch a GT box (IoU >= negative_min_iou,
-    from ``ious``: (G, T) or computed), at most ``max_negatives`` of them
-    (a random subset from ``rng``). focus: optional (x1, y1, x2, y2) view
-    window (zoom on one object).
-    Returns the figure.
-    """
+def _draw_anchor_labels(ax, image, anchors, labels, gt_boxes, *, max_negatives, rng, negative_min_iou, ious,
+                        focus, title):
+    """Draw one anchor-label panel; returns ({category: legend handle}, negatives drawn)."""
     from ..boxes import box_iou
 
-    fig, ax = _axes(ax, (5.5, 5.5))
     _show_image(ax, image, dim=0.55)
     anchors = np.asarray(anchors)
     labels = np.asarray(labels)
@@ -160,21 +151,85 @@ def plot_anchor_labels(image, anchors, labels, gt_boxes, *, ax=None, max_negativ
     if len(neg) > max_negatives:
         rng = rng if rng is not None else np.random.default_rng(0)
         neg = rng.choice(neg, max_negatives, replace=False)
-    draw_boxes(ax, anchors[neg], color=LABEL_COLORS["negative"], lw=0.8, alpha=0.6,
-               label=f"negative (IoU < 0.3), {len(neg)} of {(labels == 0).sum()} shown")
-    ign = labels == -1
-    draw_boxes(ax, anchors[ign], color=LABEL_COLORS["ignored"], lw=1.0, alpha=0.9,
-               label=f"ignored (0.3 <= IoU < 0.7): {ign.sum()}")
-    pos = labels == 1
-    draw_boxes(ax, anchors[pos], color=LABEL_COLORS["positive"], lw=1.8,
-               label=f"positive: {pos.sum()}")
-    draw_boxes(ax, gt_boxes, color=LABEL_COLORS["gt"], lw=2.5, ls="--", label="ground truth")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    handles = {}
+    for key, boxes, style in (("negative", anchors[neg], dict(lw=0.8, alpha=0.6)),
+                              ("ignored", anchors[labels == -1], dict(lw=1.0, alpha=0.9)),
+                              ("positive", anchors[labels == 1], dict(lw=1.8)),
+                              ("gt", gt_boxes, dict(lw=2.5, ls="--"))):
+        draw_boxes(ax, boxes, color=LABEL_COLORS[key], label=key, **style)
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+        handles[lab] = h
     if focus is not None:
         x1, y1, x2, y2 = focus
         ax.set_xlim(x1, x2)
         ax.set_ylim(y2, y1)
     ax.set_title(title or "anchor labels", fontsize=10)
+    return handles, len(neg)
+
+
+def _anchor_label_texts(labels, negatives_drawn):
+    labels = np.asarray(labels)
+    return {"negative": f"negative (IoU < 0.3): {int((labels == 0).sum()):,}, of which {negatives_drawn} drawn",
+            "ignored": f"ignored (0.3 <= IoU < 0.7): {int((labels == -1).sum())}",
+            "positive": f"positive: {int((labels == 1).sum())}",
+            "gt": "ground truth"}
+
+
+def plot_anchor_labels(image, anchors, labels, gt_boxes, *, ax=None, max_negatives=40, rng=None,
+                       negative_min_iou=0.05, ious=None, focus=None, title=None, legend=True):
+    """Anchors coloured by their training label around the ground truth.
+
+    anchors: (T, 4); labels: (T,) 1 / 0 / -1; gt_boxes: (G, 4).
+    Every positive and ignored anchor is drawn; negatives (there are
+    thousands) only those that touch a GT box (IoU >= negative_min_iou,
+    from ``ious``: (G, T) or computed), at most ``max_negatives`` of them
+    (a random subset from ``rng``). focus: optional (x1, y1, x2, y2) view
+    window (zoom on one object). legend: put the key right of the axes
+    (with the counts). For two panels with one key, :func:`plot_anchor_labels_zoom`.
+    Returns the figure.
+    """
+    fig, ax = _axes(ax, (5.5, 5.5))
+    handles, drawn = _draw_anchor_labels(ax, image, anchors, labels, gt_boxes, max_negatives=max_negatives,
+                                         rng=rng, negative_min_iou=negative_min_iou, ious=ious, focus=focus,
+                                         title=title)
+    if legend:
+        texts = _anchor_label_texts(labels, drawn)
+        ax.legend([handles[k] for k in texts if k in handles], [texts[k] for k in texts if k in handles],
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    return fig
+
+
+def plot_anchor_labels_zoom(image, anchors, labels, gt_boxes, *, focus, focus_gt=0, ious=None,
+                            max_negatives=(40, 12), rng=None, negative_min_iou=0.05, titles=None):
+    """Anchor labels on the whole image (left) and zoomed on one object (right), one key for both.
+
+    anchors, labels, gt_boxes, ious: as :func:`plot_anchor_labels`. focus: (x1, y1, x2, y2) of the
+    right panel; focus_gt: index of the object it shows (only that box and the negatives
+    touching it are drawn there). max_negatives: per panel. titles: two strings.
+    The key below the panels gives the counts over the whole image. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from ..boxes import box_iou
+
+    gt_boxes = np.asarray(gt_boxes)
+    if ious is None:
+        ious = box_iou(gt_boxes.astype(np.asarray(anchors).dtype), np.asarray(anchors))
+    titles = titles or ("whole image", f"around object {focus_gt}")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.6), layout="constrained")
+    drawn, handles = [], {}
+    for ax, boxes, iou, n, title, foc in ((axes[0], gt_boxes, ious, max_negatives[0], titles[0], None),
+                                          (axes[1], gt_boxes[[focus_gt]], ious[[focus_gt]], max_negatives[1],
+                                           titles[1], focus)):
+        h, d = _draw_anchor_labels(ax, image, anchors, labels, boxes, max_negatives=n, rng=rng,
+                                   negative_min_iou=negative_min_iou, ious=iou, focus=foc, title=title)
+        handles.update(h)
+        drawn.append(d)
+    texts = _anchor_label_texts(labels, drawn[0])
+    texts["negative"] = (f"negative (IoU < 0.3): {int((np.asarray(labels) == 0).sum()):,}; drawn: those touching "
+                         f"an object ({drawn[0]} left, {drawn[1]} right)")
+    keys = [k for k in texts if k in handles]
+    fig.legend([handles[k] for k in keys], [texts[k] for k in keys], loc="outside lower center", ncol=2,
+               fontsize=9, frameon=False)
     return fig
 
 
