@@ -37,6 +37,7 @@ __all__ = [
     "MaskRCNNConfig",
     "torchvision_config",
     "shapes_config",
+    "shapes_recipe",
     "matterport_config",
 ]
 
@@ -294,6 +295,18 @@ def shapes_config(num_classes=4):
         min_size=128,
         max_size=128,
     )
+
+
+def shapes_recipe():
+    """How ``python -m mrcnn_np demo`` trains :func:`shapes_config` (``train.train`` arguments).
+
+    Returns a dict: steps, batch_size, base_lr, train_images (size of the synthetic
+    training set), warmup_iters (linear warm-up from 1/1000 of base_lr), milestones
+    (fractions of ``steps`` where the learning rate drops 10x), weight_decay.
+    See :func:`shapes_config` for the measured effect of each choice.
+    """
+    return {"steps": 1500, "batch_size": 4, "base_lr": 0.02, "train_images": 2000,
+            "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4}
 
 
 def matterport_config(num_classes=81):

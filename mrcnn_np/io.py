@@ -150,14 +150,31 @@ def load_checkpoint(path):
     object arrays raises ValueError.
     """
     path = _check_suffix(path, ".npz")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):  # empty, truncated, a .npy renamed .npz, random bytes
+        raise ValueError(f"{path}: not a checkpoint (not a complete .npz/zip file)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except ValueError as exc:  # object arrays refuse to load without pickle
         raise ValueError(f"{path}: not a pickle-free checkpoint ({exc})") from exc
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:  # damaged members
+        raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
     meta_arr = arrays.pop(META_KEY, None)
-    meta = {} if meta_arr is None else json.loads(str(meta_arr))
+    if meta_arr is None:
+        return arrays, {}
+    try:
+        meta = json.loads(str(meta_arr), parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise ValueError(f"{path}: its {META_KEY} record is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its {META_KEY} record must be a JSON object, got {type(meta).__name__}")
     return arrays, meta
+
+
+def _refuse_constant(name):
+    raise ValueError(f"non-finite number {name} in the metadata")
 
 
 def save_safetensors(path, params, *, metadata=None):

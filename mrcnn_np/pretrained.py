@@ -11,7 +11,11 @@ torchvision checkpoint needs no mapping table, only checks:
   (torchvision's ``resnet50-0676ba61.pth``, or the older ``resnet50-19c8e357.pth``)
   into the ``backbone.body.*`` entries of a parameter dict, the starting point
   torchvision's detection training uses;
-- :data:`COCO_CATEGORY_NAMES` names the 91 labels of the COCO weights.
+- :data:`COCO_CATEGORY_NAMES` names the 91 labels of the COCO weights;
+- :func:`shapes_model` returns the shapes model shipped with the package
+  (``mrcnn_np/weights/shapes.npz``, trained from scratch by ``python -m mrcnn_np
+  demo``; :func:`shapes_model_info` gives its provenance: command, seed, steps,
+  wall time, held-out AP).
 
 The files are read by :func:`mrcnn_np.io.load_torch_state_dict` (no torch, no
 code from the file executed); the user downloads them (no network access here),
@@ -32,15 +36,20 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import numpy as np
 
 from .backbone import PREFIX as _BODY
-from .config import torchvision_config
-from .io import load_torch_state_dict
+from .config import MaskRCNNConfig, torchvision_config
+from .io import load_checkpoint, load_torch_state_dict
 from .model import init_params
 
-__all__ = ["COCO_CATEGORY_NAMES", "torchvision_model", "load_resnet_backbone"]
+__all__ = ["COCO_CATEGORY_NAMES", "SHAPES_WEIGHTS", "shapes_model", "shapes_model_info", "torchvision_model",
+           "load_resnet_backbone"]
+
+#: the shipped shapes model (package data)
+SHAPES_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shapes.npz"
 
 #: torchvision's 91 COCO category names in label order (its ``_COCO_CATEGORIES``, the
 #: ``categories`` meta of ``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``): index = COCO category
@@ -173,3 +182,39 @@ def load_resnet_backbone(path, params):
     for k, v in state.items():
         params[k] = np.ascontiguousarray(v, dtype=np.asarray(params[k]).dtype)
     return list(state)
+
+
+def _read_shipped():
+    if not SHAPES_WEIGHTS.is_file():
+        raise FileNotFoundError(f"the shipped shapes model {SHAPES_WEIGHTS} is missing; reinstall mrcnn_np "
+                                "or remake it (README: 'The shipped shapes model')")
+    params, meta = load_checkpoint(SHAPES_WEIGHTS)  # ValueError naming the file if it is corrupt
+    try:
+        config = MaskRCNNConfig(**meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{SHAPES_WEIGHTS}: no usable model config in its metadata ({exc})") from exc
+    return params, config, meta
+
+
+def shapes_model():
+    """The shapes Mask R-CNN shipped with the package: ``(params, config)``.
+
+    params: {name: float32 array} for ``config`` (``config.shapes_config()``, 4
+    classes: background, square, circle, triangle as ``data.shapes.CLASS_NAMES``).
+    Ready for ``model.detect(params, images, config)`` on 128 x 128 shapes images.
+    Each call reads the file again (a fresh dict: changing it changes nothing shared).
+    Raises FileNotFoundError if the file is missing, ValueError if it is corrupt.
+    """
+    params, config, _ = _read_shipped()
+    return params, config
+
+
+def shapes_model_info():
+    """Provenance of :func:`shapes_model`: the checkpoint's metadata dict.
+
+    Keys include "command" (how it was trained), "seed", "steps", "batch_size",
+    "base_lr", "train_images", "train_seconds", "trained_on", "class_names",
+    "config", and the held-out evaluation: "val_images", "val_seed", "box_ap",
+    "mask_ap", "box_ap50", "mask_ap50".
+    """
+    return _read_shipped()[2]

@@ -105,3 +105,82 @@ def test_read_image_accepts_jpeg_uint8_and_grey(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="cannot read image"):
         _read_image(tmp_path / "bad.png")
+
+
+def _help_of(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_option_has_help_and_every_command_an_example(capsys):
+    from mrcnn_np.__main__ import _build_parser
+
+    parser = _build_parser()
+    top = _help_of([], capsys)
+    assert "`" not in top  # no raw reStructuredText backticks
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {"demo", "train", "evaluate", "predict", "figures", "bench"}
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"
+        text = _help_of([name], capsys)
+        assert f"example:\n  python -m mrcnn_np {name}" in text, name
+        assert "`" not in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["train", "--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["train", "--checkpoint", "x.txt"], "--checkpoint must be a .npz file, got 'x.txt'"),
+    (["predict", "a.png", "--min-score", "nan"], "--min-score must be in [0, 1], got nan"),
+    (["predict", "a.png", "m.npz"], "at most one checkpoint (.npz), before the images"),
+])
+def test_bad_options_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "cut.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", str(bad)])
+    assert info.value.code != 0
+    message = str(info.value.code) + capsys.readouterr().err
+    assert str(bad) in message and "Traceback" not in message and message.count("\n") <= 1
+
+
+def test_predict_says_what_the_model_knows_and_warns_on_a_photo(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+    from matplotlib import cbook
+
+    from mrcnn_np.data.shapes import ShapesDataset
+
+    shape_png = tmp_path / "shape.png"
+    plt.imsave(shape_png, ShapesDataset(1, seed=5)[0]["image"])
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(f.read())
+    assert main(["predict", str(shape_png), str(photo), "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "model: 3 classes (square, circle, triangle); trained on synthetic shapes" in out
+    shape_part, photo_part = out.split(f"{photo}:")
+    assert "trained on synthetic shapes (flat" not in shape_part.split(f"{shape_png}:")[1]
+    assert "note: this model was trained on synthetic shapes" in photo_part
+    assert (tmp_path / "out" / "photo_detections.png").is_file()
+
+
+def test_looks_like_shapes_image():
+    from matplotlib import cbook
+
+    from mrcnn_np.__main__ import _read_image, looks_like_shapes_image
+    from mrcnn_np.data.shapes import ShapesDataset
+
+    for i in range(5):
+        assert looks_like_shapes_image(ShapesDataset(5, seed=1)[i]["image"].transpose(2, 0, 1))
+    assert not looks_like_shapes_image(_read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))

@@ -42,6 +42,11 @@ from .._checks import check_array, check_float, check_pair, check_positive_int
 
 CLASS_NAMES = ("background", "square", "circle", "triangle")
 SQUARE, CIRCLE, TRIANGLE = 1, 2, 3
+#: what a model trained on this data has seen (recorded in its checkpoint's metadata)
+DATA_DESCRIPTION = "synthetic shapes (mrcnn_np.data.shapes: 128 x 128 images, squares, circles, triangles)"
+#: held-out images of a model trained with seed s are ``ShapesDataset(n, seed=s + HELD_OUT_SEED_OFFSET)``:
+#: sample i is drawn from ``default_rng([seed, i])``, so no held-out image is a training image
+HELD_OUT_SEED_OFFSET = 10_000
 
 _MAX_TRIES = 20
 _MIN_CONTRAST = 0.3  # max over RGB of |shape colour - background colour|
