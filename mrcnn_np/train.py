@@ -28,10 +28,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import model as model_lib
-from ._checks import check_float, check_positive_int, check_rng
+from ._checks import check_array, check_float, check_positive_int, check_rng
 from .transform import transform_forward
 
-__all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "shapes_batch", "train"]
+__all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "hflip", "training_target", "dataset_batch",
+           "shapes_batch", "train"]
 
 
 def learning_rate(step, *, base_lr, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1):
@@ -116,35 +117,114 @@ def clip_grad_norm(grads, max_norm):
     return total
 
 
+def hflip(image, target):
+    """Mirror an image and its target left-right (torchvision reference ``RandomHorizontalFlip``, when it flips).
+
+    image: (3, H, W). target: dict with "boxes" (G, 4) xyxy and optional
+    "masks" (G, H, W); other keys are passed through.
+    Returns (image', target'), new arrays: ``image[:, :, ::-1]``, boxes
+    ``x1' = W - x2, x2' = W - x1`` (y unchanged; a box stays a box of the
+    flipped mask: columns c0..c1 become W-1-c1..W-1-c0), masks ``[:, :, ::-1]``.
+    """
+    check_array("image", image, ndim=3)
+    w = image.shape[-1]
+    out = dict(target)
+    boxes = np.asarray(target["boxes"])
+    flipped = boxes.copy()
+    flipped[:, 0] = w - boxes[:, 2]
+    flipped[:, 2] = w - boxes[:, 0]
+    out["boxes"] = flipped
+    if "masks" in target:
+        out["masks"] = np.ascontiguousarray(np.asarray(target["masks"])[:, :, ::-1])
+    return np.ascontiguousarray(image[:, :, ::-1]), out
+
+
+def training_target(item, *, dtype=np.float32):
+    """One dataset item as the model's transform expects it: (image (3, H, W), target).
+
+    item: dict with "image" (H, W, 3) in [0, 1], "boxes" (G, 4) xyxy, "labels"
+    (G,), "masks" (G, H, W) bool, optionally "iscrowd" (G,) bool.
+    As torchvision's reference (``ConvertCocoPolysToMask``): crowd objects are
+    left out, boxes are clipped to the image and boxes left without width or
+    height are dropped (with their labels and masks). G may be 0 (an image
+    with no object: every anchor and RoI is background).
+    Returns (image (3, H, W) in dtype, {"boxes" (G', 4) dtype, "labels" (G',), "masks" (G', H, W)}).
+    """
+    for key in ("image", "boxes", "labels", "masks"):
+        if key not in item:
+            raise ValueError(f"a dataset item must have 'image', 'boxes', 'labels' and 'masks', "
+                             f"this one has {sorted(item)}")
+    image = np.ascontiguousarray(np.asarray(item["image"]).transpose(2, 0, 1), dtype=dtype)
+    h, w = image.shape[1:]
+    boxes = np.asarray(item["boxes"]).astype(dtype)
+    labels, masks = np.asarray(item["labels"]), np.asarray(item["masks"])
+    keep = ~np.asarray(item.get("iscrowd", np.zeros(len(boxes), bool)), dtype=bool)
+    np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
+    keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not keep.all():
+        boxes, labels, masks = boxes[keep], labels[keep], masks[keep]
+    return image, {"boxes": boxes, "labels": labels, "masks": masks}
+
+
+def dataset_batch(dataset, indices, *, dtype=np.float32, rng=None, hflip_prob=0.0):
+    """Images and targets of some dataset items, as the model's transform expects them.
+
+    dataset: indexable, items as :func:`training_target` reads them
+    (``data.shapes.ShapesDataset``, ``data.coco.CocoData``, a list of dicts);
+    images may differ in size. indices: ints.
+    hflip_prob: each image is mirrored (:func:`hflip`) when ``rng.random() <
+        hflip_prob``, one draw per image in order; 0 draws nothing (rng may be None).
+    Returns (images [(3, H_i, W_i)], targets [{"boxes", "labels", "masks"}]).
+    """
+    hflip_prob = check_float("hflip_prob", hflip_prob, minimum=0.0, maximum=1.0)
+    if hflip_prob > 0:
+        rng = check_rng(rng)
+    images, targets = [], []
+    for i in indices:
+        image, target = training_target(dataset[int(i)], dtype=dtype)
+        if hflip_prob > 0 and rng.random() < hflip_prob:
+            image, target = hflip(image, target)
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
 def shapes_batch(dataset, indices, *, dtype=np.float32):
-    """Images and targets of a shapes dataset as the model's transform expects them.
+    """:func:`dataset_batch` without flips (kept for the shapes chapters and tests).
 
     dataset: ``data.shapes.ShapesDataset`` (items: image (H, W, 3) in [0, 1],
     boxes (G, 4), labels (G,), masks (G, H, W) bool). indices: ints.
     Returns (images [(3, H, W)], targets [{"boxes", "labels", "masks"}]).
     """
-    images, targets = [], []
-    for i in indices:
-        item = dataset[int(i)]
-        images.append(np.ascontiguousarray(item["image"].transpose(2, 0, 1), dtype=dtype))
-        targets.append({"boxes": item["boxes"].astype(dtype), "labels": item["labels"],
-                        "masks": item["masks"]})
-    return images, targets
+    return dataset_batch(dataset, indices, dtype=dtype)
 
 
 def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, momentum=0.9,
           weight_decay=1e-4, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1,
-          max_grad_norm=None, progress=True, callback=None):
+          max_grad_norm=None, progress=True, callback=None, hflip_prob=0.0, state=None):
     """Train ``params`` in place on ``dataset`` for ``steps`` SGD steps.
 
     params: {name: array} from ``model.init_params`` (updated in place).
-    config: ``config.MaskRCNNConfig``. dataset: indexable shapes dataset
-    (see :func:`shapes_batch`). Each step draws ``batch_size`` images without
-    replacement from a fresh permutation per epoch (from ``rng``), runs the
-    transform, ``model.loss_and_grads``, optional gradient clipping, and
-    :func:`sgd_step` with :func:`learning_rate`.
-    callback: optional ``callback(step, record, params)`` after every step.
-    Returns the history: one dict per step with the five losses, "loss"
+    config: ``config.MaskRCNNConfig``. dataset: indexable with a length, items
+    with "image" (H, W, 3), "boxes", "labels", "masks" (and optionally
+    "iscrowd"; see :func:`training_target`), images of any size: the
+    transform resizes them per the config. Each step draws ``batch_size``
+    images without replacement from a fresh permutation per epoch (from
+    ``rng``), flips each with probability ``hflip_prob`` (:func:`dataset_batch`;
+    the default 0 draws nothing from ``rng``, so runs without it are unchanged),
+    runs the transform, ``model.loss_and_grads``, optional gradient clipping,
+    and :func:`sgd_step` with :func:`learning_rate`.
+    callback: optional ``callback(step, record, params)`` after every step
+        (``state``, if given, is already updated then).
+    state: None, or a dict to resume from and keep up to date, in place:
+        "step" (steps done; the loop runs from it to ``steps``, and the
+        learning rate follows the step), "buffers" ({name: momentum buffer}),
+        "order" (the epoch's permutation, int64 (len(dataset),)) and "pos"
+        (images of it used). An empty dict starts a fresh run. With the
+        parameters, this state and ``rng``'s state saved after step k, a
+        resumed run repeats the uninterrupted one bit for bit.
+    Returns the history: one dict per step run with the five losses, "loss"
     (their sum), "lr" and "grad_norm".
     """
     if not isinstance(params, dict) or not params:
@@ -156,14 +236,21 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         raise ValueError(f"dataset has {len(dataset)} images, fewer than batch_size={batch_size}")
     if max_grad_norm is not None:
         max_grad_norm = check_float("max_grad_norm", max_grad_norm, minimum=0.0)
+    hflip_prob = check_float("hflip_prob", hflip_prob, minimum=0.0, maximum=1.0)
+    state = _check_state(state, len(dataset), steps)
     dtype = next(iter(params.values())).dtype
-    buffers, history = {}, []
-    order, pos = rng.permutation(len(dataset)), 0
-    bar = tqdm(range(steps), desc="train", unit="step", disable=not progress)
+    history = []
+    buffers = state.setdefault("buffers", {})
+    if state.get("order") is None:
+        state["order"], state["pos"] = rng.permutation(len(dataset)), 0
+    order, pos = state["order"], state["pos"]
+    start = state.setdefault("step", 0)
+    bar = tqdm(range(start, steps), desc="train", unit="step", disable=not progress, initial=start, total=steps)
     for step in bar:
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(dataset)), 0
-        images, targets = shapes_batch(dataset, order[pos:pos + batch_size], dtype=dtype)
+        images, targets = dataset_batch(dataset, order[pos:pos + batch_size], dtype=dtype, rng=rng,
+                                        hflip_prob=hflip_prob)
         pos += batch_size
         batch, image_sizes, targets = transform_forward(
             images, targets, min_size=config.min_size, max_size=config.max_size,
@@ -181,7 +268,33 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         sgd_step(params, grads, buffers, lr=lr, momentum=momentum, weight_decay=weight_decay)
         record.update(lr=lr, grad_norm=grad_norm)
         history.append(record)
+        state.update(step=step + 1, order=order, pos=pos)
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.4f}")
         if callback is not None:
             callback(step, record, params)
     return history
+
+
+def _check_state(state, n, steps):
+    """The ``state`` argument of :func:`train`: a dict (a new one for None), checked."""
+    if state is None:
+        return {}
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict or None, got {type(state).__name__}")
+    unknown = set(state) - {"step", "buffers", "order", "pos"}
+    if unknown:
+        raise ValueError(f"state has unknown keys {sorted(unknown)}; expected step, buffers, order, pos")
+    step = check_positive_int("state['step']", state.get("step", 0), minimum=0)
+    if step >= steps:
+        raise ValueError(f"state['step'] is {step}: the run already has its {steps} steps")
+    if not isinstance(state.get("buffers", {}), dict):
+        raise TypeError(f"state['buffers'] must be a dict of arrays, got {type(state['buffers']).__name__}")
+    if state.get("order") is not None:
+        order = np.asarray(state["order"])
+        if order.shape != (n,) or order.dtype.kind not in "iu" or not np.array_equal(np.sort(order), np.arange(n)):
+            raise ValueError(f"state['order'] must be a permutation of the dataset's {n} indices")
+        pos = check_positive_int("state['pos']", state.get("pos", 0), minimum=0)
+        if pos > n:
+            raise ValueError(f"state['pos'] must be in [0, {n}], got {pos}")
+        state["order"] = order.astype(np.int64)
+    return state
