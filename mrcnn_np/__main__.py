@@ -34,11 +34,12 @@ import numpy as np
 
 from . import model, train
 from ._atomic import atomic_path
-from .config import MaskRCNNConfig, shapes_config, shapes_recipe
+from .config import MaskRCNNConfig, own_data_config, own_data_recipe, shapes_config, shapes_recipe
+from .data.coco import load_coco, write_coco_dataset
 from .data.shapes import CLASS_NAMES, DATA_DESCRIPTION as SHAPES_DATA, HELD_OUT_SEED_OFFSET, ShapesDataset
 from .evaluate import coco_evaluate, summarize
 from .io import load_checkpoint, save_checkpoint
-from .pretrained import SHAPES_WEIGHTS
+from .pretrained import COCO_CATEGORY_NAMES, SHAPES_WEIGHTS, load_resnet_backbone, torchvision_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,6 +124,7 @@ def load_model(path):
         params, meta = load_checkpoint(path)
     except (ValueError, TypeError, OSError) as exc:
         raise SystemExit(f"cannot read checkpoint {path}: {exc}") from exc
+    params = {k: v for k, v in params.items() if not k.startswith(TRAIN_STATE_PREFIX)}  # resume state
     return params, _config_from_meta(meta, path), meta
 
 
@@ -253,15 +255,34 @@ def _model_knowledge(config, meta):
     return names, f"model: {config.num_classes - 1} classes ({classes}); trained on {trained_on}"
 
 
-def run_predict(checkpoint, images, *, out_dir, min_score=0.5):
+def run_predict(checkpoint, images, *, out_dir, min_score=0.5, weights=None):
     """Detect objects in image files with a saved model (default: the shipped shapes
-    model); print them, draw them. Returns the detections."""
+    model) or torchvision weights (``weights``: a maskrcnn_resnet50_fpn .pth, read by
+    ``pretrained.torchvision_model``; 91 slots are named by ``COCO_CATEGORY_NAMES``);
+    print them, draw them (figure and labels sized to the image). Returns the detections."""
+    import matplotlib.pyplot as plt
+
     from .viz.common import save_figure
     from .viz.evaluation import plot_detections
 
-    params, config, meta = load_model(SHAPES_WEIGHTS if checkpoint is None else checkpoint)
-    names, knowledge = _model_knowledge(config, meta)
-    print(knowledge)
+    if weights is not None:
+        if checkpoint is not None:
+            raise ValueError("give a checkpoint (.npz) or --weights (.pth), not both")
+        params, config = torchvision_model(weights)
+        coco = config.num_classes == len(COCO_CATEGORY_NAMES)
+        meta = {"trained_on": f"COCO 2017 (torchvision maskrcnn_resnet50_fpn weights {weights})" if coco
+                else f"unknown data (torchvision maskrcnn_resnet50_fpn weights {weights})"}
+        if coco:  # label = COCO category id; "N/A" marks the ids COCO 2017 leaves unused
+            meta.update(class_names=list(COCO_CATEGORY_NAMES), category_ids=list(range(1, config.num_classes)))
+        names = meta.get("class_names")
+        known = sum(n != "N/A" for n in names[1:]) if names else config.num_classes - 1
+        print(f"model: {known} {'COCO categories (names as torchvision)' if coco else 'unnamed classes'}; "
+              f"trained on {meta['trained_on']}")
+    else:
+        params, config, meta = load_model(SHAPES_WEIGHTS if checkpoint is None else checkpoint)
+        names, knowledge = _model_knowledge(config, meta)
+        print(knowledge)
+    cids = meta.get("category_ids")
     arrays = [_read_image(p) for p in images]
     results = model.detect(params, arrays, config)
     for path, img, det in zip(images, arrays, results):
@@ -272,14 +293,259 @@ def run_predict(checkpoint, images, *, out_dir, min_score=0.5):
                   "triangles); on other images its detections mean little")
         for box, label, score in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep]):
             name = names[label] if names else str(int(label))
+            if cids is not None and 1 <= label <= len(cids):
+                name += f" (category {cids[label - 1]})"
             print(f"  {name:10s} {score:.3f}  box " + " ".join(f"{v:.1f}" for v in box))
         shown = {"boxes": det["boxes"], "labels": det["labels"], "scores": det["scores"],
                  "masks": det["masks"][:, 0] > 0.5}
+        figsize, label_size = _figure_size(*img.shape[1:])
         fig, _ = plot_detections(img.transpose(1, 2, 0), {"boxes": [], "labels": []}, shown,
-                                 class_names=names, min_score=min_score, legend=False, title=Path(path).name)
+                                 class_names=names, min_score=min_score, legend=False, title=Path(path).name,
+                                 figsize=figsize, label_size=label_size)
         out = save_figure(fig, Path(out_dir) / f"{Path(path).stem}_detections.png")
+        plt.close(fig)
         print(f"  drawn: {out}")
     return results
+
+
+# ------------------------------------------------------------------ COCO-format data
+
+#: checkpoint arrays whose names start with this are training state (momentum buffers,
+#: the epoch's image order), not parameters: ``load_model`` leaves them out
+TRAIN_STATE_PREFIX = "train_state."
+
+
+def run_export_shapes(out_dir, *, num_images, seed=0, progress=True):
+    """Write ``num_images`` synthetic shapes images as a COCO-format dataset in ``out_dir``.
+
+    PNGs in ``out_dir/images/``, annotations in ``out_dir/annotations.json``
+    (categories 1 square, 2 circle, 3 triangle; segmentations as polygons,
+    compressed and uncompressed RLE in turn: ``data.coco.write_coco_dataset``).
+    ``load_coco`` of it gives ``ShapesDataset(num_images, seed=seed)``'s
+    boxes, labels and masks exactly. Returns the json's Path.
+    """
+    path = write_coco_dataset(ShapesDataset(num_images, seed=seed), out_dir, category_names=CLASS_NAMES[1:],
+                              progress=progress)
+    print(f"wrote {num_images} images and {path}")
+    return path
+
+
+def _coco_label_map(model_category_ids, data, what):
+    """(K'+1,) int64: model label -> label of ``data`` (0 where the category is not in data)."""
+    lut = np.zeros(len(model_category_ids) + 1, dtype=np.int64)
+    for label, cid in enumerate(model_category_ids, start=1):
+        if cid in data.category_ids:
+            lut[label] = data.label_of(cid)
+    if not lut.any():
+        raise ValueError(f"{what}: the model's category ids {list(model_category_ids)} share none with "
+                         f"{data.annotation_file}'s {list(data.category_ids)}")
+    return lut
+
+
+def evaluate_on_coco(params, config, data, *, model_category_ids=None, batch_size=2, progress=True):
+    """Detect on every image of a COCO-format dataset and print COCO AP per iou type and per category.
+
+    data: ``data.coco.CocoData`` with images and masks. model_category_ids:
+    the COCO category id of each model label 1..K' (a checkpoint's
+    "category_ids"; default: the data's own). Detections are mapped to the
+    data's labels through the category ids (those of categories the data does
+    not have are dropped); crowd objects are ignored regions, as pycocotools.
+    Returns ({iou_type: COCOEvalResult}, rows): rows is one dict per category
+    of the data: "category_id", "name", "objects" (non-crowd), "bbox", "segm"
+    (AP at IoU .50:.95, all areas, 100 detections; nan without objects).
+    """
+    from tqdm.auto import tqdm
+
+    lut = _coco_label_map(data.category_ids if model_category_ids is None else model_category_ids, data,
+                          "evaluate")
+    gt, dets = [], []
+    for i0 in tqdm(range(0, len(data), batch_size), desc="detect", unit="batch", disable=not progress):
+        items = [data[i] for i in range(i0, min(len(data), i0 + batch_size))]
+        images = [np.ascontiguousarray(it["image"].transpose(2, 0, 1)) for it in items]
+        for item, det in zip(items, model.detect(params, images, config)):
+            gt.append({k: item[k] for k in ("boxes", "labels", "masks", "iscrowd", "area", "image_id")})
+            labels = lut[det["labels"]]
+            keep = labels > 0
+            dets.append({"boxes": det["boxes"][keep], "labels": labels[keep], "scores": det["scores"][keep],
+                         "masks": det["masks"][keep, 0] > 0.5})
+    categories = tuple(range(1, len(data.category_ids) + 1))
+    results, rows = {}, []
+    for iou_type in ("bbox", "segm"):
+        results[iou_type] = coco_evaluate(gt, dets, iou_type=iou_type, category_ids=categories)
+        print(f"\n{iou_type} on {len(data)} images of {data.annotation_file}:\n"
+              f"{summarize(results[iou_type], iou_type=iou_type)}")
+    objects = np.bincount(np.concatenate([g["labels"][~g["iscrowd"]] for g in gt]), minlength=len(categories) + 1)
+    for k, (cid, name) in enumerate(zip(data.category_ids, data.category_names)):
+        row = {"category_id": cid, "name": name, "objects": int(objects[k + 1])}
+        for iou_type, res in results.items():
+            p = res.precision[:, :, k, 0, -1]  # (T, R): every IoU threshold, all areas, the most detections
+            row[iou_type] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+        rows.append(row)
+    width = max(8, *(len(r["name"]) for r in rows))
+    print(f"\nper category (AP at IoU .50:.95, all areas, {results['bbox'].max_dets[-1]} detections):")
+    print(f"  {'id':>6}  {'name':{width}}  {'box AP':>7}  {'mask AP':>7}  {'objects':>7}")
+    for r in rows:
+        print(f"  {r['category_id']:>6}  {r['name']:{width}}  {r['bbox']:7.3f}  {r['segm']:7.3f}  {r['objects']:>7}")
+    return results, rows
+
+
+def _save_training(path, params, state, rng, meta):
+    """Checkpoint with everything a resume needs: parameters, momentum, order, step, rng state."""
+    arrays = dict(params)
+    arrays.update({f"{TRAIN_STATE_PREFIX}momentum.{k}": v for k, v in state.get("buffers", {}).items()})
+    if state.get("order") is not None:
+        arrays[f"{TRAIN_STATE_PREFIX}order"] = np.asarray(state["order"], dtype=np.int64)
+    meta = dict(meta, train_state={"step": int(state.get("step", 0)), "pos": int(state.get("pos", 0)),
+                                   "rng": rng.bit_generator.state})
+    return save_checkpoint(path, arrays, meta=meta)
+
+
+def _load_training(path, data):
+    """(params, meta, state, rng) of a checkpoint saved by :func:`run_train_coco`, checked against ``data``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume: checkpoint {path} not found (nothing to resume)")
+    arrays, meta = load_checkpoint(path)
+    ts = meta.get("train_state")
+    if not isinstance(ts, dict) or not {"step", "pos", "rng"} <= set(ts) or "recipe" not in meta:
+        raise ValueError(f"{path}: not a resumable checkpoint of `train --coco` (no training state in its metadata)")
+    if list(meta.get("category_ids", [])) != list(data.category_ids):
+        raise ValueError(f"{path}: trained on category ids {meta.get('category_ids')}, but {data.annotation_file} "
+                         f"has {list(data.category_ids)}")
+    params = {k: v for k, v in arrays.items() if not k.startswith(TRAIN_STATE_PREFIX)}
+    momentum = f"{TRAIN_STATE_PREFIX}momentum."
+    state = {"step": ts["step"], "pos": ts["pos"],
+             "buffers": {k[len(momentum):]: v for k, v in arrays.items() if k.startswith(momentum)},
+             "order": arrays.get(f"{TRAIN_STATE_PREFIX}order")}
+    if state["order"] is not None and len(state["order"]) != len(data):
+        raise ValueError(f"{path}: trained on {len(state['order'])} images, but {data.annotation_file} has {len(data)}")
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = ts["rng"]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: unusable random state in its metadata ({exc})") from None
+    return params, meta, state, rng
+
+
+def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, backbone_weights=None,
+                   min_size=None, max_size=None, steps=None, batch_size=None, base_lr=None, hflip_prob=None,
+                   seed=0, save_every=100, resume=False, progress=True):
+    """Train a Mask R-CNN on a COCO-format dataset (``config.own_data_config``); save and resume it.
+
+    coco, images: the annotation json and the folder of its images.
+    checkpoint: the .npz written every ``save_every`` steps and at the end
+        (atomically). Besides the parameters it holds the training state:
+        arrays ``train_state.momentum.<name>`` (SGD momentum) and
+        ``train_state.order`` (the epoch's image order), and in its metadata
+        "train_state" (steps done, position in the epoch, the random
+        generator's state), "recipe" (batch size, base lr, warm-up, milestones
+        in steps, weight decay, flip probability), "steps" (the total),
+        "config", "class_names" ("background" + the category names),
+        "category_ids", "trained_on" (the json's path) and "seed".
+    resume: continue the run saved in ``checkpoint``: config, recipe and
+        random state come from it (min_size, max_size, batch_size, base_lr,
+        hflip_prob, backbone_weights and seed are not used); ``steps`` is the
+        total to reach (default: the saved total). Resuming a run stopped after
+        any save repeats the uninterrupted run bit for bit (same parameters,
+        losses and checkpoint arrays, on the same machine and thread count);
+        only the wall time, the progress bar and the loss history before the
+        resume (the checkpoint keeps the final loss only) are not carried over.
+    val_coco, val_images: optional held-out json (and its image folder,
+        default ``images``), evaluated at the end; its AP goes into the metadata.
+    Other arguments default to ``config.own_data_recipe`` and
+    ``own_data_config`` (min_size 256, max_size 384); backbone_weights: an
+    ImageNet ResNet-50 .pth for the ResNet-50 variant.
+    Returns (params, config, history, path).
+    """
+    data = load_coco(coco, images)
+    val = None if val_coco is None else load_coco(val_coco, images if val_images is None else val_images)
+    if resume:
+        params, meta, state, rng = _load_training(checkpoint, data)
+        config = _config_from_meta(meta, checkpoint)
+        recipe = meta["recipe"]
+        steps = int(meta["steps"]) if steps is None else steps
+        if steps <= state["step"]:
+            raise ValueError(f"{checkpoint} has done {state['step']} steps already; give --steps above that")
+        print(f"resuming {checkpoint} at step {state['step']} of {steps} (config, schedule and random state "
+              "from the checkpoint)")
+    else:
+        pretrained = backbone_weights is not None
+        defaults = own_data_recipe(pretrained)
+        steps = defaults["steps"] if steps is None else steps
+        config = own_data_config(data.num_classes, pretrained_backbone=pretrained,
+                                 min_size=256 if min_size is None else min_size,
+                                 max_size=max(384, min_size or 0) if max_size is None else max_size)
+        recipe = {"batch_size": defaults["batch_size"] if batch_size is None else batch_size,
+                  "base_lr": defaults["base_lr"] if base_lr is None else base_lr,
+                  "warmup_iters": min(defaults["warmup_iters"], steps // 5),
+                  "milestones": [int(f * steps) for f in defaults["milestones"]],
+                  "weight_decay": defaults["weight_decay"],
+                  "hflip_prob": defaults["hflip_prob"] if hflip_prob is None else hflip_prob}
+        rng = np.random.default_rng(seed)
+        params = model.init_params(config, rng=rng)
+        if pretrained:
+            load_resnet_backbone(backbone_weights, params)
+        state = {}
+        meta = {"seed": seed, "recipe": recipe, "config": dataclasses.asdict(config),
+                "class_names": list(data.class_names), "category_ids": list(data.category_ids),
+                "trained_on": str(Path(coco).resolve()), "images": str(Path(images).resolve()),
+                "train_images": len(data), "backbone_weights": None if backbone_weights is None else str(backbone_weights),
+                "train_seconds": 0.0}
+    meta.update(command="python -m mrcnn_np " + " ".join(sys.argv[1:]) if sys.argv[1:] else "run_train_coco",
+                steps=steps)
+    if len(data) < recipe["batch_size"]:
+        raise ValueError(f"{coco} has {len(data)} images, fewer than the batch size {recipe['batch_size']}")
+    print(f"training a Mask R-CNN ({sum(v.size for v in params.values()):,} parameters, {data.num_classes - 1} "
+          f"categories) on {len(data)} images of {coco} for {steps} steps of {recipe['batch_size']} images")
+    start, done_before = time.perf_counter(), float(meta.get("train_seconds", 0.0))
+
+    def save(final_loss=None):
+        meta["train_seconds"] = round(done_before + time.perf_counter() - start, 1)
+        if final_loss is not None:
+            meta["final_loss"] = final_loss
+        return _save_training(checkpoint, params, state, rng, meta)
+
+    def every(step, record, params_):
+        if (step + 1) % save_every == 0 and step + 1 < steps:
+            save(record["loss"])
+
+    history = train.train(
+        params, config, data, steps=steps, rng=rng, batch_size=recipe["batch_size"], base_lr=recipe["base_lr"],
+        warmup_iters=recipe["warmup_iters"], milestones=tuple(recipe["milestones"]),
+        weight_decay=recipe["weight_decay"], hflip_prob=recipe["hflip_prob"], state=state, callback=every,
+        progress=progress)
+    path = save(history[-1]["loss"])
+    print(f"trained in {meta['train_seconds']:.0f} s; checkpoint: {path}")
+    if val is not None:
+        results, _ = evaluate_on_coco(params, config, val, model_category_ids=data.category_ids, progress=progress)
+        meta.update(val_coco=str(Path(val_coco).resolve()),
+                    box_ap=round(float(results["bbox"].stats[0]), 4), mask_ap=round(float(results["segm"].stats[0]), 4))
+        path = _save_training(checkpoint, params, state, rng, meta)
+    return params, config, history, path
+
+
+def run_evaluate_coco(checkpoint, coco, images, *, progress=True):
+    """COCO AP of a checkpoint on a COCO-format dataset, per iou type and per category (printed).
+
+    The checkpoint's "category_ids" map its labels to the json's categories
+    (a checkpoint without them, e.g. a shapes model, is taken to use ids 1..K).
+    Returns what :func:`evaluate_on_coco` returns.
+    """
+    params, config, meta = load_model(checkpoint)
+    data = load_coco(coco, images)
+    cids = meta.get("category_ids") or list(range(1, config.num_classes))
+    return evaluate_on_coco(params, config, data, model_category_ids=cids, progress=progress)
+
+
+def _figure_size(h, w):
+    """(figsize in inches, label font size) that keep labels readable on an h x w image.
+
+    At 100 dpi the long side of the figure is the image's long side in pixels,
+    clipped to [400, 1200] (4..12 inches); labels grow from 8 to 14 points with it.
+    """
+    long_in = min(12.0, max(4.0, max(h, w) / 100))
+    scale = long_in / max(h, w)
+    return (w * scale, h * scale), float(min(14.0, max(8.0, 4.0 + long_in)))
 
 
 def _positive(parser, args, names):
@@ -301,6 +567,8 @@ def _build_parser():
         description="Mask R-CNN in plain NumPy: train the shapes model, evaluate, predict, "
                     "regenerate the chapters' figures, run the benchmarks.",
         epilog="examples:\n  python -m mrcnn_np demo\n  python -m mrcnn_np predict photo.png\n"
+               "  python -m mrcnn_np predict --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth photo.jpg\n"
+               "  python -m mrcnn_np train --coco data/train.json --images data/images --checkpoint mine.npz\n"
                "  python -m mrcnn_np COMMAND --help")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -311,17 +579,29 @@ def _build_parser():
 
     demo = command("demo", "train the shapes Mask R-CNN from scratch, evaluate it on held-out images and "
                    "draw its predictions", "demo --out-dir demo_output")
-    tr = command("train", "train the shapes Mask R-CNN from scratch and save a checkpoint",
-                 "train --steps 500 --checkpoint demo_output/model.npz")
+    tr = command("train", "train the shapes Mask R-CNN from scratch, or with --coco a Mask R-CNN on your own "
+                 "COCO-format data, and save a checkpoint",
+                 "train --steps 500 --checkpoint demo_output/model.npz\n"
+                 "  python -m mrcnn_np train --coco data/train.json --images data/images --val-coco data/val.json "
+                 "--checkpoint runs/mine.npz")
+    own, own_pre = own_data_recipe(), own_data_recipe(pretrained_backbone=True)
     for p in (demo, tr):
-        p.add_argument("--steps", type=int, default=recipe["steps"],
-                       help=f"SGD steps (default {recipe['steps']})")
-        p.add_argument("--batch-size", type=int, default=recipe["batch_size"],
-                       help=f"images per step (default {recipe['batch_size']})")
-        p.add_argument("--lr", type=float, default=recipe["base_lr"],
-                       help=f"base learning rate after warm-up (default {recipe['base_lr']})")
+        # train: None = the shapes recipe's value, or the own-data recipe's with --coco (resolved in main)
+        def default(key, p=p):
+            if p is demo:
+                return recipe[key], f"default {recipe[key]}"
+            other = f"{own[key]}" if own[key] == own_pre[key] else f"{own[key]}, {own_pre[key]} with --backbone-weights"
+            return None, f"default {recipe[key]}; with --coco {other}"
+        value, text = default("steps")
+        p.add_argument("--steps", type=int, default=value, help=f"SGD steps ({text}; with --resume: the total "
+                       "to reach, default the checkpoint's)" if p is tr else f"SGD steps ({text})")
+        value, text = default("batch_size")
+        p.add_argument("--batch-size", type=int, default=value, help=f"images per step ({text})")
+        value, text = default("base_lr")
+        p.add_argument("--lr", type=float, default=value, help=f"base learning rate after warm-up ({text})")
         p.add_argument("--train-images", type=int, default=recipe["train_images"],
-                       help=f"size of the synthetic training set (default {recipe['train_images']})")
+                       help=f"size of the synthetic training set (default {recipe['train_images']})"
+                       + ("; not used with --coco" if p is tr else ""))
         p.add_argument("--seed", type=int, default=0,
                        help="seed of the data, the initialisation and the sampling (default 0)")
     demo.add_argument("--val-images", type=int, default=100,
@@ -329,11 +609,42 @@ def _build_parser():
     demo.add_argument("--out-dir", default="demo_output",
                       help="folder for the checkpoint and the figures (default demo_output)")
     demo.add_argument("--figures-dir", default=None, help="folder for the figures (default: --out-dir)")
-    tr.add_argument("--checkpoint", default="demo_output/shapes_model.npz",
-                    help="where to save the checkpoint, a .npz file (default demo_output/shapes_model.npz)")
-    ev = command("evaluate", "COCO box and mask AP of a checkpoint on held-out shapes images",
-                 "evaluate demo_output/shapes_demo.npz")
+    tr.add_argument("--checkpoint", default=None,
+                    help="where to save the checkpoint, a .npz file (default demo_output/shapes_model.npz; "
+                         "with --coco demo_output/NAME_model.npz for NAME.json)")
+    tr.add_argument("--coco", metavar="ANN.json", default=None,
+                    help="train on this COCO-format annotation file instead of synthetic shapes "
+                         "(num_classes from its categories; config.own_data_config)")
+    tr.add_argument("--images", metavar="DIR", default=None,
+                    help="folder of the --coco images (their file_name is relative to it; default: the json's folder)")
+    tr.add_argument("--val-coco", metavar="VAL.json", default=None,
+                    help="held-out COCO-format annotations, evaluated after training (AP in the checkpoint)")
+    tr.add_argument("--val-images-dir", metavar="DIR", default=None,
+                    help="folder of the --val-coco images (default: --images)")
+    tr.add_argument("--backbone-weights", metavar="resnet50.pth", default=None,
+                    help="initialise a ResNet-50 body from torchvision's ImageNet weights file "
+                         "(default: a small backbone from scratch)")
+    tr.add_argument("--min-size", type=int, default=None,
+                    help="resize: short side of the images in pixels (default 256; --coco only)")
+    tr.add_argument("--max-size", type=int, default=None,
+                    help="resize: cap on the long side in pixels (default 384 or --min-size; --coco only)")
+    tr.add_argument("--hflip", type=float, default=None,
+                    help=f"probability of mirroring a training image left-right (default {own['hflip_prob']}; "
+                         "--coco only)")
+    tr.add_argument("--save-every", type=int, default=100,
+                    help="with --coco, also save the checkpoint every this many steps (default 100)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the --coco run saved in --checkpoint from its step, with its config, "
+                         "schedule and random state (bit for bit as if never stopped)")
+    ev = command("evaluate", "COCO box and mask AP of a checkpoint on held-out shapes images, or with --coco "
+                 "on a COCO-format dataset (per category too)",
+                 "evaluate demo_output/shapes_demo.npz\n"
+                 "  python -m mrcnn_np evaluate runs/mine.npz --coco data/val.json --images data/images")
     ev.add_argument("checkpoint", help="a .npz checkpoint written by train or demo")
+    ev.add_argument("--coco", metavar="VAL.json", default=None,
+                    help="evaluate on this COCO-format annotation file (detections mapped to its category ids)")
+    ev.add_argument("--images", metavar="DIR", default=None,
+                    help="folder of the --coco images (default: the json's folder)")
     ev.add_argument("--val-images", type=int, default=100, help="held-out images (default 100)")
     ev.add_argument("--seed", type=int, default=None,
                     help="the training seed (default: the checkpoint's); held-out images use seed + 10000")
@@ -344,6 +655,14 @@ def _build_parser():
     pr.add_argument("--min-score", type=float, default=0.5,
                     help="print and draw detections with at least this score (default 0.5)")
     pr.add_argument("--out-dir", default="demo_output", help="where the drawings go (default demo_output)")
+    pr.add_argument("--weights", metavar="FILE.pth", default=None,
+                    help="use torchvision's maskrcnn_resnet50_fpn weights file instead of a checkpoint, e.g. "
+                         "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth (README: The real COCO model)")
+    ex = command("export-shapes", "write synthetic shapes images as a COCO-format dataset (PNGs and a json) "
+                 "to try train --coco on", "export-shapes shapes_coco --images 200")
+    ex.add_argument("out_dir", metavar="DIR", help="folder for images/ and annotations.json")
+    ex.add_argument("--images", type=int, default=100, help="number of images (default 100)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     fig = command("figures", "execute the notebooks in place and regenerate the figures in images/",
                   "figures '05*'")
     fig.add_argument("patterns", nargs="*", default=["*.ipynb"], help="notebook glob(s) (default: all)")
@@ -351,6 +670,36 @@ def _build_parser():
     bench = command("bench", "run the speed benchmarks in benchmarks/", "bench conv nms")
     bench.add_argument("names", nargs="*", help="benchmark names, e.g. conv nms roi_align (default: all)")
     return parser
+
+
+def _train_options(parser, args):
+    """Check train's options and fill the defaults that depend on --coco."""
+    coco_only = {"images": "--images", "val_coco": "--val-coco", "val_images_dir": "--val-images-dir",
+                 "backbone_weights": "--backbone-weights", "min_size": "--min-size", "max_size": "--max-size",
+                 "hflip": "--hflip"}
+    if args.coco is None:
+        given = [flag for dest, flag in coco_only.items() if getattr(args, dest) is not None]
+        if given or args.resume:
+            parser.error(f"{(given or ['--resume'])[0]} is for training on COCO-format data; give --coco ANN.json too")
+        recipe = shapes_recipe()
+        for dest, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "base_lr")):
+            if getattr(args, dest) is None:
+                setattr(args, dest, recipe[key])
+        if args.checkpoint is None:
+            args.checkpoint = "demo_output/shapes_model.npz"
+    else:  # None = the own-data recipe's value, or the checkpoint's with --resume (run_train_coco)
+        if args.checkpoint is None:
+            args.checkpoint = f"demo_output/{Path(args.coco).stem}_model.npz"
+        if args.images is None:
+            args.images = str(Path(args.coco).parent)
+        _positive(parser, args, [n for n in ("min_size", "max_size") if getattr(args, n) is not None])
+        _positive(parser, args, ["save_every"])
+        if args.hflip is not None and not (0.0 <= args.hflip <= 1.0):
+            parser.error(f"--hflip must be in [0, 1], got {args.hflip}")
+        if args.seed < 0:
+            parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not args.checkpoint.lower().endswith(".npz"):
+        parser.error(f"--checkpoint must be a .npz file, got {args.checkpoint!r}")
 
 
 def _predict_files(parser, files):
@@ -367,15 +716,22 @@ def _predict_files(parser, files):
 def main(argv=None):
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":
+        _train_options(parser, args)
     if args.command in ("demo", "train"):
-        _positive(parser, args, ["steps", "batch_size", "train_images"])
-        _finite_positive(parser, args, "lr")
+        _positive(parser, args, [n for n in ("steps", "batch_size", "train_images") if getattr(args, n) is not None])
+        if args.lr is not None:
+            _finite_positive(parser, args, "lr")
+    if args.command == "evaluate" and args.images is not None and args.coco is None:
+        parser.error("--images is the folder of the --coco images; give --coco VAL.json too")
+    if args.command == "export-shapes":
+        _positive(parser, args, ["images"])
+        if args.seed < 0:
+            parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.command in ("demo", "evaluate"):
         _positive(parser, args, ["val_images"])
     if args.command == "predict" and not (0.0 <= args.min_score <= 1.0):
         parser.error(f"--min-score must be in [0, 1], got {args.min_score}")
-    if args.command == "train" and not args.checkpoint.lower().endswith(".npz"):
-        parser.error(f"--checkpoint must be a .npz file, got {args.checkpoint!r}")
     try:
         _run(parser, args)
     except (ValueError, TypeError, OSError, FloatingPointError) as exc:  # one line, no traceback
@@ -388,16 +744,28 @@ def _run(parser, args):
         run_demo(steps=args.steps, train_images=args.train_images, val_images=args.val_images,
                  batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, out_dir=args.out_dir,
                  figures_dir=args.figures_dir)
+    elif args.command == "train" and args.coco is not None:
+        run_train_coco(coco=args.coco, images=args.images, checkpoint=args.checkpoint, val_coco=args.val_coco,
+                       val_images=args.val_images_dir, backbone_weights=args.backbone_weights,
+                       min_size=args.min_size, max_size=args.max_size, steps=args.steps,
+                       batch_size=args.batch_size, base_lr=args.lr, hflip_prob=args.hflip, seed=args.seed,
+                       save_every=args.save_every, resume=args.resume)
     elif args.command == "train":
         run_train(steps=args.steps, train_images=args.train_images, batch_size=args.batch_size,
                   base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint)
+    elif args.command == "evaluate" and args.coco is not None:
+        run_evaluate_coco(args.checkpoint, args.coco, args.images)
+    elif args.command == "export-shapes":
+        run_export_shapes(args.out_dir, num_images=args.images, seed=args.seed)
     elif args.command == "evaluate":
         params, config, meta = load_model(args.checkpoint)
         seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
         evaluate_on_shapes(params, config, args.val_images, seed)
     elif args.command == "predict":
         checkpoint, images = _predict_files(parser, args.files)
-        run_predict(checkpoint, images, out_dir=args.out_dir, min_score=args.min_score)
+        if checkpoint is not None and args.weights is not None:
+            parser.error("predict takes a checkpoint (.npz) or --weights FILE.pth, not both")
+        run_predict(checkpoint, images, out_dir=args.out_dir, min_score=args.min_score, weights=args.weights)
     elif args.command == "figures":
         for path in run_figures(args.patterns, args.timeout):
             print(f"executed {path.relative_to(REPO)}")

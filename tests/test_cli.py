@@ -121,7 +121,7 @@ def test_every_option_has_help_and_every_command_an_example(capsys):
     top = _help_of([], capsys)
     assert "`" not in top  # no raw reStructuredText backticks
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"demo", "train", "evaluate", "predict", "figures", "bench"}
+    assert set(sub.choices) == {"demo", "train", "evaluate", "predict", "export-shapes", "figures", "bench"}
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"

@@ -230,7 +230,7 @@ def _overlap(a, b):
 
 
 def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, min_score=0.0, legend=True,
-                    label_size=7):
+                    label_size=7, figsize=(4, 4)):
     """Ground truth (white outlines) and detections (orange masks and boxes with scores) on an image.
 
     gt: dict with ``boxes``, ``labels`` and optional ``masks``; det: dict with
@@ -238,8 +238,11 @@ def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, mi
     score") are placed by :func:`place_box_labels`: none overlaps another or
     leaves the image, as long as the axes are not moved afterwards (lay out
     the figure before calling this with ``ax``).
+    label_size: font size of the labels (points). figsize: (width, height)
+    in inches of the new figure when ``ax`` is None (a photo wants its
+    aspect ratio and a size to read labels at).
     """
-    fig, axes = _axes(ax, 1, figsize=(4, 4))
+    fig, axes = _axes(ax, 1, figsize=figsize)
     ax = axes[0]
     H, W = _show(ax, image)
     if gt.get("masks") is not None:
