@@ -1,14 +1,22 @@
-"""Command line: ``python -m mrcnn_np {demo,train,evaluate,predict,figures,bench} ...``.
+"""Command line: ``python -m mrcnn_np {demo,train,evaluate,predict,export-shapes,figures,bench} ...``.
 
 - ``demo``: the main job. Trains the tiny shapes Mask R-CNN
   (``config.shapes_config``) from scratch on synthetic shapes with a progress
   bar, saves the checkpoint, evaluates box and mask AP on held-out images and
   draws the loss curves and the predictions (all in ``demo_output/``).
 - ``train``: the training part of ``demo`` alone (checkpoint in ``--checkpoint``).
+  ``train --coco ANN.json --images DIR`` trains ``config.own_data_config`` on
+  COCO-format data instead (``run_train_coco``: category ids and names in the
+  checkpoint, saved every ``--save-every`` steps, ``--resume``).
 - ``evaluate CKPT``: COCO box and mask AP of a checkpoint on held-out shapes
-  images (the training seed + 10000, never seen in training).
+  images (the training seed + 10000, never seen in training);
+  ``evaluate CKPT --coco VAL.json --images DIR`` on a COCO-format dataset,
+  per category too (``run_evaluate_coco``).
+- ``export-shapes DIR --images N``: synthetic shapes as a COCO-format dataset
+  (PNGs and a json) to try ``train --coco`` on.
 - ``predict [CKPT] IMAGE...``: detections in PNG/JPEG files, printed and drawn
-  (default model: the shipped shapes model, ``pretrained.shapes_model``). It
+  (default model: the shipped shapes model, ``pretrained.shapes_model``;
+  ``--weights FILE.pth``: torchvision's Mask R-CNN weights). It
   says what the model knows (its classes, its training data). Checkpoints are ``.npz`` files with the model's config in their metadata
   (``mrcnn_np.io``; loading never unpickles).
 - ``figures``: execute every notebook in ``notebooks/`` top to bottom, in

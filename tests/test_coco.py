@@ -291,3 +291,127 @@ def test_results_file_errors(tmp_path):
     for results, msg in cases:
         with pytest.raises(ValueError, match=msg):
             load_coco_results(results, data)
+
+
+# ------------------------------------------------ the dataset object, writing a dataset
+
+
+def test_coco_data_is_an_indexable_dataset_with_the_category_mapping(tmp_path):
+    path, solid, crowd = _write_dataset(tmp_path)
+    data = load_coco(path, tmp_path)
+    assert len(data) == 2 and data.image_ids == [1, 2]
+    # sparse, unsorted ids 7 and 3 -> labels by increasing id: 3 -> 1, 7 -> 2, and back
+    assert data.category_ids == (3, 7) and data.class_names == ("background", "three", "seven")
+    assert data.num_classes == 3
+    assert data.label_of(7) == 2 and data.category_id_of(2) == 7 and data.category_id_of(1) == 3
+    with pytest.raises(ValueError, match="category id 5"):
+        data.label_of(5)
+    with pytest.raises(ValueError, match="label"):
+        data.category_id_of(3)
+    b = data[1]
+    assert b["file_name"] == "b.jpg" and b["image_id"] == 2 and b["image"].shape == (16, 24, 3)
+    np.testing.assert_array_equal(b["labels"], [1, 2])
+    np.testing.assert_array_equal(b["iscrowd"], [True, False])  # kept for evaluation; train drops it
+    np.testing.assert_array_equal(b["masks"][0], crowd)  # an uncompressed RLE counts list
+    np.testing.assert_array_equal(data[0]["masks"][1], solid)  # a compressed RLE string
+    np.testing.assert_array_equal(data[-1]["boxes"], b["boxes"])
+    with pytest.raises(IndexError):
+        data[2]
+    with pytest.raises(TypeError):
+        data["0"]
+    assert [s["image_id"] for s in data] == [1, 2]
+
+
+def test_images_without_annotations_give_empty_targets(tmp_path):
+    path, _, _ = _write_dataset(tmp_path, anns=[_ann(image_id=2)])  # image 1 has no annotation
+    a = load_coco(path)[0]
+    assert a["boxes"].shape == (0, 4) and a["labels"].shape == (0,) and a["masks"].shape == (0, 20, 30)
+
+
+def _rewrite(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(images=[]), "empty dataset: 'images'"),
+    (lambda d: d.update(categories=[]), "empty dataset: 'categories'"),
+    (lambda d: d["images"][0].update(width=31), r"image 1: file .*a.png' is 30x20 \(w x h\), the json says 31x20"),
+    (lambda d: d["images"][1].pop("height"), "image 2 is missing the key 'height'"),
+    (lambda d: d["categories"].append({"name": "no id"}), "category entry 2 is missing the key 'id'"),
+    (lambda d: d["annotations"][0].update(category_id=99), "annotation 11: category_id 99 is not in 'categories'"),
+    (lambda d: d["annotations"][1].update(segmentation=[["a", 1, 2, 3, 4, 5]]), "annotation 12: a polygon"),
+    (lambda d: d["annotations"][1].update(segmentation={"size": [20, 30], "counts": "\x7f"}),
+     "annotation 12: RLE counts string has characters"),
+    (lambda d: d["annotations"][3].update(segmentation={"size": [20, 30], "counts": [480, 120]}),
+     r"annotation 14: RLE size \[20, 30\] differs from the image size \[16, 24\]"),
+    (lambda d: d["annotations"][0].update(bbox=[0, 0, -1, 3]), "annotation 11: bbox must be"),
+    (lambda d: d["annotations"][2].update(id=11), "annotation 11: annotation ids must be unique"),
+])
+def test_bad_input_is_one_value_error_naming_the_file_and_the_entry(tmp_path, change, message):
+    path, _, _ = _write_dataset(tmp_path)
+    _rewrite(path, change)
+    with pytest.raises(ValueError, match=message) as info:
+        load_coco(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_mask_to_polygons_by_hand():
+    from mrcnn_np.data.coco import mask_to_polygons
+
+    m = np.zeros((4, 5), bool)
+    m[1:3, 1:4] = True  # rows 1..2, columns 1..3: the rectangle x in [1, 4], y in [1, 3]
+    (poly,) = mask_to_polygons(m)
+    corners = set(zip(poly[0::2], poly[1::2]))
+    assert len(poly) == 8 and corners == {(1.0, 1.0), (4.0, 1.0), (4.0, 3.0), (1.0, 3.0)}
+    ring = np.ones((5, 5), bool)
+    ring[2, 2] = False
+    assert mask_to_polygons(ring) is None  # a hole: COCO polygons cannot cut it
+    diagonal = np.eye(3, dtype=bool)  # three pixels touching at corners: three squares
+    polys = mask_to_polygons(diagonal)
+    assert len(polys) == 3 and all(len(p) == 8 for p in polys)
+    assert mask_to_polygons(np.zeros((3, 3), bool)) == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_to_polygons_rasterises_back_exactly(seed):
+    from mrcnn_np.data.coco import mask_to_polygons
+
+    rng = np.random.default_rng(seed)
+    exact = 0
+    for _ in range(150):
+        h, w = rng.integers(1, 12, size=2)
+        m = rng.random((h, w)) < rng.uniform(0.1, 0.9)
+        polys = mask_to_polygons(m)
+        if polys is None:  # holes are the only refusal; then some background is enclosed
+            continue
+        exact += 1
+        got = polygon_to_mask(polys, h, w) if polys else np.zeros((h, w), bool)
+        np.testing.assert_array_equal(got, m)
+        if polys:
+            np.testing.assert_array_equal(polygon_to_mask(polys, h, w, method="centres"), m)
+    assert exact > 50
+
+
+def test_export_then_load_gives_the_shapes_dataset_exactly(tmp_path):
+    from mrcnn_np.data.coco import write_coco_dataset
+    from mrcnn_np.data.shapes import CLASS_NAMES, ShapesDataset
+
+    ds = ShapesDataset(12, seed=3)
+    path = write_coco_dataset(ds, tmp_path / "out", category_names=CLASS_NAMES[1:], category_ids=[4, 9, 2])
+    raw = json.loads(path.read_text())
+    forms = {type(a["segmentation"]).__name__ + ("-" + type(a["segmentation"]["counts"]).__name__
+                                                if isinstance(a["segmentation"], dict) else "")
+             for a in raw["annotations"]}
+    assert forms == {"list", "dict-str", "dict-list"}  # polygon, compressed and uncompressed RLE
+    data = load_coco(path, tmp_path / "out")
+    assert len(data) == len(ds) and data.category_names == ("triangle", "square", "circle")  # ids 2, 4, 9
+    back = {1: 2, 2: 3, 3: 1}  # shapes label -> label of the loaded data (ordered by category id)
+    for item, got in zip(ds, data):
+        np.testing.assert_array_equal(got["boxes"], item["boxes"])
+        np.testing.assert_array_equal(got["labels"], [back[int(lab)] for lab in item["labels"]])
+        np.testing.assert_array_equal(got["masks"], item["masks"])
+        assert np.abs(got["image"] - item["image"]).max() <= 0.5 / 255 + 1e-6  # 8-bit PNG
+        np.testing.assert_array_equal(got["area"], item["masks"].reshape(len(item["masks"]), -1).sum(1))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["annotations.json", "images"]

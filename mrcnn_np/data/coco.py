@@ -616,6 +616,12 @@ def _load_coco(annotation_file, image_dir, load_images, load_masks):
                 raise ValueError(f"{what}: {key} must be an int >= 1, got {img[key]!r}")
         if not isinstance(img["file_name"], str) or not img["file_name"]:
             raise ValueError(f"{what}: file_name must be a non-empty string, got {img['file_name']!r}")
+        if load_images:  # the file's own size first: a wrong record explains the other errors
+            path = image_dir / img["file_name"]
+            disk = _image_size_on_disk(path, img["id"])
+            if disk != (img["height"], img["width"]):
+                raise ValueError(f"{what}: file {str(path)!r} is {disk[1]}x{disk[0]} (w x h), "
+                                 f"the json says {img['width']}x{img['height']}")
         images[img["id"]] = img
         order.append(img["id"])
     per_image = {iid: [] for iid in order}
@@ -649,11 +655,6 @@ def _load_coco(annotation_file, image_dir, load_images, load_masks):
         img = images[iid]
         h, w = int(img["height"]), int(img["width"])
         path = image_dir / img["file_name"]
-        if load_images:
-            disk = _image_size_on_disk(path, iid)
-            if disk != (h, w):
-                raise ValueError(f"image {iid}: file {str(path)!r} is {disk[1]}x{disk[0]} (w x h), "
-                                 f"the json says {w}x{h}")
         anns = per_image[iid]
         g = len(anns)
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(g, 4)
