@@ -158,3 +158,148 @@ def test_train_bad_input():
         train(params, cfg, ShapesDataset(2), steps=1, rng=np.random.default_rng(0), batch_size=4)
     with pytest.raises(TypeError, match="rng"):
         train(params, cfg, ShapesDataset(4), steps=1, rng=0)
+
+
+# ------------------------------------------------ any dataset, flips, resuming
+
+
+def test_hflip_by_hand():
+    from mrcnn_np.train import hflip
+
+    image = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)  # (C, H, W) with W = 5
+    masks = np.zeros((1, 3, 5), bool)
+    masks[0, 0:2, 1:3] = True  # columns 1..2 -> box x in [1, 3]
+    target = {"boxes": np.array([[1.0, 0.0, 3.0, 2.0]]), "labels": np.array([2]), "masks": masks}
+    img2, t2 = hflip(image, target)
+    np.testing.assert_array_equal(img2[:, :, 0], image[:, :, 4])
+    np.testing.assert_array_equal(t2["boxes"], [[2.0, 0.0, 4.0, 2.0]])  # x1' = 5 - 3, x2' = 5 - 1
+    assert t2["masks"][0, 0:2, 2:4].all() and t2["masks"].sum() == 4  # columns 4 - 2 .. 4 - 1
+    assert t2["labels"] is target["labels"]
+    np.testing.assert_array_equal(target["boxes"], [[1.0, 0.0, 3.0, 2.0]])  # inputs untouched
+    img3, t3 = hflip(img2, t2)  # twice = identity
+    np.testing.assert_array_equal(img3, image)
+    np.testing.assert_array_equal(t3["boxes"], target["boxes"])
+    np.testing.assert_array_equal(t3["masks"], masks)
+
+
+def test_hflip_keeps_every_box_the_tight_box_of_its_mask():
+    from mrcnn_np.data.shapes import masks_to_boxes
+    from mrcnn_np.train import hflip
+
+    ds = ShapesDataset(6, seed=2, image_size=(96, 128))
+    for item in ds:
+        image, target = hflip(item["image"].transpose(2, 0, 1), item)
+        np.testing.assert_array_equal(target["boxes"], masks_to_boxes(target["masks"]))
+        np.testing.assert_array_equal(image.transpose(1, 2, 0), item["image"][:, ::-1])
+
+
+def test_training_target_leaves_out_crowd_and_empty_boxes_and_clips():
+    from mrcnn_np.train import training_target
+
+    masks = np.zeros((4, 10, 20), bool)
+    item = {"image": np.zeros((10, 20, 3), np.float32), "labels": np.array([1, 2, 3, 1]), "masks": masks,
+            "boxes": np.array([[2, 2, 5, 5], [0, 0, 4, 4], [-3, 1, 25, 12], [7, 3, 7, 8]], np.float64),
+            "iscrowd": np.array([False, True, False, False])}
+    image, target = training_target(item, dtype=np.float32)
+    assert image.shape == (3, 10, 20) and image.dtype == np.float32
+    # crowd (1) out, zero-width box (3) out, box 2 clipped to the 20 x 10 image
+    np.testing.assert_array_equal(target["boxes"], [[2, 2, 5, 5], [0, 1, 20, 10]])
+    np.testing.assert_array_equal(target["labels"], [1, 3])
+    assert target["masks"].shape == (2, 10, 20) and target["boxes"].dtype == np.float32
+
+
+def test_dataset_batch_flips_from_the_rng_and_draws_nothing_without_flips():
+    from mrcnn_np.train import dataset_batch
+
+    ds = ShapesDataset(8, seed=1)
+    rng = np.random.default_rng(3)
+    before = rng.bit_generator.state
+    plain, _ = dataset_batch(ds, range(8), rng=rng)
+    assert rng.bit_generator.state == before  # hflip_prob 0 draws nothing
+    a, ta = dataset_batch(ds, range(8), rng=np.random.default_rng(3), hflip_prob=0.5)
+    b, tb = dataset_batch(ds, range(8), rng=np.random.default_rng(3), hflip_prob=0.5)
+    flips = np.random.default_rng(3).random(8) < 0.5  # one draw per image, in order
+    assert 0 < flips.sum() < 8
+    for i in range(8):
+        np.testing.assert_array_equal(a[i], b[i])
+        np.testing.assert_array_equal(ta[i]["masks"], tb[i]["masks"])
+        np.testing.assert_array_equal(a[i], plain[i][:, :, ::-1] if flips[i] else plain[i])
+    with pytest.raises(ValueError, match="hflip_prob"):
+        dataset_batch(ds, [0], rng=rng, hflip_prob=1.5)
+
+
+def test_train_with_flips_same_seed_same_result():
+    cfg = shapes_config()
+    runs = []
+    for prob in (0.5, 0.5, 0.0):
+        params = M.init_params(cfg, rng=np.random.default_rng(0))
+        hist = train(params, cfg, ShapesDataset(4, seed=0), steps=2, rng=np.random.default_rng(1), batch_size=2,
+                     base_lr=0.01, warmup_iters=0, hflip_prob=prob, progress=False)
+        runs.append((params, hist))
+    (p1, h1), (p2, h2), (p0, h0) = runs
+    assert h1 == h2 and all(np.array_equal(p1[k], p2[k]) for k in p1)
+    assert h1 != h0  # the flips change what is seen
+
+
+def test_train_on_coco_data_of_mixed_sizes_with_crowd_and_empty_images(tmp_path):
+    import json
+
+    import matplotlib.image as mpimg
+
+    from mrcnn_np.config import own_data_config
+    from mrcnn_np.data.coco import load_coco
+
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i, (h, w) in enumerate([(60, 90), (80, 64), (50, 50)]):
+        mpimg.imsave(tmp_path / f"{i}.png", rng.random((h, w, 3)))
+        images.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
+    anns.append({"id": 1, "image_id": 10, "category_id": 5, "bbox": [10, 10, 30, 20], "iscrowd": 0,
+                 "segmentation": [[10, 10, 40, 10, 40, 30, 10, 30]]})
+    anns.append({"id": 2, "image_id": 11, "category_id": 8, "bbox": [5, 5, 20, 40], "iscrowd": 1,
+                 "segmentation": [[5, 5, 25, 5, 25, 45, 5, 45]]})
+    anns.append({"id": 3, "image_id": 11, "category_id": 5, "bbox": [30, 30, 20, 20], "iscrowd": 0,
+                 "segmentation": [[30, 30, 50, 30, 50, 50, 30, 50]]})  # image 12: no annotation
+    (tmp_path / "a.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+        {"id": 5, "name": "five"}, {"id": 8, "name": "eight"}]}))
+    data = load_coco(tmp_path / "a.json")
+    cfg = own_data_config(data.num_classes, min_size=64, max_size=96)
+    params = M.init_params(cfg, rng=np.random.default_rng(0))
+    hist = train(params, cfg, data, steps=3, rng=np.random.default_rng(0), batch_size=3, base_lr=0.005,
+                 warmup_iters=0, hflip_prob=0.5, progress=False)
+    assert len(hist) == 3 and all(np.isfinite(h["loss"]) for h in hist)
+
+
+def test_resuming_from_the_state_repeats_the_uninterrupted_run_bit_for_bit():
+    cfg = shapes_config()
+    kw = dict(steps=5, batch_size=2, base_lr=0.01, warmup_iters=2, milestones=(3,), hflip_prob=0.5, progress=False)
+    ds = ShapesDataset(5, seed=0)  # 5 images, 2 a step: a new epoch starts inside the run
+    straight = M.init_params(cfg, rng=np.random.default_rng(0))
+    full = train(straight, cfg, ds, rng=np.random.default_rng(7), **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(step, record, params):
+        if step == 1:
+            raise Stop
+
+    params, state, rng = M.init_params(cfg, rng=np.random.default_rng(0)), {}, np.random.default_rng(7)
+    with pytest.raises(Stop):
+        train(params, cfg, ds, rng=rng, state=state, callback=stop_after_two, **kw)
+    assert state["step"] == 2 and state["pos"] == 4 and set(state["buffers"]) == set(M.trainable_keys(params, cfg))
+    # what a checkpoint keeps: copies of the arrays and the generator's state
+    params = {k: v.copy() for k, v in params.items()}
+    saved = {"step": state["step"], "pos": state["pos"], "order": state["order"].copy(),
+             "buffers": {k: v.copy() for k, v in state["buffers"].items()}}
+    rng2 = np.random.default_rng()
+    rng2.bit_generator.state = rng.bit_generator.state
+    rest = train(params, cfg, ds, rng=rng2, state=saved, **kw)
+    assert [h["loss"] for h in rest] == [h["loss"] for h in full[2:]]
+    assert [h["lr"] for h in rest] == [h["lr"] for h in full[2:]]
+    for k in params:
+        np.testing.assert_array_equal(params[k], straight[k], err_msg=k)
+    with pytest.raises(ValueError, match="already has its 5 steps"):
+        train(params, cfg, ds, rng=rng2, state=saved, **kw)
+    with pytest.raises(ValueError, match="permutation"):
+        train(params, cfg, ds, rng=rng2, state={"order": np.zeros(5, np.int64)}, **kw)
