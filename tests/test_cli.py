@@ -184,3 +184,210 @@ def test_looks_like_shapes_image():
     for i in range(5):
         assert looks_like_shapes_image(ShapesDataset(5, seed=1)[i]["image"].transpose(2, 0, 1))
     assert not looks_like_shapes_image(_read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+
+
+# ------------------------------------------------ COCO-format data, torchvision weights
+
+
+def _export(tmp_path, n, seed=4, ids=None):
+    """export-shapes through the CLI; ids: renumber categories 1, 2, 3 (square, circle, triangle)."""
+    import json
+
+    out = tmp_path / "data"
+    assert main(["export-shapes", str(out), "--images", str(n), "--seed", str(seed)]) == 0
+    ann = out / "annotations.json"
+    if ids is not None:
+        data = json.loads(ann.read_text())
+        for c in data["categories"]:
+            c["id"] = ids[c["id"] - 1]
+        for a in data["annotations"]:
+            a["category_id"] = ids[a["category_id"] - 1]
+        ann.write_text(json.dumps(data))
+    return ann, out
+
+
+_TINY = ["--min-size", "128", "--max-size", "128"]
+
+
+def test_export_train_evaluate_predict_on_coco_format_data(tmp_path, capsys):
+    from mrcnn_np.io import load_checkpoint
+
+    ann, images = _export(tmp_path, 6, ids=[12, 3, 7])  # sparse ids: square 12, circle 3, triangle 7
+    ckpt = tmp_path / "run" / "m.npz"
+    assert main(["train", "--coco", str(ann), "--images", str(images), "--steps", "3", *_TINY,
+                 "--val-coco", str(ann), "--checkpoint", str(ckpt)]) == 0
+    arrays, meta = load_checkpoint(ckpt)
+    # labels follow increasing category id: 3 circle, 7 triangle, 12 square
+    assert meta["class_names"] == ["background", "circle", "triangle", "square"]
+    assert meta["category_ids"] == [3, 7, 12] and meta["config"]["num_classes"] == 4
+    assert meta["trained_on"] == str(ann.resolve()) and meta["steps"] == 3
+    assert meta["train_state"]["step"] == 3 and "box_ap" in meta and "mask_ap" in meta
+    assert any(k.startswith("train_state.momentum.") for k in arrays) and "train_state.order" in arrays
+    out = capsys.readouterr().out
+    assert "trained in" in out and "per category" in out
+
+    assert main(["evaluate", str(ckpt), "--coco", str(ann), "--images", str(images)]) == 0
+    out = capsys.readouterr().out
+    assert "bbox on 6 images" in out and "segm on 6 images" in out
+    rows = out.split("per category")[1].splitlines()[2:5]
+    assert [r.split()[:2] for r in rows] == [["3", "circle"], ["7", "triangle"], ["12", "square"]]
+
+    assert main(["predict", str(ckpt), str(images / "images" / "000000.png"), "--min-score", "0.0",
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"model: 3 classes (circle, triangle, square); trained on {ann.resolve()}" in out
+    assert any(f"(category {c})" in out for c in (3, 7, 12))
+    assert (tmp_path / "out" / "000000_detections.png").is_file()
+
+
+def test_interrupted_coco_training_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from mrcnn_np import model as M
+    from mrcnn_np.io import load_checkpoint
+
+    ann, images = _export(tmp_path, 5)
+    common = ["train", "--coco", str(ann), "--images", str(images), "--steps", "4", "--batch-size", "2",
+              "--save-every", "2", *_TINY]
+    assert main(common + ["--checkpoint", str(tmp_path / "straight.npz")]) == 0
+    real, calls = M.loss_and_grads, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during the third step
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(M, "loss_and_grads", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(common + ["--checkpoint", str(tmp_path / "cut.npz")])
+    monkeypatch.setattr(M, "loss_and_grads", real)
+    assert load_checkpoint(tmp_path / "cut.npz")[1]["train_state"]["step"] == 2  # the save after step 2
+    assert main(["train", "--coco", str(ann), "--images", str(images), "--resume",
+                 "--checkpoint", str(tmp_path / "cut.npz")]) == 0
+    assert "resuming" in capsys.readouterr().out
+    a, meta_a = load_checkpoint(tmp_path / "straight.npz")
+    b, meta_b = load_checkpoint(tmp_path / "cut.npz")
+    assert set(a) == set(b)
+    for k in a:  # parameters, momentum buffers, the epoch's order
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert meta_a["train_state"] == meta_b["train_state"] and meta_a["final_loss"] == meta_b["final_loss"]
+    with pytest.raises(SystemExit) as info:  # nothing left to do
+        main(["train", "--coco", str(ann), "--images", str(images), "--resume", "--checkpoint",
+              str(tmp_path / "cut.npz")])
+    assert info.value.code == 1 and "has done 4 steps already" in capsys.readouterr().err
+
+
+def _broken(case, ann, images):
+    import json
+
+    data = json.loads(ann.read_text())
+    if case == "keys":
+        del data["annotations"][0]["bbox"]
+    elif case == "file":
+        (images / data["images"][1]["file_name"]).unlink()
+    elif case == "category":
+        data["annotations"][2]["category_id"] = 42
+    elif case == "segmentation":
+        data["annotations"][1]["segmentation"] = {"size": [128, 128], "counts": [5, 7]}
+    elif case == "empty":
+        data["images"] = []
+    elif case == "size":
+        data["images"][0]["width"] = 100
+    ann.write_text(json.dumps(data))
+    return data
+
+
+@pytest.mark.parametrize("case, message", [
+    ("keys", "annotation 1 is missing the key 'bbox'"),
+    ("file", "image 2: file .*000001.png' does not exist"),
+    ("category", "annotation 3: category_id 42 is not in 'categories'"),
+    ("segmentation", "annotation 2: RLE counts sum to 12"),
+    ("empty", "empty dataset"),
+    ("size", r"image 1: file .*000000.png' is 128x128 \(w x h\), the json says 100x128"),
+])
+def test_bad_coco_input_is_one_line_naming_the_file_and_the_entry(tmp_path, capsys, case, message):
+    import re
+
+    ann, images = _export(tmp_path, 3)
+    capsys.readouterr()
+    _broken(case, ann, images)
+    ckpt = tmp_path / "never.npz"
+    for argv in (["train", "--coco", str(ann), "--images", str(images), "--steps", "1", "--checkpoint", str(ckpt)],
+                 ["evaluate", str(ckpt), "--coco", str(ann), "--images", str(images)]):
+        if argv[0] == "evaluate":  # a real checkpoint, so that the data is what fails
+            argv[1] = str(_shapes_checkpoint(tmp_path))
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 1 and "Traceback" not in err and err.count("\n") == 1, err
+        assert err.startswith(f"python -m mrcnn_np {argv[0]}: error: {ann}"), err
+        assert re.search(message, err), err
+    assert not ckpt.exists()  # nothing half-written
+
+
+def _shapes_checkpoint(tmp_path):
+    from mrcnn_np.pretrained import SHAPES_WEIGHTS
+
+    return SHAPES_WEIGHTS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--resume"], "--resume is for training on COCO-format data"),
+    (["train", "--val-coco", "v.json"], "--val-coco is for training on COCO-format data"),
+    (["train", "--coco", "a.json", "--hflip", "2"], "--hflip must be in [0, 1], got 2.0"),
+    (["train", "--coco", "a.json", "--min-size", "0"], "--min-size must be >= 1"),
+    (["evaluate", "m.npz", "--images", "d"], "give --coco VAL.json too"),
+    (["predict", "m.npz", "a.png", "--weights", "w.pth"], "a checkpoint (.npz) or --weights FILE.pth, not both"),
+    (["export-shapes", "d", "--images", "0"], "--images must be >= 1"),
+])
+def test_bad_coco_options_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_figure_size_follows_the_image():
+    from mrcnn_np.__main__ import _figure_size
+
+    assert _figure_size(128, 128) == ((4.0, 4.0), 8.0)  # small images: at least 4 inches, 8 pt labels
+    (w, h), size = _figure_size(600, 512)  # grace_hopper.jpg: one image pixel per output pixel at 100 dpi
+    assert (w, h) == pytest.approx((5.12, 6.0)) and size == 10.0
+    (w, h), size = _figure_size(3000, 4000)  # a 12 MP photo: capped at 12 inches, 14 pt labels
+    assert (w, h) == pytest.approx((12.0, 9.0)) and size == 14.0
+
+
+def test_predict_with_torchvision_weights_speaks_coco_names(tmp_path, monkeypatch, capsys):
+    """--weights goes through pretrained.torchvision_model (here a stand-in: the default suite has no
+    .pth of the full model); the 91 labels are named by COCO_CATEGORY_NAMES and the drawing fits a photo."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    import mrcnn_np.__main__ as cli
+    from mrcnn_np import model as M
+    from mrcnn_np.config import shapes_config
+
+    seen = []
+
+    def fake_torchvision_model(path):
+        seen.append(path)
+        config = shapes_config(91)
+        params = M.init_params(config, rng=np.random.default_rng(0))
+        params["roi_heads.box_predictor.cls_score.bias"][1] = 12.0  # every box a confident "person"
+        return params, config
+
+    monkeypatch.setattr(cli, "torchvision_model", fake_torchvision_model)
+    photo = tmp_path / "grace.jpg"
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo.write_bytes(f.read())
+    assert main(["predict", "--weights", "coco.pth", str(photo), "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert seen == ["coco.pth"]
+    assert "model: 80 COCO categories (names as torchvision); trained on COCO 2017" in out
+    assert "person (category 1)" in out
+    with Image.open(tmp_path / "out" / "grace_detections.png") as im:
+        w, h = im.size
+    assert h > 500 and w > 400  # 5.12 x 6 inches at 100 dpi, not the 4 x 4 default
