@@ -19,6 +19,11 @@ __all__ = [
     "plot_sampled_anchors",
     "plot_proposals",
     "draw_boxes",
+    "level_maps",
+    "plot_objectness_levels",
+    "plot_anchor_refinement",
+    "plot_proposals_nms",
+    "plot_rpn_recall",
 ]
 
 #: colours of anchor labels: positive, negative, ignored, ground truth
@@ -280,4 +285,198 @@ def plot_proposals(image, before_boxes, before_scores, after_boxes, after_scores
                  label="objectness probability")
     if gt_boxes is not None:
         fig.suptitle("proposals coloured by score; dashed black: ground truth", fontsize=10)
+    return fig
+
+
+# =========================================================================== the trained RPN (section 6)
+
+
+def level_maps(values, grid_sizes, num_anchors):
+    """Per-anchor values of every level as maps: list of (A, h_l, w_l).
+
+    values: list over levels of (h_l * w_l * A,) arrays in the anchor order of
+        ``anchors.grid_anchors`` (location-major, anchor fastest), e.g. an
+        ImageTrace's ``objectness_probs``.
+    grid_sizes: list of (h_l, w_l); num_anchors: A.
+    Entry [a, y, x] of map l is anchor a of location (y, x): flat index (y w_l + x) A + a.
+    """
+    out = []
+    for v, (h, w) in zip(values, grid_sizes):
+        v = np.asarray(v)
+        if v.size != h * w * num_anchors:
+            raise ValueError(f"a level with grid {h}x{w} and {num_anchors} anchors per location needs "
+                             f"{h * w * num_anchors} values, got {v.size}")
+        out.append(v.reshape(h, w, num_anchors).transpose(2, 0, 1))
+    return out
+
+
+def plot_objectness_levels(image, probs, strides, *, gt_boxes=None, level_names=None, reduce="max",
+                           title=None):
+    """Objectness probabilities of every level, drawn in image coordinates.
+
+    image: (H, W, 3); probs: list of L arrays (A, h_l, w_l) of probabilities
+    (``level_maps`` of an ImageTrace's ``objectness_probs``); strides: L ints.
+    reduce: "max" over the A anchors of a location, or an int (that anchor only).
+    Each cell is drawn as a square of side stride CENTRED on its anchors' common
+    centre (x stride, y stride), so a peak sits where its anchors are centred;
+    the strip past the last centre, where no anchor of that level is centred,
+    stays light grey. gt_boxes: (G, 4), outlined in cyan on every panel.
+    Returns the figure (1 + L panels, one colour scale 0..1).
+    """
+    import matplotlib.pyplot as plt
+
+    image = np.asarray(image, dtype=np.float64)
+    H, W = image.shape[:2]
+    n = len(probs)
+    names = level_names or [f"P{i + 2}" for i in range(n)]
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.5 * (n + 1) + 0.6, 3.1))
+    _show_image(axes[0], image)
+    axes[0].set_title("image", fontsize=10)
+    im = None
+    for ax, p, s, name in zip(axes[1:], probs, strides, names):
+        p = np.asarray(p, dtype=np.float64)
+        m = p.max(axis=0) if reduce == "max" else p[int(reduce)]
+        h, w = m.shape
+        ax.set_facecolor("0.85")
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", interpolation="nearest",
+                       extent=(-s / 2, (w - 0.5) * s, (h - 0.5) * s, -s / 2))
+        ax.set_xlim(0, W)
+        ax.set_ylim(H, 0)
+        peak = np.unravel_index(np.argmax(m), m.shape)
+        ax.set_title(f"{name}: {h}x{w}, stride {s}\nmax {m.max():.2f} at (y={peak[0]}, x={peak[1]})",
+                     fontsize=9)
+    if gt_boxes is not None:
+        for ax in axes:
+            draw_boxes(ax, gt_boxes, color="cyan", lw=1.0, ls="--")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    what = "max over anchors" if reduce == "max" else f"anchor {int(reduce)}"
+    fig.colorbar(im, ax=list(axes), fraction=0.012, pad=0.01, label=f"objectness, {what}")
+    if title:
+        fig.suptitle(title, fontsize=11, y=1.04)
+    return fig
+
+
+def plot_anchor_refinement(image, before, after, *, gt_boxes=None, scores=None, ax=None, title=None,
+                           labels=("before (anchor)", "after (moved by its deltas)")):
+    """Boxes before (dotted) and after (solid) a regression, joined centre to centre.
+
+    before, after: (K, 4) xyxy, row k of ``after`` is row k of ``before`` moved
+    by its predicted deltas (an RPN's anchors and its proposals, or RoIs and the
+    box head's refined boxes). gt_boxes: (G, 4), dashed black. scores: optional
+    (K,) in [0, 1]: line opacity grows with the score. Each pair takes one colour.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, ax = _axes(ax, (5.5, 5.5))
+    _show_image(ax, image, dim=0.45)
+    before = np.asarray(before, dtype=np.float64).reshape(-1, 4)
+    after = np.asarray(after, dtype=np.float64).reshape(-1, 4)
+    colors = plt.get_cmap("tab10")(np.arange(len(before)) % 10)
+    for k, (b, a, c) in enumerate(zip(before, after, colors)):
+        alpha = 1.0 if scores is None else 0.35 + 0.65 * float(scores[k])
+        draw_boxes(ax, b, color=c, lw=1.2, ls=(0, (1.5, 1.5)), alpha=alpha)
+        draw_boxes(ax, a, color=c, lw=2.0, alpha=alpha)
+        ax.annotate("", xy=((a[0] + a[2]) / 2, (a[1] + a[3]) / 2), xytext=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
+                    arrowprops=dict(arrowstyle="->", color=c, lw=1.2, alpha=alpha, shrinkA=0, shrinkB=0))
+    if gt_boxes is not None:
+        draw_boxes(ax, gt_boxes, color="k", lw=1.5, ls="--")
+    image = np.asarray(image)
+    ax.set_xlim(0, image.shape[1])
+    ax.set_ylim(image.shape[0], 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    handles = [Line2D([], [], color="0.3", lw=1.2, ls=(0, (1.5, 1.5))), Line2D([], [], color="0.3", lw=2.0)]
+    names = list(labels)
+    if gt_boxes is not None:
+        handles.append(Line2D([], [], color="k", lw=1.5, ls="--"))
+        names.append("ground truth")
+    ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(title or f"{len(before)} boxes before and after refinement", fontsize=10)
+    return fig
+
+
+def plot_proposals_nms(image, before_boxes, before_scores, suppressed, after_boxes, after_scores, *,
+                       gt_boxes=None, top=30):
+    """What NMS does to the best proposals, in three panels.
+
+    before_boxes (B, 4), before_scores (B,): the proposals entering NMS;
+    suppressed: (B,) bool, True for those NMS removes; after_boxes (K, 4),
+    after_scores (K,): its output. Left: the ``top`` best before NMS, coloured by
+    score; middle: the same boxes, the ones NMS removes in red; right: the
+    ``top`` best after NMS (boxes further down the list take the freed places).
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    before_boxes = np.asarray(before_boxes, dtype=np.float64).reshape(-1, 4)
+    before_scores = np.asarray(before_scores, dtype=np.float64)
+    suppressed = np.asarray(suppressed, dtype=bool)
+    order = np.argsort(-before_scores, kind="stable")[:top]
+    after_order = np.argsort(-np.asarray(after_scores), kind="stable")[:top]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.9))
+    cmap = plt.get_cmap("viridis")
+    norm = Normalize(0, 1)
+
+    def boxes_by_score(ax, boxes, scores):
+        for i in np.argsort(scores, kind="stable"):  # best drawn last, on top
+            draw_boxes(ax, boxes[i], color=cmap(norm(scores[i])), lw=1.0)
+
+    for ax in axes:
+        _show_image(ax, image, dim=0.55)
+    boxes_by_score(axes[0], before_boxes[order], before_scores[order])
+    axes[0].set_title(f"the {len(order)} best of {len(before_boxes)} proposals before NMS", fontsize=10)
+    gone = order[suppressed[order]]
+    kept = order[~suppressed[order]]
+    draw_boxes(axes[1], before_boxes[kept], color="0.35", lw=1.0, label=f"kept: {len(kept)}")
+    draw_boxes(axes[1], before_boxes[gone], color="#d73027", lw=1.6, label=f"removed by NMS: {len(gone)}")
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=9, frameon=False)
+    axes[1].set_title(f"the same {len(order)}: NMS removes those overlapping\n"
+                      "a better box of their level too much", fontsize=10)
+    after_boxes = np.asarray(after_boxes, dtype=np.float64).reshape(-1, 4)
+    boxes_by_score(axes[2], after_boxes[after_order], np.asarray(after_scores, dtype=np.float64)[after_order])
+    axes[2].set_title(f"the {len(after_order)} best of {len(after_boxes)} proposals after NMS", fontsize=10)
+    for ax in axes:
+        if gt_boxes is not None:
+            draw_boxes(ax, gt_boxes, color="k", lw=1.5, ls="--")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), fraction=0.015, pad=0.01,
+                 label="objectness probability")
+    if gt_boxes is not None:
+        fig.suptitle("dashed black: ground truth", fontsize=9, y=0.99)
+    return fig
+
+
+def plot_rpn_recall(recalls, *, stage_labels=None, ax=None, title=None):
+    """Grouped bars: the fraction of ground-truth objects covered at each stage of the RPN.
+
+    recalls: dict {stage name: {IoU threshold: recall}} in pipeline order (e.g.
+    ``trace.rpn_recall(..., stage=s).recall`` for each s of ``trace.RECALL_STAGES``).
+    stage_labels: optional {stage name: axis label}. Each bar is labelled with its value.
+    Returns the figure.
+    """
+    fig, ax = _axes(ax, (8.5, 3.8))
+    stages = list(recalls)
+    thresholds = sorted({t for r in recalls.values() for t in r})
+    width = 0.8 / len(thresholds)
+    colors = ("#4575b4", "#d73027", "#1a9850", "#984ea3")
+    for j, t in enumerate(thresholds):
+        xs = np.arange(len(stages)) + (j - (len(thresholds) - 1) / 2) * width
+        vals = [recalls[s].get(t, np.nan) for s in stages]
+        ax.bar(xs, vals, width=width * 0.95, color=colors[j % len(colors)], label=f"IoU >= {t:g}")
+        for x, v in zip(xs, vals):
+            ax.text(x, v + 0.015, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    labels = [(stage_labels or {}).get(s, s) for s in stages]
+    ax.set_xticks(np.arange(len(stages)), labels, fontsize=8.5)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("fraction of objects covered")
+    ax.legend(loc="upper left", fontsize=8, ncol=len(thresholds), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title or "recall of the RPN, stage by stage", fontsize=10)
     return fig
