@@ -576,7 +576,7 @@ def load_coco(annotation_file, image_dir=None, *, load_images=True, load_masks=T
     where = f"{annotation_file}"
     try:
         return _load_coco(annotation_file, image_dir, load_images, load_masks)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: a value of the wrong JSON type deep inside
         msg = str(exc)
         raise ValueError(msg if where in msg else f"{where}: {msg}") from None
 
