@@ -36,6 +36,8 @@ __all__ = [
 
 #: one colour per label: background grey, then squares, circles, triangles, ...
 CLASS_COLORS = ("#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+#: predicted masks in the failure figure (outlined with a black halo, readable on any shape colour)
+PRED_COLOR = "#ff33ff"
 
 
 def _color(label):
@@ -616,10 +618,11 @@ def plot_mask_failures(cases, *, class_names=None, margin=6, threshold=0.5):
     pasted probabilities, "box" (4,) the detection box, "target" (M, M) and
     "prob" (M, M), "title" str. Columns: the image zoomed on the object with
     the true mask (white outline), the hidden part of the shape (dotted), and
-    the predicted mask (orange, ``> threshold``); the M x M target; the M x M
-    prediction. Returns the figure.
+    the outline of the predicted mask (magenta, ``> threshold``); the M x M
+    target; the M x M prediction. Returns the figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
 
     n = len(cases)
     fig, axes = plt.subplots(n, 3, figsize=(8.2, 2.75 * n), squeeze=False,
@@ -631,15 +634,16 @@ def plot_mask_failures(cases, *, class_names=None, margin=6, threshold=0.5):
         ys, xs = np.nonzero(c["gt_mask"] | (c["mask"] > threshold))
         x1, x2 = max(xs.min() - margin, 0), min(xs.max() + 1 + margin, w)
         y1, y2 = max(ys.min() - margin, 0), min(ys.max() + 1 + margin, h)
-        pred = np.zeros((h, w, 4))
-        pred[c["mask"] > threshold] = (1.0, 0.5, 0.05, 0.55)
-        row[0].imshow(pred, extent=(0, w, h, 0), interpolation="nearest")
         cx, cy = np.arange(w) + 0.5, np.arange(h) + 0.5
+        halo = [patheffects.withStroke(linewidth=3.2, foreground="k")]
         row[0].contour(cx, cy, c["gt_mask"].astype(float), levels=[0.5], colors="white", linewidths=1.6)
         if c.get("full_mask") is not None and (c["full_mask"] & ~c["gt_mask"]).any():
             row[0].contour(cx, cy, c["full_mask"].astype(float), levels=[0.5], colors="white", linewidths=1.0,
                            linestyles="dotted")
-        draw_boxes(row[0], c["box"], color="#ff7f0e", lw=1.0, ls="--")
+        cs = row[0].contour(cx, cy, (c["mask"] > threshold).astype(float), levels=[0.5], colors=PRED_COLOR,
+                            linewidths=1.6)
+        cs.set_path_effects(halo)
+        draw_boxes(row[0], c["box"], color=PRED_COLOR, lw=1.0, ls="--")
         row[0].set_xlim(x1, x2)
         row[0].set_ylim(y2, y1)
         row[0].set_title(c.get("title", ""), fontsize=9)
@@ -648,8 +652,8 @@ def plot_mask_failures(cases, *, class_names=None, margin=6, threshold=0.5):
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{name} {m.shape[0]}x{m.shape[1]}", fontsize=9)
-    fig.text(0.01, 0.0, "left: true mask (white), whole shape where it is hidden (white dotted), predicted "
-             f"mask > {threshold} (orange), detection box (dashed)", fontsize=8.5, va="top")
+    fig.text(0.01, 0.0, "left: true mask (white), the whole shape where it is hidden (white dotted), predicted "
+             f"mask > {threshold} (magenta), detection box (dashed)", fontsize=8.5, va="top")
     fig.tight_layout()
     return fig
 
@@ -701,7 +705,7 @@ def plot_mask_channels(probs, picked, *, class_names=None, title=None):
         ax.set_xticks([])
         ax.set_yticks([])
         kept = c == int(picked)
-        ax.set_title(f"channel {c}: {_name(c, class_names)}" + ("\n(kept)" if kept else "\n(never used)"),
+        ax.set_title(f"channel {c}: {_name(c, class_names)}" + ("\n(kept)" if kept else "\n(not read)"),
                      fontsize=9, fontweight="bold" if kept else "normal")
         for sp in ax.spines.values():
             sp.set_edgecolor(_color(c) if kept else "0.7")
