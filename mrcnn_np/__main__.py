@@ -497,7 +497,8 @@ def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, 
         meta = {"seed": seed, "recipe": recipe, "config": dataclasses.asdict(config),
                 "class_names": list(data.class_names), "category_ids": list(data.category_ids),
                 "trained_on": str(Path(coco).resolve()), "images": str(data.image_dir.resolve()),
-                "train_images": len(data), "backbone_weights": None if backbone_weights is None else str(backbone_weights),
+                "train_images": len(data),
+                "backbone_weights": None if backbone_weights is None else str(backbone_weights),
                 "train_seconds": 0.0}
     meta.update(command="python -m mrcnn_np " + " ".join(sys.argv[1:]) if sys.argv[1:] else "run_train_coco",
                 steps=steps)

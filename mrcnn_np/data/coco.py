@@ -431,8 +431,9 @@ class CocoData:
 
     def category_id_of(self, label):
         """COCO category id of a label in 1..K (ValueError otherwise)."""
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= len(self.category_ids):
-            raise ValueError(f"label must be an int in 1..{len(self.category_ids)}, got {label!r}")
+        k = len(self.category_ids)
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= k:
+            raise ValueError(f"label must be an int in 1..{k}, got {label!r}")
         return self.category_ids[int(label) - 1]
 
     def _sample(self, rec):
@@ -722,7 +723,8 @@ def mask_to_polygons(mask):
             loop.append(here)
         xy = np.array(loop, dtype=np.int64)
         before, after = np.roll(xy, 1, axis=0), np.roll(xy, -1, axis=0)
-        turn = (xy[:, 0] - before[:, 0]) * (after[:, 1] - xy[:, 1]) - (xy[:, 1] - before[:, 1]) * (after[:, 0] - xy[:, 0])
+        d_in, d_out = xy - before, after - xy
+        turn = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
         xy = xy[turn != 0]  # drop collinear vertices
         twice_area = int(np.sum(xy[:, 0] * np.roll(xy[:, 1], -1) - np.roll(xy[:, 0], -1) * xy[:, 1]))
         if twice_area > 0:  # traced the other way round: the border of a hole
