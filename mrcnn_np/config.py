@@ -336,7 +336,10 @@ def own_data_config(num_classes, *, min_size=256, max_size=384, pretrained_backb
       C2..C5 have 64, 128, 256, 512 channels -- ResNet-18's depth and stage
       widths, ~1/20 of ResNet-50's multiply-adds; trainable_layers 5 (nothing
       is pretrained); 2.2 M parameters. A step takes 0.25 s, so the 1500
-      steps of :func:`own_data_recipe` take 6-8 minutes. With
+      steps of :func:`own_data_recipe` take minutes: on 200 exported shapes
+      images (``export-shapes``, 128 px, resized to 256) they took 11 minutes
+      on the 2 cores shared with another job and reached box AP 0.67, mask
+      AP 0.71 on 50 held-out images. With
       ``pretrained_backbone``: ResNet-50 (3, 4, 6, 3) width 64 with the
       reference's trainable_layers 3 (conv1 and layer1 stay ImageNet's),
       25 M parameters, 0.9 s a step (about 25 minutes for 1500 steps; a few
