@@ -390,4 +390,5 @@ def test_predict_with_torchvision_weights_speaks_coco_names(tmp_path, monkeypatc
     assert "person (category 1)" in out
     with Image.open(tmp_path / "out" / "grace_detections.png") as im:
         w, h = im.size
-    assert h > 500 and w > 400  # 5.12 x 6 inches at 100 dpi, not the 4 x 4 default
+    # the 512 x 600 photo fills a 5.12 x 6 inch figure at 100 dpi: one figure pixel per image pixel
+    assert 512 <= w <= 540 and 630 <= h <= 660  # (+ 0.3 inch title, + the tight bbox padding)

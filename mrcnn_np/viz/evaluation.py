@@ -230,7 +230,7 @@ def _overlap(a, b):
 
 
 def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, min_score=0.0, legend=True,
-                    label_size=7, figsize=(4, 4)):
+                    label_size=7, figsize=None):
     """Ground truth (white outlines) and detections (orange masks and boxes with scores) on an image.
 
     gt: dict with ``boxes``, ``labels`` and optional ``masks``; det: dict with
@@ -238,12 +238,21 @@ def plot_detections(image, gt, det, *, ax=None, title=None, class_names=None, mi
     score") are placed by :func:`place_box_labels`: none overlaps another or
     leaves the image, as long as the axes are not moved afterwards (lay out
     the figure before calling this with ``ax``).
-    label_size: font size of the labels (points). figsize: (width, height)
-    in inches of the new figure when ``ax`` is None (a photo wants its
-    aspect ratio and a size to read labels at).
+    label_size: font size of the labels (points).
+    figsize: None (a 4 x 4 inch figure when ``ax`` is None), or (width, height)
+        in inches of the image in a new figure that it fills edge to edge (a
+        title adds 0.3 inch above it): a photo keeps its aspect ratio and, at
+        100 dpi with its own size in pixels / 100, one figure pixel per image
+        pixel, so labels stay readable.
     """
-    fig, axes = _axes(ax, 1, figsize=figsize)
-    ax = axes[0]
+    if ax is None and figsize is not None:
+        w_in, h_in = figsize
+        top = 0.3 if title else 0.0
+        fig = plt.figure(figsize=(w_in, h_in + top))
+        ax = fig.add_axes((0.0, 0.0, 1.0, h_in / (h_in + top)))
+    else:
+        fig, axes = _axes(ax, 1, figsize=(4, 4))
+        ax = axes[0]
     H, W = _show(ax, image)
     if gt.get("masks") is not None:
         for m in gt["masks"]:
