@@ -301,7 +301,7 @@ def test_conv2d_small_blocks_equal_naive(problem, budget):
     # tiny block budgets send every problem through the blocked paths the
     # default budget keeps for large images (row blocks, stride-1 row unrolling
     # with the padding written in place, dx as a flipped-kernel forward conv)
-    import mrcnn_np.ops.conv as conv
+    import mrcnn_np.kernels.conv as conv
 
     N, C, H, W, F, KH, KW, s, p, d, seed = problem
     rng = np.random.default_rng(seed)
@@ -556,7 +556,7 @@ def test_blocked_paths_equal_naive(monkeypatch, budget):
     # images; a small budget forces one-row blocks, a ragged last block,
     # multi-image blocks and the stride-1 row unrolling, which the default
     # budget never reaches on tiny inputs.
-    import mrcnn_np.ops.conv as conv
+    import mrcnn_np.kernels.conv as conv
 
     monkeypatch.setattr(conv, "_BLOCK_BYTES", budget)
     rng = np.random.default_rng(11)
@@ -619,75 +619,3 @@ def test_pointwise_weight_gradient_paths_equal_naive(hw):
     want_dw = np.einsum("nchw,nfhw->cf", x, dout).reshape(C, F, 1, 1)
     np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, conv2d_naive(dout, wt, None), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stride_phases_cut_from_x_equal_slices_of_the_padded_input(dtype):
-    # The strided paths cut each stride phase straight out of x, writing only its
-    # zero border; they must equal the phase slices xpad[:, :, a::sh, b::sw] of an
-    # explicitly padded copy, also when padding exceeds the stride or the image
-    # (a phase of pure padding) and for odd and even sizes.
-    import mrcnn_np.ops.conv as conv
-
-    rng = np.random.default_rng(5)
-    for H, W in ((1, 1), (2, 5), (5, 4), (7, 6)):
-        x = _rand(rng, (2, 3, H, W), dtype)
-        xpad_by_hand = lambda ph, pw: np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # noqa: E731
-        for sh, sw in ((2, 2), (3, 2), (1, 3), (4, 1)):
-            for ph, pw in ((0, 0), (1, 0), (3, 2), (5, 4)):
-                taps = conv._taps(5, 5, (sh, sw), (1, 1))
-                xp = xpad_by_hand(ph, pw)
-                phases = conv._phases(x, (ph, pw), taps)
-                assert len(phases) == len({(a, b) for _, _, a, b, _, _ in taps.taps})
-                for (a, b), got in phases.items():
-                    want = xp[:, :, a::sh, b::sw]
-                    assert got.dtype == x.dtype and got.shape == want.shape
-                    np.testing.assert_array_equal(got, want)
-
-
-def test_reused_column_buffer_equals_naive_across_shapes_dtypes_and_threads(monkeypatch):
-    # The column block buffer is kept between calls (per thread); stale contents
-    # from a larger or smaller previous problem, another dtype, or another
-    # thread running at the same time must never leak into a result.
-    import threading
-
-    import mrcnn_np.ops.conv as conv
-
-    monkeypatch.setattr(conv, "_BLOCK_BYTES", 4000)  # small budget: row blocks, reuse on
-    rng = np.random.default_rng(8)
-    cases = []
-    for (N, C, H, W, F, K, s, p), dtype in zip(
-            [(2, 3, 11, 9, 4, 3, 2, 1), (1, 2, 6, 7, 3, 2, 1, 1), (1, 4, 13, 12, 2, 3, 1, 2),
-             (3, 2, 5, 5, 5, 3, 2, 0), (1, 3, 10, 8, 4, 3, 1, 1)],
-            [np.float64, np.float32, np.float64, np.float32, np.float64]):
-        x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, K, K), dtype)
-        want = conv2d_naive(x.astype(np.float64), w.astype(np.float64), None, stride=s, padding=p)
-        cases.append((x, w, s, p, want))
-
-    def run_all(errors):
-        for _ in range(3):
-            for x, w, s, p, want in cases:
-                out, _ = conv2d_forward(x, w, None, stride=s, padding=p)
-                tol = 1e-12 if x.dtype == np.float64 else 1e-4
-                if not np.allclose(out, want, rtol=tol, atol=tol):
-                    errors.append((x.shape, w.shape, s, p))
-
-    errors = []
-    run_all(errors)  # one thread, shapes and dtypes alternating
-    threads = [threading.Thread(target=run_all, args=(errors,)) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    # and the buffer really is reused: a second request no larger than the first
-    # gets the same memory
-    a = conv._scratch("cols", 100, np.float64)
-    b = conv._scratch("cols", 50, np.float32)
-    assert np.shares_memory(a, b)
-    # ... and it is per thread: another thread never gets this thread's buffer
-    other = []
-    t = threading.Thread(target=lambda: other.append(conv._scratch("cols", 100, np.float64)))
-    t.start()
-    t.join()
-    assert not np.shares_memory(a, other[0])

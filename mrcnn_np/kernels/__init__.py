@@ -1,0 +1,19 @@
+"""Speed engines: the fast paths behind the stage modules, kept apart from the math.
+
+A kernel computes exactly what the naive reference of its stage module
+computes (``ops.conv.conv2d_naive``, ``roi_align.roi_align_naive``,
+``boxes.nms_naive``), only faster, with no Python loop over pixels, boxes or
+samples. It
+
+- trusts its inputs: it does no checks. The public function of the stage
+  module checks its arguments once and then calls the kernel;
+- is tested against the naive version (``tests/test_kernels.py``, and the
+  fast-equals-naive tests of each stage), on random shapes, float32 and float64;
+- is imported only by the stage modules and by ``benchmarks/``. It is not public
+  API: names, signatures and tuning constants may change with the engine.
+
+Each kernel's module docstring states its measured speed-ups.
+
+- ``kernels.conv``       blocked-GEMM convolution and transposed convolution
+                         (``ops.conv``)
+"""

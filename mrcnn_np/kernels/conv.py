@@ -1,0 +1,567 @@
+"""Blocked-GEMM convolution: the engine behind ``mrcnn_np.ops.conv``.
+
+A kernel (see ``mrcnn_np.kernels``): no checks, arguments as ``ops.conv`` has
+checked them (stride, padding, dilation as (h, w) int pairs, x and w of one
+float dtype, the kernel fitting the padded input), results equal to the naive
+loops ``ops.conv.conv2d_naive`` / ``conv_transpose2d_naive`` up to the
+summation order of the GEMMs (``tests/test_conv.py``, ``tests/test_kernels.py``).
+Shape shorthand as in ``ops.conv``: N, C, H, W input, F filters, KH, KW kernel,
+Ho, Wo output, K = C*KH*KW.
+
+Entry points: :func:`conv2d_forward`, :func:`conv2d_backward`,
+:func:`conv_transpose2d_forward`, :func:`conv_transpose2d_backward` (no bias:
+the caller adds it and sums its gradient).
+
+How it works
+------------
+A convolution is ``w.reshape(F, K) @ cols`` with ``cols`` the unrolled receptive
+fields (im2col). Materialising the whole im2col matrix (C*KH*KW x Ho*Wo) costs a
+fresh, page-faulting allocation KH*KW times the size of the input: slower than
+the copy itself, and large at detection resolutions (2304 x 40000 floats for a
+3x3, 256-channel conv on a 200x200 map). The fast paths therefore walk the
+output in blocks of whole output rows (or, when images are small, of whole
+images), unroll one block into a reused buffer of about ``_BLOCK_BYTES`` (it
+stays in cache) and run that block's GEMM straight into the result: the same
+arithmetic as one big GEMM with a fraction of the memory traffic.
+
+Strided convolutions first split the padded input into its stride phases
+``P[a][b] = xpad[:, :, a::sh, b::sw]``; every kernel tap then reads a contiguous
+run of one phase, so each copy is a plain strided-slice copy with unit inner
+stride. Stride-1 convolutions on large images copy even less (:func:`_gemm_rows`).
+The backward scatters column gradients back onto the stride phases (col2im,
+one strided slice addition per kernel tap), except where it is cheaper as a
+forward convolution.
+
+Fast paths and their measured speed-ups
+---------------------------------------
+Each one is checked against the naive loops (also with tiny block budgets,
+which send small problems through every path). Speed-ups are float32, min of
+repeats, same process, 2-core build machine (shared), path on vs off;
+``benchmarks/bench_conv.py`` gives the ratios to GEMM.
+
+- 1x1, stride 1, no padding: one GEMM on ``x`` itself, no copy.
+- Blocked engine (:func:`_gemm_im2col`): columns are unrolled in cache-sized
+  blocks of output rows (or of whole small images) into one reused buffer, never
+  as the whole matrix: 1.09x (256x64x64, 3x3) and 1.29x (64x128x128, 3x3) on the
+  forward against one full im2col matrix.
+- Stride phases (:func:`_phases`): a strided conv first splits the padded input
+  into its sh*sw phases, so every tap copy has a unit inner stride: the 7x7
+  stride-2 stem (3x256x256) unrolls its columns in 0.48 ms against 0.90 ms for
+  one strided-view copy. Each phase is cut straight from x with only its zero
+  border written (no padded copy of x first): the four phases of 128x200x200
+  (layer2.0.conv2, 3x3 stride 2) in 7.8 ms against 19.6 ms; that conv's
+  backward 1.22x to 1.33x, forward 1.06x to 1.11x.
+- Reused column buffer (:func:`_scratch`): the block buffer of the engines is
+  kept between calls (one per thread, up to ``4 * _BLOCK_BYTES``) instead of a
+  fresh ``np.empty`` per call, whose pages the kernel faults in and zeroes again
+  whenever malloc hands back fresh memory (it depends on what was allocated and
+  freed in between, so the gain shows in a sequence of different ops, not in a
+  loop over one conv): layer2.0.conv2 with forward and backward alternating,
+  forward 1.18x to 1.25x, backward 1.12x (page faults 7600 -> 4200 per pair).
+  Both changes together (old vs new module, same process): layer2.0.conv2
+  forward 1.08x, backward 1.41x; the other benchmark shapes within 3 %; the
+  whole ResNet-50-FPN forward at 800x800 1.03x to 1.07x (59 % -> 62-64 % of
+  the GEMM rate).
+- Row unrolling for large stride-1 maps (:func:`_gemm_rows`): KW shifted copies,
+  KH GEMMs on strided views, padding written in place: forward 1.01x / 1.16x,
+  backward 1.05x / 1.24x (same two shapes) against the per-tap blocked engine.
+  Its partial-sum buffer is a reused scratch buffer too: a fresh 4 MB
+  ``np.empty`` per call cost 1-2 ms of page faults on 64x128x128 (forward
+  1.27-1.43x -> 1.15-1.18x of its GEMM).
+- Stride-1 input gradient as a forward conv of ``dout`` with the flipped kernel
+  instead of col2im (KH*KW slice additions): 1.16x, 1.38x, and 1.27x for the
+  mask head's 64x256x14x14.
+- Tiling transposed conv (stride = kernel, the mask head's 2x2 upsampler): one
+  GEMM and one interleaving copy per block of images: backward 1.20x, forward
+  1.07x (64x256x14x14) against the col2im path. The interleave is one copy per
+  kernel tap (unit-stride source rows) rather than one 6-D transposed copy:
+  forward 85 -> 65 ms (1.31x).
+- Weight gradient of a 1x1 conv over a batch of small maps as one GEMM over all
+  images (:func:`_batched_outer`): 1.2x to 1.5x (e.g. 4x2048x4x4 -> 256) against
+  per-image products summed.
+
+Tried and dropped: copying on worker threads (no gain on the shared 2 cores);
+a "wide-row" forward (pad once, each tap a contiguous run of ``Ho*Wp`` columns,
+crop the ``Wp - Wo`` junk columns afterwards), with or without an im2col copy:
+no faster on 256x64x64 and 1.15x to 1.3x slower on the other two benchmark shapes.
+Also dropped: splitting stride-2 float32 columns by reading each pair as one
+uint64 and keeping a half by an integer cast (2x faster on a contiguous
+source, no faster than the strided copy once rows are strided too).
+"""
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv_transpose2d_forward",
+    "conv_transpose2d_backward",
+]
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pad(x, padding):
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def _batched_outer(a, b):
+    """``sum_n a[n] @ b[n].T`` for a (N, M, L), b (N, K, L) -> (M, K)."""
+    N, M, L = a.shape
+    K = b.shape[1]
+    if N == 1:
+        return a[0] @ b[0].T
+    if N * M * K <= a.size + b.size:  # N small products are cheaper than the copies
+        return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
+    # one GEMM over all images: (M, N*L) @ (N*L, K), at the price of two copies
+    a2 = np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(M, N * L)
+    b2 = np.ascontiguousarray(b.transpose(1, 0, 2)).reshape(K, N * L)
+    return a2 @ b2.T
+
+
+def _is_tiling(KH, KW, stride, padding, dilation, out_hw, in_hw):
+    """Transposed conv whose kernel stamps tile the output exactly (stride = kernel)."""
+    return (stride == (KH, KW) and padding == (0, 0) and dilation == (1, 1)
+            and tuple(out_hw) == (in_hw[0] * KH, in_hw[1] * KW))
+
+
+def _weight_matrix(w):
+    return np.ascontiguousarray(w).reshape(w.shape[0], -1)
+
+
+# --------------------------------------------------------------------------- blocked GEMM engine
+
+_BLOCK_BYTES = 16 * 2**20
+_SCRATCH = threading.local()
+
+
+def _scratch(slot, n, dtype):
+    """A 1-D buffer of n elements, reused between calls on this thread (contents undefined).
+
+    A fresh buffer of several MB is a fresh mmap: the kernel faults in and zeroes
+    every page on first touch. Keeping one buffer per slot and thread pays that once.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if nbytes > 4 * _BLOCK_BYTES:
+        return np.empty(n, dtype=dtype)
+    store = getattr(_SCRATCH, "bufs", None)
+    if store is None:
+        store = _SCRATCH.bufs = {}
+    raw = store.get(slot)
+    if raw is None or raw.size < nbytes:
+        raw = store[slot] = np.empty(nbytes, dtype=np.uint8)
+    return raw[:nbytes].view(dtype)
+
+
+class _Taps(NamedTuple):
+    """Where each kernel tap reads in the stride phases of the padded input.
+
+    taps: list of (p, q, a, b, oh, ow): tap (p, q) reads phase (a, b) from row oh
+    and column ow on, i.e. ``p*dh = oh*sh + a`` and ``q*dw = ow*sw + b``.
+    """
+
+    taps: list
+    stride: tuple
+
+
+def _taps(KH, KW, stride, dilation):
+    (sh, sw), (dh, dw) = stride, dilation
+    taps = []
+    for p in range(KH):
+        oh, a = divmod(p * dh, sh)
+        for q in range(KW):
+            ow, b = divmod(q * dw, sw)
+            taps.append((p, q, a, b, oh, ow))
+    return _Taps(taps, stride)
+
+
+def _phase_span(a, s, p, n, nq):
+    """Phase positions t0..t1-1 (of nq) whose padded index a + s*t - p lies in 0..n-1."""
+    t0 = min(nq, max(0, -((a - p) // s)))
+    t1 = max(t0, min(nq, (n - 1 + p - a) // s + 1))
+    return t0, t1
+
+
+def _phases(x, padding, taps):
+    """Contiguous stride phases {(a, b): xpad[:, :, a::sh, b::sw]} that some tap reads.
+
+    x: the unpadded input (N, C, H, W); padding: (ph, pw). For a stride > 1 each
+    phase is cut straight from x (one strided copy, zeros written only on the
+    border), never from a padded copy of x.
+    """
+    sh, sw = taps.stride
+    if (sh, sw) == (1, 1):
+        return {(0, 0): _pad(x, padding)}
+    N, C, H, W = x.shape
+    ph, pw = padding
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    phases = {}
+    for a, b in sorted({(a, b) for _, _, a, b, _, _ in taps.taps}):
+        hq, wq = len(range(a, Hp, sh)), len(range(b, Wp, sw))
+        t0, t1 = _phase_span(a, sh, ph, H, hq)
+        u0, u1 = _phase_span(b, sw, pw, W, wq)
+        d = np.empty((N, C, hq, wq), dtype=x.dtype)
+        d[:, :, :t0] = 0
+        d[:, :, t1:] = 0
+        d[:, :, t0:t1, :u0] = 0
+        d[:, :, t0:t1, u1:] = 0
+        if t1 > t0 and u1 > u0:
+            r0, c0 = a + sh * t0 - ph, b + sw * u0 - pw
+            d[:, :, t0:t1, u0:u1] = x[:, :, r0:r0 + sh * (t1 - t0 - 1) + 1:sh,
+                                      c0:c0 + sw * (u1 - u0 - 1) + 1:sw]
+        phases[a, b] = d
+    return phases
+
+
+def _blocks(N, Ho, Wo, K, itemsize):
+    """Split the N x Ho output rows into blocks whose unrolled columns fit the budget.
+
+    Returns (blocks, most columns in a block); a block (n0, n1, i0, i1) is images
+    n0..n1-1 and output rows i0..i1-1: one image and some rows, or whole images.
+    """
+    rows = max(1, _BLOCK_BYTES // max(K * Wo * itemsize, 1))
+    if rows >= Ho:
+        per = max(1, rows // Ho)
+        blocks = [(n, min(N, n + per), 0, Ho) for n in range(0, N, per)]
+        return blocks, min(N, per) * Ho * Wo
+    blocks = [(n, n + 1, i, min(Ho, i + rows)) for n in range(N) for i in range(0, Ho, rows)]
+    return blocks, rows * Wo
+
+
+def _unroll_block(cols6, phases, taps, n0, n1, i0, i1):
+    """im2col of one block, one copy per kernel tap: ``cols6[:, p, q] = window of (p, q)``.
+
+    cols6: (C, KH, KW, nb, r, Wo) buffer for images n0..n1-1, output rows i0..i1-1;
+    phases from :func:`_phases`.
+    """
+    Wo = cols6.shape[-1]
+    for p, q, a, b, oh, ow in taps.taps:
+        src = phases[a, b][n0:n1, :, oh + i0:oh + i1, ow:ow + Wo]
+        np.copyto(cols6[:, p, q], src.transpose(1, 0, 2, 3))
+
+
+def _scatter_block(dphases, cols6, taps, n0, n1, i0, i1):
+    """col2im of one block: add ``cols6[:, p, q]`` onto the window of tap (p, q).
+
+    dphases: {(a, b): (N, C, Hq, Wq)} accumulators, one per stride phase.
+    """
+    Wo = cols6.shape[-1]
+    for p, q, a, b, oh, ow in taps.taps:
+        dst = dphases[a, b][n0:n1, :, oh + i0:oh + i1, ow:ow + Wo]
+        dst += cols6[:, p, q].transpose(1, 0, 2, 3)
+
+
+def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
+    """Block by block, unroll the receptive fields into columns ``cols`` (K, block) and
+    compute ``out[n][:, block] = wm @ cols`` (wm (F, K), out (N, F, Ho*Wo)) and/or
+    ``dw += src[n][:, block] @ cols.T`` (src (N, F2, Ho*Wo), dw (F2, K), in place).
+
+    shape: (N, C, KH, KW, Ho, Wo).
+    """
+    N, C, KH, KW, Ho, Wo = shape
+    K = C * KH * KW
+    dtype = next(iter(phases.values())).dtype
+    blocks, ncols = _blocks(N, Ho, Wo, K, dtype.itemsize)
+    buf = _scratch("cols", K * ncols, dtype)
+    tmp = np.empty_like(dw) if dw is not None else None
+    for n0, n1, i0, i1 in blocks:
+        nb, r = n1 - n0, i1 - i0
+        cols6 = buf[:K * nb * r * Wo].reshape(C, KH, KW, nb, r, Wo)
+        _unroll_block(cols6, phases, taps, n0, n1, i0, i1)
+        cols = cols6.reshape(K, nb * r * Wo)
+        if nb == 1:
+            if wm is not None:
+                np.matmul(wm, cols, out=out[n0, :, i0 * Wo:i1 * Wo])
+            if dw is not None:
+                np.matmul(src[n0, :, i0 * Wo:i1 * Wo], cols.T, out=tmp)
+                dw += tmp
+        else:  # whole images side by side, columns ordered (n, i, j)
+            if wm is not None:
+                res = wm @ cols
+                out[n0:n1] = res.reshape(-1, nb, Ho * Wo).transpose(1, 0, 2)
+            if dw is not None:
+                s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
+                np.matmul(s2, cols.T, out=tmp)
+                dw += tmp
+
+
+def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
+    """Stride-1 convs on large images take the row-unrolled path (:func:`_gemm_rows`)."""
+    return stride == (1, 1) and KH > 1 and C * KH * KW * Ho * Wo * itemsize > _BLOCK_BYTES
+
+
+def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None):
+    """Stride-1 im2col GEMMs that copy only KW (not KH*KW) shifted copies of the input.
+
+    For a block of output rows i0..i0+r, ``Y[c, q, t, j] = xpad[n, c, i0 + t, j + q*dw]``
+    (t < r + dh*(KH-1)) is KW shifted copies of the input rows. For kernel row p the
+    (C*KW, r*Wo) column matrix of that row's taps is then ``Y[:, :, p*dh:p*dh + r]``, a
+    strided view with no copy, and the block's output is the sum of KH GEMMs:
+    ``out = sum_p wk[p] @ Y_p``. A third of the copying of im2col for a 3x3 kernel, for
+    KH-1 additions of the (smaller) output block.
+
+    The zero padding is written straight into Y (no padded copy of x is made).
+
+    x: input (N, C, H, W); padding: (ph, pw); out_hw: (Ho, Wo).
+    wk: (KH, F, C*KW) weights by kernel row, out: (N, F, Ho*Wo), written;
+    src: (N, F2, Ho*Wo), dwk: (KH, F2, C*KW): ``dwk[p] += src[n][:, block] @ Y_p.T``.
+    """
+    N, C, H, W = x.shape
+    ph, pw = padding
+    Ho, Wo = out_hw
+    dh, dw = dilation
+    ext = dh * (KH - 1)
+    rows = max(1, min(Ho, _BLOCK_BYTES // (C * KW * Wo * x.itemsize)))
+    buf = _scratch("cols", C * KW * (rows + ext) * Wo, x.dtype)
+    tmp = _scratch("rows_out", wk.shape[1] * rows * Wo, x.dtype) if wk is not None else None
+    tmp_dw = np.empty_like(dwk[0]) if dwk is not None else None
+    for n in range(N):
+        for i0 in range(0, Ho, rows):
+            r = min(rows, Ho - i0)
+            R = r + ext
+            y = buf[:C * KW * R * Wo].reshape(C, KW, R, Wo)
+            # padded rows i0 .. i0+R-1 are x rows i0-ph ..; keep those inside x
+            t0 = min(R, max(0, ph - i0))
+            t1 = max(t0, min(R, H + ph - i0))
+            y[:, :, :t0] = 0
+            y[:, :, t1:] = 0
+            for q in range(KW):
+                # padded columns q*dw .. q*dw+Wo-1 are x columns q*dw-pw ..
+                j0 = min(Wo, max(0, pw - q * dw))
+                j1 = max(j0, min(Wo, W + pw - q * dw))
+                yq = y[:, q, t0:t1]
+                yq[:, :, :j0] = 0
+                yq[:, :, j1:] = 0
+                if t1 > t0 and j1 > j0:  # else this part of the block is all padding
+                    np.copyto(yq[:, :, j0:j1], x[n, :, i0 + t0 - ph:i0 + t1 - ph,
+                                                 j0 + q * dw - pw:j1 + q * dw - pw])
+            yf = y.reshape(C * KW, R * Wo)
+            row_views = [yf[:, p * dh * Wo:(p * dh + r) * Wo] for p in range(KH)]
+            if wk is not None:
+                o = out[n, :, i0 * Wo:(i0 + r) * Wo]
+                np.matmul(wk[0], row_views[0], out=o)
+                t = tmp[:wk.shape[1] * r * Wo].reshape(-1, r * Wo)
+                for p in range(1, KH):
+                    np.matmul(wk[p], row_views[p], out=t)
+                    o += t
+            if dwk is not None:
+                s = src[n, :, i0 * Wo:(i0 + r) * Wo]
+                for p in range(KH):
+                    np.matmul(s, row_views[p].T, out=tmp_dw)
+                    dwk[p] += tmp_dw
+
+
+def _gemm_col2im(wmT, src, dphases, taps, shape):
+    """``dphases += col2im(wmT @ src)``, block by block.
+
+    wmT: (K, F) with K = C*KH*KW; src: (N, F, Ho*Wo); dphases: stride-phase
+    accumulators of the padded image (see :func:`_phases`); shape: (N, C, KH, KW, Ho, Wo).
+    """
+    N, C, KH, KW, Ho, Wo = shape
+    K = C * KH * KW
+    blocks, ncols = _blocks(N, Ho, Wo, K, wmT.itemsize)
+    buf = _scratch("cols", K * ncols, wmT.dtype)
+    for n0, n1, i0, i1 in blocks:
+        nb, r = n1 - n0, i1 - i0
+        cols = buf[:K * nb * r * Wo].reshape(K, nb * r * Wo)
+        if nb == 1:
+            np.matmul(wmT, src[n0, :, i0 * Wo:i1 * Wo], out=cols)
+        else:
+            s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
+            np.matmul(wmT, s2, out=cols)
+        _scatter_block(dphases, cols.reshape(C, KH, KW, nb, r, Wo), taps, n0, n1, i0, i1)
+
+
+def _zero_phases(shape, taps, dtype):
+    """Zeroed accumulators for every stride phase of a padded image of ``shape``."""
+    N, C, Hp, Wp = shape
+    sh, sw = taps.stride
+    used = sorted({(a, b) for _, _, a, b, _, _ in taps.taps})
+    return {(a, b): np.zeros((N, C, len(range(a, Hp, sh)), len(range(b, Wp, sw))), dtype=dtype)
+            for a, b in used}
+
+
+def _assemble(dphases, shape, taps, padding, H, W):
+    """Interleave the phase accumulators into the padded image and crop the padding."""
+    sh, sw = taps.stride
+    if (sh, sw) == (1, 1):
+        dxp = dphases[0, 0]
+    else:
+        dxp = np.zeros(shape, dtype=next(iter(dphases.values())).dtype)
+        for (a, b), d in dphases.items():
+            dxp[:, :, a::sh, b::sw] = d
+    return _crop(dxp, padding, H, W)
+
+
+def _crop(xp, padding, H, W):
+    ph, pw = padding
+    if ph == 0 and pw == 0 and xp.shape[2:] == (H, W):
+        return xp
+    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+
+
+def _is_pointwise(KH, KW, stride, padding):
+    return KH == 1 and KW == 1 and stride == (1, 1) and padding == (0, 0)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def conv2d_forward(x, w, stride, padding, dilation, out_hw):
+    """conv2d without bias: x (N, C, H, W), w (F, C, KH, KW) -> (N, F, Ho, Wo).
+
+    stride, padding, dilation: (h, w) pairs; out_hw: (Ho, Wo). A 1x1 stride-1
+    conv is one GEMM on x itself; large stride-1 maps take the row-unrolled
+    path; the others the blocked per-tap engine on the stride phases.
+    """
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Ho, Wo = out_hw
+    wm = _weight_matrix(w)
+    if _is_pointwise(KH, KW, stride, padding):
+        out = np.matmul(wm, np.ascontiguousarray(x).reshape(N, C, H * W))
+    elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
+        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+        wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
+        _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
+    else:
+        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+        taps = _taps(KH, KW, stride, dilation)
+        phases = _phases(x, padding, taps)
+        _gemm_im2col(phases, taps, (N, C, KH, KW, Ho, Wo), wm=wm, out=out)
+    return out.reshape(N, F, Ho, Wo)
+
+
+def conv2d_backward(dout, x, w, stride, padding, dilation):
+    """Gradients of :func:`conv2d_forward`: dout (N, F, Ho, Wo) -> (dx (N, C, H, W), dw (F, C, KH, KW)).
+
+    ``dw = sum_n dout[n] @ cols[n].T`` with the columns unrolled again block by
+    block; ``dx = col2im(w^T @ dout)``, or for stride 1 a forward conv of dout
+    with the flipped kernel.
+    """
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Ho, Wo = dout.shape[2:]
+    d2 = np.ascontiguousarray(dout).reshape(N, F, Ho * Wo)
+    wm = _weight_matrix(w)
+    if _is_pointwise(KH, KW, stride, padding):
+        x2 = np.ascontiguousarray(x).reshape(N, C, H * W)
+        dw = _batched_outer(d2, x2)
+        dx = np.matmul(wm.T, d2).reshape(N, C, H, W)
+    else:
+        shape6 = (N, C, KH, KW, Ho, Wo)
+        taps = _taps(KH, KW, stride, dilation)
+        rows = _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize)
+        if rows:
+            dwk = np.zeros((KH, F, C * KW), dtype=x.dtype)
+            _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
+            dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
+        else:
+            dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
+            _gemm_im2col(_phases(x, padding, taps), taps, shape6, src=d2, dw=dw)
+        back_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (KH, KW), padding))
+        if stride == (1, 1) and min(back_pad) >= 0:
+            # stride 1: dx is the convolution of dout, padded by d*(k-1) - p, with the
+            # kernel flipped in space and its channel axes swapped; as a forward conv it
+            # copies dout KW (or KH*KW) times instead of adding KH*KW slices into dx.
+            w_flip = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, KH, KW)
+            dx = np.empty((N, C, H * W), dtype=x.dtype)
+            if rows:
+                wk = np.ascontiguousarray(w_flip.transpose(2, 0, 1, 3)).reshape(KH, C, F * KW)
+                _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
+            else:  # (the taps of a stride-1 conv are the same for x and dout)
+                _gemm_im2col(_phases(dout, back_pad, taps), taps, (N, F, KH, KW, H, W),
+                             wm=_weight_matrix(w_flip), out=dx)
+            dx = dx.reshape(N, C, H, W)
+        else:
+            xp_shape = (N, C, H + 2 * padding[0], W + 2 * padding[1])
+            dphases = _zero_phases(xp_shape, taps, x.dtype)
+            _gemm_col2im(np.ascontiguousarray(wm.T), d2, dphases, taps, shape6)
+            dx = _assemble(dphases, xp_shape, taps, padding, H, W)
+    return dx, np.ascontiguousarray(dw).reshape(w.shape)
+
+
+def conv_transpose2d_forward(x, w, stride, padding, dilation, out_hw):
+    """Transposed conv without bias: x (N, C_in, H, W), w (C_in, C_out, KH, KW) -> (N, C_out, Ho, Wo).
+
+    out_hw: (Ho, Wo), output_padding included. ``cols = w^T . x`` (one GEMM)
+    then col2im; the pointwise and the tiling (stride = kernel) cases are
+    one GEMM and a copy.
+    """
+    N, Cin, H, W = x.shape
+    _, Cout, KH, KW = w.shape
+    Ho, Wo = out_hw
+    x2 = np.ascontiguousarray(x).reshape(N, Cin, H * W)
+    wm = _weight_matrix(w)  # (C_in, C_out*KH*KW)
+    if _is_pointwise(KH, KW, stride, padding) and (Ho, Wo) == (H, W):
+        out = np.matmul(wm.T, x2).reshape(N, Cout, Ho, Wo)
+    elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
+        # every input pixel paints its own KH x KW block (the mask head's 2x2,
+        # stride-2 upsampler): one GEMM over all images, then one copy that
+        # interleaves the blocks
+        # (in blocks of images, so that the GEMM result stays in cache)
+        wmT = np.ascontiguousarray(wm.T)  # (C_out*KH*KW, C_in)
+        out = np.empty((N, Cout, H, KH, W, KW), dtype=x.dtype)
+        per = max(1, _BLOCK_BYTES // (wmT.shape[0] * H * W * x.itemsize))
+        for n0 in range(0, N, per):
+            n1 = min(N, n0 + per)
+            xc = np.ascontiguousarray(x[n0:n1].transpose(1, 0, 2, 3)).reshape(Cin, -1)
+            res = (wmT @ xc).reshape(Cout, KH, KW, n1 - n0, H, W)  # (C_out*KH*KW, nb*H*W)
+            for p in range(KH):  # one copy per tap: unit-stride source rows
+                for q in range(KW):
+                    out[n0:n1, :, :, p, :, q] = res[:, p, q].transpose(1, 0, 2, 3)
+        out = out.reshape(N, Cout, Ho, Wo)
+    else:
+        taps = _taps(KH, KW, stride, dilation)
+        outp_shape = (N, Cout, Ho + 2 * padding[0], Wo + 2 * padding[1])
+        dphases = _zero_phases(outp_shape, taps, x.dtype)
+        _gemm_col2im(np.ascontiguousarray(wm.T), x2, dphases, taps, (N, Cout, KH, KW, H, W))
+        out = _assemble(dphases, outp_shape, taps, padding, Ho, Wo)
+    return out
+
+
+def conv_transpose2d_backward(dout, x, w, stride, padding, dilation):
+    """Gradients of :func:`conv_transpose2d_forward`: dout (N, C_out, Ho, Wo) ->
+    (dx (N, C_in, H, W), dw (C_in, C_out, KH, KW)).
+
+    dx is the ordinary convolution of dout with w (read as (F=C_in, C=C_out, KH, KW)).
+    """
+    N, Cin, H, W = x.shape
+    _, Cout, KH, KW = w.shape
+    Ho, Wo = dout.shape[2:]
+    x2 = np.ascontiguousarray(x).reshape(N, Cin, H * W)
+    wm = _weight_matrix(w)  # (C_in, C_out*KH*KW)
+    if _is_pointwise(KH, KW, stride, padding) and (Ho, Wo) == (H, W):
+        d2 = np.ascontiguousarray(dout).reshape(N, Cout, H * W)
+        dx = np.matmul(wm, d2)
+        dw = _batched_outer(x2, d2)
+    elif _is_tiling(KH, KW, stride, padding, dilation, (Ho, Wo), (H, W)):
+        dx = np.empty((N, Cin, H * W), dtype=x.dtype)
+        dw = np.zeros_like(wm)
+        d6 = dout.reshape(N, Cout, H, KH, W, KW)
+        per = max(1, _BLOCK_BYTES // (wm.shape[1] * H * W * x.itemsize))
+        for n0 in range(0, N, per):
+            n1 = min(N, n0 + per)
+            cols = np.ascontiguousarray(d6[n0:n1].transpose(1, 3, 5, 0, 2, 4))
+            cols = cols.reshape(wm.shape[1], -1)
+            dx[n0:n1] = (wm @ cols).reshape(Cin, n1 - n0, H * W).transpose(1, 0, 2)
+            xc = np.ascontiguousarray(x[n0:n1].transpose(1, 0, 2, 3)).reshape(Cin, -1)
+            dw += xc @ cols.T
+    else:
+        dx = np.empty((N, Cin, H * W), dtype=x.dtype)
+        dw = np.zeros_like(wm)
+        taps = _taps(KH, KW, stride, dilation)
+        phases = _phases(dout, padding, taps)
+        _gemm_im2col(phases, taps, (N, Cout, KH, KW, H, W), wm=wm, out=dx, src=x2, dw=dw)
+    return dx.reshape(N, Cin, H, W), dw.reshape(w.shape)

@@ -1,0 +1,184 @@
+"""The speed engines of mrcnn_np.kernels, called directly, against the naive references.
+
+A kernel trusts its inputs and does no checks, so these tests give it only
+valid arguments: random shapes, float32 and float64, every path (tiny block
+budgets send small problems through the paths that the default budget keeps
+for large inputs). The reference is always the stage module's ``*_naive``
+loop version (computed in float64); float64 must agree to rounding, float32
+to float32 accuracy.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import mrcnn_np.kernels.conv as kconv
+from mrcnn_np.ops.conv import (conv2d_backward_naive, conv2d_forward, conv2d_naive, conv_output_size,
+                               conv_transpose2d_naive)
+
+DTYPES = [np.float32, np.float64]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-4)
+
+
+def _rand(rng, shape, dtype=np.float64):
+    return (rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+
+
+# --------------------------------------------------------------------------- conv
+
+
+def _conv_problem(rng, *, transposed=False):
+    """Random conv hyper-parameters whose kernel fits the padded input."""
+    N, C, F = (int(v) for v in rng.integers(1, 4, 3))
+    KH, KW = (int(v) for v in rng.integers(1, 5, 2))
+    stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+    padding = tuple(int(v) for v in rng.integers(0, 3, 2))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    if rng.random() < 0.25:  # the tiling transposed conv and the pointwise conv
+        KH, KW = (1, 1) if rng.random() < 0.5 else (KH, KW)
+        stride, padding, dilation = ((KH, KW) if transposed else (1, 1)), (0, 0), (1, 1)
+    H = int(rng.integers(max(1, dilation[0] * (KH - 1) + 1 - 2 * padding[0]), 12))
+    W = int(rng.integers(max(1, dilation[1] * (KW - 1) + 1 - 2 * padding[1]), 12))
+    if transposed:  # the output must not be cropped away by the padding
+        padding = tuple(min(p, ((n - 1) * s + d * (k - 1)) // 2)
+                        for p, n, s, d, k in zip(padding, (H, W), stride, dilation, (KH, KW)))
+    return N, C, H, W, F, KH, KW, stride, padding, dilation
+
+
+def _spy_paths(monkeypatch):
+    """Count the calls of each engine path of kernels.conv."""
+    seen = {}
+    for name in ("_gemm_rows", "_gemm_im2col", "_gemm_col2im", "_batched_outer", "_is_tiling"):
+        real = getattr(kconv, name)
+
+        def spy(*args, _real=real, _name=name, **kw):
+            out = _real(*args, **kw)
+            seen[_name] = seen.get(_name, 0) + (out is not False)
+            return out
+        monkeypatch.setattr(kconv, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("budget", [None, 1, 700])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
+    if budget is not None:
+        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+    seen = _spy_paths(monkeypatch)
+    rng = np.random.default_rng([1, budget or 0])
+    for _ in range(25):
+        N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
+        x, w = _rand(rng, (N, C, H, W)), _rand(rng, (F, C, KH, KW))
+        Ho = conv_output_size(H, KH, stride=s[0], padding=p[0], dilation=d[0])
+        Wo = conv_output_size(W, KW, stride=s[1], padding=p[1], dilation=d[1])
+        out = kconv.conv2d_forward(x.astype(dtype), w.astype(dtype), s, p, d, (Ho, Wo))
+        assert out.dtype == dtype and out.shape == (N, F, Ho, Wo)
+        np.testing.assert_allclose(out, conv2d_naive(x, w, None, stride=s, padding=p, dilation=d),
+                                   **_tol(dtype))
+        dout = _rand(rng, out.shape)
+        dx, dw = kconv.conv2d_backward(dout.astype(dtype), x.astype(dtype), w.astype(dtype), s, p, d)
+        ndx, ndw, _ = conv2d_backward_naive(dout, x, w, stride=s, padding=p, dilation=d)
+        assert dx.dtype == dw.dtype == dtype
+        np.testing.assert_allclose(dx, ndx, **_tol(dtype))
+        np.testing.assert_allclose(dw, ndw, **_tol(dtype))
+    want = {"_gemm_im2col", "_gemm_col2im", "_batched_outer"} | ({"_gemm_rows"} if budget else set())
+    assert want <= set(seen)  # every path of the engine ran
+
+
+@pytest.mark.parametrize("budget", [None, 1, 700])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_transpose2d_kernel_equals_naive(dtype, budget, monkeypatch):
+    # forward against the loops; backward: dx is conv2d of dout with w, and dw the
+    # weight gradient of that conv2d paired with x (the transposed conv is its adjoint)
+    if budget is not None:
+        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+    seen = _spy_paths(monkeypatch)
+    rng = np.random.default_rng([2, budget or 0])
+    for _ in range(25):
+        N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng, transposed=True)
+        op = tuple(int(rng.integers(0, si)) for si in s)  # < stride: dx keeps x's size
+        x, w = _rand(rng, (N, C, H, W)), _rand(rng, (C, F, KH, KW))
+        Ho, Wo = ((n - 1) * si - 2 * pi + di * (k - 1) + 1 + o
+                  for n, si, pi, di, k, o in zip((H, W), s, p, d, (KH, KW), op))
+        out = kconv.conv_transpose2d_forward(x.astype(dtype), w.astype(dtype), s, p, d, (Ho, Wo))
+        assert out.dtype == dtype and out.shape == (N, F, Ho, Wo)
+        want = conv_transpose2d_naive(x, w, None, stride=s, padding=p, dilation=d, output_padding=op)
+        np.testing.assert_allclose(out, want, **_tol(dtype))
+        dout = _rand(rng, out.shape)
+        dx, dw = kconv.conv_transpose2d_backward(dout.astype(dtype), x.astype(dtype), w.astype(dtype),
+                                                 s, p, d)
+        kw = dict(stride=s, padding=p, dilation=d)
+        assert dx.dtype == dw.dtype == dtype
+        np.testing.assert_allclose(dx, conv2d_naive(dout, w, None, **kw), **_tol(dtype))
+        np.testing.assert_allclose(dw, conv2d_backward_naive(x, dout, w, **kw)[1], **_tol(dtype))
+    assert {"_gemm_im2col", "_gemm_col2im", "_batched_outer"} <= set(seen)
+    assert seen["_is_tiling"] > 0  # the tiling (stride = kernel) path ran
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stride_phases_cut_from_x_equal_slices_of_the_padded_input(dtype):
+    # The strided paths cut each stride phase straight out of x, writing only its
+    # zero border; they must equal the phase slices xpad[:, :, a::sh, b::sw] of an
+    # explicitly padded copy, also when padding exceeds the stride or the image
+    # (a phase of pure padding) and for odd and even sizes.
+    rng = np.random.default_rng(5)
+    for H, W in ((1, 1), (2, 5), (5, 4), (7, 6)):
+        x = _rand(rng, (2, 3, H, W), dtype)
+        xpad_by_hand = lambda ph, pw: np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # noqa: E731
+        for sh, sw in ((2, 2), (3, 2), (1, 3), (4, 1)):
+            for ph, pw in ((0, 0), (1, 0), (3, 2), (5, 4)):
+                taps = kconv._taps(5, 5, (sh, sw), (1, 1))
+                xp = xpad_by_hand(ph, pw)
+                phases = kconv._phases(x, (ph, pw), taps)
+                assert len(phases) == len({(a, b) for _, _, a, b, _, _ in taps.taps})
+                for (a, b), got in phases.items():
+                    want = xp[:, :, a::sh, b::sw]
+                    assert got.dtype == x.dtype and got.shape == want.shape
+                    np.testing.assert_array_equal(got, want)
+
+
+def test_reused_column_buffer_equals_naive_across_shapes_dtypes_and_threads(monkeypatch):
+    # The column block buffer is kept between calls (per thread); stale contents
+    # from a larger or smaller previous problem, another dtype, or another
+    # thread running at the same time must never leak into a result.
+    monkeypatch.setattr(kconv, "_BLOCK_BYTES", 4000)  # small budget: row blocks, reuse on
+    rng = np.random.default_rng(8)
+    cases = []
+    for (N, C, H, W, F, K, s, p), dtype in zip(
+            [(2, 3, 11, 9, 4, 3, 2, 1), (1, 2, 6, 7, 3, 2, 1, 1), (1, 4, 13, 12, 2, 3, 1, 2),
+             (3, 2, 5, 5, 5, 3, 2, 0), (1, 3, 10, 8, 4, 3, 1, 1)],
+            [np.float64, np.float32, np.float64, np.float32, np.float64]):
+        x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, K, K), dtype)
+        want = conv2d_naive(x.astype(np.float64), w.astype(np.float64), None, stride=s, padding=p)
+        cases.append((x, w, s, p, want))
+
+    def run_all(errors):
+        for _ in range(3):
+            for x, w, s, p, want in cases:
+                out, _ = conv2d_forward(x, w, None, stride=s, padding=p)
+                tol = 1e-12 if x.dtype == np.float64 else 1e-4
+                if not np.allclose(out, want, rtol=tol, atol=tol):
+                    errors.append((x.shape, w.shape, s, p))
+
+    errors = []
+    run_all(errors)  # one thread, shapes and dtypes alternating
+    threads = [threading.Thread(target=run_all, args=(errors,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # and the buffer really is reused: a second request no larger than the first
+    # gets the same memory
+    a = kconv._scratch("cols", 100, np.float64)
+    b = kconv._scratch("cols", 50, np.float32)
+    assert np.shares_memory(a, b)
+    # ... and it is per thread: another thread never gets this thread's buffer
+    other = []
+    t = threading.Thread(target=lambda: other.append(kconv._scratch("cols", 100, np.float64)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(a, other[0])
