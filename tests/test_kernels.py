@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import mrcnn_np.kernels.conv as kconv
+import mrcnn_np.kernels.roi_align as kroi
 from mrcnn_np.ops.conv import (conv2d_backward_naive, conv2d_forward, conv2d_naive, conv_output_size,
                                conv_transpose2d_naive)
+from mrcnn_np.roi_align import roi_align_naive
 
 DTYPES = [np.float32, np.float64]
 
@@ -182,3 +184,82 @@ def test_reused_column_buffer_equals_naive_across_shapes_dtypes_and_threads(monk
     t.start()
     t.join()
     assert not np.shares_memory(a, other[0])
+
+
+# --------------------------------------------------------------------------- RoIAlign
+
+
+def _roi_problem(rng):
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    h, w = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+    k = int(rng.integers(0, 7))
+    scale = float(rng.choice([1.0, 0.5, 0.8]))
+    xy = rng.uniform(-3, 12 / scale, (k, 2))
+    size = rng.uniform(-1, 9 / scale, (k, 2))  # some empty or inverted boxes
+    boxes = np.column_stack([rng.integers(0, n, k), xy, xy + size])
+    output_size = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    args = (output_size, scale, int(rng.integers(-1, 4)), bool(rng.random() < 0.5))
+    return rng.standard_normal((n, c, h, w)), boxes, args
+
+
+@pytest.mark.parametrize("method", ["matrix", "separable"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_align_kernel_equals_naive(dtype, method):
+    # forward against the loops; backward by the adjoint identity
+    # <naive(x), dout> = <x, backward(dout)> for random x and dout
+    rng = np.random.default_rng([4, method == "matrix"])
+    for _ in range(30):
+        x, boxes, args = _roi_problem(rng)
+        kw = dict(zip(("spatial_scale", "sampling_ratio", "aligned"), args[1:]))
+        want = roi_align_naive(x, boxes, args[0], **kw)
+        xd, bd = x.astype(dtype), boxes.astype(dtype)
+        out, matrix, separable = kroi.roi_align_forward(xd, bd, *args, method)
+        assert out.dtype == dtype and out.shape == want.shape
+        assert (matrix is None) == (method == "separable") == (separable is not None)
+        np.testing.assert_allclose(out, want, **_tol(dtype))
+        dout = rng.standard_normal(out.shape)
+        dx = kroi.roi_align_backward(dout.astype(dtype), x.shape, np.dtype(dtype), matrix, separable)
+        assert dx.dtype == dtype and dx.shape == x.shape
+        np.testing.assert_allclose(np.vdot(dx.astype(np.float64), x), np.vdot(want, dout),
+                                   **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_align_linear_maps_equal_naive(dtype):
+    # the matrix M and the factors (a_y, s) themselves: out = M @ cells = s @ (a_y @ cells)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        x, boxes, args = _roi_problem(rng)
+        n, c, h, w = x.shape
+        kw = dict(zip(("spatial_scale", "sampling_ratio", "aligned"), args[1:]))
+        want = roi_align_naive(x, boxes, args[0], **kw)
+        k, (ph, pw) = boxes.shape[0], args[0]
+        cells = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(dtype)
+        m = kroi.roi_align_matrix(x.shape, boxes, *args, dtype)
+        assert m.shape == (k * ph * pw, n * h * w) and m.dtype == dtype
+        got = (m @ cells.reshape(-1, c)).reshape(k, ph, pw, c).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, **_tol(dtype))
+        a_y, s = kroi.roi_align_separable(x.shape, boxes, *args, dtype)
+        z = (a_y @ cells.reshape(n * h, w * c)).reshape(k * ph * w, c)
+        got = (s @ z).reshape(k, ph, pw, c).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, **_tol(dtype))
+        assert kroi.cheaper_form(x.shape, boxes, *args) in ("matrix", "separable")
+
+
+def test_roi_align_kernel_chunks_and_cost_model(monkeypatch):
+    # tiny chunks build the matrix a box or two at a time: the same matrix
+    rng = np.random.default_rng(6)
+    x, boxes, args = _roi_problem(rng)
+    while boxes.shape[0] < 4:
+        x, boxes, args = _roi_problem(rng)
+    full = kroi.roi_align_matrix(x.shape, boxes, *args, np.float64)
+    monkeypatch.setattr(kroi, "_CHUNK_ENTRIES", 10)
+    chunked = kroi.roi_align_matrix(x.shape, boxes, *args, np.float64)
+    np.testing.assert_array_equal(full.toarray(), chunked.toarray())
+    # the cost model: many channels and small grids -> matrix; one channel, big grids -> separable
+    xy = rng.uniform(0, 400, (64, 2))
+    b = np.column_stack([np.zeros(64), xy, xy + rng.uniform(16, 400, (64, 2))])
+    assert kroi.cheaper_form((1, 256, 50, 50), b, (7, 7), 1 / 16, 2, False) == "matrix"
+    rois = np.column_stack([np.arange(4), np.full((4, 2), 10.0), np.full((4, 2), 250.0)])
+    assert kroi.cheaper_form((4, 1, 300, 300), rois, (28, 28), 1.0, -1, False) == "separable"
+    assert kroi.cheaper_form((4, 1, 300, 300), rois[:0], (28, 28), 1.0, -1, False) == "matrix"

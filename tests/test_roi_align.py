@@ -4,14 +4,12 @@ Tiers: golden hand cases; exact properties (constant, linear ramp, shift);
 fast == naive loops (hypothesis); float64 gradient checks and adjoint tests;
 bad inputs.
 """
-import contextlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mrcnn_np.roi_align as ra
+import mrcnn_np.kernels.roi_align as kernel
 from mrcnn_np.gradcheck import adjoint_error, numeric_gradient, relative_error
 from mrcnn_np.roi_align import (
     level_mapper,
@@ -24,18 +22,7 @@ from mrcnn_np.roi_align import (
     roi_sample_points,
 )
 
-METHODS = ["matrix", "separable"]  # the two fast forms (see roi_align._use_separable)
-
-
-@contextlib.contextmanager
-def forced(method):
-    """Make roi_align_forward use one fast form (it normally picks by cost)."""
-    old = ra._METHOD
-    ra._METHOD = method
-    try:
-        yield
-    finally:
-        ra._METHOD = old
+METHODS = ["matrix", "separable"]  # the two fast forms (roi_align_forward(method=...))
 
 
 # ---------------------------------------------------------------------------
@@ -241,8 +228,7 @@ def roi_problem(draw):
 @settings(max_examples=80)
 def test_fast_equals_naive(problem, method):
     x, boxes, size, kw = problem
-    with forced(method):
-        fast, cache = roi_align_forward(x, boxes, size, **kw)
+    fast, cache = roi_align_forward(x, boxes, size, method=method, **kw)
     naive = roi_align_naive(x, boxes, size, **kw)
     assert fast.shape == naive.shape == (boxes.shape[0], x.shape[1], *size)
     np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
@@ -266,13 +252,12 @@ def test_fast_equals_naive_float32_and_keeps_dtype():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_float16_keeps_dtype(method, monkeypatch):
+def test_float16_keeps_dtype(method):
     # scipy's sparse kernels have no float16: they compute in float32, the result is cast back
-    monkeypatch.setattr(ra, "_METHOD", method)
     rng = np.random.default_rng(13)
     x = rng.standard_normal((1, 2, 9, 9)).astype(np.float16)
     boxes = np.array([[0, 0.7, 1.3, 6.9, 7.7], [0, 2.2, -1.4, 9.1, 4.3]])
-    out, cache = roi_align_forward(x, boxes, 3, sampling_ratio=2)
+    out, cache = roi_align_forward(x, boxes, 3, sampling_ratio=2, method=method)
     dx = roi_align_backward(np.ones_like(out), cache)
     assert out.dtype == dx.dtype == np.float16
     want = roi_align_naive(x.astype(np.float64), boxes, 3, sampling_ratio=2)
@@ -288,8 +273,8 @@ def test_mixed_grid_sizes_in_one_call(method):
                       [0, 4.4, 1.1, 11.7, 19.9], [1, 2.5, 2.5, 2.5, 2.5],
                       [1, -40.3, -30.1, 60.2, 55.5], [0, 3.3, 4.4, 3.9, 19.0]])
     for aligned in (False, True):
-        with forced(method):
-            fast, _ = roi_align_forward(x, boxes, (2, 3), sampling_ratio=-1, aligned=aligned)
+        fast, _ = roi_align_forward(x, boxes, (2, 3), sampling_ratio=-1, aligned=aligned,
+                                    method=method)
         naive = roi_align_naive(x, boxes, (2, 3), sampling_ratio=-1, aligned=aligned)
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
 
@@ -303,11 +288,10 @@ def test_chunked_build_equals_naive(monkeypatch):
     boxes = np.column_stack([rng.integers(0, 2, 17), rng.uniform(-3, 14, (17, 4))])
     boxes[:, 3:] = np.maximum(boxes[:, 3:], boxes[:, 1:3])
     dout = rng.standard_normal((17, 3, 3, 2))
-    monkeypatch.setattr(ra, "_METHOD", "matrix")
-    _, cache1 = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
+    _, cache1 = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1, method="matrix")
     dx1 = roi_align_backward(dout, cache1)
-    monkeypatch.setattr(ra, "_CHUNK_ENTRIES", 200)
-    out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1)
+    monkeypatch.setattr(kernel, "_CHUNK_ENTRIES", 200)
+    out, cache = roi_align_forward(x, boxes, (3, 2), sampling_ratio=-1, method="matrix")
     naive = roi_align_naive(x, boxes, (3, 2), sampling_ratio=-1)
     np.testing.assert_allclose(out, naive, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(roi_align_backward(dout, cache), dx1, rtol=1e-12, atol=1e-12)
@@ -326,13 +310,12 @@ def _nice_free_boxes():
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("sr,aligned", [(2, False), (-1, True), (3, True), (0, False)])
-def test_backward_matches_finite_differences(sr, aligned, method, monkeypatch):
-    monkeypatch.setattr(ra, "_METHOD", method)
+def test_backward_matches_finite_differences(sr, aligned, method):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 2, 9, 11))
     boxes = _nice_free_boxes()
     out, cache = roi_align_forward(x, boxes, (3, 2), spatial_scale=0.9, sampling_ratio=sr,
-                                   aligned=aligned)
+                                   aligned=aligned, method=method)
     dout = rng.standard_normal(out.shape)
     dout_copy = dout.copy()
     dx = roi_align_backward(dout, cache)
@@ -340,7 +323,7 @@ def test_backward_matches_finite_differences(sr, aligned, method, monkeypatch):
 
     def f():
         return roi_align_forward(x, boxes, (3, 2), spatial_scale=0.9, sampling_ratio=sr,
-                                 aligned=aligned)[0]
+                                 aligned=aligned, method=method)[0]
 
     # RoIAlign is linear in x, so a sample of entries suffices here (the adjoint test and
     # the naive Jacobian test below cover every entry): 40 that receive gradient, 20 any
@@ -355,12 +338,11 @@ def test_backward_matches_finite_differences(sr, aligned, method, monkeypatch):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("sr,aligned", [(2, False), (-1, True), (1, False)])
-def test_adjoint(sr, aligned, method, monkeypatch):
-    monkeypatch.setattr(ra, "_METHOD", method)
+def test_adjoint(sr, aligned, method):
     rng = np.random.default_rng(1)
     shape = (2, 3, 8, 10)
     boxes = _nice_free_boxes()
-    kw = dict(spatial_scale=0.8, sampling_ratio=sr, aligned=aligned)
+    kw = dict(spatial_scale=0.8, sampling_ratio=sr, aligned=aligned, method=method)
     _, cache = roi_align_forward(np.zeros(shape), boxes, (4, 3), **kw)
 
     def forward(x):
@@ -404,13 +386,12 @@ def test_method_choice_follows_the_cost():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_float32_separable_and_matrix_agree(method, monkeypatch):
-    monkeypatch.setattr(ra, "_METHOD", method)
+def test_float32_separable_and_matrix_agree(method):
     rng = np.random.default_rng(9)
     masks = (rng.random((3, 1, 60, 70)) > 0.5).astype(np.float32)
     rois = np.column_stack([rng.integers(0, 3, 9), rng.uniform(-5, 30, (9, 2)),
                             rng.uniform(30, 75, (9, 2))]).astype(np.float32)
-    out, cache = roi_align_forward(masks, rois, 14, sampling_ratio=-1)
+    out, cache = roi_align_forward(masks, rois, 14, sampling_ratio=-1, method=method)
     assert out.dtype == np.float32
     want = roi_align_naive(masks.astype(np.float64), rois.astype(np.float64), 14,
                            sampling_ratio=-1)
@@ -420,16 +401,16 @@ def test_float32_separable_and_matrix_agree(method, monkeypatch):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_empty_boxes(method, monkeypatch):
-    monkeypatch.setattr(ra, "_METHOD", method)
+def test_empty_boxes(method):
     x = np.ones((2, 3, 4, 4), dtype=np.float32)
-    out, cache = roi_align_forward(x, np.zeros((0, 5), dtype=np.float32), (7, 5))
+    out, cache = roi_align_forward(x, np.zeros((0, 5), dtype=np.float32), (7, 5), method=method)
     assert out.shape == (0, 3, 7, 5) and out.dtype == np.float32
     dx = roi_align_backward(out, cache)
     assert dx.shape == x.shape and not dx.any()
     assert roi_align_naive(x, np.zeros((0, 5)), 2).shape == (0, 3, 2, 2)
     # no channels
-    out, cache = roi_align_forward(np.zeros((2, 0, 5, 5)), np.array([[1, 0, 0, 3, 3.0]]), 2)
+    out, cache = roi_align_forward(np.zeros((2, 0, 5, 5)), np.array([[1, 0, 0, 3, 3.0]]), 2,
+                                   method=method)
     assert out.shape == (1, 0, 2, 2) and roi_align_backward(out, cache).shape == (2, 0, 5, 5)
 
 
@@ -585,10 +566,8 @@ def test_bad_inputs():
         roi_align_forward(x, ok, 2, sampling_ratio=1.5)
     with pytest.raises(TypeError, match="aligned"):
         roi_align_forward(x, ok, 2, aligned=1)
-    with pytest.raises(ValueError, match="batch index"):
-        ra.roi_align_matrix((2, 1, 5, 5), np.array([[2, 1, 1, 3, 3.0]]), 2)
-    with pytest.raises(ValueError, match="input_shape"):
-        ra.roi_align_separable((1, 5, 5), ok, 2)
+    with pytest.raises(ValueError, match="method must be None, 'matrix' or 'separable'"):
+        roi_align_forward(x, ok, 2, method="dense")
     with pytest.raises(ValueError, match="box must have shape"):
         roi_sample_points(np.zeros(5), 2)
     with pytest.raises(TypeError, match="sampling_ratio"):

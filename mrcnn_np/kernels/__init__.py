@@ -16,4 +16,6 @@ Each kernel's module docstring states its measured speed-ups.
 
 - ``kernels.conv``       blocked-GEMM convolution and transposed convolution
                          (``ops.conv``)
+- ``kernels.roi_align``  RoIAlign as a sparse matrix or as two separable sparse
+                         factors, and the cost model that picks one (``roi_align``)
 """
