@@ -18,4 +18,7 @@ Each kernel's module docstring states its measured speed-ups.
                          (``ops.conv``)
 - ``kernels.roi_align``  RoIAlign as a sparse matrix or as two separable sparse
                          factors, and the cost model that picks one (``roi_align``)
+- ``kernels.iou``        the one pairwise IoU formula, in place (``boxes``)
+- ``kernels.nms``        the sweep NMS: x windows, width bands, a kept-box loop
+                         and a pair sweep (``boxes.nms``, ``boxes.batched_nms``)
 """
