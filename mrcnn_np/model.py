@@ -404,11 +404,11 @@ def _rpn_forward(params, pyramid, images, config, image_sizes, training, record=
 
 def _propose(objectness, deltas, anchors, image_sizes, counts, *, config, pre_nms_top_n, post_nms_top_n,
              record=None):
-    """Decode and filter (no gradient: the deltas and logits are detached, as torchvision).
+    """The RPN's proposals: every anchor decoded by its deltas, then ``filter_proposals``
+    (no gradient: the deltas and logits are detached, as torchvision).
 
-    A module-level function so that a test can hold the proposals fixed
-    while it moves the parameters (a finite-difference check of the detached
-    model must not let the proposals move).
+    objectness (N, T), deltas (N, T, 4), anchors (list over levels), image_sizes,
+    counts (anchors per level). Returns (proposals, scores), lists over images.
     record: None, or a dict that receives "decoded" (N, T, 4), every anchor
     refined by its deltas (before clipping), and what ``filter_proposals`` records.
     """

@@ -112,9 +112,9 @@ def micro():
 class FrozenPattern:
     """Holds fixed what the reference treats as constant or what makes a finite difference lie.
 
-    * the proposals: the first call of ``model._propose`` is replayed on every
-      later call (torchvision detaches them; a finite difference must not let
-      them move);
+    * the proposals: the first result of ``filter_proposals`` (as ``model`` calls
+      it) is replayed on every later call (torchvision detaches them; a finite
+      difference must not let them move);
     * the ReLU on/off pattern: the first forward pass records each ReLU's mask
       (in call order) and later passes reuse it. Away from a kink this is the
       same function to first order, so it has the same gradient; it only
@@ -127,14 +127,14 @@ class FrozenPattern:
         self.masks = []
         self.index = 0
         self.recording = True
-        self._propose = M._propose
-        monkeypatch.setattr(M, "_propose", self.propose)
+        self._filter_proposals = M.filter_proposals
+        monkeypatch.setattr(M, "filter_proposals", self.propose)
         for module in (backbone_module, rpn_module, roi_heads_module):
             monkeypatch.setattr(module, "relu_forward", self.relu)
 
     def propose(self, *args, **kw):
         if self.proposals is None:
-            self.proposals = self._propose(*args, **kw)
+            self.proposals = self._filter_proposals(*args, **kw)
         return self.proposals
 
     def relu(self, x):
@@ -512,11 +512,11 @@ def test_no_proposal_at_all(micro, monkeypatch):
     ground-truth boxes are the only RoIs (an image without GT then has none)."""
     config, params, images, targets = micro
 
-    def nothing(objectness, *args, **kw):
-        n = objectness.shape[0]
+    def nothing(boxes, *args, **kw):
+        n = boxes.shape[0]
         return [np.zeros((0, 4)) for _ in range(n)], [np.zeros(0) for _ in range(n)]
 
-    monkeypatch.setattr(M, "_propose", nothing)
+    monkeypatch.setattr(M, "filter_proposals", nothing)
     for o in M.predict(params, images, config):
         assert o["boxes"].shape == (0, 4) and o["masks"].shape == (0, 1, 28, 28)
     losses, cache = M.forward_train(params, images, targets, config, rng=np.random.default_rng(0))
