@@ -218,9 +218,7 @@ def rpn_head_backward(douts, cache):
     cache: from ``rpn_head_forward``.
     Returns (grads, dfeatures): grads is a dict with the six parameter names,
     each the SUM over levels (the weights are shared); dfeatures is a list of L
-    arrays (N, C, H_l, W_l).
-    (The agreed interface listed ``-> grads``; the features' gradient is
-    needed by the FPN, so it is returned beside them, as ``fpn_backward`` does.)
+    arrays (N, C, H_l, W_l), the gradient that flows on into the FPN.
     """
     if not isinstance(cache, RPNHeadCache):
         raise TypeError(f"cache must be the RPNHeadCache from rpn_head_forward, got {type(cache).__name__}")
