@@ -3,6 +3,8 @@
 The package is organised by stage; import the stage you want to read or check:
 
 - ``mrcnn_np.ops``        differentiable primitives (conv, pool, linear, norm, resize, losses)
+- ``mrcnn_np.kernels``    the speed engines behind ``ops.conv``, ``roi_align`` and ``boxes.nms``
+                          (no checks, tested against the naive versions; internal, not public API)
 - ``mrcnn_np.boxes``      box geometry, NMS, the box coder (no gradients)
 - ``mrcnn_np.anchors``    base anchors, grids, pyramids (torchvision and matterport conventions)
 - ``mrcnn_np.backbone``   ResNet with frozen batch norm; ``mrcnn_np.fpn`` the feature pyramid
