@@ -94,13 +94,12 @@ __all__ = [
 class RoIAlignCache(NamedTuple):
     """What ``roi_align_backward`` needs.
 
-    matrix: scipy CSR matrix (K*ph*pw, N*H*W), the linear map of the forward
-        (None when the forward used the separable form).
+    matrix: scipy CSR matrix (K*ph*pw, N*H*W), the linear map of the forward,
+        or None when the forward used the separable form.
     input_shape: (N, C, H, W).
     output_size: (ph, pw).
     dtype: dtype of the input.
-    separable: None, or ``(a_y, s)`` (``kernels.roi_align.roi_align_separable``)
-        when the forward used the separable form (then ``matrix`` is None).
+    separable: None, or the two sparse factors ``(a_y, s)`` of the separable form.
     """
 
     matrix: object
@@ -171,7 +170,7 @@ def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, al
 
 
 def _check_method(method):
-    if method is not None and method not in ("matrix", "separable"):
+    if method is not None and not (isinstance(method, str) and method in ("matrix", "separable")):
         raise ValueError(f"method must be None, 'matrix' or 'separable', got {method!r}")
     return method
 
