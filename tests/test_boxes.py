@@ -28,7 +28,9 @@ def arr(x, dtype=np.float64):
 
 def sweep(b, s, idxs, thr, **kw):
     """``nms`` (idxs None) or ``batched_nms`` with the sweep kernel's phases chosen by
-    hand (``probe``, ``max_pairs``): the score order and threshold as ``boxes`` sets them."""
+    hand (``probe``, ``max_pairs``; the sweep even for few boxes unless ``dense=True``):
+    the score order and threshold as ``boxes`` sets them."""
+    kw.setdefault("dense", False)
     order = np.argsort(-s, kind="stable")
     groups = None if idxs is None else idxs[order]
     return order[knms.nms_ranked(b[order], groups, B._threshold_as(b.dtype, thr), **kw)]
@@ -361,7 +363,8 @@ def test_nms_each_fast_path_equals_naive(data):
     ref, ref_b = nms_naive(b, s, thr), batched_nms_naive(b, s, idxs, thr)
     for kw in ({"probe": False, "max_pairs": 10**9},   # sweep + greedy pass only
                {"probe": False, "max_pairs": 0},       # loop only (budget exceeded at once)
-               {"probe": True, "max_pairs": 0}):       # loop, then loop again
+               {"probe": True, "max_pairs": 0},        # loop, then loop again
+               {"dense": True}):                       # every IoU of a category at once (few boxes)
         np.testing.assert_array_equal(sweep(b, s, None, thr, **kw), ref)
         np.testing.assert_array_equal(sweep(b, s, idxs, thr, **kw), ref_b)
 
@@ -429,5 +432,5 @@ def test_nms_subnormal_areas_equal_naive(side):
     s = np.asarray([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], np.float32)
     ref = nms_naive(b, s, 0.7)
     assert ref.size < 6  # something is suppressed
-    for kw in ({"probe": False, "max_pairs": 10**9}, {"probe": False, "max_pairs": 0}, {}):
+    for kw in ({"probe": False, "max_pairs": 10**9}, {"probe": False, "max_pairs": 0}, {}, {"dense": True}):
         np.testing.assert_array_equal(sweep(b, s, None, 0.7, **kw), ref)

@@ -306,8 +306,9 @@ def test_pair_iou_kernel_equals_the_definition(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nms_kernel_equals_naive_bit_for_bit(dtype):
-    # every split between the kept-box loop and the pair sweep, with and without
-    # categories, against nms_naive / batched_nms_naive: the same kept indices exactly
+    # the dense path (few boxes) and every split between the sweep's kept-box loop and
+    # pair sweep, with and without categories, against nms_naive / batched_nms_naive:
+    # the same kept indices exactly
     rng = np.random.default_rng(8)
     for n in (0, 1, 2, 17, 150, 600):
         b, s = _nms_boxes(rng, n, dtype)
@@ -316,8 +317,9 @@ def test_nms_kernel_equals_naive_bit_for_bit(dtype):
         for thr in (0.0, 0.3, 0.5, 0.7, 1.0):
             t = _threshold_as(np.dtype(dtype), thr)
             ref, ref_b = nms_naive(b, s, thr), batched_nms_naive(b, s, idxs, thr)
-            for kw in ({}, {"probe": False, "max_pairs": 10**9}, {"probe": False, "max_pairs": 0},
-                       {"probe": True, "max_pairs": 0}):
+            for kw in ({}, {"dense": True}, {"dense": False}, {"dense": False, "probe": False, "max_pairs": 10**9},
+                       {"dense": False, "probe": False, "max_pairs": 0},
+                       {"dense": False, "probe": True, "max_pairs": 0}):
                 keep = knms.nms_ranked(b[order], None, t, **kw)
                 assert keep.dtype == bool and keep.shape == (n,)
                 np.testing.assert_array_equal(order[keep], ref)

@@ -24,6 +24,16 @@ time, min of 7 repeats, 2-core build machine under load), ours against
 The uniform cases (most boxes survive) are where a greedy loop, torchvision's
 included, pays O(N * kept); the sweep pays about O(N * window).
 
+Few boxes (at most ``_DENSE_ENTRIES`` = 131,072 IoU entries, the sum over
+categories of their squared sizes) skip the sweep, whose setup (sorts,
+windows, bands, blocks) then costs more than the IoUs: every IoU of a
+category is computed at once and a greedy walk visits the rows that hit
+something (``_greedy_dense``; same ``pair_iou`` numbers, so also bit for bit
+``nms_naive``). The RPN of the shapes model (``batched_nms`` of 5 levels x 128
+boxes per image): 2.3 ms -> 0.6 ms a call; one category of 128 / 256 boxes
+1.0 -> 0.12 ms / 1.3 -> 0.34 ms; at 362 boxes 2.6 -> 1.3 ms; at 512 they are
+even (float32, min of 15, same process, 2-core build machine).
+
 How it gets the result of ``nms_naive`` without one IoU row per kept box
 -----------------------------------------------------------------------
 
@@ -107,6 +117,7 @@ _MAX_PAIRS_PER_BOX = 64         # pair budget of the sweep, per box
 _PROBE = 32                     # kept boxes per check of the loop's yield
 _MIN_REMOVED_PER_KEPT = 8.0     # below this yield the loop hands over to the sweep
 _COMPACT_MIN = 32               # the loop drops removed boxes from views larger than this
+_DENSE_ENTRIES = 1 << 17        # up to this many IoU entries (sum of squared category sizes): dense path
 
 
 class _Sweep:
@@ -356,13 +367,59 @@ def _greedy_from_pairs(removed, src, dst):
     return removed
 
 
-def nms_ranked(b, groups, t, *, max_pairs=None, probe=True):
+def _dense_cost(groups, n):
+    """IoU entries of the dense path: sum over categories of (boxes in it)^2."""
+    if groups is None:
+        return n * n
+    counts = np.unique(groups, return_counts=True)[1]
+    return int((counts.astype(np.int64) ** 2).sum())
+
+
+def _greedy_dense(b, groups, t):
+    """Greedy NMS by rank with every IoU of a category computed at once: keep (N,) bool.
+
+    For few boxes (``_DENSE_ENTRIES``) this beats the sweep, whose setup (sorts,
+    windows, bands, blocks) costs more than the IoUs themselves. Per category:
+    the (m, m) IoU matrix by ``pair_iou`` (row box first, as ``nms_naive`` scores
+    a kept box against the later ones: the same numbers), ``hit[i, j]`` = IoU > t
+    for j > i, then the greedy walk visits only the rows that hit something:
+    a row still alive is kept and removes its hits.
+    """
+    n = b.shape[0]
+    keep = np.ones(n, dtype=bool)
+    if groups is None:
+        members = [np.arange(n)]
+    else:  # ranks of each category, in rank order
+        order = np.argsort(groups, kind="stable")
+        g = groups[order]
+        members = np.split(order, np.flatnonzero(g[1:] != g[:-1]) + 1)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    for r in members:
+        m = r.size
+        if m < 2:
+            continue
+        x1, y1, x2, y2 = (b[r, k] for k in range(4))
+        a = area[r]
+        iou = pair_iou(x1[:, None], y1[:, None], x2[:, None], y2[:, None], a[:, None], x1, y1, x2, y2, a)
+        hit = iou > t                                 # symmetric: pair_iou is
+        removed = np.zeros(m, dtype=bool)
+        for i in np.flatnonzero(hit.any(axis=1)).tolist():
+            if not removed[i]:
+                removed[i + 1:] |= hit[i, i + 1:]     # a kept box removes the later ones
+        keep[r[removed]] = False
+    return keep
+
+
+def nms_ranked(b, groups, t, *, max_pairs=None, probe=True, dense=None):
     """Greedy NMS of boxes in rank order: keep (N,) bool, True for a kept box.
 
     b: (N, 4) boxes sorted by decreasing score; groups: (N,) categories in the
     same order, or None (one category); t: the threshold as a scalar of b's
     dtype (a box is removed when its IoU with a kept box of higher rank is > t).
 
+    dense: None (default) takes the dense path (``_greedy_dense``) when the
+    categories hold at most ``_DENSE_ENTRIES`` IoU pairs in all, else the sweep;
+    True / False force one (tests). The sweep:
     Phase 1 (``probe``): the windowed kept-box loop, while each kept box
     removes many others (dense clusters: the top box of each cluster clears
     most of it). Phase 2: the pair sweep over the boxes still undecided, then
@@ -374,6 +431,10 @@ def nms_ranked(b, groups, t, *, max_pairs=None, probe=True):
     n = b.shape[0]
     if n == 0:
         return np.zeros(0, dtype=bool)
+    if dense is None:
+        dense = _dense_cost(groups, n) <= _DENSE_ENTRIES
+    if dense:
+        return _greedy_dense(b, groups, t)
     sw = _Sweep(b, groups, t)
     removed = np.zeros(n, dtype=bool)
     start = _loop_kept(sw, removed, 0, stop_when_unproductive=True) if probe else 0
