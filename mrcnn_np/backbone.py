@@ -438,10 +438,10 @@ def _conv_bn_forward(params, spec, x, fold_bn):
 def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     if cache.scale is None:
         d = frozen_batch_norm_backward(dout, cache.bn)
-        dx, dw, _ = conv2d_backward(d, cache.conv)
+        dx, dw, _ = conv2d_backward(d, cache.conv, need_dx=need_dx)
     else:
         # the folded conv's weight is w * scale, so dL/dw = dL/d(w*scale) * scale
-        dx, dw, _ = conv2d_backward(dout, cache.conv)
+        dx, dw, _ = conv2d_backward(dout, cache.conv, need_dx=need_dx)
         dw = dw * cache.scale[:, None, None, None]
     if need_dw:
         grads[cache.spec.conv] = dw
@@ -605,7 +605,8 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
         else:
             d = max_pool2d_backward(d, cache.pool)
             d = relu_backward(d, cache.stem_relu)
-            dx = _conv_bn_backward(d, cache.stem, grads, need_dw=lowest_trained == 0)
+            dx = _conv_bn_backward(d, cache.stem, grads, need_dx=return_input_grad,
+                                   need_dw=lowest_trained == 0)
     else:
         dx = None
     # report in the forward's key order

@@ -148,6 +148,17 @@ def test_conv2d_no_bias_gives_db_none():
     assert db is None and dx.shape == x.shape and dw.shape == w.shape
 
 
+def test_conv2d_backward_without_input_gradient():
+    # need_dx=False (a first layer whose input is the image): dx is None, dw and db unchanged
+    rng = np.random.default_rng(2)
+    x, w, b = _rand(rng, (2, 3, 9, 8)), _rand(rng, (4, 3, 7, 7)), _rand(rng, (4,))
+    out, cache = conv2d_forward(x, w, b, stride=2, padding=3)
+    dout = _rand(rng, out.shape)
+    _, dw, db = conv2d_backward(dout, cache)
+    dx2, dw2, db2 = conv2d_backward(dout, cache, need_dx=False)
+    assert dx2 is None and np.array_equal(dw2, dw) and np.array_equal(db2, db)
+
+
 TRANSPOSE_CASES = [
     # (N, C_in, H, W, C_out, KH, KW, stride, padding, dilation)
     (2, 3, 4, 5, 2, 2, 2, 2, 0, 1),  # the mask head's 2x2 stride-2 upsampler

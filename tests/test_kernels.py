@@ -89,6 +89,9 @@ def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
         assert dx.dtype == dw.dtype == dtype
         np.testing.assert_allclose(dx, ndx, **_tol(dtype))
         np.testing.assert_allclose(dw, ndw, **_tol(dtype))
+        no_dx, dw_only = kconv.conv2d_backward(dout.astype(dtype), x.astype(dtype), w.astype(dtype), s, p, d,
+                                               need_dx=False)
+        assert no_dx is None and np.array_equal(dw_only, dw)  # the same dw, bit for bit
     want = {"_gemm_im2col", "_gemm_col2im", "_batched_outer"} | ({"_gemm_rows"} if budget else set())
     assert want <= set(seen)  # every path of the engine ran
 

@@ -443,12 +443,13 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw):
     return out.reshape(N, F, Ho, Wo)
 
 
-def conv2d_backward(dout, x, w, stride, padding, dilation):
+def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True):
     """Gradients of :func:`conv2d_forward`: dout (N, F, Ho, Wo) -> (dx (N, C, H, W), dw (F, C, KH, KW)).
 
     ``dw = sum_n dout[n] @ cols[n].T`` with the columns unrolled again block by
     block; ``dx = col2im(w^T @ dout)``, or for stride 1 a forward conv of dout
-    with the flipped kernel.
+    with the flipped kernel. need_dx False: dx is None, not computed (the stem's
+    input is the image): ResNet's 7x7 stem on 4 x 3 x 128 x 128, 5.4 -> 1.5 ms.
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -458,7 +459,7 @@ def conv2d_backward(dout, x, w, stride, padding, dilation):
     if _is_pointwise(KH, KW, stride, padding):
         x2 = np.ascontiguousarray(x).reshape(N, C, H * W)
         dw = _batched_outer(d2, x2)
-        dx = np.matmul(wm.T, d2).reshape(N, C, H, W)
+        dx = np.matmul(wm.T, d2).reshape(N, C, H, W) if need_dx else None
     else:
         shape6 = (N, C, KH, KW, Ho, Wo)
         taps = _taps(KH, KW, stride, dilation)
@@ -471,7 +472,9 @@ def conv2d_backward(dout, x, w, stride, padding, dilation):
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
             _gemm_im2col(_phases(x, padding, taps), taps, shape6, src=d2, dw=dw)
         back_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (KH, KW), padding))
-        if stride == (1, 1) and min(back_pad) >= 0:
+        if not need_dx:
+            dx = None
+        elif stride == (1, 1) and min(back_pad) >= 0:
             # stride 1: dx is the convolution of dout, padded by d*(k-1) - p, with the
             # kernel flipped in space and its channel axes swapped; as a forward conv it
             # copies dout KW (or KH*KW) times instead of adding KH*KW slices into dx.

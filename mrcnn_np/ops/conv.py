@@ -375,11 +375,13 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
     return out, cache
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, *, need_dx=True):
     """Gradients of ``conv2d_forward``.
 
     dout: (N, F, Ho, Wo). cache: the :class:`Conv2dCache` from the forward.
-    Returns (dx (N, C, H, W), dw (F, C, KH, KW), db (F,) or None).
+    need_dx: False skips the input gradient (dx is None), e.g. for a first
+    layer whose input is the image.
+    Returns (dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None).
 
     ``dw = sum_n dout[n] (F, Ho*Wo) @ cols[n].T`` and ``dx = col2im(w^T @ dout)``:
     the input gradient is the transposed convolution of dout with the same
@@ -393,7 +395,7 @@ def conv2d_backward(dout, cache):
     Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
     dout = check_array("dout", dout, shape=(N, F, Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)
-    dx, dw = _kernel.conv2d_backward(dout, x, w, stride, padding, dilation)
+    dx, dw = _kernel.conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=bool(need_dx))
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
 
