@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mrcnn_np.kernels.conv as kconv
+import mrcnn_np.kernels.elementwise as kelem
 import mrcnn_np.kernels.iou as kiou
 import mrcnn_np.kernels.nms as knms
 import mrcnn_np.kernels.roi_align as kroi
@@ -327,3 +328,21 @@ def test_nms_kernel_equals_naive_bit_for_bit(dtype):
                 assert keep.dtype == bool and keep.shape == (n,)
                 np.testing.assert_array_equal(order[keep], ref)
                 np.testing.assert_array_equal(order[knms.nms_ranked(b[order], idxs[order], t, **kw)], ref_b)
+
+
+# --------------------------------------------------------------------------- element-wise
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_keep_where_is_np_where_bit_for_bit(dtype):
+    # the ReLU gradient's select: NaN, inf and -0.0 kept where the mask holds, +0.0 elsewhere,
+    # also for non-contiguous views (the mask is exact where a product by it would make NaN of inf)
+    rng = np.random.default_rng(9)
+    v = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    v.flat[::7], v.flat[::5], v.flat[::11] = -0.0, np.inf, np.nan
+    m = rng.random(v.shape) > 0.5
+    for vv, mm in ((v, m), (v.transpose(0, 2, 1, 3), m.transpose(0, 2, 1, 3)), (v[:, :, ::2], m[:, :, ::2])):
+        got = kelem.keep_where(mm, vv)
+        want = np.ascontiguousarray(np.where(mm, vv, dtype(0)))
+        assert got.dtype == dtype and got.shape == want.shape
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8))

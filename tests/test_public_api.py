@@ -22,7 +22,8 @@ def test_ops_exports_every_forward_with_its_backward():
 @pytest.mark.parametrize("module", ["boxes", "anchors", "backbone", "fpn", "matching", "rpn",
                                     "roi_align", "roi_heads", "evaluate", "data.shapes",
                                     "data.coco", "gradcheck", "transform", "train", "io", "config", "model",
-                                    "kernels.conv", "kernels.roi_align", "kernels.iou", "kernels.nms"])
+                                    "kernels.conv", "kernels.roi_align", "kernels.iou", "kernels.nms",
+                                    "kernels.elementwise"])
 def test_module_all_names_exist(module):
     mod = importlib.import_module(f"mrcnn_np.{module}")
     for name in getattr(mod, "__all__", []):
@@ -57,7 +58,7 @@ def test_kernels_are_internal_and_only_stage_modules_import_them():
             assert not re.search(r"^\s*(from\s+\.\.|from\s+mrcnn_np|import\s+mrcnn_np)", src, re.M), rel
         elif re.search(r"^\s*(from|import)\s+[\w.]*kernels\b", src, re.M):
             importers.add(rel)
-    assert importers == {"ops/conv.py", "roi_align.py", "boxes.py"}
+    assert importers == {"ops/conv.py", "ops/activations.py", "roi_align.py", "boxes.py"}
     for name in ("boxes", "roi_align", "ops", "ops.conv"):
         mod = importlib.import_module(f"mrcnn_np.{name}")
         assert not any(getattr(getattr(mod, n), "__module__", "").startswith("mrcnn_np.kernels")

@@ -21,4 +21,5 @@ Each kernel's module docstring states its measured speed-ups.
 - ``kernels.iou``        the one pairwise IoU formula, in place (``boxes``)
 - ``kernels.nms``        the sweep NMS: x windows, width bands, a kept-box loop
                          and a pair sweep (``boxes.nms``, ``boxes.batched_nms``)
+- ``kernels.elementwise`` ``np.where(mask, x, 0)`` as a bit mask (``ops.activations``)
 """

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_array, check_same_dtype
+from ..kernels.elementwise import keep_where
 
 
 class ReluCache(NamedTuple):
@@ -41,7 +42,7 @@ def relu_backward(dout, cache):
         raise TypeError(f"cache must be a ReluCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.positive.shape, dtype_kind="f")
     check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
-    return np.where(cache.positive, dout, dout.dtype.type(0))
+    return keep_where(cache.positive, dout)  # np.where(positive, dout, 0), bit for bit
 
 
 def sigmoid(x):
