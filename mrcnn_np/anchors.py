@@ -32,6 +32,7 @@ location differs.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -97,7 +98,11 @@ def base_anchors(sizes, aspect_ratios, *, dtype=np.float32):
     """
     sizes = _check_numbers("sizes", sizes)
     aspect_ratios = _check_numbers("aspect_ratios", aspect_ratios)
-    dtype = check_float_dtype(dtype)
+    return _base_anchors(sizes, aspect_ratios, check_float_dtype(dtype))
+
+
+def _base_anchors(sizes, aspect_ratios, dtype):
+    """:func:`base_anchors` without the checks."""
     scales = np.asarray(sizes, dtype=dtype)
     ratios = np.asarray(aspect_ratios, dtype=dtype)
     h_ratios = np.sqrt(ratios)
@@ -118,8 +123,12 @@ def grid_anchors(base, grid_size, stride):
     ``base[a] + (j * sw, i * sh, j * sw, i * sh)``.
     """
     check_array("base", base, shape=("A", 4), dtype_kind="f")
-    gh, gw = check_hw_pair("grid_size", grid_size)
-    sh, sw = check_hw_pair("stride", stride)
+    return _grid_anchors(base, check_hw_pair("grid_size", grid_size), check_hw_pair("stride", stride))
+
+
+def _grid_anchors(base, grid_size, stride):
+    """:func:`grid_anchors` without the checks."""
+    (gh, gw), (sh, sw) = grid_size, stride
     shift_x = np.arange(gw, dtype=np.int64) * sw
     shift_y = np.arange(gh, dtype=np.int64) * sh
     sy, sx = np.meshgrid(shift_y, shift_x, indexing="ij")
@@ -149,13 +158,31 @@ def pyramid_anchors(image_size, grid_sizes, sizes=DEFAULT_SIZES, aspect_ratios=N
             f"sizes and aspect_ratios must have one entry per level ({len(grid_sizes)} grid_sizes), "
             f"got {len(sizes)} sizes and {len(aspect_ratios)} aspect_ratios"
         )
+    for (gh, gw) in grid_sizes:
+        if gh > H or gw > W:
+            raise ValueError(f"grid_sizes entry {(gh, gw)} is larger than image_size {(H, W)}")
+    sizes = tuple(_check_numbers("sizes", s) for s in sizes)
+    aspect_ratios = tuple(_check_numbers("aspect_ratios", r) for r in aspect_ratios)
+    return _pyramid_anchors((H, W), tuple(grid_sizes), sizes, aspect_ratios, check_float_dtype(dtype))
+
+
+def _pyramid_anchors(image_size, grid_sizes, sizes, aspect_ratios, dtype):
+    """:func:`pyramid_anchors` without the checks, for the model: image_size and
+    every grid size (h, w) tuples of ints, sizes and aspect_ratios tuples (one per
+    level) of numbers, dtype a numpy dtype. A model builds the same anchors at
+    every step, so they are remembered (read-only arrays; a new list each call)."""
+    return list(_pyramid_anchors_cached(image_size, grid_sizes, sizes, aspect_ratios, np.dtype(dtype)))
+
+
+@functools.lru_cache(maxsize=32)
+def _pyramid_anchors_cached(image_size, grid_sizes, sizes, aspect_ratios, dtype):
+    H, W = image_size
     out = []
     for (gh, gw), s, r in zip(grid_sizes, sizes, aspect_ratios):
-        stride = (H // gh, W // gw)
-        if min(stride) < 1:
-            raise ValueError(f"grid_sizes entry {(gh, gw)} is larger than image_size {(H, W)}")
-        out.append(grid_anchors(base_anchors(s, r, dtype=dtype), (gh, gw), stride))
-    return out
+        a = _grid_anchors(_base_anchors(s, r, dtype), (gh, gw), (H // gh, W // gw))
+        a.flags.writeable = False
+        out.append(a)
+    return tuple(out)
 
 
 def matterport_pyramid_anchors(image_size, scales=(32, 64, 128, 256, 512), ratios=(0.5, 1, 2),

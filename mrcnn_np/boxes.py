@@ -107,6 +107,11 @@ def box_iou(boxes1, boxes2):
     _check_boxes("boxes1", boxes1)
     _check_boxes("boxes2", boxes2)
     check_same_dtype(boxes1=boxes1, boxes2=boxes2)
+    return _box_iou(boxes1, boxes2)
+
+
+def _box_iou(boxes1, boxes2):
+    """:func:`box_iou` without the checks (for the stages)."""
     a1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     a2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
     c = boxes1[:, :, None]  # (N, 4, 1): c[:, k] is coordinate k as a column
@@ -134,7 +139,12 @@ def clip_boxes_to_image(boxes, size):
     check_array("boxes", boxes, dtype_kind="f")
     if boxes.ndim < 1 or boxes.shape[-1] % 4 != 0:
         raise ValueError(f"boxes must have shape (..., 4k), got {boxes.shape}")
-    height, width = _check_size(size)
+    return _clip_boxes_to_image(boxes, _check_size(size))
+
+
+def _clip_boxes_to_image(boxes, size):
+    """:func:`clip_boxes_to_image` without the checks (for the stages)."""
+    height, width = size
     out = boxes.copy()
     np.clip(out[..., 0::2], 0, width, out=out[..., 0::2])
     np.clip(out[..., 1::2], 0, height, out=out[..., 1::2])
@@ -149,7 +159,11 @@ def remove_small_boxes(boxes, min_size):
     Returns keep (K,) int64, increasing, where ``w >= min_size and h >= min_size``.
     """
     _check_boxes("boxes", boxes)
-    min_size = check_float("min_size", min_size, minimum=0.0)
+    return _remove_small_boxes(boxes, check_float("min_size", min_size, minimum=0.0))
+
+
+def _remove_small_boxes(boxes, min_size):
+    """:func:`remove_small_boxes` without the checks (for the stages)."""
     ws = boxes[:, 2] - boxes[:, 0]
     hs = boxes[:, 3] - boxes[:, 1]
     return np.flatnonzero((ws >= min_size) & (hs >= min_size)).astype(np.int64)
@@ -183,14 +197,20 @@ def encode_boxes(reference_boxes, proposals, weights):
             f"proposals must have shape ({reference_boxes.shape[0]}, 4) to match "
             f"reference_boxes, got {proposals.shape}"
         )
-    wx, wy, ww, wh = _check_weights(weights, reference_boxes.dtype)
+    weights = _check_weights(weights, reference_boxes.dtype)
+    for name, b in (("proposals", proposals), ("reference_boxes", reference_boxes)):
+        if b.size and not ((b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()):
+            raise ValueError(f"{name} must have positive widths and heights, got a degenerate box")
+    return _encode_boxes(reference_boxes, proposals, weights)
+
+
+def _encode_boxes(reference_boxes, proposals, weights):
+    """:func:`encode_boxes` without the checks (for the stages): weights (4,) in the boxes' dtype."""
+    wx, wy, ww, wh = weights
     ex_w = proposals[:, 2] - proposals[:, 0]
     ex_h = proposals[:, 3] - proposals[:, 1]
     gt_w = reference_boxes[:, 2] - reference_boxes[:, 0]
     gt_h = reference_boxes[:, 3] - reference_boxes[:, 1]
-    for name, w, h in (("proposals", ex_w, ex_h), ("reference_boxes", gt_w, gt_h)):
-        if w.size and not ((w > 0).all() and (h > 0).all()):
-            raise ValueError(f"{name} must have positive widths and heights, got a degenerate box")
     ex_cx = proposals[:, 0] + 0.5 * ex_w
     ex_cy = proposals[:, 1] + 0.5 * ex_h
     gt_cx = reference_boxes[:, 0] + 0.5 * gt_w
@@ -233,7 +253,13 @@ def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_C
     dtype = rel_codes.dtype
     # exp(clip) must be finite in the dtype (88.7 for float32, 709.8 for float64)
     clip = check_float("bbox_xform_clip", bbox_xform_clip, maximum=math.log(np.finfo(dtype).max))
-    wx, wy, ww, wh = _check_weights(weights, dtype)
+    return _decode_boxes(rel_codes, boxes, _check_weights(weights, dtype), clip)
+
+
+def _decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_CLIP):
+    """:func:`decode_boxes` without the checks (for the stages): weights (4,) in the codes' dtype."""
+    dtype, clip = rel_codes.dtype, bbox_xform_clip
+    wx, wy, ww, wh = weights
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
     ctr_x = boxes[:, 0] + 0.5 * widths

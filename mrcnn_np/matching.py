@@ -72,6 +72,12 @@ def matcher(match_quality_matrix, *, high_threshold=0.7, low_threshold=0.3,
     Ties in the argmax go to the lowest ground-truth index, as torch's ``max``.
     """
     m, high, low = _check_matcher_args(match_quality_matrix, high_threshold, low_threshold)
+    return _matcher(m, high, low, allow_low_quality_matches)
+
+
+def _matcher(m, high_threshold, low_threshold, allow_low_quality_matches=True):
+    """:func:`matcher` without the checks (for the stages)."""
+    high, low = high_threshold, low_threshold
     num_gt, num_pred = m.shape
     if num_gt == 0:
         return np.full(num_pred, BELOW_LOW_THRESHOLD, dtype=np.int64)
@@ -141,7 +147,12 @@ def balanced_positive_negative_sampler(labels, *, batch_size_per_image=256,
     check_rng(rng)
     if labels.dtype.kind == "f":
         check_finite("labels", labels)
+    return _balanced_positive_negative_sampler(labels, batch, fraction, rng)
 
+
+def _balanced_positive_negative_sampler(labels, batch_size_per_image, positive_fraction, rng):
+    """:func:`balanced_positive_negative_sampler` without the checks (for the stages)."""
+    batch, fraction = batch_size_per_image, positive_fraction
     positive = np.flatnonzero(labels >= 1)
     negative = np.flatnonzero(labels == 0)
     num_pos = min(int(batch * fraction), positive.size)

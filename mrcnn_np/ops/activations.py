@@ -32,6 +32,11 @@ class SigmoidCache(NamedTuple):
 def relu_forward(x):
     """ReLU (twin of torch ``F.relu``). x: (*) floating. Returns (out (*), ReluCache)."""
     x = check_array("x", x, dtype_kind="f")
+    return _relu_forward(x)
+
+
+def _relu_forward(x):
+    """:func:`relu_forward` without the checks (for the stages)."""
     positive = x > 0
     return np.maximum(x, x.dtype.type(0)), ReluCache(positive, x.dtype)
 
@@ -42,6 +47,11 @@ def relu_backward(dout, cache):
         raise TypeError(f"cache must be a ReluCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.positive.shape, dtype_kind="f")
     check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
+    return _relu_backward(dout, cache)
+
+
+def _relu_backward(dout, cache):
+    """:func:`relu_backward` without the checks (for the stages)."""
     return keep_where(cache.positive, dout)  # np.where(positive, dout, 0), bit for bit
 
 
@@ -52,6 +62,11 @@ def sigmoid(x):
     ``1 / (1 + e)``, for x < 0 ``e / (1 + e)``.
     """
     x = check_array("x", x, dtype_kind="f")
+    return _sigmoid(x)
+
+
+def _sigmoid(x):
+    """:func:`sigmoid` without the checks (for the stages)."""
     with np.errstate(under="ignore"):
         e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
@@ -85,6 +100,11 @@ def softmax(x, axis=-1):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim}), got {axis}")
+    return _softmax(x, axis)
+
+
+def _softmax(x, axis=-1):
+    """:func:`softmax` without the checks (for the stages)."""
     z = x - x.max(axis=axis, keepdims=True)
     with np.errstate(under="ignore"):
         e = np.exp(z)

@@ -364,6 +364,17 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
         x, w, b, stride, padding, dilation, transposed=False
     )
     _check_kernel_fits(x, w, padding, dilation)
+    return _conv2d_forward(x, w, b, stride, padding, dilation)
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def _conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
+    """:func:`conv2d_forward` without the checks, for the stages (which validate
+    their inputs once, at their public entry). stride, padding, dilation: int or pair."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     H, W = x.shape[2:]
     F, _, KH, KW = w.shape
     Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
@@ -395,7 +406,13 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
     dout = check_array("dout", dout, shape=(N, F, Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)
-    dx, dw = _kernel.conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=bool(need_dx))
+    return _conv2d_backward(dout, cache, need_dx=bool(need_dx))
+
+
+def _conv2d_backward(dout, cache, need_dx=True):
+    """:func:`conv2d_backward` without the checks (for the stages)."""
+    x, w, has_bias, stride, padding, dilation = cache
+    dx, dw = _kernel.conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=need_dx)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
 
@@ -416,9 +433,18 @@ def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output
     (F = C_in, C = C_out), ``conv_transpose2d(x, w)`` equals ``conv2d_backward``'s
     dx for dout = x. Computed as ``cols = w^T . x`` (one GEMM) then col2im.
     """
-    x, w, b, stride, padding, dilation, output_padding, (Ho, Wo) = _check_transpose_args(
+    x, w, b, stride, padding, dilation, output_padding, _ = _check_transpose_args(
         x, w, b, stride, padding, dilation, output_padding
     )
+    return _conv_transpose2d_forward(x, w, b, stride, padding, dilation, output_padding)
+
+
+def _conv_transpose2d_forward(x, w, b, stride=1, padding=0, dilation=1, output_padding=0):
+    """:func:`conv_transpose2d_forward` without the checks, for the stages.
+    stride, padding, dilation, output_padding: int or pair."""
+    stride, padding, dilation, op = _pair(stride), _pair(padding), _pair(dilation), _pair(output_padding)
+    Ho, Wo = (_transpose_output_size(n, k, s, p, d, o)
+              for n, k, s, p, d, o in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, op))
     out = _kernel.conv_transpose2d_forward(x, w, stride, padding, dilation, (Ho, Wo))
     if b is not None:
         out += b.reshape(1, w.shape[1], 1, 1)
@@ -436,6 +462,12 @@ def conv_transpose2d_backward(dout, cache):
     x, w, has_bias, stride, padding, dilation, (Ho, Wo) = cache
     dout = check_array("dout", dout, shape=(x.shape[0], w.shape[1], Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)
+    return _conv_transpose2d_backward(dout, cache)
+
+
+def _conv_transpose2d_backward(dout, cache):
+    """:func:`conv_transpose2d_backward` without the checks (for the stages)."""
+    x, w, has_bias, stride, padding, dilation, _ = cache
     dx, dw = _kernel.conv_transpose2d_backward(dout, x, w, stride, padding, dilation)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

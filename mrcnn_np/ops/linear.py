@@ -38,6 +38,11 @@ def linear_forward(x, w, b):
     if b is not None:
         b = check_array("b", b, shape=(w.shape[0],), dtype_kind="f")
     check_same_dtype(x=x, w=w, b=b)
+    return _linear_forward(x, w, b)
+
+
+def _linear_forward(x, w, b):
+    """:func:`linear_forward` without the checks (for the stages)."""
     out = x @ w.T
     if b is not None:
         out += b
@@ -57,6 +62,11 @@ def linear_backward(dout, cache):
     n, o = cache.x.shape[0], cache.w.shape[0]
     dout = check_array("dout", dout, shape=(n, o), dtype_kind="f")
     check_same_dtype(x=cache.x, dout=dout)
+    return _linear_backward(dout, cache)
+
+
+def _linear_backward(dout, cache):
+    """:func:`linear_backward` without the checks (for the stages)."""
     dx = dout @ cache.w
     dw = dout.T @ cache.x
     db = dout.sum(axis=0) if cache.has_bias else None

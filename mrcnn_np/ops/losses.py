@@ -77,6 +77,12 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
             f"got values in [{labels.min()}, {labels.max()}]"
         )
     _check_reduction(reduction, "logits", n)
+    return _softmax_cross_entropy(logits, labels, reduction)
+
+
+def _softmax_cross_entropy(logits, labels, reduction="mean"):
+    """:func:`softmax_cross_entropy` without the checks (for the stages)."""
+    n = logits.shape[0]
     m = logits.max(axis=1, keepdims=True) if n else np.zeros((0, 1), logits.dtype)
     z = logits - m
     with np.errstate(under="ignore"):
@@ -109,6 +115,12 @@ def bce_with_logits(logits, targets, *, reduction="mean"):
     if targets.size and not np.all(inside):
         raise ValueError(f"targets must be probabilities in [0, 1], got a value {targets[~inside][0]}")
     _check_reduction(reduction, "logits", logits.size)
+    return _bce_with_logits(logits, targets, reduction)
+
+
+def _bce_with_logits(logits, targets, reduction="mean"):
+    """:func:`bce_with_logits` without the checks (for the stages): targets in
+    logits' dtype."""
     with np.errstate(under="ignore"):
         e = np.exp(-np.abs(logits))
         per = np.maximum(logits, 0) - logits * targets + np.log1p(e)
@@ -134,6 +146,11 @@ def smooth_l1(pred, target, *, beta=1.0, reduction="sum"):
         raise TypeError(f"target must have the dtype of pred ({pred.dtype}), got {target.dtype}")
     beta = check_float("beta", beta, minimum=0.0)
     _check_reduction(reduction, "pred", pred.size)
+    return _smooth_l1(pred, target, beta, reduction)
+
+
+def _smooth_l1(pred, target, beta=1.0, reduction="sum"):
+    """:func:`smooth_l1` without the checks (for the stages)."""
     d = pred - target
     a = np.abs(d)
     if beta == 0.0:

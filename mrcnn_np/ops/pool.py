@@ -100,9 +100,16 @@ def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     offset takes the running maximum, and a second pass, from the last offset
     to the first, records the first offset that attains it.
     """
-    x, ksize, strides, pads, (ho, wo) = _pool_params(x, kernel_size, stride, padding)
+    x, ksize, strides, pads, _ = _pool_params(x, kernel_size, stride, padding)
+    return _max_pool2d_forward(x, ksize, strides, pads)
+
+
+def _max_pool2d_forward(x, kernel_size, stride, padding):
+    """:func:`max_pool2d_forward` without the checks (for the stages): (h, w) pairs."""
     n, c, h, w = x.shape
+    ksize, strides, pads = kernel_size, stride, padding
     (kh, kw), (sh, sw), (ph, pw) = ksize, strides, pads
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     if kh == kw == 1:  # a plain subsampling (FPN's P6): no window, no phases
         out = x[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw].copy()
         return out, MaxPool2dCache(np.zeros(out.shape, np.int16), x.shape, x.dtype, ksize,
@@ -148,6 +155,11 @@ def max_pool2d_backward(dout, cache):
         raise TypeError(f"cache must be a MaxPool2dCache, got {type(cache).__name__}")
     dout = check_array("dout", dout, shape=cache.argmax.shape, dtype_kind="f")
     check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
+    return _max_pool2d_backward(dout, cache)
+
+
+def _max_pool2d_backward(dout, cache):
+    """:func:`max_pool2d_backward` without the checks (for the stages)."""
     n, c, h, w = cache.x_shape
     (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
     ho, wo = dout.shape[2:]

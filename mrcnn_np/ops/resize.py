@@ -146,7 +146,12 @@ def upsample_nearest_forward(x, size):
     Returns (out (N, C, h, w), UpsampleNearestCache).
     """
     x = _check_nearest_input(x)
-    h, w = _check_size(size)
+    return _upsample_nearest_forward(x, _check_size(size))
+
+
+def _upsample_nearest_forward(x, size):
+    """:func:`upsample_nearest_forward` without the checks (for the stages): size (h, w)."""
+    h, w = size
     rows = _nearest_index(x.shape[2], h)
     cols = _nearest_index(x.shape[3], w)
     out = x[:, :, rows[:, None], cols[None, :]]
@@ -173,6 +178,12 @@ def upsample_nearest_backward(dout, cache):
     dout = check_array("dout", dout, shape=(n, c, len(cache.rows), len(cache.cols)),
                        dtype_kind="f")
     check_same_dtype(x=np.empty(0, cache.dtype), dout=dout)
+    return _upsample_nearest_backward(dout, cache)
+
+
+def _upsample_nearest_backward(dout, cache):
+    """:func:`upsample_nearest_backward` without the checks (for the stages)."""
+    big_h, big_w = cache.x_shape[2:]
     d = _sum_into(dout, cache.rows, big_h, axis=2)
     return _sum_into(d, cache.cols, big_w, axis=3)
 
@@ -217,7 +228,12 @@ def resize_bilinear_forward(x, size):
     Returns (out (*, h, w) in x's dtype, ResizeBilinearCache).
     """
     x = _check_bilinear_input(x)
-    h, w = _check_size(size)
+    return _resize_bilinear_forward(x, _check_size(size))
+
+
+def _resize_bilinear_forward(x, size):
+    """:func:`resize_bilinear_forward` without the checks (for the stages): size (h, w)."""
+    h, w = size
     rows = _bilinear_taps(x.shape[-2], h, x.dtype)
     cols = _bilinear_taps(x.shape[-1], w, x.dtype)
     t = x[..., rows.i0, :] * rows.w0[:, None] + x[..., rows.i1, :] * rows.w1[:, None]
