@@ -92,7 +92,8 @@ def test_torchvision_grids_match_a_real_resnet50_fpn_forward():
 def test_proposals_are_capped_by_the_candidates():
     # a 64x64 image, min_size 64: P2..P6 hold 768, 192, 48, 12 and 3 anchors. With 20 kept per
     # level before NMS only 20 + 20 + 20 + 12 + 3 = 75 candidates exist, fewer than the 128 after NMS
-    config = shapes_config().replace(min_size=64, max_size=64, rpn_pre_nms_top_n_test=20)
+    config = shapes_config().replace(min_size=64, max_size=64, rpn_pre_nms_top_n_test=20,
+                                     anchor_sizes=((8,), (16,), (32,), (64,), (128,)))  # A = 3
     s = va.architecture_shapes(config, (64, 64))
     assert [s[f"anchors.P{k}"][0] for k in range(2, 7)] == [768, 192, 48, 12, 3]
     assert s["proposals"] == (1, 75, 4) and s["box_roi_features"][0] == 75

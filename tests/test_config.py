@@ -1,6 +1,7 @@
 """Tests of mrcnn_np.config: presets equal their references, validation names the field."""
 import dataclasses
 
+import numpy as np
 import pytest
 
 from mrcnn_np.anchors import feature_grid_sizes
@@ -47,14 +48,39 @@ def test_shapes_preset_fits_the_shapes_data():
     assert c.backbone_out_channels == (32, 64, 128, 256)
     assert c.trainable_layers == 5
     assert c.min_size == c.max_size == 128
-    # 128x128 grids: 32, 16, 8, 4, 2 -> 3 * (1024 + 256 + 64 + 16 + 4) = 4092 anchors
+    # 128x128 grids: 32, 16, 8, 4, 2 -> 6 * (1024 + 256 + 64 + 16 + 4) = 8184 anchors
     grids = feature_grid_sizes((128, 128), size_divisible=c.size_divisible)
     assert grids == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
-    assert c.num_anchors_per_location * sum(h * w for h, w in grids) == 4092
-    # anchor size = 2 x the stride of its level (4, 8, 16, 32, 64)
-    assert [s[0] for s in c.anchor_sizes] == [2 * s for s in (4, 8, 16, 32, 64)]
-    # at most 4 objects per image: the RoI sample may hold 16 positives
-    assert int(c.box_batch_size_per_image * c.box_positive_fraction) == 16
+    assert c.num_anchors_per_location * sum(h * w for h, w in grids) == 8184
+    # anchor sizes: 4x the stride of their level (4, 8, 16, 32, 64), and that times sqrt(2)
+    assert [s[0] for s in c.anchor_sizes] == [4 * s for s in (4, 8, 16, 32, 64)]
+    assert [s[1] for s in c.anchor_sizes] == [round(4 * s * 2 ** 0.5) for s in (4, 8, 16, 32, 64)]
+    # at most 4 objects per image: the RoI sample may hold 8 positives
+    assert int(c.box_batch_size_per_image * c.box_positive_fraction) == 8
+
+
+def test_shapes_anchors_give_every_object_a_close_anchor():
+    """The reason for the shapes anchors: square objects of 15..64 px anywhere in the
+    image have an anchor at IoU >= 0.6 always and >= 0.7 (an RPN positive) mostly;
+    with the old sizes 8..128 (one per octave, 2x the stride) most had none above 0.5."""
+    from mrcnn_np.anchors import pyramid_anchors
+    from mrcnn_np.boxes import box_iou
+
+    grids = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    rng = np.random.default_rng(0)
+    sides = rng.uniform(15, 64, 500)
+    centres = rng.uniform(sides[:, None] / 2, 128 - sides[:, None] / 2, (500, 2))
+    boxes = np.concatenate([centres - sides[:, None] / 2, centres + sides[:, None] / 2], axis=1)
+
+    def best_iou(config):
+        anchors = np.concatenate(pyramid_anchors((128, 128), grids, config.anchor_sizes, config.aspect_ratios,
+                                                 dtype=np.float64))
+        return box_iou(boxes, anchors).max(axis=1)
+
+    new = best_iou(shapes_config())
+    assert new.min() > 0.6 and np.mean(new >= 0.7) > 0.85
+    old = best_iou(shapes_config().replace(anchor_sizes=((8,), (16,), (32,), (64,), (128,))))
+    assert np.mean(old >= 0.7) < 0.2 and np.median(old) < 0.6
 
 
 def test_matterport_preset_numbers():

@@ -35,7 +35,7 @@ REQUIRED = (
 
 CONFIG = C.shapes_config()
 NO_DETECTIONS = 0.99   # random weights give class scores near 1/4: nothing passes 0.99
-FEW_DETECTIONS = 0.28  # ... and a handful pass 0.28
+FEW_DETECTIONS = 0.27  # ... and some (4 to 56 of 100 here) pass 0.27
 
 
 def _chw(image):
@@ -194,7 +194,7 @@ def test_backbone_and_rpn_fields(data):
     cfg, traces, _ = _run(data, FEW_DETECTIONS)
     grids = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
     anchors = pyramid_anchors((128, 128), grids, cfg.anchor_sizes, cfg.aspect_ratios, dtype=np.float32)
-    counts = [gh * gw * 3 for gh, gw in grids]
+    counts = [gh * gw * cfg.num_anchors_per_location for gh, gw in grids]
     for t in traces:
         assert t.level_names == ("P2", "P3", "P4", "P5", "P6")
         assert isinstance(t.features, dict) and list(t.features) == list(t.level_names)
