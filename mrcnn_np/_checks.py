@@ -7,6 +7,8 @@ can be written inline: ``x = check_array("x", x, ndim=4)``.
 """
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 
 import numpy as np
@@ -47,12 +49,22 @@ def describe_shape(shape):
     return "(" + ", ".join(parts) + (",)" if len(parts) == 1 else ")")
 
 
-def check_positive_int(name, value, *, minimum=1):
-    """Check an integer hyper-parameter (bools are rejected) and return it as int."""
+#: the largest int a size, count or index may be: it must fit numpy's int64
+#: (a larger one cannot size an array or index into one)
+MAX_INT = 2**63 - 1
+
+
+def check_positive_int(name, value, *, minimum=1, maximum=MAX_INT):
+    """Check an integer hyper-parameter (bools are rejected) and return it as int.
+
+    It must lie in [minimum, maximum]; the default maximum is :data:`MAX_INT`.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -148,7 +160,10 @@ def check_params(params, expected, *, dtype=None, dtype_source="the input's", pr
 
 
 def check_float_dtype(dtype, name="dtype"):
-    """Return ``np.dtype(dtype)``; TypeError unless it is a floating dtype."""
+    """Return ``np.dtype(dtype)``; TypeError unless it is a floating dtype (None is refused:
+    ``np.dtype(None)`` would silently mean float64)."""
+    if dtype is None:
+        raise TypeError(f"{name} must be a floating dtype, got None")
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -192,4 +207,93 @@ def check_hw_pair(name, value, *, minimum=1):
             raise ValueError(f"{name} must be a pair of ints (h, w), got {value!r}")
         if v < minimum:
             raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
+        if v > MAX_INT:
+            raise ValueError(f"{name} entries must be <= {MAX_INT}, got {value!r}")
     return int(value[0]), int(value[1])
+
+
+# --------------------------------------------------------------------------- issue 16: no bad input unanswered
+
+
+def check_bool(name, value):
+    """A flag: ``bool`` or ``numpy.bool_`` (a str or None would be silently truthy); returns bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def check_instance(name, value, cls, what=None):
+    """``isinstance(value, cls)`` or TypeError naming ``name`` (e.g. a cache from the forward)."""
+    if not isinstance(value, cls):
+        if what is None:
+            what = " or ".join(c.__name__ for c in cls) if isinstance(cls, tuple) else cls.__name__
+        raise TypeError(f"{name} must be a {what}, got {type(value).__name__}")
+    return value
+
+
+def check_sequence(name, value, *, length=None, what="list"):
+    """A list or tuple (not a str, dict or array), optionally of ``length`` entries; returns it."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a {what}, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(value)}")
+    return value
+
+
+def check_str(name, value, choices=None):
+    """A str, optionally one of ``choices``; returns it."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_path(name, value):
+    """A str or os.PathLike file-system path; returns it as a ``pathlib.Path``."""
+    import os
+    from pathlib import Path
+
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    return Path(value)
+
+
+def coordinate_limit(dtype):
+    """The largest coordinate magnitude whose box arithmetic stays finite in ``dtype``.
+
+    An area is a product of two differences and a union a sum of three areas, so
+    coordinates up to ``sqrt(max) / 4`` keep every area, intersection and union
+    below ``max / 2`` (float32: 4.6e18 pixels, float64: 3.4e153); beyond that a box
+    is not a box of any image, and its IoU would be inf / inf.
+    """
+    return float(np.sqrt(np.finfo(dtype).max)) / 4
+
+
+def check_coordinates(name, array, dtype=None):
+    """Finite coordinates (boxes, points) small enough for box arithmetic in ``dtype``
+    (default the array's; see :func:`coordinate_limit`); ValueError naming ``name``."""
+    if array.size:
+        peak = float(np.abs(array).max())
+        limit = coordinate_limit(array.dtype if dtype is None else dtype)
+        if not peak <= limit:  # NaN fails too
+            if not math.isfinite(peak):
+                raise ValueError(f"{name} must be finite, got NaN or inf entries")
+            raise ValueError(f"{name} must have coordinates of magnitude at most {limit:.3g}, got {peak:.3g}")
+    return array
+
+
+def quiet_math(fn):
+    """Run a layer's math with every floating-point warning off (``np.errstate(all="ignore")``).
+
+    The README's non-finite policy: a layer (ops, backbone, FPN, heads) lets NaN
+    and inf through as torch does -- inf * 0 is NaN, a huge activation overflows
+    to inf -- without a RuntimeWarning; the user-facing boundary refuses them
+    instead. A fresh ``errstate`` per call, so nesting and threads are safe.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -29,7 +29,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_finite, check_float, check_same_dtype
+from ._checks import check_array, check_coordinates, check_finite, check_float, check_same_dtype
 from .kernels import nms as _kernel
 from .kernels.iou import pair_iou
 
@@ -55,8 +55,26 @@ DEFAULT_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 # --------------------------------------------------------------------------- checks
 def _check_boxes(name, boxes):
     check_array(name, boxes, shape=("N", 4), dtype_kind="f")
-    check_finite(name, boxes)
+    # finite, and small enough that areas and unions stay finite (float16 boxes are
+    # computed in float32, see _upcast16)
+    check_coordinates(name, boxes, np.promote_types(boxes.dtype, np.float32))
     return boxes
+
+
+def _refuse16(name, array):
+    if array.dtype == np.float16:
+        raise TypeError(f"{name} must be float32 or float64, got float16 (the box coder refuses it: cast to float32)")
+
+
+def _upcast16(*arrays):
+    """float16 arrays as float32, others unchanged: torchvision's ``_upcast``.
+
+    An area overflows float16 at 256 x 256 pixels (its largest value is 65504), so
+    ``box_area``, ``box_iou`` and the NMS functions compute float16 boxes in float32
+    (torchvision's ``box_area``/``box_iou`` do the same; its CPU ``nms`` refuses
+    float16). The cast is exact.
+    """
+    return tuple(a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays)
 
 
 def _check_scores(name, scores, n, boxes_name="boxes"):
@@ -69,15 +87,15 @@ def _check_scores(name, scores, n, boxes_name="boxes"):
     return scores
 
 
-def _check_weights(weights, dtype):
-    try:
-        w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"weights must be 4 real numbers, got {weights!r}") from None
+def _check_weights(weights, dtype, name="weights"):
+    if isinstance(weights, (str, bytes, dict)) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in np.ravel(np.asarray(weights, object))):
+        raise TypeError(f"{name} must be 4 real numbers, got {weights!r}")
+    w = np.asarray(weights, dtype=np.float64)
     if w.shape != (4,):
-        raise ValueError(f"weights must have shape (4,), got {w.shape}")
+        raise ValueError(f"{name} must have shape (4,), got {w.shape}")
     if not (np.isfinite(w).all() and (w > 0).all()):
-        raise ValueError(f"weights must be 4 positive finite numbers, got {weights!r}")
+        raise ValueError(f"{name} must be 4 positive finite numbers, got {weights!r}")
     return w.astype(dtype)
 
 
@@ -85,18 +103,24 @@ def _check_weights(weights, dtype):
 def box_area(boxes):
     """Area of each box; twin of ``torchvision.ops.box_area``.
 
-    boxes: (N, 4) float xyxy. Returns (N,) of the same dtype,
-    ``(x2 - x1) * (y2 - y1)`` (negative for an inverted box, as torchvision).
+    boxes: (N, 4) float xyxy, finite. Returns (N,) of the same dtype (float32 for
+    float16 boxes, computed in float32 as torchvision does),
+    ``(x2 - x1) * (y2 - y1)``. Kept as torchvision has it on purpose: a box
+    inverted along one axis (x2 < x1 or y2 < y1, not both) gets a NEGATIVE area,
+    not an error (the twin's semantics; ``box_iou`` and NMS treat such a box as
+    degenerate, IoU 0).
     """
     _check_boxes("boxes", boxes)
+    (boxes,) = _upcast16(boxes)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def box_iou(boxes1, boxes2):
     """Pairwise intersection over union; twin of ``torchvision.ops.box_iou``.
 
-    boxes1: (N, 4) float xyxy; boxes2: (M, 4), same dtype.
-    Returns (N, M) of that dtype, ``iou[i, j] = area(b1_i & b2_j) / area(b1_i | b2_j)``.
+    boxes1: (N, 4) float xyxy; boxes2: (M, 4), same dtype; finite.
+    Returns (N, M) of that dtype, ``iou[i, j] = area(b1_i & b2_j) / area(b1_i | b2_j)``
+    (float16 boxes: computed and returned in float32, as torchvision's ``_upcast``).
     Difference from torchvision: where the union is 0 (both boxes degenerate)
     the IoU is 0 instead of NaN (no silent NaN, and NaN never passes a ``>``
     test anyway, so matching and NMS behave the same).
@@ -107,7 +131,7 @@ def box_iou(boxes1, boxes2):
     _check_boxes("boxes1", boxes1)
     _check_boxes("boxes2", boxes2)
     check_same_dtype(boxes1=boxes1, boxes2=boxes2)
-    return _box_iou(boxes1, boxes2)
+    return _box_iou(*_upcast16(boxes1, boxes2))
 
 
 def _box_iou(boxes1, boxes2):
@@ -123,8 +147,8 @@ def _check_size(size):
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise ValueError(f"size must be a pair (height, width), got {size!r}")
     for v in size:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
-            raise ValueError(f"size must be a pair of non-negative numbers (height, width), got {size!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
+            raise ValueError(f"size must be a pair of finite non-negative numbers (height, width), got {size!r}")
     return size
 
 
@@ -132,13 +156,16 @@ def clip_boxes_to_image(boxes, size):
     """Clamp boxes inside an image; twin of ``torchvision.ops.clip_boxes_to_image``.
 
     boxes: (..., 4k) float xyxy (any leading shape; k boxes side by side as in
-    decoded class-specific boxes). size: (height, width) of the image.
+    decoded class-specific boxes), finite. size: (height, width) of the image.
     Returns a new array of the same shape and dtype with x in [0, width] and
-    y in [0, height].
+    y in [0, height]. Like torchvision's, any number of leading axes is
+    accepted, a single box (4,) included: only the last axis must hold whole
+    boxes. float16 is clipped in float16 (exact: a clamp does not round).
     """
     check_array("boxes", boxes, dtype_kind="f")
     if boxes.ndim < 1 or boxes.shape[-1] % 4 != 0:
         raise ValueError(f"boxes must have shape (..., 4k), got {boxes.shape}")
+    check_finite("boxes", boxes)
     return _clip_boxes_to_image(boxes, _check_size(size))
 
 
@@ -155,11 +182,12 @@ def remove_small_boxes(boxes, min_size):
     """Indices of boxes at least ``min_size`` wide and tall; twin of
     ``torchvision.ops.remove_small_boxes``.
 
-    boxes: (N, 4) float xyxy; min_size: float >= 0.
-    Returns keep (K,) int64, increasing, where ``w >= min_size and h >= min_size``.
+    boxes: (N, 4) float xyxy, finite; min_size: float >= 0.
+    Returns keep (K,) int64, increasing, where ``w >= min_size and h >= min_size``
+    (float16 boxes: widths computed in float32, so that no difference overflows).
     """
     _check_boxes("boxes", boxes)
-    return _remove_small_boxes(boxes, check_float("min_size", min_size, minimum=0.0))
+    return _remove_small_boxes(*_upcast16(boxes), check_float("min_size", min_size, minimum=0.0))
 
 
 def _remove_small_boxes(boxes, min_size):
@@ -187,11 +215,14 @@ def encode_boxes(reference_boxes, proposals, weights):
         dy = wy * (gcy - acy) / ah      dh = wh * log(gh / ah)
 
     with centres ``cx = x1 + 0.5 * w``. Raises ValueError for a box with
-    non-positive width or height (the log would be -inf or NaN).
+    non-positive width or height (the log would be -inf or NaN). float16 is
+    refused (TypeError; cast to float32): its 11-bit significand cannot carry
+    a regression target.
     """
     _check_boxes("reference_boxes", reference_boxes)
     _check_boxes("proposals", proposals)
     check_same_dtype(reference_boxes=reference_boxes, proposals=proposals)
+    _refuse16("reference_boxes", reference_boxes)
     if reference_boxes.shape[0] != proposals.shape[0]:
         raise ValueError(
             f"proposals must have shape ({reference_boxes.shape[0]}, 4) to match "
@@ -238,9 +269,13 @@ def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_C
         x1' = cx' - 0.5 * w'       x2' = cx' + 0.5 * w'   (same for y)
 
     Differences from torchvision: boxes and codes must share a dtype (torchvision
-    casts boxes to the codes' dtype); non-finite codes raise ValueError.
+    casts boxes to the codes' dtype); non-finite codes raise ValueError, and so
+    do codes so large that the decoded boxes overflow (a very negative dw/dh
+    just gives a zero width/height: exp underflows to 0, silently); float16 is
+    refused (TypeError; cast to float32).
     """
     check_array("rel_codes", rel_codes, ndim=2, dtype_kind="f")
+    _refuse16("rel_codes", rel_codes)
     if rel_codes.shape[1] == 0 or rel_codes.shape[1] % 4 != 0:
         raise ValueError(f"rel_codes must have shape (N, 4k) with k >= 1, got {rel_codes.shape}")
     _check_boxes("boxes", boxes)
@@ -253,7 +288,12 @@ def decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_C
     dtype = rel_codes.dtype
     # exp(clip) must be finite in the dtype (88.7 for float32, 709.8 for float64)
     clip = check_float("bbox_xform_clip", bbox_xform_clip, maximum=math.log(np.finfo(dtype).max))
-    return _decode_boxes(rel_codes, boxes, _check_weights(weights, dtype), clip)
+    weights = _check_weights(weights, dtype)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        out = _decode_boxes(rel_codes, boxes, weights, clip)
+    if out.size and not np.isfinite(out).all():
+        raise ValueError("rel_codes are too large: the decoded boxes overflow the dtype")
+    return out
 
 
 def _decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_CLIP):
@@ -281,10 +321,13 @@ def _decode_boxes(rel_codes, boxes, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_
 
 # --------------------------------------------------------------------------- NMS
 def _check_nms_args(boxes, scores, iou_threshold):
+    """Checked (boxes, scores, iou_threshold); float16 boxes and scores as float32."""
     _check_boxes("boxes", boxes)
     _check_scores("scores", scores, boxes.shape[0])
     check_same_dtype(boxes=boxes, scores=scores)
-    return check_float("iou_threshold", iou_threshold, minimum=0.0)
+    # an IoU lies in [0, 1]: a threshold outside it is a mistake, not a setting
+    iou_threshold = check_float("iou_threshold", iou_threshold, minimum=0.0, maximum=1.0)
+    return (*_upcast16(boxes, scores), iou_threshold)
 
 
 def _check_idxs(idxs, n):
@@ -325,7 +368,8 @@ def nms_naive(boxes, scores, iou_threshold):
 
     Same arguments and result as :func:`nms`. Cost O(N * K) for K kept boxes.
     """
-    iou_threshold = _threshold_as(boxes.dtype, _check_nms_args(boxes, scores, iou_threshold))
+    boxes, scores, iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    iou_threshold = _threshold_as(boxes.dtype, iou_threshold)
     order = _score_order(scores)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
@@ -342,7 +386,7 @@ def nms_naive(boxes, scores, iou_threshold):
 def batched_nms_naive(boxes, scores, idxs, iou_threshold):
     """``nms`` run separately on each value of ``idxs`` (a loop over the values);
     reference for :func:`batched_nms`. Same arguments and result."""
-    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    boxes, scores, iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
     _check_idxs(idxs, boxes.shape[0])
     keep = [np.flatnonzero(idxs == v)[nms_naive(boxes[idxs == v], scores[idxs == v], iou_threshold)]
             for v in np.unique(idxs)]
@@ -364,7 +408,7 @@ def _nms(boxes, scores, idxs, iou_threshold):
 def nms(boxes, scores, iou_threshold):
     """Greedy non-maximum suppression; twin of ``torchvision.ops.nms``.
 
-    boxes: (N, 4) float xyxy; scores: (N,) same dtype; iou_threshold: float >= 0.
+    boxes: (N, 4) float xyxy; scores: (N,) same dtype; iou_threshold: float in [0, 1].
     Returns keep (K,) int64: indices of the kept boxes by decreasing score.
     Visiting boxes by decreasing score, a box is removed when its IoU with an
     already kept box is > iou_threshold. Equal scores are visited in
@@ -378,8 +422,12 @@ def nms(boxes, scores, iou_threshold):
     undecided are scored pairwise in dense blocks and a greedy pass over the
     pair list visits only the boxes that suppress something.
     Equal to :func:`nms_naive` bit for bit (same IoU formula).
+
+    iou_threshold must lie in [0, 1] (ValueError otherwise); float16 boxes and
+    scores are computed in float32 (torchvision's CPU nms refuses float16; in
+    float16 every IoU of boxes above 256 px would overflow).
     """
-    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    boxes, scores, iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
     return _nms(boxes, scores, None, iou_threshold)
 
 
@@ -387,13 +435,14 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     """NMS within each category; twin of ``torchvision.ops.batched_nms``.
 
     boxes: (N, 4) float xyxy; scores: (N,) same dtype; idxs: (N,) int category
-    (class, FPN level, image) of each box; iou_threshold: float >= 0.
+    (class, FPN level, image) of each box; iou_threshold: float in [0, 1].
     Returns keep (K,) int64 by decreasing score (ties by increasing index).
     Boxes of different categories never suppress each other, so the result
     equals running :func:`nms` on each category and merging by score, exactly
     (torchvision's coordinate-offset trick can differ from that in the last
-    float bit; ours tests the category directly).
+    float bit; ours tests the category directly). iou_threshold and float16:
+    as :func:`nms`.
     """
-    iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
+    boxes, scores, iou_threshold = _check_nms_args(boxes, scores, iou_threshold)
     _check_idxs(idxs, boxes.shape[0])
     return _nms(boxes, scores, idxs, iou_threshold)

@@ -163,12 +163,58 @@ def test_nms_float32_threshold_compared_as_double():
         np.testing.assert_array_equal(f(arr(b), arr([0.9, 0.8]), 0.3), [0, 1])
 
 
-def test_nms_threshold_above_one_removes_nothing():
-    # IoU <= 1: identical boxes survive any threshold >= 1, also one beyond float32's range
+def test_nms_threshold_one_removes_nothing_and_beyond_one_is_refused():
+    # IoU <= 1: identical boxes survive the threshold 1; an IoU threshold outside
+    # [0, 1] is a mistake (issue 16), refused rather than read as "remove nothing"
     b = arr([[0, 0, 1, 1]] * 2, np.float32)
+    s = arr([0.9, 0.8], np.float32)
     for f in (nms, nms_naive):
-        for thr in (1.0, 1.5, 1e40):
-            np.testing.assert_array_equal(f(b, arr([0.9, 0.8], np.float32), thr), [0, 1])
+        np.testing.assert_array_equal(f(b, s, 1.0), [0, 1])
+        for thr in (1.5, 1e40, -0.1):
+            with pytest.raises(ValueError, match="iou_threshold"):
+                f(b, s, thr)
+    for f in (batched_nms, batched_nms_naive):
+        with pytest.raises(ValueError, match="iou_threshold must be <= 1.0"):
+            f(b, s, np.array([0, 1]), 1.5)
+
+
+def test_float16_boxes_are_computed_in_float32_or_refused():
+    # issue 16: in float16 the area of a 300 x 300 box overflows (65504), so its IoU
+    # was 0 and NMS suppressed nothing. box_area/box_iou/nms upcast as torchvision's
+    # _upcast does; the box coder refuses float16.
+    b32 = arr([[0, 0, 300, 300], [10, 10, 310, 310]], np.float32)
+    b16 = b32.astype(np.float16)
+    s16 = arr([0.9, 0.8], np.float16)
+    assert B.box_area(b16).dtype == np.float32
+    np.testing.assert_array_equal(B.box_area(b16), B.box_area(b32))
+    np.testing.assert_array_equal(B.box_iou(b16, b16), B.box_iou(b32, b32))
+    for f in (nms, nms_naive):
+        np.testing.assert_array_equal(f(b16, s16, 0.5), [0])
+    for f in (batched_nms, batched_nms_naive):
+        np.testing.assert_array_equal(f(b16, s16, np.array([0, 0]), 0.5), [0])
+    np.testing.assert_array_equal(B.remove_small_boxes(b16, 301.0), [])
+    assert B.clip_boxes_to_image(b16, (100, 100)).dtype == np.float16
+    with pytest.raises(TypeError, match="float16"):
+        B.encode_boxes(b16, b16, (1, 1, 1, 1))
+    with pytest.raises(TypeError, match="float16"):
+        B.decode_boxes(np.zeros((2, 4), np.float16), b16, (1, 1, 1, 1))
+
+
+def test_huge_or_non_finite_coordinates_are_refused_not_overflowed():
+    for f in (B.box_area, lambda b: B.box_iou(b, b), lambda b: nms(b, np.ones(2, b.dtype), 0.5)):
+        for dtype, big in ((np.float32, 1e19), (np.float64, 1e154)):
+            with pytest.raises(ValueError, match="magnitude"):
+                f(arr([[0, 0, big, big], [0, 0, 1, 1]], dtype))
+        with pytest.raises(ValueError, match="finite"):
+            f(arr([[0, 0, np.nan, 1], [0, 0, 1, 1]]))
+    with pytest.raises(ValueError, match="finite"):
+        B.clip_boxes_to_image(arr([[0, 0, np.inf, 1]]), (5, 5))
+    with pytest.raises(ValueError, match="rel_codes are too large"):
+        B.decode_boxes(arr([[1e308, 0, 0, 0]]), arr([[0, 0, 10, 10]]), (1, 1, 1, 1))
+    # a very negative dw decodes to a zero width, silently (exp underflows to 0)
+    with np.errstate(all="raise"):
+        out = B.decode_boxes(arr([[0, 0, -1e300, 0]]), arr([[0, 0, 10, 10]]), (1, 1, 1, 1))
+    np.testing.assert_array_equal(out, [[5, 0, 5, 10]])
 
 
 def test_nms_chain_is_greedy():
@@ -312,7 +358,7 @@ def _nms_problem(data, max_n=80):
     n = data.draw(st.integers(0, max_n), label="n")
     kind = data.draw(st.sampled_from(["uniform", "integer", "clustered", "far", "messy"]), label="kind")
     dtype = data.draw(dtypes, label="dtype")
-    thr = data.draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.5]), label="thr")
+    thr = data.draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]), label="thr")
     rng = np.random.default_rng(seed)
     if kind == "clustered":
         base = random_boxes(rng, max(1, n // 8), scale=60, min_wh=5, max_wh=30)
