@@ -38,7 +38,8 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_float_dtype, check_hw_pair, check_positive_int
+from ._checks import (check_array, check_finite, check_float_dtype, check_hw_pair, check_positive_int,
+                      check_sequence)
 
 __all__ = [
     "base_anchors",
@@ -123,6 +124,7 @@ def grid_anchors(base, grid_size, stride):
     ``base[a] + (j * sw, i * sh, j * sw, i * sh)``.
     """
     check_array("base", base, shape=("A", 4), dtype_kind="f")
+    check_finite("base", base)
     return _grid_anchors(base, check_hw_pair("grid_size", grid_size), check_hw_pair("stride", stride))
 
 
@@ -151,8 +153,10 @@ def pyramid_anchors(image_size, grid_sizes, sizes=DEFAULT_SIZES, aspect_ratios=N
     """
     H, W = check_hw_pair("image_size", image_size)
     grid_sizes = _check_grid_sizes(grid_sizes)
+    check_sequence("sizes", sizes, what="sequence of per-level sizes")
     if aspect_ratios is None:
         aspect_ratios = ((0.5, 1.0, 2.0),) * len(grid_sizes)
+    check_sequence("aspect_ratios", aspect_ratios, what="sequence of per-level ratios")
     if len(sizes) != len(grid_sizes) or len(aspect_ratios) != len(grid_sizes):
         raise ValueError(
             f"sizes and aspect_ratios must have one entry per level ({len(grid_sizes)} grid_sizes), "
@@ -200,6 +204,7 @@ def matterport_pyramid_anchors(image_size, scales=(32, 64, 128, 256, 512), ratio
     no rounding. Same order as torchvision: location-major, ratio fastest.
     """
     H, W = check_hw_pair("image_size", image_size)
+    dtype = check_float_dtype(dtype)
     scales = _check_numbers("scales", scales)
     ratios = np.asarray(_check_numbers("ratios", ratios), dtype=dtype)
     strides = _check_numbers("feature_strides", feature_strides)

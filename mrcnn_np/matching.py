@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_array, check_finite, check_float, check_positive_int, check_rng
+from ._checks import check_array, check_bool, check_finite, check_float, check_positive_int, check_rng
 
 __all__ = [
     "BELOW_LOW_THRESHOLD",
@@ -34,10 +34,12 @@ BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
 
 
-def _check_matcher_args(match_quality_matrix, high_threshold, low_threshold):
+def _check_matcher_args(match_quality_matrix, high_threshold, low_threshold, allow_low_quality_matches):
     m = check_array("match_quality_matrix", match_quality_matrix, shape=("G", "A"), dtype_kind="f")
-    high = check_float("high_threshold", high_threshold)
-    low = check_float("low_threshold", low_threshold)
+    # thresholds of an IoU: in [0, 1] (1.5 or -0.5 would silently match nothing / everything)
+    high = check_float("high_threshold", high_threshold, minimum=0.0, maximum=1.0)
+    low = check_float("low_threshold", low_threshold, minimum=0.0, maximum=1.0)
+    check_bool("allow_low_quality_matches", allow_low_quality_matches)
     if low > high:
         raise ValueError(
             f"low_threshold must be <= high_threshold ({high}), got {low}"
@@ -50,7 +52,9 @@ def matcher(match_quality_matrix, *, high_threshold=0.7, low_threshold=0.3,
             allow_low_quality_matches=True):
     """Assign to every prediction the ground truth it matches best (torchvision ``Matcher``).
 
-    match_quality_matrix: (G, A) float, e.g. ``box_iou(gt_boxes, anchors)``.
+    match_quality_matrix: (G, A) float, finite, e.g. ``box_iou(gt_boxes, anchors)``.
+    high_threshold, low_threshold: IoU thresholds in [0, 1], low <= high.
+    allow_low_quality_matches: bool.
     Returns matches: (A,) int64. For prediction ``a`` with best quality
     ``q = max_g M[g, a]`` reached first at ``g* = argmax_g M[g, a]``:
 
@@ -71,7 +75,8 @@ def matcher(match_quality_matrix, *, high_threshold=0.7, low_threshold=0.3,
     raises instead; the RPN and RoI target code handle that case before).
     Ties in the argmax go to the lowest ground-truth index, as torch's ``max``.
     """
-    m, high, low = _check_matcher_args(match_quality_matrix, high_threshold, low_threshold)
+    m, high, low = _check_matcher_args(match_quality_matrix, high_threshold, low_threshold,
+                                       allow_low_quality_matches)
     return _matcher(m, high, low, allow_low_quality_matches)
 
 
@@ -100,7 +105,8 @@ def _matcher(m, high_threshold, low_threshold, allow_low_quality_matches=True):
 def matcher_naive(match_quality_matrix, *, high_threshold=0.7, low_threshold=0.3,
                   allow_low_quality_matches=True):
     """Loop version of ``matcher`` (same arguments and result), for tests and notebooks."""
-    m, high, low = _check_matcher_args(match_quality_matrix, high_threshold, low_threshold)
+    m, high, low = _check_matcher_args(match_quality_matrix, high_threshold, low_threshold,
+                                       allow_low_quality_matches)
     num_gt, num_pred = m.shape
     matches = np.full(num_pred, BELOW_LOW_THRESHOLD, dtype=np.int64)
     if num_gt == 0 or num_pred == 0:
