@@ -65,7 +65,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mrcnn_np._checks import check_array, check_finite, check_float, check_positive_int, check_rng
+from mrcnn_np._checks import (check_array, check_coordinates, check_finite, check_float, check_positive_int,
+                              check_rng, check_sequence, check_str)
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -143,12 +144,17 @@ def box_iou_coco(dt_boxes, gt_boxes, iscrowd=None):
     Returns (D, G) float64. Computed in float64 on ``[x, y, w, h]`` with
     ``w = x2 - x1`` exactly as the C code (right edge ``x + w``), so that
     thresholds compare the same numbers. Crowd columns: intersection / dt area.
-    No overlap (width or height <= 0) gives 0.
+    No overlap (width or height <= 0) gives 0. Boxes must be finite (a list is
+    fine); iscrowd holds bools or 0/1 numbers.
     """
-    d = _xyxy_to_xywh(dt_boxes)
-    g = _xyxy_to_xywh(gt_boxes)
-    if iscrowd is None:
-        iscrowd = np.zeros(len(g), dtype=bool)
+    d = _xyxy_to_xywh(_check_boxes("dt_boxes", dt_boxes))
+    g = _xyxy_to_xywh(_check_boxes("gt_boxes", gt_boxes))
+    iscrowd = np.zeros(len(g), dtype=bool) if iscrowd is None else _as_flags("iscrowd", iscrowd, len(g))
+    return _box_iou_coco(d, g, iscrowd)
+
+
+def _box_iou_coco(d, g, iscrowd):
+    """:func:`box_iou_coco` on checked (D, 4), (G, 4) float64 xywh boxes and (G,) bool iscrowd."""
     da = d[:, 2] * d[:, 3]
     ga = g[:, 2] * g[:, 3]
     w = np.minimum(d[:, None, 2] + d[:, None, 0], g[None, :, 2] + g[None, :, 0]) - np.maximum(
@@ -159,7 +165,7 @@ def box_iou_coco(dt_boxes, gt_boxes, iscrowd=None):
     )
     ok = (w > 0) & (h > 0)
     inter = np.where(ok, w * h, 0.0)
-    union = np.where(np.asarray(iscrowd, bool)[None, :], da[:, None], da[:, None] + ga[None, :] - inter)
+    union = np.where(iscrowd[None, :], da[:, None], da[:, None] + ga[None, :] - inter)
     safe = np.where(ok, union, 1.0)
     return np.where(ok, inter / np.where(safe > 0, safe, 1.0), 0.0)
 
@@ -212,20 +218,24 @@ def mask_iou_coco(dt_masks, gt_masks, iscrowd=None):
     dt_masks: (D, H, W) bool; gt_masks: (G, H, W) bool; iscrowd: (G,) bool or None.
     Returns (D, G) float64 = intersection / union pixel counts, or
     intersection / dt area for crowd columns; 0 where the denominator is 0.
+    Masks may also be 0/1 integers; both must have one (H, W).
     """
+    dt_masks = _as_bool_masks("dt_masks", dt_masks)
+    gt_masks = _as_bool_masks("gt_masks", gt_masks)
+    if dt_masks.shape[1:] != gt_masks.shape[1:]:
+        raise ValueError(f"gt_masks must have the (H, W) of dt_masks {dt_masks.shape[1:]}, got {gt_masks.shape[1:]}")
     da, ga, inter = _mask_counts(dt_masks, gt_masks)
-    if iscrowd is None:
-        iscrowd = np.zeros(len(ga), dtype=bool)
-    union = np.where(np.asarray(iscrowd, bool)[None, :], da[:, None], da[:, None] + ga[None, :] - inter)
+    iscrowd = np.zeros(len(ga), dtype=bool) if iscrowd is None else _as_flags("iscrowd", iscrowd, len(ga))
+    union = np.where(iscrowd[None, :], da[:, None], da[:, None] + ga[None, :] - inter)
     return np.where((inter > 0) & (union > 0), inter / np.maximum(union, 1), 0.0)
 
 
 # --------------------------------------------------------------------- validation
 
-def _as_bool_masks(name, masks, n):
+def _as_bool_masks(name, masks, n=None):
     masks = np.asarray(masks) if not isinstance(masks, np.ndarray) else masks
     check_array(name, masks, ndim=3)
-    if masks.shape[0] != n:
+    if n is not None and masks.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n}, H, W) (one mask per box), got {masks.shape}")
     if masks.dtype.kind == "b":
         return masks
@@ -234,12 +244,47 @@ def _as_bool_masks(name, masks, n):
     raise TypeError(f"{name} must have a bool (or 0/1 integer) dtype, got {masks.dtype}; threshold soft masks first")
 
 
+def _as_flags(name, value, n):
+    """(n,) bool from bools or 0/1 numbers (an array or a list); NaN, other values, a
+    complex or str dtype raise."""
+    arr = np.asarray(value)
+    check_array(name, arr, shape=(n,))
+    if arr.dtype.kind == "b":
+        return arr
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold bools (or 0/1 numbers), got dtype {arr.dtype}")
+    if arr.size and not ((arr == 0) | (arr == 1)).all():
+        raise ValueError(f"{name} must hold bools (or 0/1 numbers), got other values")
+    return arr != 0
+
+
 def _check_boxes(name, boxes):
-    boxes = check_array(name, np.asarray(boxes), shape=("G" if "ground" in name else "D", 4))
+    boxes = check_array(name, np.asarray(boxes), shape=("G" if ("ground" in name or "gt" in name) else "D", 4))
     if boxes.size and boxes.dtype.kind not in "iuf":
         raise TypeError(f"{name} must have a numeric dtype, got {boxes.dtype}")
-    check_finite(name, boxes)
+    # finite, and small enough that areas stay finite in float64 (the IoU is computed there)
+    check_coordinates(name, boxes, np.float64)
     return boxes
+
+
+def _numbers(name, value):
+    """float64 array of real numbers (an array or nested lists); a str, complex or
+    ragged input raises TypeError naming ``name`` instead of casting."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged
+        raise ValueError(f"{name} must be a rectangular array of numbers, got {value!r}") from None
+    if arr.size and arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _areas(name, value, n):
+    """(n,) finite float64 areas from numbers (an array or a list)."""
+    arr = check_array(name, np.asarray(value), shape=(n,))
+    if arr.size and arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must have a numeric dtype, got {arr.dtype}")
+    return check_finite(name, arr.astype(np.float64))
 
 
 def _check_labels(name, labels, n):
@@ -277,16 +322,17 @@ def _prepare_image(i, gt, dt, iou_type):
     check_finite(f"detections[{i}]['scores']", ds)
     crowd = np.zeros(g, dtype=bool)
     if gt.get("iscrowd") is not None:
-        crowd = check_array(f"{where}['iscrowd']", np.asarray(gt["iscrowd"]), shape=(g,)).astype(bool)
+        crowd = _as_flags(f"{where}['iscrowd']", gt["iscrowd"], g)
     gmasks = dmasks = None
     if gt.get("masks") is not None:
         gmasks = _as_bool_masks(f"{where}['masks']", gt["masks"], g)
+    if dt.get("masks") is not None:  # checked even when unused (bbox): a bad one is a mistake
+        dmasks = _as_bool_masks(f"detections[{i}]['masks']", dt["masks"], d)
     if iou_type == "segm":
         if gmasks is None:
             raise ValueError(f"{where} needs 'masks' for iou_type='segm'")
-        if dt.get("masks") is None:
+        if dmasks is None:
             raise ValueError(f"detections[{i}] needs 'masks' for iou_type='segm'")
-        dmasks = _as_bool_masks(f"detections[{i}]['masks']", dt["masks"], d)
         if dmasks.shape[1:] != gmasks.shape[1:]:
             raise ValueError(
                 f"detections[{i}]['masks'] must have the image size {gmasks.shape[1:]} of "
@@ -294,14 +340,14 @@ def _prepare_image(i, gt, dt, iou_type):
             )
     # areas
     if gt.get("area") is not None:
-        garea = check_array(f"{where}['area']", np.asarray(gt["area"], dtype=np.float64), shape=(g,))
+        garea = _areas(f"{where}['area']", gt["area"], g)
     elif gmasks is not None:
         garea = gmasks.reshape(g, gmasks.shape[1] * gmasks.shape[2]).sum(axis=1).astype(np.float64)
     else:
         gx = _xyxy_to_xywh(gb)
         garea = gx[:, 2] * gx[:, 3]
     if dt.get("area") is not None:
-        darea = check_array(f"detections[{i}]['area']", np.asarray(dt["area"], dtype=np.float64), shape=(d,))
+        darea = _areas(f"detections[{i}]['area']", dt["area"], d)
     elif iou_type == "segm":
         darea = None  # filled from the mask counts
     else:
@@ -393,7 +439,14 @@ def evaluate_image_naive(ious, gt_ignore, gt_crowd, det_out_of_range, threshold)
     Returns (matched (D,) bool, ignored (D,) bool, gt_match (G,) int: index of
     the detection that took it, or -1).
     """
-    D, G = np.shape(ious)
+    ious = _numbers("ious", ious)
+    check_array("ious", ious, shape=("D", "G"))
+    check_finite("ious", ious)
+    D, G = ious.shape
+    gt_ignore = _as_flags("gt_ignore", gt_ignore, G)
+    gt_crowd = _as_flags("gt_crowd", gt_crowd, G)
+    det_out_of_range = _as_flags("det_out_of_range", det_out_of_range, D)
+    threshold = check_float("threshold", threshold, minimum=0.0, maximum=1.0)
     order = np.argsort(np.asarray(gt_ignore, dtype=np.int64), kind="mergesort")  # ignore last
     gtm = -np.ones(G, dtype=np.int64)
     matched = np.zeros(D, dtype=bool)
@@ -462,14 +515,15 @@ def coco_evaluate(
         raise ValueError(
             f"detections must have one dict per ground_truth image ({len(ground_truth)}), got {len(detections)}"
         )
-    max_dets = tuple(sorted(int(m) for m in max_dets))
-    if not max_dets or max_dets[0] < 1:
-        raise ValueError(f"max_dets must be positive ints, got {max_dets}")
-    thresholds = IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, np.float64)
+    check_sequence("max_dets", max_dets, what="sequence of positive ints")
+    max_dets = tuple(sorted(check_positive_int("max_dets", m) for m in max_dets))
+    if not max_dets:
+        raise ValueError("max_dets must not be empty")
+    thresholds = IOU_THRESHOLDS if iou_thresholds is None else _numbers("iou_thresholds", iou_thresholds)
     check_array("iou_thresholds", thresholds, shape=("T",))
     if thresholds.size == 0 or not np.all((thresholds >= 0) & (thresholds <= 1)):
         raise ValueError(f"iou_thresholds must be a non-empty list of values in [0, 1], got {thresholds}")
-    area_ranges = np.asarray(area_ranges, dtype=np.float64)
+    area_ranges = _numbers("area_ranges", area_ranges)
     check_array("area_ranges", area_ranges, shape=("A", 2))
     if len(area_ranges) == 0 or not np.all(area_ranges[:, 0] <= area_ranges[:, 1]):
         raise ValueError(f"area_ranges must be non-empty [lo, hi] rows with lo <= hi, got {area_ranges.tolist()}")
@@ -485,6 +539,10 @@ def coco_evaluate(
     if category_ids is None:
         labels = [p[1] for p in prepared]
         category_ids = np.unique(np.concatenate(labels)) if labels else np.zeros(0, np.int64)
+    else:
+        ids = np.asarray(category_ids)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise TypeError(f"category_ids must be a sequence of ints, got {category_ids!r}")
     category_ids = np.unique(np.asarray(category_ids, dtype=np.int64))
     K = len(category_ids)
     cat_index = {int(c): k for k, c in enumerate(category_ids)}
@@ -508,7 +566,7 @@ def coco_evaluate(
                 if darea is None:
                     darea = dcount.astype(np.float64)
             else:
-                img_ious = box_iou_coco(db, gb, crowd)
+                img_ious = _box_iou_coco(_xyxy_to_xywh(db), _xyxy_to_xywh(gb), crowd)
         if darea is None:  # segm detections without ground truth in this image
             darea = dmasks.reshape(len(dmasks), dmasks.shape[1] * dmasks.shape[2]).sum(axis=1).astype(np.float64)
         g_notig_all = (~crowd)[None, :] & (garea[None, :] >= area_ranges[:, :1]) & (garea[None, :] <= area_ranges[:, 1:])
@@ -598,6 +656,8 @@ def _stats(precision, recall, thresholds, max_dets):
     def one(ap, iou_thr=None, area=0, md=100):
         mind = [i for i, m in enumerate(max_dets) if m == md]
         s = precision if ap else recall
+        if area >= s.shape[-2]:  # fewer area ranges than COCO's four: that stat is undefined
+            return -1.0
         if iou_thr is not None:
             s = s[np.where(iou_thr == thresholds)[0]]
         if ap:
@@ -631,9 +691,12 @@ def summarize(stats, *, iou_type=None):
     """
     if isinstance(stats, COCOEvalResult):
         stats = stats.stats
-    stats = np.asarray(stats, dtype=np.float64)
+    stats = _numbers("stats", stats)
     if stats.shape != (12,):
         raise ValueError(f"stats must have shape (12,), got {stats.shape}")
+    check_finite("stats", stats)
+    if iou_type is not None:
+        check_str("iou_type", iou_type)
     rows = [
         (1, "0.50:0.95", "all", 100), (1, "0.50", "all", 100), (1, "0.75", "all", 100),
         (1, "0.50:0.95", "small", 100), (1, "0.50:0.95", "medium", 100), (1, "0.50:0.95", "large", 100),
@@ -677,16 +740,20 @@ def precision_recall_curve(scores, is_tp, num_gt, *, ignored=None, recall_thresh
     detections that count neither way (matched to crowd/ignored objects).
     Returns :class:`PRCurve`; ``ap`` equals ``coco_evaluate``'s precision
     averaged over the recall points for the same matches.
+    scores must be finite; is_tp, ignored: bools or 0/1 numbers; recall_thresholds:
+    (R,) values in [0, 1], R >= 1.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    is_tp = np.asarray(is_tp, dtype=bool)
-    if scores.ndim != 1 or is_tp.shape != scores.shape:
-        raise ValueError(f"scores and is_tp must have the same shape (D,), got {scores.shape} and {is_tp.shape}")
-    if int(num_gt) <= 0:
+    scores = _numbers("scores", scores)
+    check_array("scores", scores, shape=("D",))
+    check_finite("scores", scores)
+    is_tp = _as_flags("is_tp", is_tp, len(scores))
+    if check_float("num_gt", num_gt) <= 0:
         raise ValueError(f"num_gt must be > 0, got {num_gt}")
-    ignored = np.zeros_like(is_tp) if ignored is None else np.asarray(ignored, dtype=bool)
-    if ignored.shape != is_tp.shape:
-        raise ValueError(f"ignored must have the shape of is_tp {is_tp.shape}, got {ignored.shape}")
+    ignored = np.zeros_like(is_tp) if ignored is None else _as_flags("ignored", ignored, len(scores))
+    rt = _numbers("recall_thresholds", recall_thresholds)
+    check_array("recall_thresholds", rt, shape=("R",))
+    if rt.size == 0 or not ((rt >= 0) & (rt <= 1)).all():
+        raise ValueError(f"recall_thresholds must be a non-empty list of values in [0, 1], got {rt}")
     order = np.argsort(-scores, kind="mergesort")
     tp = is_tp[order] & ~ignored[order]
     fp = ~is_tp[order] & ~ignored[order]
@@ -695,7 +762,6 @@ def precision_recall_curve(scores, is_tp, num_gt, *, ignored=None, recall_thresh
     recall = tp_cum / num_gt
     precision = tp_cum / (fp_cum + tp_cum + np.spacing(1))
     envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-    rt = np.asarray(recall_thresholds, dtype=np.float64)
     idx = np.searchsorted(recall, rt, side="left")
     inside = idx < len(recall)
     sampled = np.zeros(len(rt))
@@ -709,28 +775,44 @@ def simulate_detections(ground_truth, *, noise, rng, drop=0.0, false_positives=0
 
     ground_truth: list of dicts with ``boxes`` (G, 4), ``labels`` (G,), and
         optionally ``masks`` (G, H, W) bool.
-    noise: >= 0; each object is shifted by a whole-pixel offset drawn from
+    noise: in [0, 1000]; each object is shifted by a whole-pixel offset drawn from
         N(0, noise * s) per axis, s = sqrt(box area) (mask and box together),
         and the box corners get an extra N(0, noise * s / 2) each.
     rng: np.random.Generator. drop: probability to miss an object.
-    false_positives: mean number (Poisson) of random boxes added per image,
+    false_positives: mean number (Poisson, at most 1e6) of random boxes added per image,
         with a random label in 1..num_classes (default: the largest label seen).
     Scores: kept objects U(0.3, 1), false positives U(0, 0.8).
     Returns a list of detection dicts (``boxes`` float64, ``labels``,
     ``scores``, ``masks`` when the ground truth has masks).
     """
     check_rng(rng)
-    noise = check_float("noise", noise, minimum=0.0)
+    # bounded so that every offset and count stays finite and drawable (noise 1000 already
+    # throws every object a thousand sizes away)
+    noise = check_float("noise", noise, minimum=0.0, maximum=1e3)
     drop = check_float("drop", drop, minimum=0.0, maximum=1.0)
-    false_positives = check_float("false_positives", false_positives, minimum=0.0)
+    false_positives = check_float("false_positives", false_positives, minimum=0.0, maximum=1e6)
+    check_sequence("ground_truth", ground_truth, what="list of dicts")
+    checked = []
+    for i, g in enumerate(ground_truth):
+        where = f"ground_truth[{i}]"
+        if not isinstance(g, dict):
+            raise TypeError(f"{where} must be a dict, got {type(g).__name__}")
+        for key in ("boxes", "labels"):
+            if key not in g:
+                raise ValueError(f"{where} is missing the key {key!r}")
+        boxes = _check_boxes(f"{where}['boxes']", g["boxes"]).astype(np.float64)
+        labels = _check_labels(f"{where}['labels']", g["labels"], len(boxes)).astype(np.int64)
+        masks = g.get("masks")
+        if masks is not None:
+            masks = _as_bool_masks(f"{where}['masks']", masks, len(boxes))
+            if 0 in masks.shape[1:]:
+                raise ValueError(f"{where}['masks'] must have a non-empty image size (H, W), got {masks.shape}")
+        checked.append((boxes, labels, masks))
     if num_classes is None:
-        num_classes = max([int(np.max(g["labels"])) for g in ground_truth if len(g["labels"])] + [1])
+        num_classes = max([int(np.max(labels)) for _, labels, _ in checked if len(labels)] + [1])
     num_classes = check_positive_int("num_classes", num_classes)
     out = []
-    for g in ground_truth:
-        boxes = np.asarray(g["boxes"], dtype=np.float64).reshape(-1, 4)
-        labels = np.asarray(g["labels"], dtype=np.int64)
-        masks = g.get("masks")
+    for boxes, labels, masks in checked:
         has_masks = masks is not None
         if has_masks:
             H, W = masks.shape[1:]

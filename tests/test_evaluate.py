@@ -445,7 +445,7 @@ def test_precision_recall_curve_by_hand():
     c = precision_recall_curve([0.9, 0.8, 0.7], [True, False, True], 2, ignored=[False, True, False])
     np.testing.assert_array_equal(c.fp_cum, [0, 0, 0])
     assert c.ap == pytest.approx(1.0, abs=EPS)
-    with pytest.raises(ValueError, match="ignored must have the shape"):
+    with pytest.raises(ValueError, match="ignored must have shape"):
         precision_recall_curve([0.9], [True], 2, ignored=[False, True])
 
 
