@@ -71,7 +71,8 @@ from pathlib import Path
 import numpy as np
 
 from mrcnn_np._atomic import atomic_path
-from mrcnn_np._checks import check_array
+from mrcnn_np._checks import (check_array, check_bool, check_coordinates, check_finite, check_instance,
+                              check_path, check_positive_int, check_sequence, check_str)
 
 __all__ = [
     "CocoData",
@@ -100,7 +101,7 @@ def rle_counts_from_mask(mask):
     mask: (h, w) bool. Returns (n,) int64 run lengths in column-major order,
     the first one a (possibly empty) run of zeros; they sum to h * w.
     """
-    check_array("mask", mask, ndim=2)
+    _check_mask("mask", mask, ndim=2)
     flat = np.asarray(mask, dtype=bool).T.ravel()
     n = flat.size
     if n == 0:
@@ -113,9 +114,29 @@ def rle_counts_from_mask(mask):
     return counts
 
 
+def _check_mask(name, mask, ndim):
+    """A mask: an ndarray of bools or 0/1 integers with ``ndim`` axes (floats, NaN, complex refused)."""
+    check_array(name, mask, ndim=ndim)
+    if mask.dtype.kind not in "biu":
+        raise TypeError(f"{name} must have a bool (or 0/1 integer) dtype, got {mask.dtype}")
+    return mask
+
+
 def rle_counts_to_string(counts):
-    """Compress RLE counts (n,) ints into the COCO string (pycocotools ``rleToString``)."""
-    cnts = np.asarray(counts, dtype=np.int64).ravel()
+    """Compress RLE counts (n,) ints into the COCO string (pycocotools ``rleToString``).
+
+    counts: non-negative ints (a list or an integer array; each must fit int64)."""
+    if isinstance(counts, (str, bytes, dict)) or counts is None:
+        raise TypeError(f"counts must be a sequence of ints, got {type(counts).__name__}")
+    try:
+        arr = np.asarray(counts)
+    except (ValueError, OverflowError):
+        raise ValueError(f"counts must be a flat sequence of ints, got {counts!r}") from None
+    if arr.size and arr.dtype.kind not in "iu":  # floats, complex, objects (ints beyond int64)
+        raise TypeError(f"counts must be ints that fit int64, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise ValueError("counts must be non-negative")
+    cnts = arr.astype(np.int64).ravel()
     if cnts.size == 0:
         return ""
     x = cnts.copy()
@@ -136,6 +157,7 @@ def rle_counts_from_string(s, *, what="rle"):
 
     what: names the source in error messages (e.g. ``"annotation 17"``).
     """
+    check_str("what", what)
     if isinstance(s, (bytes, bytearray)):
         raw = bytes(s)
     elif isinstance(s, str):
@@ -188,6 +210,7 @@ def rle_decode(rle, *, what="rle"):
     Raises ValueError (message starts with ``what``) for a malformed RLE or
     counts that do not sum to h * w.
     """
+    check_str("what", what)
     if not isinstance(rle, dict):
         raise TypeError(f"{what}: RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}")
     for key in ("size", "counts"):
@@ -219,13 +242,21 @@ def rle_decode(rle, *, what="rle"):
 
 # ----------------------------------------------------------------------- polygons
 
-def _as_polygon(poly, what):
-    xy = np.asarray(poly, dtype=np.float64)
+def _as_polygon(poly, what, h, w):
+    try:
+        xy = np.asarray(poly, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{what}: a polygon must be a flat list of numbers, got {poly!r:.80}") from None
     if xy.ndim != 1 or xy.size % 2 or xy.size < 6:
         raise ValueError(f"{what}: a polygon needs at least 3 (x, y) points as a flat list, got {xy.size} numbers")
     if not np.all(np.isfinite(xy)):
         raise ValueError(f"{what}: polygon coordinates must be finite")
-    return xy.reshape(-1, 2)
+    xy = xy.reshape(-1, 2)
+    # pycocotools walks every 1/5 pixel of every edge: a vertex far outside the image would
+    # cost memory without changing a pixel, so one image size beyond each border is the limit
+    if not ((xy[:, 0] >= -w) & (xy[:, 0] <= 2 * max(w, 1)) & (xy[:, 1] >= -h) & (xy[:, 1] <= 2 * max(h, 1))).all():
+        raise ValueError(f"{what}: polygon vertices must lie within one image size ({h}x{w}) of the image")
+    return xy
 
 
 def _polygon_crossings(xy, h, w):
@@ -296,20 +327,25 @@ def _polygon_parity_centres(xy, h, w):
     return (np.cumsum(toggles[:, :h], axis=1) & 1).astype(bool)
 
 
-def polygon_to_mask(polygons, h, w, *, method="pycocotools", what="polygon"):
+def polygon_to_mask(polygons, h, w, *, method="pycocotools", what="polygons"):
     """Rasterise COCO polygons (even-odd rule; the parts of an object OR-ed).
 
     polygons: list of flat ``[x1, y1, x2, y2, ...]`` sequences (>= 3 points
-        each), continuous pixel coordinates.
-    h, w: output size.
+        each), continuous pixel coordinates, finite, within one image size of
+        the image (x in [-w, 2w], y in [-h, 2h]).
+    h, w: output size, ints >= 0.
     method: ``"pycocotools"`` (default): pycocotools' ``rleFrPoly`` rule
         (vertices snapped to a 1/5-pixel grid, edges walked through it),
         reproduced in NumPy pixel for pixel; ``"centres"``: the exact
         even-odd test at pixel centres (see the module docstring).
+    what: names the source in error messages (e.g. ``"annotation 17"``).
     Returns (h, w) bool.
     """
     if method not in ("pycocotools", "centres"):
         raise ValueError(f"method must be 'pycocotools' or 'centres', got {method!r}")
+    check_str("what", what)
+    h = check_positive_int("h", h, minimum=0)
+    w = check_positive_int("w", w, minimum=0)
     if isinstance(polygons, np.ndarray) and polygons.ndim == 1:
         polygons = [polygons]
     if not isinstance(polygons, (list, tuple)) or len(polygons) == 0:
@@ -318,7 +354,7 @@ def polygon_to_mask(polygons, h, w, *, method="pycocotools", what="polygon"):
         polygons = [polygons]
     out = np.zeros((h, w), dtype=bool)
     for poly in polygons:
-        xy = _as_polygon(poly, what)
+        xy = _as_polygon(poly, what, h, w)
         rule = _polygon_parity_coco if method == "pycocotools" else _polygon_parity_centres
         out |= rule(xy, h, w).T
     return out
@@ -326,7 +362,9 @@ def polygon_to_mask(polygons, h, w, *, method="pycocotools", what="polygon"):
 
 def polygon_to_mask_naive(polygon, h, w):
     """One polygon, pixel by pixel (loops; for tests): ``polygon_to_mask(..., method="centres")``."""
-    xy = _as_polygon(polygon, "polygon")
+    h = check_positive_int("h", h, minimum=0)
+    w = check_positive_int("w", w, minimum=0)
+    xy = _as_polygon(polygon, "polygon", h, w)
     out = np.zeros((h, w), dtype=bool)
     n = len(xy)
     for r in range(h):
@@ -541,7 +579,7 @@ def _check_segmentation(segm, h, w, what):
             if not isinstance(poly, (list, tuple)) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
                 raise ValueError(f"{what}: a polygon must be a flat list of numbers [x1, y1, x2, y2, ...]")
-            _as_polygon(poly, what)
+            _as_polygon(poly, what, h, w)
     else:
         _segmentation_mask(segm, h, w, what)  # an RLE: decoding checks its size and counts
 
@@ -572,8 +610,10 @@ def load_coco(annotation_file, image_dir=None, *, load_images=True, load_masks=T
     images or no categories), and (with load_images) a missing or unreadable
     image file or one whose size differs from its json record.
     """
-    annotation_file = Path(annotation_file)
-    image_dir = annotation_file.parent if image_dir is None else Path(image_dir)
+    annotation_file = check_path("annotation_file", annotation_file)
+    image_dir = annotation_file.parent if image_dir is None else check_path("image_dir", image_dir)
+    load_images = check_bool("load_images", load_images)
+    load_masks = check_bool("load_masks", load_masks)
     where = f"{annotation_file}"
     try:
         return _load_coco(annotation_file, image_dir, load_images, load_masks)
@@ -689,7 +729,7 @@ def mask_to_polygons(mask):
     exactly, and the even-odd rule at pixel centres then counts each enclosed
     pixel once); :func:`write_coco_dataset` checks that before using one.
     """
-    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    m = np.pad(np.asarray(_check_mask("mask", mask, ndim=2), dtype=bool), 1)
     # directed unit edges with the object on one fixed side, as (x0, y0, x1, y1) in unpadded pixels
     r, c = np.nonzero(m[1:-1, 1:-1] & ~m[:-2, 1:-1])  # top sides: walk right to left
     edges = [np.stack([c + 1, r, c, r], 1)]
@@ -763,25 +803,55 @@ def write_coco_dataset(dataset, out_dir, *, category_names, category_ids=None, i
     import matplotlib.image as mpimg
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
+    if isinstance(dataset, (str, bytes, dict)) or not hasattr(dataset, "__len__") or not hasattr(
+            dataset, "__getitem__"):
+        raise TypeError(f"dataset must be indexable with a length (a list, ShapesDataset, CocoData), "
+                        f"got {type(dataset).__name__}")
+    out_dir = check_path("out_dir", out_dir)
+    check_sequence("category_names", category_names, what="list of names")
+    if not all(isinstance(nm, str) for nm in category_names):
+        raise TypeError(f"category_names must be a list of str, got {category_names!r}")
     k = len(category_names)
+    if category_ids is not None:
+        check_sequence("category_ids", category_ids, what="list of ints")
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in category_ids):
+            raise TypeError(f"category_ids must be a list of ints, got {category_ids!r}")
     category_ids = list(range(1, k + 1)) if category_ids is None else [int(c) for c in category_ids]
     if len(category_ids) != k or len(set(category_ids)) != k:
         raise ValueError(f"category_ids must be {k} distinct ids (one per name), got {category_ids}")
+    check_str("annotation_name", annotation_name)
+    check_str("image_folder", image_folder)
+    progress = check_bool("progress", progress)
     n = len(dataset)
     if n == 0:
         raise ValueError("dataset is empty: nothing to write")
+    if image_ids is not None:
+        check_sequence("image_ids", image_ids, what="list of ids")
     image_ids = list(range(1, n + 1)) if image_ids is None else list(image_ids)
     if len(image_ids) != n:
         raise ValueError(f"image_ids must have one id per image ({n}), got {len(image_ids)}")
     images, annotations = [], []
     for i in tqdm(range(n), desc="export", unit="image", disable=not progress):
         item = dataset[i]
-        img = check_array(f"dataset[{i}]['image']", np.asarray(item["image"]), ndim=3)
+        where = f"dataset[{i}]"
+        if not isinstance(item, dict):
+            raise TypeError(f"{where} must be a dict, got {type(item).__name__}")
+        for key in ("image", "boxes", "labels", "masks"):
+            if key not in item:
+                raise ValueError(f"{where} is missing the key {key!r}")
+        img = check_array(f"{where}['image']", np.asarray(item["image"]), ndim=3)
+        if img.dtype.kind != "f" or img.shape[2] not in (3, 4):
+            raise ValueError(f"{where}['image'] must be (H, W, 3) floats in [0, 1], got {img.dtype} {img.shape}")
+        check_finite(f"{where}['image']", img)
         h, w = img.shape[:2]
-        boxes = np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 4)
+        boxes = check_array(f"{where}['boxes']", np.asarray(item["boxes"]), shape=(None, 4))
+        if boxes.size and boxes.dtype.kind not in "iuf":
+            raise TypeError(f"{where}['boxes'] must be numbers, got {boxes.dtype}")
+        boxes = check_coordinates(f"{where}['boxes']", boxes, np.float64).astype(np.float64)
         labels = np.asarray(item["labels"])
-        masks = np.asarray(item["masks"], dtype=bool)
+        if labels.size and labels.dtype.kind not in "iu":
+            raise TypeError(f"{where}['labels'] must be ints, got {labels.dtype}")
+        masks = np.asarray(_check_mask(f"{where}['masks']", np.asarray(item["masks"]), ndim=3), dtype=bool)
         if masks.shape != (len(boxes), h, w) or labels.shape != (len(boxes),):
             raise ValueError(f"dataset[{i}]: boxes {boxes.shape}, labels {labels.shape} and masks {masks.shape} "
                              f"do not describe the same objects of a {h}x{w} image")
@@ -821,6 +891,14 @@ def write_coco_dataset(dataset, out_dir, *, category_names, category_ids=None, i
 
 # ----------------------------------------------------------------------- results
 
+def _numeric(name, value, *, shape, kinds):
+    """``np.asarray(value)`` with ``shape`` and a dtype kind in ``kinds`` (an empty list passes)."""
+    arr = check_array(name, np.asarray(value), shape=shape)
+    if arr.size and arr.dtype.kind not in kinds:
+        raise TypeError(f"{name} must hold {'ints' if kinds == 'iu' else 'real numbers'}, got dtype {arr.dtype}")
+    return arr
+
+
 def detections_to_coco_results(detections, image_ids, *, category_ids=None):
     """Per-image detections -> list of COCO result dicts.
 
@@ -832,20 +910,33 @@ def detections_to_coco_results(detections, image_ids, *, category_ids=None):
     Returns a list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
     "score"[, "segmentation"]}``.
     """
+    check_sequence("detections", detections, what="list of dicts")
+    check_sequence("image_ids", image_ids, what="list of ids")
     if len(image_ids) != len(detections):
         raise ValueError(f"image_ids must have one id per detections entry ({len(detections)}), got {len(image_ids)}")
+    for iid in image_ids:
+        if not (isinstance(iid, str) or (isinstance(iid, (int, np.integer)) and not isinstance(iid, bool))):
+            raise TypeError(f"image_ids must be ints (or str), got {iid!r}")
+    if category_ids is not None:
+        check_sequence("category_ids", category_ids, what="list of ints")
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in category_ids):
+            raise TypeError(f"category_ids must be a list of ints, got {category_ids!r}")
     out = []
     for i, (det, iid) in enumerate(zip(detections, image_ids)):
+        if not isinstance(det, dict):
+            raise TypeError(f"detections[{i}] must be a dict, got {type(det).__name__}")
         for key in ("boxes", "labels", "scores"):
             if key not in det:
                 raise ValueError(f"detections[{i}] is missing the key {key!r}")
-        boxes = check_array(f"detections[{i}]['boxes']", np.asarray(det["boxes"]), shape=("D", 4)).astype(np.float64)
+        boxes = _numeric(f"detections[{i}]['boxes']", det["boxes"], shape=("D", 4), kinds="iuf")
+        boxes = check_coordinates(f"detections[{i}]['boxes']", boxes, np.float64).astype(np.float64)
         d = len(boxes)
-        labels = check_array(f"detections[{i}]['labels']", np.asarray(det["labels"]), shape=(d,))
-        scores = check_array(f"detections[{i}]['scores']", np.asarray(det["scores"]), shape=(d,))
+        labels = _numeric(f"detections[{i}]['labels']", det["labels"], shape=(d,), kinds="iu")
+        scores = check_finite(f"detections[{i}]['scores']",
+                              _numeric(f"detections[{i}]['scores']", det["scores"], shape=(d,), kinds="iuf"))
         masks = det.get("masks")
         if masks is not None:
-            masks = check_array(f"detections[{i}]['masks']", np.asarray(masks), ndim=3)
+            masks = _check_mask(f"detections[{i}]['masks']", np.asarray(masks), ndim=3)
             if masks.shape[0] != d:
                 raise ValueError(f"detections[{i}]['masks'] must have shape ({d}, H, W), got {masks.shape}")
         for j in range(d):
@@ -870,8 +961,8 @@ def write_coco_results(path, detections, image_ids, *, category_ids=None):
 
     Arguments as :func:`detections_to_coco_results`. Returns the Path written.
     """
+    path = check_path("path", path)
     results = detections_to_coco_results(detections, image_ids, category_ids=category_ids)
-    path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(results, f)
@@ -893,11 +984,29 @@ def load_coco_results(results, coco):
     evaluation), otherwise its mask pixel count -- so that
     ``coco_evaluate(coco.samples, load_coco_results(path, coco), ...)`` gives
     pycocotools' numbers for the same two files.
+    Every entry is checked: errors are ValueErrors that start with "results" (or
+    the file's path) and name the entry ("result 3: ...").
     """
+    check_instance("coco", coco, CocoData, "CocoData (from load_coco)")
+    where = "results"
     if not isinstance(results, list):
-        results = _read_json(results, "results file")
+        path = check_path("results", results)
+        where = str(path)
+        results = _read_json(path, "results file")
         if not isinstance(results, list):
-            raise ValueError("a results file must hold a JSON list of detections")
+            raise ValueError(f"{where}: a results file must hold a JSON list of detections")
+    try:
+        return _load_coco_results(results, coco)
+    except (ValueError, TypeError) as exc:  # TypeError: a value of the wrong JSON type deep inside
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def _real(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _load_coco_results(results, coco):
     index = {s["image_id"]: i for i, s in enumerate(coco.samples)}
     label_of = {cid: k + 1 for k, cid in enumerate(coco.category_ids)}
     buckets = [[] for _ in coco.samples]
@@ -908,6 +1017,12 @@ def load_coco_results(results, coco):
             raise ValueError(f"result {n} needs 'bbox' or 'segmentation'")
         if box_area and not r.get("bbox"):
             raise ValueError(f"result {n} has no 'bbox' while the first result has one")
+        if not _real(r["score"]):
+            raise ValueError(f"result {n}: score must be a finite number, got {r['score']!r}")
+        if "bbox" in r and not (isinstance(r["bbox"], list) and len(r["bbox"]) == 4 and all(map(_real, r["bbox"]))
+                                and r["bbox"][2] >= 0 and r["bbox"][3] >= 0):
+            raise ValueError(f"result {n}: bbox must be [x, y, w, h], four finite numbers with w, h >= 0, "
+                             f"got {r['bbox']!r}")
         if not box_area and "segmentation" not in r:
             raise ValueError(f"result {n} has no 'segmentation' while the first result has one and no 'bbox'")
         if r["image_id"] not in index:
@@ -943,7 +1058,8 @@ def load_coco_results(results, coco):
             else:  # box of the mask, as pycocotools toBbox
                 ys, xs = np.nonzero(det["masks"][j])
                 xywh.append([xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] if len(xs) else [0, 0, 0, 0])
-        xywh = np.array(xywh, dtype=np.float64).reshape(d, 4)
+        xywh = check_coordinates(f"the bbox values of image {coco.samples[i]['image_id']}",
+                                 np.array(xywh, dtype=np.float64).reshape(d, 4))
         det["boxes"] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         if box_area:
             det["area"] = xywh[:, 2] * xywh[:, 3]

@@ -38,7 +38,7 @@ import numbers
 
 import numpy as np
 
-from .._checks import check_array, check_float, check_pair, check_positive_int
+from .._checks import check_array, check_float, check_pair, check_positive_int, check_sequence, coordinate_limit
 
 CLASS_NAMES = ("background", "square", "circle", "triangle")
 SQUARE, CIRCLE, TRIANGLE = 1, 2, 3
@@ -63,8 +63,11 @@ def shape_mask(kind, cx, cy, size, image_size):
     """
     if isinstance(kind, bool) or not isinstance(kind, numbers.Integral) or kind not in (1, 2, 3):
         raise ValueError(f"kind must be 1 (square), 2 (circle) or 3 (triangle), got {kind!r}")
-    cx, cy = check_float("cx", cx), check_float("cy", cy)
-    s = check_float("size", size)
+    # bounded so that the squared distances of the circle test stay finite
+    limit = coordinate_limit(np.float64)
+    cx = check_float("cx", cx, minimum=-limit, maximum=limit)
+    cy = check_float("cy", cy, minimum=-limit, maximum=limit)
+    s = check_float("size", size, maximum=limit)
     if s <= 0:
         raise ValueError(f"size must be > 0, got {s}")
     h, w = check_pair("image_size", image_size)
@@ -93,12 +96,16 @@ def render_shapes(shapes, image_size, background):
     image = np.empty((h, w, 3), dtype=np.float32)
     image[:] = background
     owner = np.full((h, w), -1, dtype=np.int64)
+    check_sequence("shapes", shapes, what="list of (kind, cx, cy, size, colour)")
     full = np.zeros((len(shapes), h, w), dtype=bool)
     for k, spec in enumerate(shapes):
-        if len(spec) != 5:
+        if not isinstance(spec, (tuple, list)) or len(spec) != 5:
             raise ValueError(f"shapes[{k}] must be (kind, cx, cy, size, colour), got {spec!r}")
         kind, cx, cy, size, colour = spec
-        full[k] = shape_mask(kind, cx, cy, size, (h, w))
+        try:
+            full[k] = shape_mask(kind, cx, cy, size, (h, w))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"shapes[{k}]: {exc}") from None
         image[full[k]] = _check_colour(f"shapes[{k}] colour", colour)
         owner[full[k]] = k
     masks = owner[None] == np.arange(len(shapes))[:, None, None]
@@ -128,7 +135,10 @@ def masks_to_boxes(masks):
 
 
 def _check_colour(name, colour):
-    c = np.asarray(colour, dtype=np.float64)
+    try:
+        c = np.asarray(colour, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an RGB triple in [0, 1], got {colour!r}") from None
     if c.shape != (3,) or not np.all((c >= 0) & (c <= 1)):
         raise ValueError(f"{name} must be an RGB triple in [0, 1], got {colour!r}")
     return c
