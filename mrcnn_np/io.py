@@ -80,6 +80,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_path
+from ._checks import check_finite, check_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "save_safetensors", "load_safetensors", "load_torch_state_dict"]
 
@@ -106,12 +107,14 @@ def _check_params(params):
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"params[{key!r}] must be a numeric array, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f":  # the boundary refuses NaN/inf: a diverged model is not saved silently
+            check_finite(f"params[{key!r}]", arr)
         out[key] = arr
     return out
 
 
 def _check_suffix(path, suffix):
-    path = Path(path)
+    path = check_path("path", path)
     if path.suffix != suffix:
         raise ValueError(f"path must end in {suffix!r}, got {str(path)!r}")
     return path
@@ -120,8 +123,9 @@ def _check_suffix(path, suffix):
 def save_checkpoint(path, params, *, meta=None):
     """Write ``params`` (and a JSON-serialisable ``meta`` dict) to ``path`` (.npz), atomically.
 
-    params: {name: array} (numeric arrays of any shape). meta: dict or None,
-    e.g. ``{"step": 1200, "config": {...}}``; it must survive ``json.dumps``.
+    params: {name: array} (numeric arrays of any shape; floats finite). meta: dict
+    or None, e.g. ``{"step": 1200, "config": {...}}``; it must survive ``json.dumps``
+    as standard JSON (NaN and inf are refused: ``load_checkpoint`` refuses them too).
     Returns the path.
     """
     path = _check_suffix(path, ".npz")
@@ -129,7 +133,7 @@ def save_checkpoint(path, params, *, meta=None):
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
     try:
-        text = json.dumps(meta if meta is not None else {}, sort_keys=True)
+        text = json.dumps(meta if meta is not None else {}, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta must be JSON-serialisable: {exc}") from exc
     arrays[META_KEY] = np.array(text)  # 0-d unicode array: no pickle needed
@@ -193,7 +197,8 @@ def save_safetensors(path, params, *, metadata=None):
         offset += len(data)
         chunks.append(data)
     if metadata is not None:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        if not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError("metadata must map str to str")
         header["__metadata__"] = dict(metadata)
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -213,7 +218,7 @@ def load_safetensors(path):
     Raises ValueError on a malformed file: header length past the end, offsets
     that overlap, leave gaps or disagree with dtype and shape, unknown dtypes.
     """
-    path = Path(path)
+    path = check_path("path", path)
     raw = path.read_bytes()
     if len(raw) < 8:
         raise ValueError(f"{path}: too short for a safetensors file ({len(raw)} bytes)")
