@@ -240,6 +240,13 @@ def check_sequence(name, value, *, length=None, what="list"):
     return value
 
 
+def check_callable(name, value):
+    """A callable (a function, a lambda) or TypeError naming ``name``; returns it."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
 def check_str(name, value, choices=None):
     """A str, optionally one of ``choices``; returns it."""
     if not isinstance(value, str):
