@@ -33,7 +33,7 @@ import dataclasses
 import numbers
 from dataclasses import dataclass
 
-from ._checks import check_float, check_positive_int
+from ._checks import check_bool, check_float, check_positive_int
 from .transform import IMAGE_MEAN, IMAGE_STD
 
 __all__ = [
@@ -93,14 +93,15 @@ class MaskRCNNConfig:
           negative below 0.3, ignored between.
       rpn_batch_size_per_image, rpn_positive_fraction: anchors sampled per
           image for the loss (256), at most this share positive (0.5).
-      rpn_score_thresh: proposals below this objectness probability are dropped (0.0).
+      rpn_score_thresh: proposals below this objectness probability are dropped (0.0; in [0, 1]).
     RoI heads:
       box_fg_iou_thresh / box_bg_iou_thresh: RoI foreground at IoU >= 0.5,
           background below 0.5.
       box_batch_size_per_image, box_positive_fraction: RoIs sampled per image
           (512), at most 25 % foreground.
       box_score_thresh, box_nms_thresh, box_detections_per_img: inference
-          post-processing (0.05, per-class NMS 0.5, top 100).
+          post-processing (0.05, per-class NMS 0.5, top 100; thresholds in
+          [0, 1], at least one detection per image).
       bbox_reg_weights: box coder weights of the heads (10, 10, 5, 5).
       box_roi_output_size, box_roi_sampling_ratio: RoIAlign of the box head (7, 2).
       mask_roi_output_size, mask_roi_sampling_ratio: RoIAlign of the mask head (14, 2).
@@ -169,8 +170,7 @@ class MaskRCNNConfig:
                      "box_batch_size_per_image", "box_roi_output_size", "mask_roi_output_size",
                      "representation_size", "mask_dim_reduced", "min_size", "max_size", "size_divisible"):
             put(name, check_positive_int(name, getattr(self, name)))
-        put("box_detections_per_img",
-            check_positive_int("box_detections_per_img", self.box_detections_per_img, minimum=0))
+        put("box_detections_per_img", check_positive_int("box_detections_per_img", self.box_detections_per_img))
         tl = check_positive_int("trainable_layers", self.trainable_layers, minimum=0)
         if tl > 5:
             raise ValueError(f"trainable_layers must be in [0, 5], got {tl}")
@@ -204,8 +204,8 @@ class MaskRCNNConfig:
         for name in ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction",
                      "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction", "box_nms_thresh"):
             put(name, check_float(name, getattr(self, name), minimum=0.0, maximum=1.0))
-        for name in ("rpn_score_thresh", "box_score_thresh"):
-            put(name, check_float(name, getattr(self, name)))
+        for name in ("rpn_score_thresh", "box_score_thresh"):  # thresholds on probabilities
+            put(name, check_float(name, getattr(self, name), minimum=0.0, maximum=1.0))
         if self.rpn_bg_iou_thresh > self.rpn_fg_iou_thresh:
             raise ValueError(f"rpn_bg_iou_thresh must be <= rpn_fg_iou_thresh ({self.rpn_fg_iou_thresh}), "
                              f"got {self.rpn_bg_iou_thresh}")
@@ -419,7 +419,7 @@ def own_data_config(num_classes, *, min_size=256, max_size=384, pretrained_backb
         min_size=min_size,
         max_size=max_size,
     )
-    if pretrained_backbone:
+    if check_bool("pretrained_backbone", pretrained_backbone):
         return MaskRCNNConfig(backbone_layers=(3, 4, 6, 3), backbone_width=64, trainable_layers=3, **common)
     return MaskRCNNConfig(backbone_layers=(2, 2, 2, 2), backbone_width=16, trainable_layers=5, **common)
 
@@ -437,7 +437,8 @@ def own_data_recipe(pretrained_backbone=False):
     would wreck. Two images a step: photos at 256 x 384 cost ~4x a shapes
     image, so 1500 steps stay in minutes.
     """
-    return {"steps": 1500, "batch_size": 2, "base_lr": 0.005 if pretrained_backbone else 0.01,
+    return {"steps": 1500, "batch_size": 2, "base_lr": 0.005 if check_bool("pretrained_backbone", pretrained_backbone)
+            else 0.01,
             "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4, "hflip_prob": 0.5}
 
 
