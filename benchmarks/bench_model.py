@@ -137,26 +137,26 @@ class Stages:
 # names never call one another (e.g. ``_box_branch`` calls RoIAlign and the box head,
 # which are not wrapped), so the stage times do not overlap; what is left of the total
 # is input checks and glue.
-FORWARD_TRAIN_STAGES = {
-    "backbone_forward": "backbone+FPN",
+FORWARD_TRAIN_STAGES = {  # (model calls the stages' unchecked twins, _name)
+    "_backbone_forward": "backbone+FPN",
     "_rpn_forward": "RPN head+anchors+proposals",
-    "rpn_targets": "RPN targets+loss", "rpn_loss": "RPN targets+loss",
-    "select_training_samples": "RoI sampling",
-    "_box_branch": "box branch (RoIAlign+head)+loss", "fastrcnn_loss": "box branch (RoIAlign+head)+loss",
-    "select_positive_proposals": "mask branch (RoIAlign+head)+loss",
-    "_mask_branch": "mask branch (RoIAlign+head)+loss", "maskrcnn_loss": "mask branch (RoIAlign+head)+loss",
+    "_rpn_targets": "RPN targets+loss", "_rpn_loss": "RPN targets+loss",
+    "_select_training_samples": "RoI sampling",
+    "_box_branch": "box branch (RoIAlign+head)+loss", "_fastrcnn_loss": "box branch (RoIAlign+head)+loss",
+    "_select_positive_proposals": "mask branch (RoIAlign+head)+loss",
+    "_mask_branch": "mask branch (RoIAlign+head)+loss", "_maskrcnn_loss": "mask branch (RoIAlign+head)+loss",
 }
 PREDICT_STAGES = {
-    "backbone_forward": "backbone+FPN",
+    "_backbone_forward": "backbone+FPN",
     "_rpn_forward": "RPN head+anchors+proposals",
-    "_box_branch": "box branch+postprocess", "postprocess_detections": "box branch+postprocess",
-    "_mask_branch": "mask branch+inference", "maskrcnn_inference": "mask branch+inference",
+    "_box_branch": "box branch+postprocess", "_postprocess_detections": "box branch+postprocess",
+    "_mask_branch": "mask branch+inference", "_maskrcnn_inference": "mask branch+inference",
 }
 BACKWARD_STAGES = {
-    "box_head_backward": "box head", "mask_head_backward": "mask head",
-    "multiscale_roi_align_backward": "RoIAlign box+mask",
-    "concat_box_prediction_layers_backward": "RPN head", "rpn_head_backward": "RPN head",
-    "backbone_backward": "backbone+FPN",
+    "_box_head_backward": "box head", "_mask_head_backward": "mask head",
+    "_multiscale_roi_align_backward": "RoIAlign box+mask",
+    "_concat_box_prediction_layers_backward": "RPN head", "_rpn_head_backward": "RPN head",
+    "_backbone_backward": "backbone+FPN",
 }
 OTHER = "other (checks, glue)"
 
@@ -174,7 +174,7 @@ def staged(fn, stages):
 
     def task():
         times = StageTimes()
-        saved = {name: getattr(M, name) for name in stages if hasattr(M, name)}
+        saved = {name: getattr(M, name) for name in stages}  # a renamed stage fails here, loudly
         for name, f in saved.items():
             setattr(M, name, _timed(f, stages[name], times))
         t0 = clock()

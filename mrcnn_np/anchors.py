@@ -287,5 +287,11 @@ def torchvision_resized_size(image_size, min_size=800, max_size=1333):
     H, W = check_hw_pair("image_size", image_size)
     min_size = check_positive_int("min_size", min_size)
     max_size = check_positive_int("max_size", max_size)
+    return _torchvision_resized_size((H, W), min_size, max_size)
+
+
+def _torchvision_resized_size(image_size, min_size, max_size):
+    """:func:`torchvision_resized_size` without the checks (for the transform)."""
+    H, W = image_size
     scale = min(float(min_size) / min(H, W), float(max_size) / max(H, W))
     return (int(math.floor(H * scale)), int(math.floor(W * scale)))

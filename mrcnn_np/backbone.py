@@ -76,10 +76,10 @@ from ._checks import (
     check_positive_int,
     check_rng,
 )
-from .ops.activations import relu_backward, relu_forward
-from .ops.conv import conv2d_backward, conv2d_forward, conv_output_size
+from .ops.activations import _relu_backward, _relu_forward
+from .ops.conv import _conv2d_backward, _conv2d_forward, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
-from .ops.pool import max_pool2d_backward, max_pool2d_forward
+from .ops.pool import _max_pool2d_backward, _max_pool2d_forward
 
 __all__ = [
     "RESNET_BLOCKS",
@@ -420,7 +420,7 @@ def _conv_bn_forward(params, spec, x, fold_bn):
     w = params[spec.conv]
     bn = [params[f"{spec.bn}.{f}"] for f in _BN_FIELDS]
     if not fold_bn:
-        out, conv_cache = conv2d_forward(x, w, None, stride=spec.stride, padding=spec.padding)
+        out, conv_cache = _conv2d_forward(x, w, None, spec.stride, spec.padding)
         out, bn_cache = frozen_batch_norm_forward(out, *bn, eps=BN_EPS)
         return out, ConvBNCache(spec, conv_cache, bn_cache, None)
     # BN folded into the conv: conv(x, w) * scale + shift == conv(x, w * scale) + shift
@@ -430,18 +430,17 @@ def _conv_bn_forward(params, spec, x, fold_bn):
         raise ValueError(f"params[{spec.bn + '.running_var'!r}] + eps must be > 0, got min {denom.min()}")
     scale = weight / np.sqrt(denom)
     shift = bias - mean * scale
-    out, conv_cache = conv2d_forward(x, w * scale[:, None, None, None], shift,
-                                     stride=spec.stride, padding=spec.padding)
+    out, conv_cache = _conv2d_forward(x, w * scale[:, None, None, None], shift, spec.stride, spec.padding)
     return out, ConvBNCache(spec, conv_cache, None, scale)
 
 
 def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     if cache.scale is None:
         d = frozen_batch_norm_backward(dout, cache.bn)
-        dx, dw, _ = conv2d_backward(d, cache.conv, need_dx=need_dx)
+        dx, dw, _ = _conv2d_backward(d, cache.conv, need_dx=need_dx)
     else:
         # the folded conv's weight is w * scale, so dL/dw = dL/d(w*scale) * scale
-        dx, dw, _ = conv2d_backward(dout, cache.conv, need_dx=need_dx)
+        dx, dw, _ = _conv2d_backward(dout, cache.conv, need_dx=need_dx)
         dw = dw * cache.scale[:, None, None, None]
     if need_dw:
         grads[cache.spec.conv] = dw
@@ -456,18 +455,35 @@ def bottleneck_forward(params, specs, x, *, fold_bn=True):
     fold_bn: see ``resnet_forward``.
     Returns (out (N, 4*planes, H', W'), BottleneckCache), H' = H / stride.
     """
+    if not (isinstance(specs, (tuple, list)) and len(specs) == 4
+            and all(isinstance(s, ConvSpec) for s in specs[:3]) and isinstance(specs[3], (ConvSpec, type(None)))):
+        raise TypeError("specs must be (conv1, conv2, conv3, downsample or None) ConvSpecs from resnet_conv_specs")
+    check_array("x", x, shape=("N", specs[0].in_channels, "H", "W"), dtype_kind="f")
+    if min(x.shape) == 0:
+        raise ValueError(f"x must have no empty dimension, got {x.shape}")
+    expected = {}
+    for spec in specs:
+        if spec is not None:
+            expected[spec.conv] = (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel)
+            expected.update({f"{spec.bn}.{f}": (spec.out_channels,) for f in _BN_FIELDS})
+    check_params(params, expected, dtype=x.dtype)
+    return _bottleneck_forward(params, specs, x, fold_bn)
+
+
+def _bottleneck_forward(params, specs, x, fold_bn=True):
+    """:func:`bottleneck_forward` without the checks (``resnet_forward`` checked once)."""
     s1, s2, s3, sd = specs
     out, cb1 = _conv_bn_forward(params, s1, x, fold_bn)
-    out, r1 = relu_forward(out)
+    out, r1 = _relu_forward(out)
     out, cb2 = _conv_bn_forward(params, s2, out, fold_bn)
-    out, r2 = relu_forward(out)
+    out, r2 = _relu_forward(out)
     out, cb3 = _conv_bn_forward(params, s3, out, fold_bn)
     if sd is not None:
         identity, cbd = _conv_bn_forward(params, sd, x, fold_bn)
     else:
         identity, cbd = x, None
     out += identity  # ``out`` is a fresh array owned by this function
-    out, r3 = relu_forward(out)
+    out, r3 = _relu_forward(out)
     return out, BottleneckCache(cb1, r1, cb2, r2, cb3, cbd, r3)
 
 
@@ -478,12 +494,24 @@ def bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     weight gradients are written into (when ``need_dw``). Returns dx
     (N, C_in, H, W) (the main path plus the shortcut), or None if not need_dx.
     """
-    d = relu_backward(dout, cache.relu_out)
+    if not isinstance(cache, BottleneckCache):
+        raise TypeError(f"cache must be a BottleneckCache, got {type(cache).__name__}")
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict, got {type(grads).__name__}")
+    check_array("dout", dout, shape=cache.relu_out.positive.shape, dtype_kind="f")
+    if dout.dtype != cache.relu_out.dtype:
+        raise TypeError(f"dout must have the dtype of the forward pass ({cache.relu_out.dtype}), got {dout.dtype}")
+    return _bottleneck_backward(dout, cache, grads, need_dx=need_dx, need_dw=need_dw)
+
+
+def _bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
+    """:func:`bottleneck_backward` without the checks (``resnet_backward`` checked once)."""
+    d = _relu_backward(dout, cache.relu_out)
     # the residual sum forks the gradient: same d to the main path and the shortcut
     dm = _conv_bn_backward(d, cache.conv_bn3, grads, need_dw=need_dw)
-    dm = relu_backward(dm, cache.relu2)
+    dm = _relu_backward(dm, cache.relu2)
     dm = _conv_bn_backward(dm, cache.conv_bn2, grads, need_dw=need_dw)
-    dm = relu_backward(dm, cache.relu1)
+    dm = _relu_backward(dm, cache.relu1)
     dm = _conv_bn_backward(dm, cache.conv_bn1, grads, need_dx=need_dx, need_dw=need_dw)
     if cache.downsample is not None:
         ds = _conv_bn_backward(d, cache.downsample, grads, need_dx=need_dx, need_dw=need_dw)
@@ -528,16 +556,22 @@ def resnet_forward(params, x, *, fold_bn=True):
     if min(x.shape) == 0:
         raise ValueError(f"x must have no empty dimension, got {x.shape}")
     structure = check_resnet_params(params, dtype=x.dtype)
+    return _resnet_forward(params, x, structure, fold_bn)
+
+
+def _resnet_forward(params, x, structure, fold_bn=True):
+    """:func:`resnet_forward` without the checks: params already validated
+    (``check_resnet_params``, which returned ``structure``)."""
     stem_spec, stage_specs = resnet_conv_specs(structure)
     out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
-    out, stem_relu = relu_forward(out)
-    out, pool = max_pool2d_forward(out, kernel_size=3, stride=2, padding=1)
+    out, stem_relu = _relu_forward(out)
+    out, pool = _max_pool2d_forward(out, (3, 3), (2, 2), (1, 1))
     features = {}
     stages = []
     for name, blocks in zip(FEATURE_NAMES, stage_specs):
         caches = []
         for specs in blocks:
-            out, c = bottleneck_forward(params, specs, out, fold_bn=fold_bn)
+            out, c = _bottleneck_forward(params, specs, out, fold_bn)
             caches.append(c)
         stages.append(tuple(caches))
         features[name] = out
@@ -574,6 +608,11 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
         raise TypeError(f"cache must be a ResNetCache, got {type(cache).__name__}")
     check_grad_dict("dfeatures", dfeatures, cache.feature_shapes, cache.dtype)
     trainable_layers = _check_trainable_layers(trainable_layers)
+    return _resnet_backward(dfeatures, cache, trainable_layers, return_input_grad)
+
+
+def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=False):
+    """:func:`resnet_backward` without the checks (for ``model``)."""
     # group index: 0 = conv1 (stem), 1..4 = layer1..layer4
     lowest_trained = 5 - trainable_layers
     lowest_visited = 0 if return_input_grad else lowest_trained
@@ -594,7 +633,7 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
         blocks = cache.stages[s - 1]
         for b in range(len(blocks) - 1, -1, -1):
             need_dx = b > 0 or s > lowest_visited
-            d = bottleneck_backward(d, blocks[b], grads, need_dx=need_dx, need_dw=train)
+            d = _bottleneck_backward(d, blocks[b], grads, need_dx=need_dx, need_dw=train)
     if lowest_visited == 0:
         if d is None:
             if lowest_trained == 0:
@@ -603,8 +642,8 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
                 )
             dx = np.zeros(cache.input_shape, cache.dtype)
         else:
-            d = max_pool2d_backward(d, cache.pool)
-            d = relu_backward(d, cache.stem_relu)
+            d = _max_pool2d_backward(d, cache.pool)
+            d = _relu_backward(d, cache.stem_relu)
             dx = _conv_bn_backward(d, cache.stem, grads, need_dx=return_input_grad,
                                    need_dw=lowest_trained == 0)
     else:

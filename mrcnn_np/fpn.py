@@ -43,10 +43,11 @@ from ._checks import (
     check_positive_int,
     check_rng,
 )
-from .backbone import EXPANSION, init_resnet, resnet_backward, resnet_forward
-from .ops.conv import conv2d_backward, conv2d_forward
-from .ops.pool import max_pool2d_backward, max_pool2d_forward
-from .ops.resize import upsample_nearest_backward, upsample_nearest_forward
+from .backbone import (EXPANSION, _check_trainable_layers, _resnet_backward, _resnet_forward,
+                       check_resnet_params, init_resnet)
+from .ops.conv import _conv2d_backward, _conv2d_forward
+from .ops.pool import _max_pool2d_backward, _max_pool2d_forward
+from .ops.resize import _upsample_nearest_backward, _upsample_nearest_forward
 
 __all__ = [
     "FPNCache",
@@ -211,22 +212,28 @@ def fpn_forward(params, features):
     ins, _ = fpn_structure(params)
     in_names, dtype = _check_features(features, ins)
     check_fpn_params(params, dtype=dtype)
-    num = len(ins)
+    return _fpn_forward(params, features, in_names)
+
+
+def _fpn_forward(params, features, in_names):
+    """:func:`fpn_forward` without the checks; in_names: ("C2", ..., "C{L+1}")."""
+    num = len(in_names)
+    dtype = features[in_names[0]].dtype
     inner, layer = [None] * num, [None] * num
     ups = [None] * (num - 1)
     outs = [None] * num
     top = num - 1
     kw, kb, lw, lb = _keys(top)
-    last, inner[top] = conv2d_forward(features[in_names[top]], params[kw], params[kb])
-    outs[top], layer[top] = conv2d_forward(last, params[lw], params[lb], padding=1)
+    last, inner[top] = _conv2d_forward(features[in_names[top]], params[kw], params[kb])
+    outs[top], layer[top] = _conv2d_forward(last, params[lw], params[lb], padding=1)
     for i in range(num - 2, -1, -1):
         kw, kb, lw, lb = _keys(i)
-        lateral, inner[i] = conv2d_forward(features[in_names[i]], params[kw], params[kb])
-        top_down, ups[i] = upsample_nearest_forward(last, lateral.shape[-2:])
+        lateral, inner[i] = _conv2d_forward(features[in_names[i]], params[kw], params[kb])
+        top_down, ups[i] = _upsample_nearest_forward(last, lateral.shape[-2:])
         last = lateral + top_down
-        outs[i], layer[i] = conv2d_forward(last, params[lw], params[lb], padding=1)
-    extra, pool = max_pool2d_forward(outs[top], kernel_size=1, stride=2)
-    _, out_names = fpn_level_names(num)
+        outs[i], layer[i] = _conv2d_forward(last, params[lw], params[lb], padding=1)
+    extra, pool = _max_pool2d_forward(outs[top], (1, 1), (2, 2), (0, 0))
+    out_names = tuple(f"P{k}" for k in range(2, num + 3))
     pyramid = dict(zip(out_names, outs + [extra]))
     shapes = {k: v.shape for k, v in pyramid.items()}
     cache = FPNCache(tuple(inner), tuple(ups), tuple(layer), pool, in_names, out_names, shapes, dtype)
@@ -250,6 +257,11 @@ def fpn_backward(dpyramid, cache):
     if not isinstance(cache, FPNCache):
         raise TypeError(f"cache must be an FPNCache, got {type(cache).__name__}")
     check_grad_dict("dpyramid", dpyramid, cache.out_shapes, cache.dtype)
+    return _fpn_backward(dpyramid, cache)
+
+
+def _fpn_backward(dpyramid, cache):
+    """:func:`fpn_backward` without the checks (for ``model``)."""
 
     def dout(name):
         if name in dpyramid:
@@ -261,18 +273,18 @@ def fpn_backward(dpyramid, cache):
     d_top = dout(cache.out_names[top])
     extra = cache.out_names[num]
     if extra in dpyramid:
-        d_top = d_top + max_pool2d_backward(dpyramid[extra], cache.pool)
+        d_top = d_top + _max_pool2d_backward(dpyramid[extra], cache.pool)
     grads, dfeatures = {}, {}
     running = None  # gradient of M{k} arriving from below through the upsample
     for i in range(num):
         kw, kb, lw, lb = _keys(i)
         dp = d_top if i == top else dout(cache.out_names[i])
-        dm, grads[lw], grads[lb] = conv2d_backward(dp, cache.layer[i])
+        dm, grads[lw], grads[lb] = _conv2d_backward(dp, cache.layer[i])
         if running is not None:
             dm += running
         if i < top:
-            running = upsample_nearest_backward(dm, cache.upsample[i])
-        dfeatures[cache.in_names[i]], grads[kw], grads[kb] = conv2d_backward(dm, cache.inner[i])
+            running = _upsample_nearest_backward(dm, cache.upsample[i])
+        dfeatures[cache.in_names[i]], grads[kw], grads[kb] = _conv2d_backward(dm, cache.inner[i])
     ordered = {}
     for i in range(num):
         for k in _keys(i):
@@ -313,8 +325,30 @@ def backbone_forward(params, x, *, fold_bn=True):
     Returns (pyramid {"P2": (N, D, H/4, W/4), ..., "P6": (N, D, H/64, W/64)},
     BackboneCache); sizes round up when H, W are not multiples of 64.
     """
-    features, body = resnet_forward(params, x, fold_bn=fold_bn)
-    pyramid, fpn = fpn_forward(params, features)
+    x = check_array("x", x, shape=("N", 3, "H", "W"), dtype_kind="f")
+    if min(x.shape) == 0:
+        raise ValueError(f"x must have no empty dimension, got {x.shape}")
+    return _backbone_forward(params, x, *_check_backbone_params(params, x.dtype), fold_bn=fold_bn)
+
+
+def _check_backbone_params(params, dtype=None):
+    """Validate the ResNet body and FPN parameters together (``check_resnet_params``,
+    ``check_fpn_params``, and the FPN's inputs are the body's C2..C5).
+    Returns (ResNetStructure, FPN in_names ("C2", ..., "C5"))."""
+    structure = check_resnet_params(params, dtype=dtype)
+    ins, _ = check_fpn_params(params, dtype=dtype)
+    body = [EXPANSION * structure.width * 2 ** s for s in range(4)]
+    if list(ins) != body:
+        raise ValueError(f"params hold an FPN on {len(ins)} levels of {ins} channels, but the ResNet body "
+                         f"(width {structure.width}) outputs C2..C5 with {body}")
+    return structure, fpn_level_names(len(ins))[0]
+
+
+def _backbone_forward(params, x, structure, in_names, fold_bn=True):
+    """:func:`backbone_forward` without the checks (``_check_backbone_params`` gave
+    structure and in_names)."""
+    features, body = _resnet_forward(params, x, structure, fold_bn)
+    pyramid, fpn = _fpn_forward(params, features, in_names)
     return pyramid, BackboneCache(body, fpn)
 
 
@@ -329,9 +363,15 @@ def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=
     """
     if not isinstance(cache, BackboneCache):
         raise TypeError(f"cache must be a BackboneCache, got {type(cache).__name__}")
-    fpn_grads, dfeatures = fpn_backward(dpyramid, cache.fpn)
-    out = resnet_backward(dfeatures, cache.body, trainable_layers=trainable_layers,
-                          return_input_grad=return_input_grad)
+    check_grad_dict("dpyramid", dpyramid, cache.fpn.out_shapes, cache.fpn.dtype)
+    trainable_layers = _check_trainable_layers(trainable_layers)
+    return _backbone_backward(dpyramid, cache, trainable_layers, return_input_grad)
+
+
+def _backbone_backward(dpyramid, cache, trainable_layers=5, return_input_grad=False):
+    """:func:`backbone_backward` without the checks (for ``model``)."""
+    fpn_grads, dfeatures = _fpn_backward(dpyramid, cache.fpn)
+    out = _resnet_backward(dfeatures, cache.body, trainable_layers, return_input_grad)
     body_grads, dx = out if return_input_grad else (out, None)
     grads = {**body_grads, **fpn_grads}
     return (grads, dx) if return_input_grad else grads

@@ -54,39 +54,39 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import check_array, check_float_dtype, check_hw_pair, check_rng
-from .anchors import pyramid_anchors
-from .backbone import check_resnet_params, resnet_trainable_keys
+from .anchors import _pyramid_anchors
+from .backbone import ResNetStructure, check_resnet_params, resnet_trainable_keys
 from .config import MaskRCNNConfig
-from .fpn import backbone_backward, backbone_forward, check_fpn_params, init_resnet_fpn_backbone
-from .roi_align import multiscale_roi_align_backward, multiscale_roi_align_forward
+from .fpn import _backbone_backward, _backbone_forward, check_fpn_params, init_resnet_fpn_backbone
+from .roi_align import _multiscale_roi_align_backward, _multiscale_roi_align_forward
 from .transform import postprocess, transform_forward
 from .roi_heads import (
     BOX_HEAD_KEYS,
-    box_head_backward,
-    box_head_forward,
-    fastrcnn_loss,
+    _box_head_backward,
+    _box_head_forward,
+    _fastrcnn_loss,
     init_box_head,
     init_mask_head,
-    mask_head_backward,
-    mask_head_forward,
+    _mask_head_backward,
+    _mask_head_forward,
     mask_head_keys,
-    maskrcnn_inference,
-    maskrcnn_loss,
-    postprocess_detections,
-    select_positive_proposals,
-    select_training_samples,
+    _maskrcnn_inference,
+    _maskrcnn_loss,
+    _postprocess_detections,
+    _select_positive_proposals,
+    _select_training_samples,
 )
 from .rpn import (
     RPN_PARAM_NAMES,
-    concat_box_prediction_layers_backward,
-    concat_box_prediction_layers_forward,
-    decode_proposals,
-    filter_proposals,
+    _concat_box_prediction_layers_backward,
+    _concat_box_prediction_layers_forward,
+    _decode_proposals,
+    _filter_proposals,
     init_rpn_head,
-    rpn_head_backward,
-    rpn_head_forward,
-    rpn_loss,
-    rpn_targets,
+    _rpn_head_backward,
+    _rpn_head_forward,
+    _rpn_loss,
+    _rpn_targets,
 )
 
 __all__ = [
@@ -107,6 +107,7 @@ LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
 
 _RPN_LEVELS = ("P2", "P3", "P4", "P5", "P6")   # torchvision's "0".."3", "pool"
 _ROI_LEVELS = ("P2", "P3", "P4", "P5")         # MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"])
+_FPN_INPUTS = ("C2", "C3", "C4", "C5")         # the body's outputs the FPN reads
 
 
 class ModelCache(NamedTuple):
@@ -199,7 +200,9 @@ def trainable_keys(params, config):
 
 
 def _check_params(params, config, dtype):
-    """Structure of params vs config, and one dtype (the images')."""
+    """Structure of params vs config, and one dtype (the images'): every array the
+    stages read has its shape, so they run unchecked (``_backbone_forward`` ...).
+    Returns (ResNetStructure, FPN input names) for ``_backbone_forward``."""
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
     for key, value in params.items():
@@ -217,6 +220,11 @@ def _check_params(params, config, dtype):
     if d != config.fpn_channels or len(ins) != 4:
         raise ValueError(f"params hold an FPN of {len(ins)} levels and {d} channels, but config says "
                          f"fpn_channels={config.fpn_channels}")
+    body = list(config.backbone_out_channels)
+    if list(ins) != body:
+        raise ValueError(f"params hold an FPN on inputs of {ins} channels, but the ResNet body outputs "
+                         f"C2..C5 with {body}")
+    in_names = _FPN_INPUTS
     for key, (shape, fields) in _expected_head_shapes(config).items():
         if key not in params:
             raise ValueError(f"params is missing {key!r}")
@@ -227,6 +235,7 @@ def _check_params(params, config, dtype):
     if extra in params:
         raise ValueError(f"params hold {extra!r}: more mask-head layers than config.mask_layers="
                          f"{config.mask_layers}")
+    return structure, in_names
 
 
 def _expected_head_shapes(config):
@@ -235,21 +244,30 @@ def _expected_head_shapes(config):
     rep, s = config.representation_size, config.box_roi_output_size
     out = {
         "rpn.head.conv.0.0.weight": ((d, d, 3, 3), "fpn_channels"),
+        "rpn.head.conv.0.0.bias": ((d,), "fpn_channels"),
         "rpn.head.cls_logits.weight": ((a, d, 1, 1), "fpn_channels, aspect_ratios"),
+        "rpn.head.cls_logits.bias": ((a,), "aspect_ratios"),
         "rpn.head.bbox_pred.weight": ((4 * a, d, 1, 1), "fpn_channels, aspect_ratios"),
+        "rpn.head.bbox_pred.bias": ((4 * a,), "aspect_ratios"),
         "roi_heads.box_head.fc6.weight": ((rep, d * s * s), "representation_size, fpn_channels, box_roi_output_size"),
+        "roi_heads.box_head.fc6.bias": ((rep,), "representation_size"),
         "roi_heads.box_head.fc7.weight": ((rep, rep), "representation_size"),
+        "roi_heads.box_head.fc7.bias": ((rep,), "representation_size"),
         "roi_heads.box_predictor.cls_score.weight": ((k1, rep), "num_classes, representation_size"),
+        "roi_heads.box_predictor.cls_score.bias": ((k1,), "num_classes"),
         "roi_heads.box_predictor.bbox_pred.weight": ((4 * k1, rep), "num_classes, representation_size"),
+        "roi_heads.box_predictor.bbox_pred.bias": ((4 * k1,), "num_classes"),
     }
     c = d
     for i, width in enumerate(config.mask_layers):
         out[f"roi_heads.mask_head.{i}.0.weight"] = ((width, c, 3, 3), "mask_layers, fpn_channels")
+        out[f"roi_heads.mask_head.{i}.0.bias"] = ((width,), "mask_layers")
         c = width
-    out["roi_heads.mask_predictor.conv5_mask.weight"] = ((c, config.mask_dim_reduced, 2, 2),
-                                                         "mask_layers, mask_dim_reduced")
-    out["roi_heads.mask_predictor.mask_fcn_logits.weight"] = ((k1, config.mask_dim_reduced, 1, 1),
-                                                              "num_classes, mask_dim_reduced")
+    dr = config.mask_dim_reduced
+    out["roi_heads.mask_predictor.conv5_mask.weight"] = ((c, dr, 2, 2), "mask_layers, mask_dim_reduced")
+    out["roi_heads.mask_predictor.conv5_mask.bias"] = ((dr,), "mask_dim_reduced")
+    out["roi_heads.mask_predictor.mask_fcn_logits.weight"] = ((k1, dr, 1, 1), "num_classes, mask_dim_reduced")
+    out["roi_heads.mask_predictor.mask_fcn_logits.bias"] = ((k1,), "num_classes")
     return out
 
 
@@ -365,21 +383,21 @@ def _box_branch(params, roi_feats, scales, boxes, config, record=None):
     record: None, or a dict that receives "roi_features" (R, D, 7, 7), the pooled
     input of the head, and "roi_levels" (R,), the level (2..5) each RoI was pooled from.
     """
-    pooled, pool_cache = multiscale_roi_align_forward(
-        roi_feats, _rois(boxes, roi_feats[0].dtype), config.box_roi_output_size, scales=scales,
-        sampling_ratio=config.box_roi_sampling_ratio)
+    side = config.box_roi_output_size
+    pooled, pool_cache = _multiscale_roi_align_forward(
+        roi_feats, _rois(boxes, roi_feats[0].dtype), (side, side), scales, config.box_roi_sampling_ratio)
     if record is not None:
         record.update(roi_features=pooled, roi_levels=pool_cache.levels)
-    out, head_cache = box_head_forward(params, pooled)
+    out, head_cache = _box_head_forward(params, pooled)
     return out, pool_cache, head_cache
 
 
 def _mask_branch(params, roi_feats, scales, boxes, config):
     """RoIAlign (14x14) of ``boxes`` and the mask head: (mask_logits (R, K+1, 28, 28), caches)."""
-    pooled, pool_cache = multiscale_roi_align_forward(
-        roi_feats, _rois(boxes, roi_feats[0].dtype), config.mask_roi_output_size, scales=scales,
-        sampling_ratio=config.mask_roi_sampling_ratio)
-    logits, head_cache = mask_head_forward(params, pooled)
+    side = config.mask_roi_output_size
+    pooled, pool_cache = _multiscale_roi_align_forward(
+        roi_feats, _rois(boxes, roi_feats[0].dtype), (side, side), scales, config.mask_roi_sampling_ratio)
+    logits, head_cache = _mask_head_forward(params, pooled)
     return logits, pool_cache, head_cache
 
 
@@ -389,11 +407,11 @@ def _rpn_forward(params, pyramid, images, config, image_sizes, training, record=
     record: None, or a dict for :func:`_propose` to fill.
     """
     feats = [pyramid[name] for name in _RPN_LEVELS]
-    (obj_levels, del_levels), head_cache = rpn_head_forward(params, feats)
-    grids = [f.shape[-2:] for f in feats]
-    anchors = pyramid_anchors(images.shape[-2:], grids, config.anchor_sizes, config.aspect_ratios,
-                              dtype=images.dtype)
-    (objectness, deltas), concat_cache = concat_box_prediction_layers_forward(obj_levels, del_levels)
+    (obj_levels, del_levels), head_cache = _rpn_head_forward(params, feats)
+    grids = tuple(tuple(f.shape[-2:]) for f in feats)
+    anchors = _pyramid_anchors(tuple(images.shape[-2:]), grids, config.anchor_sizes, config.aspect_ratios,
+                               images.dtype)
+    (objectness, deltas), concat_cache = _concat_box_prediction_layers_forward(obj_levels, del_levels)
     counts = [a.shape[0] for a in anchors]
     pre = config.rpn_pre_nms_top_n_train if training else config.rpn_pre_nms_top_n_test
     post = config.rpn_post_nms_top_n_train if training else config.rpn_post_nms_top_n_test
@@ -412,12 +430,12 @@ def _propose(objectness, deltas, anchors, image_sizes, counts, *, config, pre_nm
     record: None, or a dict that receives "decoded" (N, T, 4), every anchor
     refined by its deltas (before clipping), and what ``filter_proposals`` records.
     """
-    boxes = decode_proposals(deltas, anchors)
+    boxes = _decode_proposals(deltas, np.concatenate(anchors, axis=0))
     if record is not None:
         record["decoded"] = boxes
-    return filter_proposals(boxes, objectness, image_sizes, counts, pre_nms_top_n=pre_nms_top_n,
-                            post_nms_top_n=post_nms_top_n, nms_thresh=config.rpn_nms_thresh,
-                            score_thresh=config.rpn_score_thresh, record=record)
+    return _filter_proposals(boxes, objectness, image_sizes, counts, pre_nms_top_n=pre_nms_top_n,
+                             post_nms_top_n=post_nms_top_n, nms_thresh=config.rpn_nms_thresh,
+                             score_thresh=config.rpn_score_thresh, record=record)
 
 
 # =========================================================================== training
@@ -442,43 +460,43 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
     config = _check_config(config)
     images = _check_images(images)
     check_rng(rng)
-    _check_params(params, config, images.dtype)
+    structure, in_names = _check_params(params, config, images.dtype)
     n = images.shape[0]
     sizes = _check_image_sizes(image_sizes, images)
     targets = _check_targets(targets, n, config.num_classes)
+    # every argument is valid now: the stages below run without checking again
     dtype = images.dtype
     keys = tuple(trainable_keys(params, config))
 
     # backbone + FPN
-    pyramid, backbone_cache = backbone_forward(params, images)
+    pyramid, backbone_cache = _backbone_forward(params, images, structure, in_names)
 
     # RPN: proposals (detached), then anchor targets, sample, loss
     objectness, deltas, head_cache, concat_cache, anchors, proposals, proposal_scores = _rpn_forward(
         params, pyramid, images, config, sizes, training=True)
     gt_boxes = [t["boxes"] for t in targets]
-    rpn_labels, rpn_reg_targets = rpn_targets(anchors, gt_boxes, high_threshold=config.rpn_fg_iou_thresh,
-                                              low_threshold=config.rpn_bg_iou_thresh)
-    loss_objectness, loss_rpn_box_reg, dobj, ddel = rpn_loss(
-        objectness, deltas, rpn_labels, rpn_reg_targets, rng=rng,
-        batch_size_per_image=config.rpn_batch_size_per_image,
-        positive_fraction=config.rpn_positive_fraction)
+    rpn_labels, rpn_reg_targets = _rpn_targets(np.concatenate(anchors, axis=0), gt_boxes,
+                                               config.rpn_fg_iou_thresh, config.rpn_bg_iou_thresh)
+    loss_objectness, loss_rpn_box_reg, dobj, ddel = _rpn_loss(
+        objectness, deltas, rpn_labels, rpn_reg_targets, rng, config.rpn_batch_size_per_image,
+        config.rpn_positive_fraction)
 
     # RoI heads: sample RoIs (constants), box branch
-    sampled, matched_idxs, labels, reg_targets = select_training_samples(
-        proposals, targets, rng=rng, fg_iou_thresh=config.box_fg_iou_thresh,
-        bg_iou_thresh=config.box_bg_iou_thresh, batch_size_per_image=config.box_batch_size_per_image,
-        positive_fraction=config.box_positive_fraction, bbox_reg_weights=config.bbox_reg_weights)
+    sampled, matched_idxs, labels, reg_targets = _select_training_samples(
+        proposals, targets, rng, config.box_fg_iou_thresh, config.box_bg_iou_thresh,
+        config.box_batch_size_per_image, config.box_positive_fraction, config.bbox_reg_weights)
     roi_feats, scales = _roi_features(pyramid, images.shape[2:])
     (class_logits, box_regression), box_pool_cache, box_head_cache = _box_branch(
         params, roi_feats, scales, sampled, config)
-    loss_classifier, loss_box_reg, dcls, dreg = fastrcnn_loss(class_logits, box_regression, labels, reg_targets)
+    loss_classifier, loss_box_reg, dcls, dreg = _fastrcnn_loss(class_logits, box_regression, labels,
+                                                                reg_targets)
 
     # mask branch on the positive RoIs
-    mask_proposals, pos_matched_idxs = select_positive_proposals(sampled, labels, matched_idxs)
+    mask_proposals, pos_matched_idxs = _select_positive_proposals(sampled, labels, matched_idxs)
     mask_logits, mask_pool_cache, mask_head_cache = _mask_branch(
         params, roi_feats, scales, mask_proposals, config)
-    loss_mask, dmask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
-                                     [t["labels"] for t in targets], pos_matched_idxs)
+    loss_mask, dmask = _maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
+                                      [t["labels"] for t in targets], pos_matched_idxs)
 
     losses = {
         "loss_classifier": float(loss_classifier),
@@ -528,17 +546,17 @@ def backward(cache, *, loss_weights=None):
     # RoI heads: box branch, then mask branch, each back to the pyramid through RoIAlign
     dcls = _scaled(cache.dclass_logits, w["loss_classifier"])
     dreg = _scaled(cache.dbox_regression, w["loss_box_reg"])
-    box_grads, dbox_pooled = box_head_backward((dcls, dreg), cache.box_head)
-    dfeat_box = multiscale_roi_align_backward(dbox_pooled, cache.box_pool)
+    box_grads, dbox_pooled = _box_head_backward((dcls, dreg), cache.box_head)
+    dfeat_box = _multiscale_roi_align_backward(dbox_pooled, cache.box_pool)
     dmask = _scaled(cache.dmask_logits, w["loss_mask"])
-    mask_grads, dmask_pooled = mask_head_backward(dmask, cache.mask_head)
-    dfeat_mask = multiscale_roi_align_backward(dmask_pooled, cache.mask_pool)
+    mask_grads, dmask_pooled = _mask_head_backward(dmask, cache.mask_head)
+    dfeat_mask = _multiscale_roi_align_backward(dmask_pooled, cache.mask_pool)
 
     # RPN head
     dobj = _scaled(cache.dobjectness, w["loss_objectness"])
     ddel = _scaled(cache.dpred_bbox_deltas, w["loss_rpn_box_reg"])
-    dobj_levels, ddel_levels = concat_box_prediction_layers_backward((dobj, ddel), cache.concat)
-    rpn_grads, dfeat_rpn = rpn_head_backward((dobj_levels, ddel_levels), cache.rpn_head)
+    dobj_levels, ddel_levels = _concat_box_prediction_layers_backward((dobj, ddel), cache.concat)
+    rpn_grads, dfeat_rpn = _rpn_head_backward((dobj_levels, ddel_levels), cache.rpn_head)
 
     # the pyramid feeds three consumers: gradients add
     dpyramid = {}
@@ -547,7 +565,7 @@ def backward(cache, *, loss_weights=None):
         if i < len(_ROI_LEVELS):
             d = d + dfeat_box[i] + dfeat_mask[i]
         dpyramid[name] = d
-    backbone_grads = backbone_backward(dpyramid, cache.backbone, trainable_layers=config.trainable_layers)
+    backbone_grads = _backbone_backward(dpyramid, cache.backbone, config.trainable_layers)
 
     everything = {**backbone_grads, **rpn_grads, **box_grads, **mask_grads}
     missing = [k for k in cache.keys if k not in everything]
@@ -599,7 +617,8 @@ def _predict(params, images, config, sizes, record=None):
     "mask_logits" (E, K+1, M, M) of the detections of all images.
     """
     rec = record is not None
-    pyramid, _ = backbone_forward(params, images)
+    structure = ResNetStructure(config.backbone_width, config.backbone_layers)  # (_check_params: params agree)
+    pyramid, _ = _backbone_forward(params, images, structure, _FPN_INPUTS)
     rpn_record = {} if rec else None
     objectness, deltas, _, _, anchors, proposals, proposal_scores = _rpn_forward(
         params, pyramid, images, config, sizes, training=False, record=rpn_record)
@@ -608,12 +627,12 @@ def _predict(params, images, config, sizes, record=None):
     (class_logits, box_regression), _, _ = _box_branch(params, roi_feats, scales, proposals, config,
                                                        record=box_record)
     post_record = {} if rec else None
-    boxes, scores, labels = postprocess_detections(
+    boxes, scores, labels = _postprocess_detections(
         class_logits, box_regression, proposals, sizes, score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh, detections_per_img=config.box_detections_per_img,
         bbox_reg_weights=config.bbox_reg_weights, record=post_record)
     mask_logits, _, _ = _mask_branch(params, roi_feats, scales, boxes, config)
-    probs = maskrcnn_inference(mask_logits, labels)
+    probs = _maskrcnn_inference(mask_logits, labels)
     if rec:
         record.update(pyramid=pyramid, objectness=objectness, rpn_deltas=deltas, anchors=anchors,
                       rpn=rpn_record, proposals=proposals, proposal_scores=proposal_scores,

@@ -300,6 +300,13 @@ def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_
     output_size, spatial_scale, sampling_ratio, aligned = _check_roi_args(
         input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     method = _check_method(method)
+    return _roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, method)
+
+
+def _roi_align_forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                       method=None):
+    """:func:`roi_align_forward` without the checks (for the stages): output_size (ph, pw),
+    spatial_scale float, sampling_ratio int, aligned bool."""
     args = (output_size, spatial_scale, sampling_ratio, aligned)
     if method is None:
         method = _kernel.cheaper_form(input.shape, boxes, *args)
@@ -323,6 +330,11 @@ def roi_align_backward(dout, cache):
     rows = (cache.matrix if cache.separable is None else cache.separable[1]).shape[0]
     k = rows // (ph * pw)
     check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
+    return _roi_align_backward(dout, cache)
+
+
+def _roi_align_backward(dout, cache):
+    """:func:`roi_align_backward` without the checks (for the stages)."""
     return _kernel.roi_align_backward(dout, cache.input_shape, cache.dtype, cache.matrix, cache.separable)
 
 
@@ -373,6 +385,11 @@ def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_leve
         raise ValueError(f"canonical_scale must be > 0, got {canonical_scale}")
     canonical_level = check_float("canonical_level", canonical_level)
     eps = check_float("eps", eps, minimum=0)
+    return _level_mapper(boxes, k_min, k_max, canonical_scale, canonical_level, eps)
+
+
+def _level_mapper(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
+    """:func:`level_mapper` without the checks (for the stages)."""
     b = boxes.astype(np.float64) if boxes.dtype.kind != "f" else boxes
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     size = np.sqrt(np.maximum(area, 0))
@@ -414,6 +431,8 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
             f"features must be a non-empty list of arrays, got {type(features).__name__}")
     for i, f in enumerate(features):
         check_array(f"features[{i}]", f, shape=("N", "C", "H", "W"), dtype_kind="f")
+        if f.shape[2] < 1 or f.shape[3] < 1:
+            raise ValueError(f"features[{i}] must have H >= 1 and W >= 1, got shape {f.shape}")
         if f.shape[:2] != features[0].shape[:2] or f.dtype != features[0].dtype:
             raise ValueError(
                 f"features[{i}] must share N, C and dtype with features[0] "
@@ -427,11 +446,31 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
         raise ValueError(f"scales must be > 0, got {scales}")
     k_min, k_max = _levels_from_scales(scales)
     check_array("boxes", boxes, shape=("K", 5), dtype_kind="fiu")
-    ph, pw = check_pair("output_size", output_size)
+    output_size = check_pair("output_size", output_size)
     _check_sampling_ratio(sampling_ratio)
-    n, c = features[0].shape[:2]
-    levels = level_mapper(boxes[:, 1:], k_min=k_min, k_max=k_max,
-                          canonical_scale=canonical_scale, canonical_level=canonical_level)
+    n = features[0].shape[0]
+    if boxes.shape[0]:
+        check_finite("boxes", boxes)
+        bidx = boxes[:, 0]
+        if np.any(bidx != np.round(bidx)) or bidx.min() < 0 or bidx.max() >= n:
+            raise ValueError(f"boxes[:, 0] (batch index) must be integers in [0, {n - 1}] for features "
+                             f"with N={n}, got values in [{bidx.min():g}, {bidx.max():g}]")
+    canonical_scale = check_float("canonical_scale", canonical_scale)
+    if canonical_scale <= 0:
+        raise ValueError(f"canonical_scale must be > 0, got {canonical_scale}")
+    canonical_level = check_float("canonical_level", canonical_level)
+    return _multiscale_roi_align_forward(features, boxes, output_size, scales, int(sampling_ratio),
+                                         canonical_scale, canonical_level)
+
+
+def _multiscale_roi_align_forward(features, boxes, output_size, scales, sampling_ratio=2,
+                                  canonical_scale=224, canonical_level=4):
+    """:func:`multiscale_roi_align_forward` without the checks (for ``model``): output_size
+    (ph, pw), scales L floats (powers of 1/2, halving), sampling_ratio int."""
+    k_min, k_max = _levels_from_scales(scales)
+    ph, pw = output_size
+    c = features[0].shape[1]
+    levels = _level_mapper(boxes[:, 1:], k_min, k_max, canonical_scale, canonical_level)
     out = np.zeros((boxes.shape[0], c, ph, pw), dtype=features[0].dtype)
     indices, caches = [], []
     for i, (fmap, scale) in enumerate(zip(features, scales)):
@@ -440,8 +479,7 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
         if idx.size == 0:
             caches.append(None)
             continue
-        out[idx], cache = roi_align_forward(fmap, boxes[idx], (ph, pw), spatial_scale=scale,
-                                            sampling_ratio=sampling_ratio, aligned=False)
+        out[idx], cache = _roi_align_forward(fmap, boxes[idx], (ph, pw), scale, sampling_ratio, False)
         caches.append(cache)
     cache = MultiScaleRoIAlignCache(levels=levels, k_min=k_min, indices=indices, caches=caches,
                                     feature_shapes=[f.shape for f in features],
@@ -456,11 +494,18 @@ def multiscale_roi_align_backward(dout, cache):
     Returns a list of L gradients, one per feature map, shaped like it
     (zeros for a level that received no box).
     """
+    if not isinstance(cache, MultiScaleRoIAlignCache):
+        raise TypeError(f"cache must be a MultiScaleRoIAlignCache, got {type(cache).__name__}")
     check_array("dout", dout, shape=cache.output_shape, dtype_kind="f")
+    return _multiscale_roi_align_backward(dout, cache)
+
+
+def _multiscale_roi_align_backward(dout, cache):
+    """:func:`multiscale_roi_align_backward` without the checks (for ``model``)."""
     grads = []
     for idx, sub, shape in zip(cache.indices, cache.caches, cache.feature_shapes):
         if sub is None:
             grads.append(np.zeros(shape, dtype=cache.dtype))
         else:
-            grads.append(roi_align_backward(dout[idx], sub))
+            grads.append(_roi_align_backward(dout[idx], sub))
     return grads

@@ -76,25 +76,26 @@ from ._checks import (
     check_same_dtype,
 )
 from .boxes import (
-    batched_nms,
-    box_iou,
-    clip_boxes_to_image,
-    decode_boxes,
-    encode_boxes,
-    remove_small_boxes,
+    _box_iou,
+    _clip_boxes_to_image,
+    _decode_boxes,
+    _encode_boxes,
+    _nms,
+    _remove_small_boxes,
+    _check_weights,
 )
-from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, balanced_positive_negative_sampler, matcher
-from .ops.activations import relu_backward, relu_forward, sigmoid, softmax
+from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
+from .ops.activations import _relu_backward, _relu_forward, _sigmoid, _softmax
 from .ops.conv import (
-    conv2d_backward,
-    conv2d_forward,
-    conv_transpose2d_backward,
-    conv_transpose2d_forward,
+    _conv2d_backward,
+    _conv2d_forward,
+    _conv_transpose2d_backward,
+    _conv_transpose2d_forward,
 )
-from .ops.linear import linear_backward, linear_forward
-from .ops.losses import bce_with_logits, smooth_l1, softmax_cross_entropy
+from .ops.linear import _linear_backward, _linear_forward
+from .ops.losses import _bce_with_logits, _smooth_l1, _softmax_cross_entropy
 from .ops.resize import resize_bilinear
-from .roi_align import roi_align_forward
+from .roi_align import _roi_align_forward
 
 __all__ = [
     "BOX_CODER_WEIGHTS",
@@ -201,11 +202,14 @@ def add_gt_proposals(proposals, gt_boxes):
     """
     proposals = _check_box_list("proposals", proposals)
     (gt_boxes,) = _check_lists(len(proposals), gt_boxes=gt_boxes)
-    out = []
     for i, (p, g) in enumerate(zip(proposals, gt_boxes)):
         _check_boxes(f"gt_boxes[{i}]", g, dtype=p.dtype)
-        out.append(np.concatenate([p, g], axis=0))
-    return out
+    return _add_gt_proposals(proposals, gt_boxes)
+
+
+def _add_gt_proposals(proposals, gt_boxes):
+    """:func:`add_gt_proposals` without the checks (for the stages)."""
+    return [np.concatenate([p, g], axis=0) for p, g in zip(proposals, gt_boxes)]
 
 
 def assign_targets_to_proposals(proposals, gt_boxes, gt_labels, *, fg_iou_thresh=0.5,
@@ -229,21 +233,34 @@ def assign_targets_to_proposals(proposals, gt_boxes, gt_labels, *, fg_iou_thresh
     """
     proposals = _check_box_list("proposals", proposals)
     gt_boxes, gt_labels = _check_lists(len(proposals), gt_boxes=gt_boxes, gt_labels=gt_labels)
-    fg = check_float("fg_iou_thresh", fg_iou_thresh, minimum=0.0, maximum=1.0)
-    bg = check_float("bg_iou_thresh", bg_iou_thresh, minimum=0.0, maximum=1.0)
-    matched_idxs, labels = [], []
+    fg, bg = _check_iou_thresholds(fg_iou_thresh, bg_iou_thresh)
     for i, (p, g, lab) in enumerate(zip(proposals, gt_boxes, gt_labels)):
         _check_boxes(f"gt_boxes[{i}]", g, dtype=p.dtype)
         check_array(f"gt_labels[{i}]", lab, shape=(g.shape[0],), dtype_kind="iu")
         if lab.size and lab.min() < 1:
             raise ValueError(f"gt_labels[{i}] must be >= 1 (0 is background), got {lab.min()}")
+    return _assign_targets_to_proposals(proposals, gt_boxes, gt_labels, fg, bg)
+
+
+def _check_iou_thresholds(fg_iou_thresh, bg_iou_thresh):
+    fg = check_float("fg_iou_thresh", fg_iou_thresh, minimum=0.0, maximum=1.0)
+    bg = check_float("bg_iou_thresh", bg_iou_thresh, minimum=0.0, maximum=1.0)
+    if bg > fg:  # (the matcher's low <= high)
+        raise ValueError(f"low_threshold must be <= high_threshold ({fg}), got {bg}")
+    return fg, bg
+
+
+def _assign_targets_to_proposals(proposals, gt_boxes, gt_labels, fg_iou_thresh, bg_iou_thresh):
+    """:func:`assign_targets_to_proposals` without the checks (for the stages)."""
+    fg, bg = fg_iou_thresh, bg_iou_thresh
+    matched_idxs, labels = [], []
+    for p, g, lab in zip(proposals, gt_boxes, gt_labels):
         r = p.shape[0]
         if g.shape[0] == 0:
             matched_idxs.append(np.zeros(r, dtype=np.int64))
             labels.append(np.zeros(r, dtype=np.int64))
             continue
-        matches = matcher(box_iou(g, p), high_threshold=fg, low_threshold=bg,
-                          allow_low_quality_matches=False)
+        matches = _matcher(_box_iou(g, p), fg, bg, allow_low_quality_matches=False)
         clamped = np.maximum(matches, 0)
         lab_i = lab.astype(np.int64)[clamped]
         lab_i[matches == BELOW_LOW_THRESHOLD] = 0
@@ -265,12 +282,18 @@ def subsample(labels, *, rng, batch_size_per_image=512, positive_fraction=0.25):
     """
     labels = _check_list("labels", labels)
     check_rng(rng)
-    out = []
     for i, lab in enumerate(labels):
         check_array(f"labels[{i}]", lab, ndim=1, dtype_kind="iu")
-        pos, neg = balanced_positive_negative_sampler(
-            lab, batch_size_per_image=batch_size_per_image,
-            positive_fraction=positive_fraction, rng=rng)
+    batch = check_positive_int("batch_size_per_image", batch_size_per_image)
+    fraction = check_float("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0)
+    return _subsample(labels, rng, batch, fraction)
+
+
+def _subsample(labels, rng, batch_size_per_image, positive_fraction):
+    """:func:`subsample` without the checks (for the stages)."""
+    out = []
+    for lab in labels:
+        pos, neg = _balanced_positive_negative_sampler(lab, batch_size_per_image, positive_fraction, rng)
         out.append(np.flatnonzero(pos | neg).astype(np.int64))
     return out
 
@@ -305,27 +328,38 @@ def select_training_samples(proposals, targets, *, rng, fg_iou_thresh=0.5, bg_io
     proposals = _check_box_list("proposals", proposals)
     (targets,) = _check_lists(len(proposals), targets=targets)
     check_rng(rng)
-    gt_boxes, gt_labels = [], []
     for i, t in enumerate(targets):
         if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
             raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels', got {t!r:.80}")
         g = _check_boxes(f"targets[{i}]['boxes']", t["boxes"])
         if g.size and not ((g[:, 2] > g[:, 0]).all() and (g[:, 3] > g[:, 1]).all()):
             raise ValueError(f"targets[{i}]['boxes'] must have positive widths and heights, got a degenerate box")
-        gt_boxes.append(g.astype(proposals[i].dtype, copy=False))
-        gt_labels.append(t["labels"])
-    proposals = add_gt_proposals(proposals, gt_boxes)
-    matched_idxs, labels = assign_targets_to_proposals(
-        proposals, gt_boxes, gt_labels, fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh)
-    sampled_inds = subsample(labels, rng=rng, batch_size_per_image=batch_size_per_image,
-                             positive_fraction=positive_fraction)
+        lab = check_array(f"gt_labels[{i}]", t["labels"], shape=(g.shape[0],), dtype_kind="iu")
+        if lab.size and lab.min() < 1:  # (named as assign_targets_to_proposals names them)
+            raise ValueError(f"gt_labels[{i}] must be >= 1 (0 is background), got {lab.min()}")
+    fg, bg = _check_iou_thresholds(fg_iou_thresh, bg_iou_thresh)
+    batch = check_positive_int("batch_size_per_image", batch_size_per_image)
+    fraction = check_float("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0)
+    weights = _check_weights(bbox_reg_weights, proposals[0].dtype if proposals else np.float64)
+    return _select_training_samples(proposals, targets, rng, fg, bg, batch, fraction, weights)
+
+
+def _select_training_samples(proposals, targets, rng, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
+                             positive_fraction, bbox_reg_weights):
+    """:func:`select_training_samples` without the checks (for ``model``)."""
+    gt_boxes = [t["boxes"].astype(p.dtype, copy=False) for p, t in zip(proposals, targets)]
+    gt_labels = [t["labels"] for t in targets]
+    proposals = _add_gt_proposals(proposals, gt_boxes)
+    matched_idxs, labels = _assign_targets_to_proposals(proposals, gt_boxes, gt_labels, fg_iou_thresh,
+                                                        bg_iou_thresh)
+    sampled_inds = _subsample(labels, rng, batch_size_per_image, positive_fraction)
     out_props, out_idxs, out_labels, out_targets = [], [], [], []
     for p, m, lab, g, s in zip(proposals, matched_idxs, labels, gt_boxes, sampled_inds):
         p, m, lab = p[s], m[s], lab[s]
         if g.shape[0] == 0:
             reg = np.zeros((p.shape[0], 4), dtype=p.dtype)
         else:
-            reg = encode_boxes(g[m], p, bbox_reg_weights)
+            reg = _encode_boxes(g[m], p, np.asarray(bbox_reg_weights, dtype=p.dtype))
         out_props.append(p)
         out_idxs.append(m)
         out_labels.append(lab)
@@ -344,10 +378,16 @@ def select_positive_proposals(proposals, labels, matched_idxs):
     """
     proposals = _check_box_list("proposals", proposals)
     labels, matched_idxs = _check_lists(len(proposals), labels=labels, matched_idxs=matched_idxs)
-    mask_proposals, pos_matched_idxs = [], []
     for i, (p, lab, m) in enumerate(zip(proposals, labels, matched_idxs)):
         check_array(f"labels[{i}]", lab, shape=(p.shape[0],), dtype_kind="iu")
         check_array(f"matched_idxs[{i}]", m, shape=(p.shape[0],), dtype_kind="iu")
+    return _select_positive_proposals(proposals, labels, matched_idxs)
+
+
+def _select_positive_proposals(proposals, labels, matched_idxs):
+    """:func:`select_positive_proposals` without the checks (for ``model``)."""
+    mask_proposals, pos_matched_idxs = [], []
+    for p, lab, m in zip(proposals, labels, matched_idxs):
         pos = np.flatnonzero(lab > 0)
         mask_proposals.append(p[pos])
         pos_matched_idxs.append(m[pos].astype(np.int64))
@@ -432,27 +472,44 @@ def box_head_forward(params, pooled):
     check_array("pooled", pooled, ndim=4, dtype_kind="f")
     check_params(params, dict.fromkeys(BOX_HEAD_KEYS), dtype=pooled.dtype)
     w6 = params[_BOX_HEAD + "fc6.weight"]
-    r = pooled.shape[0]
     flat_dim = int(np.prod(pooled.shape[1:]))
     if w6.ndim != 2 or w6.shape[1] != flat_dim:
         raise ValueError(
             f"pooled must have C*Hb*Wb = {w6.shape[1] if w6.ndim == 2 else '?'} features per RoI "
             f"to match roi_heads.box_head.fc6.weight {w6.shape}, got shape {pooled.shape}"
         )
-    x = pooled.reshape(r, flat_dim)
-    x, c6 = linear_forward(x, w6, params[_BOX_HEAD + "fc6.bias"])
-    x, r6 = relu_forward(x)
-    x, c7 = linear_forward(x, params[_BOX_HEAD + "fc7.weight"], params[_BOX_HEAD + "fc7.bias"])
-    x, r7 = relu_forward(x)
-    class_logits, cc = linear_forward(x, params[_BOX_PRED + "cls_score.weight"],
-                                      params[_BOX_PRED + "cls_score.bias"])
-    box_regression, cb = linear_forward(x, params[_BOX_PRED + "bbox_pred.weight"],
-                                        params[_BOX_PRED + "bbox_pred.bias"])
-    if box_regression.shape[1] != 4 * class_logits.shape[1]:
-        raise ValueError(
-            f"params['roi_heads.box_predictor.bbox_pred.weight'] must have 4 * {class_logits.shape[1]} "
-            f"rows, got {box_regression.shape[1]}"
-        )
+    _check_box_head_shapes(params)
+    return _box_head_forward(params, pooled)
+
+
+def _check_box_head_shapes(params):
+    """fc6 (H6, I), fc7 (H7, H6), cls_score (K+1, H7), bbox_pred (4(K+1), H7), biases to match."""
+    rep = params[_BOX_HEAD + "fc6.weight"].shape[0]
+    rep7 = check_array(_BOX_HEAD + "fc7.weight", params[_BOX_HEAD + "fc7.weight"], shape=(None, rep)).shape[0]
+    k1 = check_array(_BOX_PRED + "cls_score.weight", params[_BOX_PRED + "cls_score.weight"],
+                     shape=(None, rep7)).shape[0]
+    box_rows = params[_BOX_PRED + "bbox_pred.weight"].shape[0]
+    if box_rows != 4 * k1:
+        raise ValueError(f"params['roi_heads.box_predictor.bbox_pred.weight'] must have 4 * {k1} rows, "
+                         f"got {box_rows}")
+    check_array(_BOX_PRED + "bbox_pred.weight", params[_BOX_PRED + "bbox_pred.weight"], shape=(4 * k1, rep7))
+    for name, n in (("fc6", rep), ("fc7", rep7)):
+        check_array(f"{_BOX_HEAD}{name}.bias", params[f"{_BOX_HEAD}{name}.bias"], shape=(n,))
+    for name, n in (("cls_score", k1), ("bbox_pred", 4 * k1)):
+        check_array(f"{_BOX_PRED}{name}.bias", params[f"{_BOX_PRED}{name}.bias"], shape=(n,))
+
+
+def _box_head_forward(params, pooled):
+    """:func:`box_head_forward` without the checks (for ``model``)."""
+    x = pooled.reshape(pooled.shape[0], int(np.prod(pooled.shape[1:])))  # (R, C*Hb*Wb), R may be 0
+    x, c6 = _linear_forward(x, params[_BOX_HEAD + "fc6.weight"], params[_BOX_HEAD + "fc6.bias"])
+    x, r6 = _relu_forward(x)
+    x, c7 = _linear_forward(x, params[_BOX_HEAD + "fc7.weight"], params[_BOX_HEAD + "fc7.bias"])
+    x, r7 = _relu_forward(x)
+    class_logits, cc = _linear_forward(x, params[_BOX_PRED + "cls_score.weight"],
+                                       params[_BOX_PRED + "cls_score.bias"])
+    box_regression, cb = _linear_forward(x, params[_BOX_PRED + "bbox_pred.weight"],
+                                         params[_BOX_PRED + "bbox_pred.bias"])
     return (class_logits, box_regression), BoxHeadCache(pooled.shape, c6, r6, c7, r7, cc, cb)
 
 
@@ -482,15 +539,21 @@ def box_head_backward(dout, cache):
     for name, d in (("dclass_logits", dcls), ("dbox_regression", dbox)):
         if d.dtype != dt:
             raise TypeError(f"{name} must have the dtype of the forward pass ({dt}), got {d.dtype}")
+    return _box_head_backward((dcls, dbox), cache)
+
+
+def _box_head_backward(dout, cache):
+    """:func:`box_head_backward` without the checks (for ``model``): both gradients given."""
+    dcls, dbox = dout
     grads = {}
     dx_c, grads[_BOX_PRED + "cls_score.weight"], grads[_BOX_PRED + "cls_score.bias"] = \
-        linear_backward(dcls, cache.cls_score)
+        _linear_backward(dcls, cache.cls_score)
     dx_b, grads[_BOX_PRED + "bbox_pred.weight"], grads[_BOX_PRED + "bbox_pred.bias"] = \
-        linear_backward(dbox, cache.bbox_pred)
-    dx = relu_backward(dx_c + dx_b, cache.relu7)
-    dx, grads[_BOX_HEAD + "fc7.weight"], grads[_BOX_HEAD + "fc7.bias"] = linear_backward(dx, cache.fc7)
-    dx = relu_backward(dx, cache.relu6)
-    dx, grads[_BOX_HEAD + "fc6.weight"], grads[_BOX_HEAD + "fc6.bias"] = linear_backward(dx, cache.fc6)
+        _linear_backward(dbox, cache.bbox_pred)
+    dx = _relu_backward(dx_c + dx_b, cache.relu7)
+    dx, grads[_BOX_HEAD + "fc7.weight"], grads[_BOX_HEAD + "fc7.bias"] = _linear_backward(dx, cache.fc7)
+    dx = _relu_backward(dx, cache.relu6)
+    dx, grads[_BOX_HEAD + "fc6.weight"], grads[_BOX_HEAD + "fc6.bias"] = _linear_backward(dx, cache.fc6)
     return grads, dx.reshape(cache.pooled_shape)
 
 
@@ -531,10 +594,21 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
         raise ValueError(f"labels must be in [0, {k1 - 1}], got values in [{labels.min()}, {labels.max()}]")
     for name, arr in (("class_logits", class_logits), ("box_regression", box_regression)):
         check_finite(name, arr)
+    return _fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+
+
+def _fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
+    """:func:`fastrcnn_loss` without the checks (for ``model``): labels (S,) and
+    regression_targets (S, 4) arrays, or per-image lists of them."""
+    if isinstance(labels, (list, tuple)):
+        labels = np.concatenate(labels, axis=0)
+    if isinstance(regression_targets, (list, tuple)):
+        regression_targets = np.concatenate(regression_targets, axis=0)
+    s, k1 = class_logits.shape
     dt = class_logits.dtype.type
     if s == 0:
         return dt(0), dt(0), np.zeros_like(class_logits), np.zeros_like(box_regression)
-    loss_cls, dcls = softmax_cross_entropy(class_logits, labels, reduction="mean")
+    loss_cls, dcls = _softmax_cross_entropy(class_logits, labels, reduction="mean")
     pos = np.flatnonzero(labels > 0)
     labels_pos = labels[pos]
     box = box_regression.reshape(s, k1, 4)
@@ -542,7 +616,7 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     if pos.size:
         sel = box[pos, labels_pos]
         tgt = regression_targets[pos].astype(box.dtype, copy=False)
-        box_sum, dsel = smooth_l1(sel, tgt, beta=1.0 / 9, reduction="sum")
+        box_sum, dsel = _smooth_l1(sel, tgt, beta=1.0 / 9, reduction="sum")
         dbox[pos, labels_pos] = dsel / dt(s)
         loss_box = dt(box_sum / dt(s))
     else:
@@ -668,19 +742,45 @@ def mask_head_forward(params, pooled, *, dilation=1):
             f"pooled must have {w0.shape[1] if w0.ndim == 4 else '?'} channels to match "
             f"{_mask_head_layer_keys(0)[0]} {w0.shape}, got shape {pooled.shape}"
         )
+    if min(pooled.shape[1:]) == 0:
+        raise ValueError(f"pooled must have non-empty C, Hm, Wm, got {pooled.shape}")
+    _check_mask_head_shapes(params, n_layers)
+    return _mask_head_forward(params, pooled, dilation=d)
+
+
+def _check_mask_head_shapes(params, n_layers):
+    """Each 3x3 conv (C_i, C_{i-1}, 3, 3), conv5_mask (C_last, D, 2, 2), mask_fcn_logits
+    (K+1, D, 1, 1), and every bias to match."""
+    c = params[_mask_head_layer_keys(0)[0]].shape[1]
+    for i in range(n_layers):
+        wk, bk = _mask_head_layer_keys(i)
+        c = check_array(wk, params[wk], shape=(None, c, 3, 3)).shape[0]
+        check_array(bk, params[bk], shape=(c,))
+    d = check_array(_MASK_PRED + "conv5_mask.weight", params[_MASK_PRED + "conv5_mask.weight"],
+                    shape=(c, None, 2, 2)).shape[1]
+    check_array(_MASK_PRED + "conv5_mask.bias", params[_MASK_PRED + "conv5_mask.bias"], shape=(d,))
+    k1 = check_array(_MASK_PRED + "mask_fcn_logits.weight", params[_MASK_PRED + "mask_fcn_logits.weight"],
+                     shape=(None, d, 1, 1)).shape[0]
+    check_array(_MASK_PRED + "mask_fcn_logits.bias", params[_MASK_PRED + "mask_fcn_logits.bias"], shape=(k1,))
+
+
+def _mask_head_forward(params, pooled, *, dilation=1):
+    """:func:`mask_head_forward` without the checks (for ``model``)."""
+    n_layers = _count_mask_layers(params)
+    d = dilation
     num_rois = pooled.shape[0]
     x = pooled  # P == 0 is fine: the convolutions accept an empty batch
     convs = []
     for i in range(n_layers):
         wk, bk = _mask_head_layer_keys(i)
-        x, cc = conv2d_forward(x, params[wk], params[bk], stride=1, padding=d, dilation=d)
-        x, rc = relu_forward(x)
+        x, cc = _conv2d_forward(x, params[wk], params[bk], 1, d, d)
+        x, rc = _relu_forward(x)
         convs.append(MaskConvLayerCache(cc, rc))
-    x, c5 = conv_transpose2d_forward(x, params[_MASK_PRED + "conv5_mask.weight"],
-                                     params[_MASK_PRED + "conv5_mask.bias"], stride=2, padding=0)
-    x, r5 = relu_forward(x)
-    logits, cl = conv2d_forward(x, params[_MASK_PRED + "mask_fcn_logits.weight"],
-                                params[_MASK_PRED + "mask_fcn_logits.bias"], stride=1, padding=0)
+    x, c5 = _conv_transpose2d_forward(x, params[_MASK_PRED + "conv5_mask.weight"],
+                                      params[_MASK_PRED + "conv5_mask.bias"], stride=2, padding=0)
+    x, r5 = _relu_forward(x)
+    logits, cl = _conv2d_forward(x, params[_MASK_PRED + "mask_fcn_logits.weight"],
+                                 params[_MASK_PRED + "mask_fcn_logits.bias"])
     return logits, MaskHeadCache(tuple(convs), c5, r5, cl, n_layers, num_rois)
 
 
@@ -698,17 +798,22 @@ def mask_head_backward(dmask_logits, cache):
     if dmask_logits.dtype != cache.logits.w.dtype:
         raise TypeError(f"dmask_logits must have the dtype of the forward pass ({cache.logits.w.dtype}), "
                         f"got {dmask_logits.dtype}")
+    return _mask_head_backward(dmask_logits, cache)
+
+
+def _mask_head_backward(dmask_logits, cache):
+    """:func:`mask_head_backward` without the checks (for ``model``)."""
     grads = {}
     dx, grads[_MASK_PRED + "mask_fcn_logits.weight"], grads[_MASK_PRED + "mask_fcn_logits.bias"] = \
-        conv2d_backward(dmask_logits, cache.logits)
-    dx = relu_backward(dx, cache.relu5)
+        _conv2d_backward(dmask_logits, cache.logits)
+    dx = _relu_backward(dx, cache.relu5)
     dx, grads[_MASK_PRED + "conv5_mask.weight"], grads[_MASK_PRED + "conv5_mask.bias"] = \
-        conv_transpose2d_backward(dx, cache.conv5_mask)
+        _conv_transpose2d_backward(dx, cache.conv5_mask)
     for i in reversed(range(cache.num_layers)):
         layer = cache.convs[i]
         wk, bk = _mask_head_layer_keys(i)
-        dx = relu_backward(dx, layer.relu)
-        dx, grads[wk], grads[bk] = conv2d_backward(dx, layer.conv)
+        dx = _relu_backward(dx, layer.relu)
+        dx, grads[wk], grads[bk] = _conv2d_backward(dx, layer.conv)
     return grads, dx
 
 
@@ -734,17 +839,24 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     p = boxes.shape[0]
     check_array("matched_idxs", matched_idxs, shape=(p,), dtype_kind="iu")
     m = check_positive_int("M", M)
-    if p == 0:
-        return np.zeros((0, m, m), dtype=boxes.dtype)
     g = gt_masks.shape[0]
-    if matched_idxs.min() < 0 or matched_idxs.max() >= g:
+    if p and (matched_idxs.min() < 0 or matched_idxs.max() >= g):
         raise ValueError(
             f"matched_idxs must be in [0, {g}) for gt_masks with G={g}, "
             f"got values in [{matched_idxs.min()}, {matched_idxs.max()}]"
         )
+    if p and min(gt_masks.shape[1:]) < 1:
+        raise ValueError(f"gt_masks must have H >= 1 and W >= 1, got shape {gt_masks.shape}")
+    return _project_masks_on_boxes(gt_masks, boxes, matched_idxs, m)
+
+
+def _project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
+    """:func:`project_masks_on_boxes` without the checks (for the stages)."""
+    if boxes.shape[0] == 0:
+        return np.zeros((0, M, M), dtype=boxes.dtype)
     rois = np.concatenate([matched_idxs.astype(boxes.dtype)[:, None], boxes], axis=1)
     masks = gt_masks.astype(boxes.dtype, copy=False)[:, None]
-    out, _ = roi_align_forward(masks, rois, (m, m), spatial_scale=1.0, sampling_ratio=-1, aligned=False)
+    out, _ = _roi_align_forward(masks, rois, (M, M), 1.0, -1, False)
     return out[:, 0]
 
 
@@ -793,9 +905,21 @@ def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs
         lab = gl[idx].astype(np.int64)
         if lab.size and (lab.min() < 0 or lab.max() >= k1):
             raise ValueError(f"gt_labels[{i}] must be in [0, {k1 - 1}] for mask_logits with K+1={k1}")
+        if idx.size and min(gm.shape[1:]) < 1:
+            raise ValueError(f"gt_masks[{i}] must have H >= 1 and W >= 1, got shape {gm.shape}")
         labels.append(lab)
-        targets.append(project_masks_on_boxes(gm, proposals[i].astype(mask_logits.dtype, copy=False),
-                                              idx, mh))
+    if p_total and not np.isfinite(mask_logits[np.arange(p_total), np.concatenate(labels)]).all():
+        raise ValueError("mask_logits must be finite on the GT class channels, got NaN or inf")
+    return _maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs)
+
+
+def _maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs):
+    """:func:`maskrcnn_loss` without the checks (for ``model``)."""
+    p_total, _, mh, _ = mask_logits.shape
+    labels, targets = [], []
+    for props, gm, gl, idx in zip(proposals, gt_masks, gt_labels, mask_matched_idxs):
+        labels.append(gl[idx].astype(np.int64))
+        targets.append(_project_masks_on_boxes(gm, props.astype(mask_logits.dtype, copy=False), idx, mh))
     dt = mask_logits.dtype.type
     dlogits = np.zeros_like(mask_logits)
     if p_total == 0:
@@ -804,9 +928,7 @@ def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs
     targets = np.concatenate(targets)
     rows = np.arange(p_total)
     selected = mask_logits[rows, labels]
-    if not np.isfinite(selected).all():
-        raise ValueError("mask_logits must be finite on the GT class channels, got NaN or inf")
-    loss, dsel = bce_with_logits(selected, targets, reduction="mean")
+    loss, dsel = _bce_with_logits(selected, targets.astype(selected.dtype, copy=False), reduction="mean")
     dlogits[rows, labels] = dsel
     return dt(loss), dlogits
 
@@ -829,8 +951,17 @@ def maskrcnn_inference(x, labels):
     lab = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
     if lab.size and (lab.min() < 0 or lab.max() >= x.shape[1]):
         raise ValueError(f"labels must be in [0, {x.shape[1] - 1}], got values in [{lab.min()}, {lab.max()}]")
-    probs = sigmoid(x[np.arange(x.shape[0]), lab])
-    return np.split(probs, np.cumsum(counts)[:-1]) if parts else []
+    return _maskrcnn_inference(x, parts)
+
+
+def _maskrcnn_inference(x, labels):
+    """:func:`maskrcnn_inference` without the checks (for ``model``)."""
+    if not labels:
+        return []
+    counts = [len(lab) for lab in labels]
+    lab = np.concatenate(labels).astype(np.int64)
+    probs = _sigmoid(x[np.arange(x.shape[0]), lab])
+    return np.split(probs, np.cumsum(counts)[:-1])
 
 
 # =========================================================================== inference
@@ -882,18 +1013,32 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     score_thresh = check_float("score_thresh", score_thresh)
     nms_thresh = check_float("nms_thresh", nms_thresh, minimum=0.0)
     top = check_positive_int("detections_per_img", detections_per_img, minimum=0)
+    weights = _check_weights(bbox_reg_weights, class_logits.dtype)
+    return _postprocess_detections(class_logits, box_regression, proposals, shapes, score_thresh=score_thresh,
+                                   nms_thresh=nms_thresh, detections_per_img=top, bbox_reg_weights=weights,
+                                   record=record)
+
+
+def _postprocess_detections(class_logits, box_regression, proposals, image_shapes, *, score_thresh,
+                            nms_thresh, detections_per_img, bbox_reg_weights, record=None):
+    """:func:`postprocess_detections` without the checks (for ``model``): image_shapes
+    (h, w) int pairs, bbox_reg_weights 4 numbers."""
+    r, k1 = class_logits.shape
+    shapes, top = image_shapes, detections_per_img
+    counts = [p.shape[0] for p in proposals]
     dtype = class_logits.dtype
     all_props = (np.concatenate(proposals).astype(dtype, copy=False) if proposals
                  else np.zeros((0, 4), dtype))
-    pred_boxes = decode_boxes(box_regression, all_props, bbox_reg_weights).reshape(r, k1, 4)
-    pred_scores = softmax(class_logits, axis=-1) if r else np.zeros((0, k1), dtype)
+    pred_boxes = _decode_boxes(box_regression, all_props,
+                               np.asarray(bbox_reg_weights, dtype=dtype)).reshape(r, k1, 4)
+    pred_scores = _softmax(class_logits, axis=-1) if r else np.zeros((0, k1), dtype)
     starts = np.cumsum([0] + counts)
     if record is not None:
         for key in ("class_scores", "refined_boxes", "before_threshold", "before_nms"):
             record[key] = []
     all_boxes, all_scores, all_labels = [], [], []
     for i, (h, w) in enumerate(shapes):
-        boxes = clip_boxes_to_image(pred_boxes[starts[i]:starts[i + 1]], (h, w))
+        boxes = _clip_boxes_to_image(pred_boxes[starts[i]:starts[i + 1]], (h, w))
         scores = pred_scores[starts[i]:starts[i + 1]]
         if record is not None:
             record["class_scores"].append(scores)
@@ -906,11 +1051,11 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
             record["before_threshold"].append({"boxes": boxes, "scores": scores, "labels": labels})
         inds = np.flatnonzero(scores > score_thresh)
         boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-        keep = remove_small_boxes(boxes, 1e-2)
+        keep = _remove_small_boxes(boxes, 1e-2)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if record is not None:
             record["before_nms"].append({"boxes": boxes, "scores": scores, "labels": labels})
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:top]
+        keep = _nms(boxes, scores, labels, nms_thresh)[:top]  # batched_nms
         all_boxes.append(boxes[keep])
         all_scores.append(scores[keep])
         all_labels.append(labels[keep])

@@ -46,6 +46,7 @@ import numpy as np
 
 from ._checks import (
     check_array,
+    check_bool,
     check_finite,
     check_float,
     check_float_dtype,
@@ -54,11 +55,11 @@ from ._checks import (
     check_rng,
     check_same_dtype,
 )
-from .boxes import batched_nms, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
-from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, balanced_positive_negative_sampler, matcher
-from .ops.activations import relu_backward, relu_forward, sigmoid
-from .ops.conv import conv2d_backward, conv2d_forward
-from .ops.losses import bce_with_logits, smooth_l1
+from .boxes import _box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes, _nms, _remove_small_boxes
+from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
+from .ops.activations import _relu_backward, _relu_forward, _sigmoid
+from .ops.conv import _conv2d_backward, _conv2d_forward
+from .ops.losses import _bce_with_logits, _smooth_l1
 
 __all__ = [
     "PROPOSAL_PRESETS",
@@ -196,12 +197,17 @@ def rpn_head_forward(params, features):
     """
     c, _ = _check_head_params(params)
     _check_features(features, c, params[_CONV_W].dtype)
+    return _rpn_head_forward(params, features)
+
+
+def _rpn_head_forward(params, features):
+    """:func:`rpn_head_forward` without the checks (for ``model``)."""
     objectness, deltas, caches = [], [], []
     for x in features:
-        t, conv_cache = conv2d_forward(x, params[_CONV_W], params[_CONV_B], padding=1)
-        t, relu_cache = relu_forward(t)
-        logits, cls_cache = conv2d_forward(t, params[_CLS_W], params[_CLS_B])
-        d, box_cache = conv2d_forward(t, params[_BOX_W], params[_BOX_B])
+        t, conv_cache = _conv2d_forward(x, params[_CONV_W], params[_CONV_B], padding=1)
+        t, relu_cache = _relu_forward(t)
+        logits, cls_cache = _conv2d_forward(t, params[_CLS_W], params[_CLS_B])
+        d, box_cache = _conv2d_forward(t, params[_BOX_W], params[_BOX_B])
         objectness.append(logits)
         deltas.append(d)
         caches.append(RPNHeadLevelCache(conv_cache, relu_cache, cls_cache, box_cache, t.shape))
@@ -230,12 +236,8 @@ def rpn_head_backward(douts, cache):
         if not isinstance(d, (list, tuple)) or len(d) != num_levels:
             raise ValueError(f"{name} must be a list of {num_levels} per-level arrays, got {type(d).__name__}"
                              f" of length {len(d) if isinstance(d, (list, tuple)) else '-'}")
-    grads = {k: np.zeros(shape, dtype=cache.dtype) for k, shape in cache.param_shapes.items()}
-    dfeatures = []
     for lvl, lc in enumerate(cache.levels):
-        dt = np.zeros(lc.hidden_shape, dtype=cache.dtype)
-        for d, sub, wn, bn, label in ((dobj[lvl], lc.cls_logits, _CLS_W, _CLS_B, "dobjectness"),
-                                      (ddel[lvl], lc.bbox_pred, _BOX_W, _BOX_B, "dpred_bbox_deltas")):
+        for d, wn, label in ((dobj[lvl], _CLS_W, "dobjectness"), (ddel[lvl], _BOX_W, "dpred_bbox_deltas")):
             if d is None:
                 continue
             n, _, h, w = lc.hidden_shape
@@ -244,12 +246,26 @@ def rpn_head_backward(douts, cache):
             if d.dtype != cache.dtype:
                 raise TypeError(f"{label}[{lvl}] must have the dtype of the forward pass ({cache.dtype}), "
                                 f"got {d.dtype}")
-            dt_part, dw, db = conv2d_backward(d, sub)
+    return _rpn_head_backward(douts, cache)
+
+
+def _rpn_head_backward(douts, cache):
+    """:func:`rpn_head_backward` without the checks (for ``model``)."""
+    dobj, ddel = douts
+    grads = {k: np.zeros(shape, dtype=cache.dtype) for k, shape in cache.param_shapes.items()}
+    dfeatures = []
+    for lvl, lc in enumerate(cache.levels):
+        dt = np.zeros(lc.hidden_shape, dtype=cache.dtype)
+        for d, sub, wn, bn in ((dobj[lvl], lc.cls_logits, _CLS_W, _CLS_B),
+                               (ddel[lvl], lc.bbox_pred, _BOX_W, _BOX_B)):
+            if d is None:
+                continue
+            dt_part, dw, db = _conv2d_backward(d, sub)
             grads[wn] += dw
             grads[bn] += db
             dt += dt_part
-        dt = relu_backward(dt, lc.relu)
-        dx, dw, db = conv2d_backward(dt, lc.conv)
+        dt = _relu_backward(dt, lc.relu)
+        dx, dw, db = _conv2d_backward(dt, lc.conv)
         grads[_CONV_W] += dw
         grads[_CONV_B] += db
         dfeatures.append(dx)
@@ -283,17 +299,24 @@ def concat_box_prediction_layers_forward(box_cls, box_regression):
     if len(box_cls) != len(box_regression) or len(box_cls) == 0:
         raise ValueError(f"box_cls and box_regression must be non-empty lists of the same length, "
                          f"got {len(box_cls)} and {len(box_regression)}")
-    obj_flat, del_flat = [], []
     for lvl, (o, d) in enumerate(zip(box_cls, box_regression)):
         check_array(f"box_cls[{lvl}]", o, shape=("N", "A", "H", "W"), dtype_kind="f")
         n, a, h, w = o.shape
         check_array(f"box_regression[{lvl}]", d, shape=(n, 4 * a, h, w), dtype_kind="f")
-        obj_flat.append(o.transpose(0, 2, 3, 1).reshape(n, -1))
-        del_flat.append(d.reshape(n, a, 4, h, w).transpose(0, 3, 4, 1, 2).reshape(n, -1, 4))
     n0 = box_cls[0].shape[0]
     for lvl, o in enumerate(box_cls):
         if o.shape[0] != n0:
             raise ValueError(f"box_cls[{lvl}] must have N = {n0} images, got {o.shape[0]}")
+    return _concat_box_prediction_layers_forward(box_cls, box_regression)
+
+
+def _concat_box_prediction_layers_forward(box_cls, box_regression):
+    """:func:`concat_box_prediction_layers_forward` without the checks (for ``model``)."""
+    obj_flat, del_flat = [], []
+    for o, d in zip(box_cls, box_regression):
+        n, a, h, w = o.shape
+        obj_flat.append(o.transpose(0, 2, 3, 1).reshape(n, -1))
+        del_flat.append(d.reshape(n, a, 4, h, w).transpose(0, 3, 4, 1, 2).reshape(n, -1, 4))
     cache = ConcatCache([o.shape for o in box_cls], [d.shape for d in box_regression])
     return (np.concatenate(obj_flat, axis=1), np.concatenate(del_flat, axis=1)), cache
 
@@ -315,6 +338,13 @@ def concat_box_prediction_layers_backward(douts, cache):
     check_array("dobjectness", dobj, shape=(n, total), dtype_kind="f")
     check_array("dpred_bbox_deltas", ddel, shape=(n, total, 4), dtype_kind="f")
     check_same_dtype(dobjectness=dobj, dpred_bbox_deltas=ddel)
+    return _concat_box_prediction_layers_backward(douts, cache)
+
+
+def _concat_box_prediction_layers_backward(douts, cache):
+    """:func:`concat_box_prediction_layers_backward` without the checks (for ``model``)."""
+    dobj, ddel = douts
+    n = cache.objectness_shapes[0][0]
     out_o, out_d = [], []
     start = 0
     for (_, a, h, w) in cache.objectness_shapes:
@@ -351,13 +381,27 @@ def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_thre
     gt_boxes = check_array("gt_boxes", gt_boxes, shape=("G", 4), dtype_kind="f")
     check_finite("anchors", anchors)
     check_finite("gt_boxes", gt_boxes)
+    high, low = _check_thresholds(high_threshold, low_threshold)
+    return _assign_targets_to_anchors(anchors, gt_boxes, high, low, check_bool("allow_low_quality_matches", allow_low_quality_matches))
+
+
+def _check_thresholds(high_threshold, low_threshold):
+    """The matcher's thresholds, checked as ``matching.matcher`` checks them."""
+    high = check_float("high_threshold", high_threshold, minimum=0.0, maximum=1.0)
+    low = check_float("low_threshold", low_threshold, minimum=0.0, maximum=1.0)
+    if low > high:
+        raise ValueError(f"low_threshold must be <= high_threshold ({high}), got {low}")
+    return high, low
+
+
+def _assign_targets_to_anchors(anchors, gt_boxes, high_threshold, low_threshold, allow_low_quality_matches=True):
+    """:func:`assign_targets_to_anchors` without the checks (for ``model``)."""
     t = anchors.shape[0]
     if gt_boxes.shape[0] == 0:
         return np.zeros(t, dtype=np.int64), np.zeros((t, 4), dtype=anchors.dtype)
     gt_boxes = gt_boxes.astype(anchors.dtype, copy=False)  # as torchvision: GT in the anchors' dtype
-    quality = box_iou(gt_boxes, anchors)  # (G, T)
-    matched_idxs = matcher(quality, high_threshold=high_threshold, low_threshold=low_threshold,
-                           allow_low_quality_matches=allow_low_quality_matches)
+    quality = _box_iou(gt_boxes, anchors)  # (G, T)
+    matched_idxs = _matcher(quality, high_threshold, low_threshold, allow_low_quality_matches)
     matched = gt_boxes[np.maximum(matched_idxs, 0)].astype(anchors.dtype, copy=False)
     labels = (matched_idxs >= 0).astype(np.int64)
     labels[matched_idxs == BELOW_LOW_THRESHOLD] = 0
@@ -378,23 +422,30 @@ def rpn_targets(anchors, gt_boxes_per_image, *, high_threshold=0.7, low_threshol
     No gradient.
     """
     anchors = _concat_anchors(anchors)
+    check_finite("anchors", anchors)
     if not isinstance(gt_boxes_per_image, (list, tuple)):
         raise TypeError(f"gt_boxes_per_image must be a list of (G, 4) arrays, got "
                         f"{type(gt_boxes_per_image).__name__}")
+    for i, gt in enumerate(gt_boxes_per_image):
+        check_array(f"gt_boxes_per_image[{i}]", gt, shape=("G", 4), dtype_kind="f")
+        check_finite(f"gt_boxes_per_image[{i}]", gt)
+    high, low = _check_thresholds(high_threshold, low_threshold)
+    return _rpn_targets(anchors, gt_boxes_per_image, high, low, check_bool("allow_low_quality_matches", allow_low_quality_matches))
+
+
+def _rpn_targets(anchors, gt_boxes_per_image, high_threshold, low_threshold, allow_low_quality_matches=True):
+    """:func:`rpn_targets` without the checks (for ``model``): anchors (T, 4)."""
     n, t = len(gt_boxes_per_image), anchors.shape[0]
     labels = np.zeros((n, t), dtype=np.int64)
     targets = np.zeros((n, t, 4), dtype=anchors.dtype)
     weights = np.asarray(RPN_BOX_WEIGHTS, dtype=anchors.dtype)
     for i, gt in enumerate(gt_boxes_per_image):
-        check_array(f"gt_boxes_per_image[{i}]", gt, shape=("G", 4), dtype_kind="f")
-        check_finite(f"gt_boxes_per_image[{i}]", gt)
-        lab, matched = assign_targets_to_anchors(
-            anchors, gt, high_threshold=high_threshold, low_threshold=low_threshold,
-            allow_low_quality_matches=allow_low_quality_matches)
+        lab, matched = _assign_targets_to_anchors(anchors, gt, high_threshold, low_threshold,
+                                                  allow_low_quality_matches)
         labels[i] = lab
         pos = lab == 1
         if np.any(pos):
-            targets[i, pos] = encode_boxes(matched[pos], anchors[pos], weights)
+            targets[i, pos] = _encode_boxes(matched[pos], anchors[pos], weights)
     return labels, targets
 
 
@@ -421,13 +472,23 @@ def sample_anchors(labels, *, rng, batch_size_per_image=256, positive_fraction=0
     ``batch_size_per_image`` anchors in all (``balanced_positive_negative_sampler``).
     """
     labels = check_array("labels", labels, shape=("N", "T"), dtype_kind="iuf")
-    check_rng(rng)
+    if labels.dtype.kind == "f":
+        check_finite("labels", labels)
+    return _sample_anchors(labels, check_rng(rng), *_check_sampler_args(batch_size_per_image, positive_fraction))
+
+
+def _check_sampler_args(batch_size_per_image, positive_fraction):
+    return (check_positive_int("batch_size_per_image", batch_size_per_image),
+            check_float("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0))
+
+
+def _sample_anchors(labels, rng, batch_size_per_image, positive_fraction):
+    """:func:`sample_anchors` without the checks (for ``model``)."""
     pos = np.zeros(labels.shape, dtype=bool)
     neg = np.zeros(labels.shape, dtype=bool)
     for i in range(labels.shape[0]):  # a loop over images, not anchors
-        pos[i], neg[i] = balanced_positive_negative_sampler(
-            labels[i], batch_size_per_image=batch_size_per_image,
-            positive_fraction=positive_fraction, rng=rng)
+        pos[i], neg[i] = _balanced_positive_negative_sampler(labels[i], batch_size_per_image,
+                                                             positive_fraction, rng)
     return pos, neg
 
 
@@ -469,6 +530,11 @@ def rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targe
         raise ValueError("pos_mask and neg_mask must be disjoint, got anchors in both")
     if np.any(labels[pos_mask] != 1) or np.any(labels[neg_mask] != 0):
         raise ValueError("pos_mask must select labels == 1 and neg_mask labels == 0")
+    return _rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targets, pos_mask, neg_mask)
+
+
+def _rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targets, pos_mask, neg_mask):
+    """:func:`rpn_loss_from_samples` without the checks (for ``model``)."""
     dtype = objectness.dtype
     sampled = pos_mask | neg_mask
     num_sampled = int(sampled.sum())
@@ -478,13 +544,13 @@ def rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targe
         return 0.0, 0.0, dobj, ddel
     logits = objectness[sampled]
     targets = pos_mask[sampled].astype(dtype)
-    loss_obj, dlogits = bce_with_logits(logits, targets, reduction="mean")
+    loss_obj, dlogits = _bce_with_logits(logits, targets, reduction="mean")
     dobj[sampled] = dlogits
     loss_box = 0.0
     if np.any(pos_mask):
-        lb, dd = smooth_l1(pred_bbox_deltas[pos_mask],
-                           regression_targets[pos_mask].astype(dtype, copy=False),
-                           beta=1.0 / 9.0, reduction="sum")
+        lb, dd = _smooth_l1(pred_bbox_deltas[pos_mask],
+                            regression_targets[pos_mask].astype(dtype, copy=False),
+                            beta=1.0 / 9.0, reduction="sum")
         loss_box = float(lb) / num_sampled
         ddel[pos_mask] = dd / dtype.type(num_sampled)
     return float(loss_obj), loss_box, dobj, ddel
@@ -504,9 +570,15 @@ def rpn_loss(objectness, pred_bbox_deltas, labels, regression_targets, *, rng,
     ``rpn_loss_from_samples`` (call those two to see or fix the sample).
     """
     _check_loss_inputs(objectness, pred_bbox_deltas, labels, regression_targets)
-    pos, neg = sample_anchors(labels, rng=rng, batch_size_per_image=batch_size_per_image,
-                              positive_fraction=positive_fraction)
-    return rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targets, pos, neg)
+    return _rpn_loss(objectness, pred_bbox_deltas, labels, regression_targets, check_rng(rng),
+                     *_check_sampler_args(batch_size_per_image, positive_fraction))
+
+
+def _rpn_loss(objectness, pred_bbox_deltas, labels, regression_targets, rng, batch_size_per_image,
+              positive_fraction):
+    """:func:`rpn_loss` without the checks (for ``model``)."""
+    pos, neg = _sample_anchors(labels, rng, batch_size_per_image, positive_fraction)
+    return _rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targets, pos, neg)
 
 
 # ------------------------------------------------------------------- proposals
@@ -521,10 +593,17 @@ def decode_proposals(pred_bbox_deltas, anchors):
     """
     anchors = _concat_anchors(anchors)
     check_array("pred_bbox_deltas", pred_bbox_deltas, shape=("N", anchors.shape[0], 4), dtype_kind="f")
+    check_finite("anchors", anchors)
+    check_finite("pred_bbox_deltas", pred_bbox_deltas)
+    return _decode_proposals(pred_bbox_deltas, anchors)
+
+
+def _decode_proposals(pred_bbox_deltas, anchors):
+    """:func:`decode_proposals` without the checks (for ``model``): anchors (T, 4)."""
     n, t, _ = pred_bbox_deltas.shape
     boxes = np.broadcast_to(anchors.astype(pred_bbox_deltas.dtype, copy=False), (n, t, 4)).reshape(-1, 4)
-    out = decode_boxes(pred_bbox_deltas.reshape(-1, 4), boxes,
-                       np.asarray(RPN_BOX_WEIGHTS, dtype=pred_bbox_deltas.dtype))
+    out = _decode_boxes(pred_bbox_deltas.reshape(-1, 4), boxes,
+                        np.asarray(RPN_BOX_WEIGHTS, dtype=pred_bbox_deltas.dtype))
     return out.reshape(n, t, 4)
 
 
@@ -581,6 +660,17 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     nms_thresh = check_float("nms_thresh", nms_thresh, minimum=0.0, maximum=1.0)
     score_thresh = check_float("score_thresh", score_thresh)
     min_size = check_float("min_size", min_size, minimum=0.0)
+    return _filter_proposals(proposals, objectness, shapes, counts, pre_nms_top_n=pre, post_nms_top_n=post,
+                             nms_thresh=nms_thresh, score_thresh=score_thresh, min_size=min_size, record=record)
+
+
+def _filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level, *, pre_nms_top_n,
+                      post_nms_top_n, nms_thresh=0.7, score_thresh=0.0, min_size=1e-3, record=None):
+    """:func:`filter_proposals` without the checks (for ``model``): image_shapes a list
+    of (h, w) int pairs, num_anchors_per_level a list of ints, thresholds floats."""
+    n = objectness.shape[0]
+    shapes, counts = image_shapes, num_anchors_per_level
+    pre, post = pre_nms_top_n, post_nms_top_n
 
     # 1. per-level top-k (stable: ties to the lower index)
     top_idx, top_lvl = [], []
@@ -604,22 +694,22 @@ def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level,
     idx = np.concatenate(top_idx, axis=1)                     # (N, sum k)
     levels = np.concatenate(top_lvl)                          # (sum k,)
     rows = np.arange(n)[:, None]
-    scores_all = sigmoid(objectness[rows, idx])               # 2.
+    scores_all = _sigmoid(objectness[rows, idx])              # 2.
     boxes_all = proposals[rows, idx]
     if record is not None:
         record.update(top_indices=idx, top_levels=levels, top_scores=scores_all, before_nms=[])
 
     final_boxes, final_scores = [], []
     for i in range(n):  # a loop over images
-        boxes = clip_boxes_to_image(boxes_all[i], shapes[i])  # 3.
+        boxes = _clip_boxes_to_image(boxes_all[i], shapes[i])  # 3.
         scores, lvl = scores_all[i], levels
-        keep = remove_small_boxes(boxes, min_size)
+        keep = _remove_small_boxes(boxes, min_size)
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
         keep = np.flatnonzero(scores >= score_thresh)         # 4.
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
         if record is not None:
             record["before_nms"].append((boxes, scores, lvl))
-        keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post]  # 5. and 6.
+        keep = _nms(boxes, scores, lvl, nms_thresh)[:post]     # 5. and 6. (batched_nms)
         final_boxes.append(boxes[keep])
         final_scores.append(scores[keep])
     return final_boxes, final_scores

@@ -42,8 +42,8 @@ import numbers
 import numpy as np
 
 from ._checks import check_array, check_hw_pair, check_positive_int
-from .anchors import torchvision_resized_size
-from .ops.resize import resize_bilinear, upsample_nearest_forward
+from .anchors import _torchvision_resized_size
+from .ops.resize import _resize_bilinear_forward, _upsample_nearest_forward
 from .roi_heads import paste_masks_in_image
 
 __all__ = [
@@ -130,8 +130,13 @@ def normalize_image(image, *, mean=IMAGE_MEAN, std=IMAGE_STD):
     Returns (3, H, W) in the image's dtype, a new array.
     """
     _check_image("image", image)
-    mean = np.asarray(_check_stats("mean", mean), dtype=image.dtype)
-    std = np.asarray(_check_stats("std", std, positive=True), dtype=image.dtype)
+    return _normalize_image(image, _check_stats("mean", mean), _check_stats("std", std, positive=True))
+
+
+def _normalize_image(image, mean, std):
+    """:func:`normalize_image` without the checks: mean, std 3 floats each."""
+    mean = np.asarray(mean, dtype=image.dtype)
+    std = np.asarray(std, dtype=image.dtype)
     return (image - mean[:, None, None]) / std[:, None, None]
 
 
@@ -146,8 +151,12 @@ def resize_boxes(boxes, original_size, new_size):
     Returns (G, 4) in the boxes' dtype, a new array.
     """
     _check_boxes("boxes", boxes)
-    oh, ow = check_hw_pair("original_size", original_size)
-    nh, nw = check_hw_pair("new_size", new_size)
+    return _resize_boxes(boxes, check_hw_pair("original_size", original_size), check_hw_pair("new_size", new_size))
+
+
+def _resize_boxes(boxes, original_size, new_size):
+    """:func:`resize_boxes` without the checks: sizes (h, w) int pairs."""
+    (oh, ow), (nh, nw) = original_size, new_size
     ratio_h = np.float32(nh) / np.float32(oh)
     ratio_w = np.float32(nw) / np.float32(ow)
     ratios = np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32).astype(boxes.dtype)
@@ -163,7 +172,7 @@ def _resize_masks(masks, size):
     nothing: bool stays bool, uint8 stays uint8, a float mask keeps its values.
     """
     work = masks if masks.dtype.kind == "f" else masks.astype(np.float32)
-    out = upsample_nearest_forward(work[:, None], size)[0][:, 0]
+    out = _upsample_nearest_forward(work[:, None], size)[0][:, 0]
     return out.astype(masks.dtype, copy=False)
 
 
@@ -187,20 +196,30 @@ def resize_image_and_target(image, target=None, *, min_size=800, max_size=1333):
     _check_image("image", image)
     min_size = check_positive_int("min_size", min_size)
     max_size = check_positive_int("max_size", max_size)
-    h, w = image.shape[1:]
     if target is not None:
-        _check_target("target", target, (h, w))
-    new_h, new_w = torchvision_resized_size((h, w), min_size, max_size)
+        _check_target("target", target, image.shape[1:])
+    _check_resized_size("image", image, min_size, max_size)
+    return _resize_image_and_target(image, target, min_size, max_size)
+
+
+def _check_resized_size(name, image, min_size, max_size):
+    new_h, new_w = _torchvision_resized_size(image.shape[1:], min_size, max_size)
     if new_h < 1 or new_w < 1:
         raise ValueError(
-            f"image of shape {image.shape} resizes to ({new_h}, {new_w}) with min_size={min_size}, "
+            f"{name} of shape {image.shape} resizes to ({new_h}, {new_w}) with min_size={min_size}, "
             f"max_size={max_size}: a side would vanish (aspect ratio too extreme)"
         )
-    out = resize_bilinear(image, (new_h, new_w))
+
+
+def _resize_image_and_target(image, target, min_size, max_size):
+    """:func:`resize_image_and_target` without the checks (for :func:`transform_forward`)."""
+    h, w = image.shape[1:]
+    new_h, new_w = _torchvision_resized_size((h, w), min_size, max_size)
+    out = _resize_bilinear_forward(image, (new_h, new_w))[0]
     if target is None:
         return out, None
     new_target = dict(target)
-    new_target["boxes"] = resize_boxes(target["boxes"], (h, w), (new_h, new_w))
+    new_target["boxes"] = _resize_boxes(target["boxes"], (h, w), (new_h, new_w))
     if "masks" in target:
         new_target["masks"] = _resize_masks(target["masks"], (new_h, new_w))
     return out, new_target
@@ -218,7 +237,12 @@ def batch_images(images, *, size_divisible=32):
     Returns (N, 3, Hp, Wp) in the images' dtype.
     """
     images = _check_image_list("images", images)
-    d = check_positive_int("size_divisible", size_divisible)
+    return _batch_images(images, check_positive_int("size_divisible", size_divisible))
+
+
+def _batch_images(images, size_divisible):
+    """:func:`batch_images` without the checks (for :func:`transform_forward`)."""
+    d = size_divisible
     max_h = max(img.shape[1] for img in images)
     max_w = max(img.shape[2] for img in images)
     hp, wp = -(-max_h // d) * d, -(-max_w // d) * d  # ceil to a multiple of d
@@ -252,15 +276,21 @@ def transform_forward(images, targets=None, *, min_size=800, max_size=1333, mean
             raise ValueError(f"targets must have one dict per image ({len(images)}), got {len(targets)}")
         for i, (img, t) in enumerate(zip(images, targets)):
             _check_target(f"targets[{i}]", t, img.shape[1:])
+    mean, std = _check_stats("mean", mean), _check_stats("std", std, positive=True)
+    min_size = check_positive_int("min_size", min_size)
+    max_size = check_positive_int("max_size", max_size)
+    d = check_positive_int("size_divisible", size_divisible)
+    for i, img in enumerate(images):
+        _check_resized_size(f"images[{i}]", img, min_size, max_size)
+    # checked once: the steps below run without checking again
     resized, sizes, new_targets = [], [], []
     for i, img in enumerate(images):
-        norm = normalize_image(img, mean=mean, std=std)
-        out, t = resize_image_and_target(norm, None if targets is None else targets[i],
-                                         min_size=min_size, max_size=max_size)
+        norm = _normalize_image(img, mean, std)
+        out, t = _resize_image_and_target(norm, None if targets is None else targets[i], min_size, max_size)
         resized.append(out)
         sizes.append((int(out.shape[1]), int(out.shape[2])))
         new_targets.append(t)
-    batch = batch_images(resized, size_divisible=size_divisible)
+    batch = _batch_images(resized, d)
     return batch, sizes, (None if targets is None else new_targets)
 
 

@@ -102,7 +102,7 @@ def test_detect_records_nothing(data, monkeypatch):
     """detect gives the recorder stages record=None (recording is off, not just ignored)."""
     params, images, _ = data
     seen = []
-    for name in ("_propose", "_box_branch", "postprocess_detections"):
+    for name in ("_propose", "_box_branch", "_postprocess_detections"):
         real = getattr(M, name)
 
         def spy(*args, _real=real, _name=name, **kw):
@@ -110,7 +110,7 @@ def test_detect_records_nothing(data, monkeypatch):
             return _real(*args, **kw)
         monkeypatch.setattr(M, name, spy)
     M.detect(params, images[:1], CONFIG)
-    assert sorted(n for n, _ in seen) == ["_box_branch", "_propose", "postprocess_detections"]
+    assert sorted(n for n, _ in seen) == ["_box_branch", "_postprocess_detections", "_propose"]
     assert all(r is None for _, r in seen)
 
 
