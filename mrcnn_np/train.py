@@ -28,7 +28,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import model as model_lib
-from ._checks import check_array, check_float, check_positive_int, check_rng
+from ._checks import (check_array, check_bool, check_callable, check_coordinates, check_finite, check_float,
+                      check_float_dtype, check_instance, check_positive_int, check_rng)
+from .config import MaskRCNNConfig
 from .transform import transform_forward
 
 __all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "hflip", "training_target", "dataset_batch",
@@ -70,19 +72,43 @@ def sgd_step(params, grads, buffers, *, lr, momentum=0.9, weight_decay=1e-4):
     grads: {name: array} same shapes/dtypes (the trainable parameters only).
     buffers: {name: momentum buffer}, updated in place; empty on the first step
         (a missing buffer starts as ``d``, as torch).
+    lr, weight_decay: in [0, 1000] (a sanity bound: larger steps overflow float32
+    weights); momentum: in [0, 1] (torch allows more, but above 1 the buffer
+    grows without bound). Every array must be finite: the boundary refuses NaN/inf.
+    Everything is checked before the first update.
     """
-    lr = check_float("lr", lr, minimum=0.0)
-    momentum = check_float("momentum", momentum, minimum=0.0)
-    weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
+    lr, momentum, weight_decay = _check_sgd_args(lr, momentum, weight_decay)
+    for name, d in (("params", params), ("grads", grads), ("buffers", buffers)):
+        if not isinstance(d, dict):
+            raise TypeError(f"{name} must be a dict of arrays, got {type(d).__name__}")
     for key, g in grads.items():  # every check before the first update
         if key not in params:
             raise ValueError(f"grads has key {key!r} that is not in params")
         if not isinstance(g, np.ndarray):
             raise TypeError(f"grads[{key!r}] must be a numpy.ndarray, got {type(g).__name__}")
-        p = params[key]
+        p = check_array(f"params[{key!r}]", params[key], dtype_kind="f")
         if g.shape != p.shape or g.dtype != p.dtype:
             raise ValueError(f"grads[{key!r}] must have shape {p.shape} and dtype {p.dtype}, "
                              f"got {g.shape} {g.dtype}")
+        check_finite(f"params[{key!r}]", p)
+        check_finite(f"grads[{key!r}]", g)
+        buf = buffers.get(key)
+        if buf is not None:
+            if not isinstance(buf, np.ndarray) or buf.shape != p.shape or buf.dtype != p.dtype:
+                raise ValueError(f"buffers[{key!r}] must be an array of shape {p.shape} and dtype {p.dtype}, "
+                                 f"got {getattr(buf, 'shape', type(buf).__name__)} {getattr(buf, 'dtype', '')}")
+            check_finite(f"buffers[{key!r}]", buf)
+    _sgd_step(params, grads, buffers, lr, momentum, weight_decay)
+
+
+def _check_sgd_args(lr, momentum, weight_decay, lr_name="lr"):
+    return (check_float(lr_name, lr, minimum=0.0, maximum=1e3),
+            check_float("momentum", momentum, minimum=0.0, maximum=1.0),
+            check_float("weight_decay", weight_decay, minimum=0.0, maximum=1e3))
+
+
+def _sgd_step(params, grads, buffers, lr, momentum, weight_decay):
+    """:func:`sgd_step` on checked arguments (the loop of :func:`train`)."""
     for key, g in grads.items():
         p = params[key]
         d = g + weight_decay * p if weight_decay else g
@@ -97,24 +123,63 @@ def sgd_step(params, grads, buffers, *, lr, momentum=0.9, weight_decay=1e-4):
         p -= lr * d
 
 
+def _check_grads(grads):
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
+    for key, g in grads.items():
+        check_array(f"grads[{key!r}]", g, dtype_kind="f")
+        check_finite(f"grads[{key!r}]", g)
+    return grads
+
+
 def global_norm(grads):
-    """Joint L2 norm of all gradients: ``sqrt(sum_k |g_k|^2)`` (a Python float)."""
-    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    """Joint L2 norm of all gradients: ``sqrt(sum_k |g_k|^2)`` (a Python float).
+
+    grads: {name: float array}, finite (the boundary refuses NaN/inf).
+    """
+    return _global_norm(_check_grads(grads))
+
+
+def _global_norm(grads):
+    """:func:`global_norm` without the checks (NaN in, NaN out: ``train`` stops on it)."""
+    with np.errstate(over="ignore"):
+        total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if math.isinf(total) and all(np.isfinite(g).all() for g in grads.values()):
+        # the squares overflowed although every entry is finite: scale by the largest one
+        peak = max(float(np.abs(g).max()) for g in grads.values() if g.size)
+        with np.errstate(under="ignore"):  # tiny entries next to the peak count as 0
+            total = peak * math.sqrt(sum(float(np.vdot(g / peak, g / peak)) for g in grads.values()))
+    return total
 
 
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their joint L2 norm is at most ``max_norm``.
 
     torch's ``clip_grad_norm_`` (coefficient ``max_norm / (norm + 1e-6)``, applied
-    only when it is below 1). Returns the norm before clipping.
+    only when it is below 1). Returns the norm before clipping. grads: {name:
+    float array}, finite; max_norm: float >= 0.
     """
     max_norm = check_float("max_norm", max_norm, minimum=0.0)
-    total = global_norm(grads)
+    return _clip_grad_norm(_check_grads(grads), max_norm)
+
+
+def _clip_grad_norm(grads, max_norm):
+    """:func:`clip_grad_norm` without the checks."""
+    total = _global_norm(grads)
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
-        for g in grads.values():
-            g *= coef
+        with np.errstate(under="ignore"):  # a tiny entry scaled down becomes 0, as it should
+            for g in grads.values():
+                g *= coef
     return total
+
+
+def _boxes(name, boxes):
+    """(G, 4) real finite boxes (an array or a list), as an array."""
+    boxes = check_array(name, np.asarray(boxes), shape=("G", 4))
+    if boxes.size and boxes.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {boxes.dtype}")
+    return check_coordinates(name, boxes, np.float64)
 
 
 def hflip(image, target):
@@ -125,11 +190,23 @@ def hflip(image, target):
     Returns (image', target'), new arrays: ``image[:, :, ::-1]``, boxes
     ``x1' = W - x2, x2' = W - x1`` (y unchanged; a box stays a box of the
     flipped mask: columns c0..c1 become W-1-c1..W-1-c0), masks ``[:, :, ::-1]``.
+    image, boxes and float masks must be finite.
     """
-    check_array("image", image, ndim=3)
+    check_array("image", image, ndim=3, dtype_kind="biuf")
+    if image.dtype.kind == "f":
+        check_finite("image", image)
     w = image.shape[-1]
+    if not isinstance(target, dict):
+        raise TypeError(f"target must be a dict, got {type(target).__name__}")
+    if "boxes" not in target:
+        raise ValueError(f"target must have a 'boxes' entry (G, 4), got keys {list(target)}")
+    boxes = _boxes("target['boxes']", target["boxes"])
+    if "masks" in target:
+        check_array("target['masks']", np.asarray(target["masks"]), shape=(len(boxes), None, w),
+                    dtype_kind="biuf")
+        if np.asarray(target["masks"]).dtype.kind == "f":
+            check_finite("target['masks']", np.asarray(target["masks"]))
     out = dict(target)
-    boxes = np.asarray(target["boxes"])
     flipped = boxes.copy()
     flipped[:, 0] = w - boxes[:, 2]
     flipped[:, 2] = w - boxes[:, 0]
@@ -149,16 +226,33 @@ def training_target(item, *, dtype=np.float32):
     height are dropped (with their labels and masks). G may be 0 (an image
     with no object: every anchor and RoI is background).
     Returns (image (3, H, W) in dtype, {"boxes" (G', 4) dtype, "labels" (G',), "masks" (G', H, W)}).
+    Every entry is checked (ValueError / TypeError naming ``item[key]``): the
+    image and boxes finite reals, labels ints, masks bools or 0/1 ints,
+    iscrowd bools or 0/1 numbers.
     """
+    if not isinstance(item, dict):
+        raise TypeError(f"item must be a dict, got {type(item).__name__}")
     for key in ("image", "boxes", "labels", "masks"):
         if key not in item:
             raise ValueError(f"a dataset item must have 'image', 'boxes', 'labels' and 'masks', "
-                             f"this one has {sorted(item)}")
-    image = np.ascontiguousarray(np.asarray(item["image"]).transpose(2, 0, 1), dtype=dtype)
+                             f"this one has {sorted(map(str, item))}")
+    dtype = check_float_dtype(dtype)
+    raw = check_array("item['image']", np.asarray(item["image"]), shape=("H", "W", 3), dtype_kind="biuf")
+    if raw.dtype.kind == "f":
+        check_finite("item['image']", raw)
+    image = np.ascontiguousarray(raw.transpose(2, 0, 1), dtype=dtype)
     h, w = image.shape[1:]
-    boxes = np.asarray(item["boxes"]).astype(dtype)
-    labels, masks = np.asarray(item["labels"]), np.asarray(item["masks"])
-    keep = ~np.asarray(item.get("iscrowd", np.zeros(len(boxes), bool)), dtype=bool)
+    boxes = _boxes("item['boxes']", item["boxes"]).astype(dtype)
+    labels = check_array("item['labels']", np.asarray(item["labels"]), shape=(len(boxes),))
+    if labels.size and labels.dtype.kind not in "iu":
+        raise TypeError(f"item['labels'] must be ints, got dtype {labels.dtype}")
+    masks = check_array("item['masks']", np.asarray(item["masks"]), shape=(len(boxes), h, w), dtype_kind="biu")
+    crowd = item.get("iscrowd")
+    if crowd is not None:
+        crowd = check_array("item['iscrowd']", np.asarray(crowd), shape=(len(boxes),), dtype_kind="biuf")
+        if crowd.size and not ((crowd == 0) | (crowd == 1)).all():
+            raise ValueError("item['iscrowd'] must hold bools or 0/1 numbers")
+    keep = ~np.asarray(np.zeros(len(boxes), bool) if crowd is None else crowd, dtype=bool)
     np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
     np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
     keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -177,6 +271,9 @@ def dataset_batch(dataset, indices, *, dtype=np.float32, rng=None, hflip_prob=0.
         hflip_prob``, one draw per image in order; 0 draws nothing (rng may be None).
     Returns (images [(3, H_i, W_i)], targets [{"boxes", "labels", "masks"}]).
     """
+    _check_dataset(dataset)
+    indices = _check_indices(indices, len(dataset))
+    dtype = check_float_dtype(dtype)
     hflip_prob = check_float("hflip_prob", hflip_prob, minimum=0.0, maximum=1.0)
     if hflip_prob > 0:
         rng = check_rng(rng)
@@ -188,6 +285,31 @@ def dataset_batch(dataset, indices, *, dtype=np.float32, rng=None, hflip_prob=0.
         images.append(image)
         targets.append(target)
     return images, targets
+
+
+def _check_dataset(dataset):
+    if isinstance(dataset, (str, bytes, dict)) or not hasattr(dataset, "__len__") or not hasattr(
+            dataset, "__getitem__"):
+        raise TypeError(f"dataset must be indexable with a length (ShapesDataset, CocoData, a list of dicts), "
+                        f"got {type(dataset).__name__}")
+    return dataset
+
+
+def _check_indices(indices, n):
+    """Ints in [0, n) (a list, a tuple or an integer array)."""
+    if isinstance(indices, np.ndarray):
+        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+            raise TypeError(f"indices must be a 1-D array of ints, got {indices.dtype} {indices.shape}")
+        indices = indices.tolist()
+    if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"indices must be a sequence of ints, got {type(indices).__name__}")
+    indices = list(indices)
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"indices must be ints, got {i!r}")
+        if not 0 <= i < n:
+            raise ValueError(f"indices must be in [0, {n}) (the dataset's length), got {i}")
+    return indices
 
 
 def shapes_batch(dataset, indices, *, dtype=np.float32):
@@ -229,6 +351,15 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     """
     if not isinstance(params, dict) or not params:
         raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
+    dtype = None
+    for key, value in params.items():  # the boundary: float arrays of one dtype, finite
+        check_array(f"params[{key!r}]", value, dtype_kind="f")
+        dtype = value.dtype if dtype is None else dtype
+        if value.dtype != dtype:
+            raise TypeError(f"params[{key!r}] must have the dtype of the others ({dtype}), got {value.dtype}")
+        check_finite(f"params[{key!r}]", value)
+    check_instance("config", config, MaskRCNNConfig)
+    _check_dataset(dataset)
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
     rng = check_rng(rng)
@@ -237,8 +368,14 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     if max_grad_norm is not None:
         max_grad_norm = check_float("max_grad_norm", max_grad_norm, minimum=0.0)
     hflip_prob = check_float("hflip_prob", hflip_prob, minimum=0.0, maximum=1.0)
+    # the schedule and the SGD numbers are checked now, not at the end of the first step
+    learning_rate(0, base_lr=base_lr, warmup_iters=warmup_iters, warmup_factor=warmup_factor,
+                  milestones=milestones, gamma=gamma)
+    _, momentum, weight_decay = _check_sgd_args(base_lr, momentum, weight_decay, "base_lr")
+    progress = check_bool("progress", progress)
+    if callback is not None:
+        check_callable("callback", callback)
     state = _check_state(state, len(dataset), steps)
-    dtype = next(iter(params.values())).dtype
     history = []
     buffers = state.setdefault("buffers", {})
     if state.get("order") is None:
@@ -259,13 +396,13 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
                                                  image_sizes=image_sizes)
         record = {k: float(v) for k, v in losses.items()}
         record["loss"] = sum(record.values())
-        grad_norm = global_norm(grads) if max_grad_norm is None else clip_grad_norm(grads, max_grad_norm)
+        grad_norm = _global_norm(grads) if max_grad_norm is None else _clip_grad_norm(grads, max_grad_norm)
         if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
             # stop before the update: the parameters stay those of the last good step
             raise FloatingPointError(f"step {step}: loss {record['loss']}, gradient norm {grad_norm}: {record}")
         lr = learning_rate(step, base_lr=base_lr, warmup_iters=warmup_iters,
                            warmup_factor=warmup_factor, milestones=milestones, gamma=gamma)
-        sgd_step(params, grads, buffers, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        _sgd_step(params, grads, buffers, lr, momentum, weight_decay)
         record.update(lr=lr, grad_norm=grad_norm)
         history.append(record)
         state.update(step=step + 1, order=order, pos=pos)
