@@ -37,11 +37,12 @@ original size.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_hw_pair, check_positive_int
+from ._checks import check_array, check_coordinates, check_finite, check_hw_pair, check_positive_int
 from .anchors import _torchvision_resized_size
 from .ops.resize import _resize_bilinear_forward, _upsample_nearest_forward
 from .roi_heads import paste_masks_in_image
@@ -65,10 +66,11 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 
 # --------------------------------------------------------------------------- checks
 def _check_image(name, image):
-    """A (3, H, W) floating image with H, W >= 1."""
+    """A (3, H, W) floating image with H, W >= 1, finite (the boundary refuses NaN/inf)."""
     check_array(name, image, shape=(3, "H", "W"), dtype_kind="f")
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"{name} must have H, W >= 1, got shape {image.shape}")
+    check_finite(name, image)
     return image
 
 
@@ -95,7 +97,7 @@ def _check_stats(name, values, *, positive=False):
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"{name} must be 3 real numbers, got {values!r}")
-        if not np.isfinite(v):
+        if not math.isfinite(v):
             raise ValueError(f"{name} must be 3 finite numbers, got {values!r}")
         if positive and v <= 0:
             raise ValueError(f"{name} entries must be > 0, got {values!r}")
@@ -104,6 +106,7 @@ def _check_stats(name, values, *, positive=False):
 
 def _check_boxes(name, boxes):
     check_array(name, boxes, shape=("G", 4), dtype_kind="f")
+    check_coordinates(name, boxes, np.promote_types(boxes.dtype, np.float32))  # finite, areas finite
     return boxes
 
 
@@ -116,7 +119,9 @@ def _check_target(name, target, image_hw):
     boxes = _check_boxes(f"{name}['boxes']", target["boxes"])
     if "masks" in target:
         h, w = image_hw
-        check_array(f"{name}['masks']", target["masks"], shape=(boxes.shape[0], h, w), dtype_kind="buif")
+        masks = check_array(f"{name}['masks']", target["masks"], shape=(boxes.shape[0], h, w), dtype_kind="buif")
+        if masks.dtype.kind == "f":
+            check_finite(f"{name}['masks']", masks)
     return target
 
 
@@ -151,7 +156,17 @@ def resize_boxes(boxes, original_size, new_size):
     Returns (G, 4) in the boxes' dtype, a new array.
     """
     _check_boxes("boxes", boxes)
-    return _resize_boxes(boxes, check_hw_pair("original_size", original_size), check_hw_pair("new_size", new_size))
+    return _resize_boxes_finite("boxes", boxes, check_hw_pair("original_size", original_size),
+                                check_hw_pair("new_size", new_size))
+
+
+def _resize_boxes_finite(name, boxes, original_size, new_size):
+    """:func:`_resize_boxes`, refusing a result that overflows (a ratio of ~1e30 on ~1e10 boxes)."""
+    with np.errstate(over="ignore"):
+        out = _resize_boxes(boxes, original_size, new_size)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} overflow when scaled from {original_size} to {new_size}")
+    return out
 
 
 def _resize_boxes(boxes, original_size, new_size):
@@ -298,6 +313,7 @@ def _paste(name, masks, boxes, image_size):
     """Paste (D, 1, M, M) or (D, M, M) probabilities at ``boxes``; same rank out."""
     d = boxes.shape[0]
     check_array(name, masks, dtype_kind="f")
+    check_finite(name, masks)
     with_channel = masks.ndim == 4
     want = (d, 1, "M", "M") if with_channel else (d, "M", "M")
     if masks.ndim not in (3, 4) or masks.shape[:len(want) - 2] != want[:-2] or \
@@ -345,10 +361,16 @@ def postprocess(result, image_shapes, original_image_sizes):
         if "boxes" not in pred:
             raise ValueError(f"result[{i}] must have a 'boxes' entry (D, 4), got keys {list(pred)}")
         boxes = _check_boxes(f"result[{i}]['boxes']", pred["boxes"])
+        d = boxes.shape[0]
+        for key, kinds in (("scores", "f"), ("labels", "iu")):  # passed through, but not unchecked
+            if key in pred:
+                value = check_array(f"result[{i}][{key!r}]", pred[key], shape=(d,), dtype_kind=kinds)
+                if kinds == "f":
+                    check_finite(f"result[{i}][{key!r}]", value)
         im_s = check_hw_pair(f"image_shapes[{i}]", im_s)
         o_im_s = check_hw_pair(f"original_image_sizes[{i}]", o_im_s)
         new = dict(pred)
-        new["boxes"] = resize_boxes(boxes, im_s, o_im_s)
+        new["boxes"] = _resize_boxes_finite(f"result[{i}]['boxes']", boxes, im_s, o_im_s)
         if "masks" in pred:
             new["masks"] = _paste(f"result[{i}]['masks']", pred["masks"], new["boxes"], o_im_s)
         out.append(new)
