@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_same_dtype
+from .._checks import check_array, check_same_dtype, quiet_math
 from ..kernels.elementwise import keep_where
 
 
@@ -29,6 +29,7 @@ class SigmoidCache(NamedTuple):
     out: np.ndarray
 
 
+@quiet_math
 def relu_forward(x):
     """ReLU (twin of torch ``F.relu``). x: (*) floating. Returns (out (*), ReluCache)."""
     x = check_array("x", x, dtype_kind="f")
@@ -41,6 +42,7 @@ def _relu_forward(x):
     return np.maximum(x, x.dtype.type(0)), ReluCache(positive, x.dtype)
 
 
+@quiet_math
 def relu_backward(dout, cache):
     """dout: (*) shaped like x, x's dtype. Returns dx (*) = dout where x > 0, else 0."""
     if not isinstance(cache, ReluCache):
@@ -55,6 +57,7 @@ def _relu_backward(dout, cache):
     return keep_where(cache.positive, dout)  # np.where(positive, dout, 0), bit for bit
 
 
+@quiet_math
 def sigmoid(x):
     """Numerically stable logistic function, no cache (x (*) floating -> (*)).
 
@@ -72,12 +75,14 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
+@quiet_math
 def sigmoid_forward(x):
     """Sigmoid (twin of torch ``torch.sigmoid``). x: (*). Returns (out (*), SigmoidCache)."""
     out = sigmoid(x)
     return out, SigmoidCache(out)
 
 
+@quiet_math
 def sigmoid_backward(dout, cache):
     """dout: (*) shaped like x, x's dtype. Returns dx (*) = dout * s * (1 - s)."""
     if not isinstance(cache, SigmoidCache):
@@ -88,6 +93,7 @@ def sigmoid_backward(dout, cache):
     return dout * s * (1 - s)
 
 
+@quiet_math
 def softmax(x, axis=-1):
     """Numerically stable softmax along ``axis`` (no gradient; twin of ``F.softmax``).
 

@@ -44,7 +44,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .._checks import check_array, check_pair, check_same_dtype
+from .._checks import (check_array, check_bool, check_instance, check_pair, check_positive_int, check_same_dtype,
+                       quiet_math)
 from ..kernels import conv as _kernel
 
 __all__ = [
@@ -106,7 +107,24 @@ def conv_output_size(size, kernel, *, stride=1, padding=0, dilation=1):
     """Output length of a convolution along one axis.
 
     ``(size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1``.
+    size >= 0, kernel >= 1, stride >= 1, padding >= 0, dilation >= 1, all ints;
+    ValueError when the (dilated) kernel does not fit the padded input (the
+    result would be < 1).
     """
+    size = check_positive_int("size", size, minimum=0)
+    kernel = check_positive_int("kernel", kernel)
+    stride = check_positive_int("stride", stride)
+    padding = check_positive_int("padding", padding, minimum=0)
+    dilation = check_positive_int("dilation", dilation)
+    out = _conv_output_size(size, kernel, stride, padding, dilation)
+    if out < 1:
+        raise ValueError(f"kernel {kernel} (dilation {dilation}) does not fit size {size} with padding {padding}: "
+                         f"the output would have {out} entries")
+    return out
+
+
+def _conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
+    """:func:`conv_output_size` without the checks (shapes already checked)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -184,6 +202,7 @@ def _check_transpose_args(x, w, b, stride, padding, dilation, output_padding):
 # --------------------------------------------------------------------------- the definition: loops
 
 
+@quiet_math
 def conv2d_naive(x, w, b, *, stride=1, padding=0, dilation=1):
     """Loop version of :func:`conv2d_forward` (for tests and the notebook).
 
@@ -198,8 +217,8 @@ def conv2d_naive(x, w, b, *, stride=1, padding=0, dilation=1):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    Ho = conv_output_size(H, KH, stride=sh, padding=ph, dilation=dh)
-    Wo = conv_output_size(W, KW, stride=sw, padding=pw, dilation=dw)
+    Ho = _conv_output_size(H, KH, sh, ph, dh)
+    Wo = _conv_output_size(W, KW, sw, pw, dw)
     xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
     xp[:, :, ph:ph + H, pw:pw + W] = x
     out = np.zeros((N, F, Ho, Wo), dtype=x.dtype)
@@ -215,6 +234,7 @@ def conv2d_naive(x, w, b, *, stride=1, padding=0, dilation=1):
     return out
 
 
+@quiet_math
 def conv2d_backward_naive(dout, x, w, *, stride=1, padding=0, dilation=1):
     """Loop version of the conv2d backward (for tests and the notebook).
 
@@ -227,9 +247,13 @@ def conv2d_backward_naive(dout, x, w, *, stride=1, padding=0, dilation=1):
     x, w, _, stride, padding, dilation = _check_conv_args(
         x, w, None, stride, padding, dilation, transposed=False
     )
+    _check_kernel_fits(x, w, padding, dilation)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
+    shape = (N, F, _conv_output_size(H, KH, sh, ph, dh), _conv_output_size(W, KW, sw, pw, dw_))
+    dout = check_array("dout", dout, shape=shape, dtype_kind="f")
+    check_same_dtype(x=x, dout=dout)
     xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
     xp[:, :, ph:ph + H, pw:pw + W] = x
     dxp = np.zeros_like(xp)
@@ -247,6 +271,7 @@ def conv2d_backward_naive(dout, x, w, *, stride=1, padding=0, dilation=1):
     return dx, dw, dout.sum(axis=(0, 2, 3))
 
 
+@quiet_math
 def conv_transpose2d_naive(x, w, b, *, stride=1, padding=0, dilation=1, output_padding=0):
     """Loop version of :func:`conv_transpose2d_forward` (for tests and the notebook).
 
@@ -294,8 +319,8 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1):
     dilation = check_pair("dilation", dilation)
     N, C, H, W = x.shape
     (sh, sw), (dh, dw) = stride, dilation
-    Ho = conv_output_size(H, KH, stride=sh, padding=padding[0], dilation=dh)
-    Wo = conv_output_size(W, KW, stride=sw, padding=padding[1], dilation=dw)
+    Ho = _conv_output_size(H, KH, sh, padding[0], dh)
+    Wo = _conv_output_size(W, KW, sw, padding[1], dw)
     if Ho < 1 or Wo < 1:
         raise ValueError(
             f"kernel_size ({KH}, {KW}) does not fit x {x.shape} with padding {padding}"
@@ -331,8 +356,8 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1):
     dilation = check_pair("dilation", dilation)
     N, C, H, W = (int(v) for v in x_shape)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    Ho = conv_output_size(H, KH, stride=sh, padding=ph, dilation=dh)
-    Wo = conv_output_size(W, KW, stride=sw, padding=pw, dilation=dw)
+    Ho = _conv_output_size(H, KH, sh, ph, dh)
+    Wo = _conv_output_size(W, KW, sw, pw, dw)
     cols = check_array("cols", cols, shape=(N, C * KH * KW, Ho * Wo))
     if KH == 1 and KW == 1 and padding == (0, 0) and stride == (1, 1):
         return cols.reshape(N, C, H, W).copy()
@@ -349,6 +374,7 @@ def col2im(cols, x_shape, kernel_size, *, stride=1, padding=0, dilation=1):
 # --------------------------------------------------------------------------- public: check, then the kernel
 
 
+@quiet_math
 def conv2d_forward(x, w, b, *, stride=1, padding=0, dilation=1):
     """2-D convolution (cross-correlation), torch's ``F.conv2d`` with groups=1.
 
@@ -377,8 +403,8 @@ def _conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     H, W = x.shape[2:]
     F, _, KH, KW = w.shape
-    Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
-    Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
+    Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    Wo = _conv_output_size(W, KW, stride[1], padding[1], dilation[1])
     out = _kernel.conv2d_forward(x, w, stride, padding, dilation, (Ho, Wo))
     if b is not None:
         out += b.reshape(1, F, 1, 1)
@@ -386,6 +412,7 @@ def _conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     return out, cache
 
 
+@quiet_math
 def conv2d_backward(dout, cache, *, need_dx=True):
     """Gradients of ``conv2d_forward``.
 
@@ -399,14 +426,15 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     weight. The columns are unrolled again (block by block) rather than kept
     from the forward, so the cache holds only x and w.
     """
+    check_instance("cache", cache, Conv2dCache, "Conv2dCache (from conv2d_forward)")
     x, w, has_bias, stride, padding, dilation = cache
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
-    Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
+    Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    Wo = _conv_output_size(W, KW, stride[1], padding[1], dilation[1])
     dout = check_array("dout", dout, shape=(N, F, Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)
-    return _conv2d_backward(dout, cache, need_dx=bool(need_dx))
+    return _conv2d_backward(dout, cache, need_dx=check_bool("need_dx", need_dx))
 
 
 def _conv2d_backward(dout, cache, need_dx=True):
@@ -417,6 +445,7 @@ def _conv2d_backward(dout, cache, need_dx=True):
     return dx, dw, db
 
 
+@quiet_math
 def conv_transpose2d_forward(x, w, b, *, stride=1, padding=0, dilation=1, output_padding=0):
     """Transposed convolution, torch's ``F.conv_transpose2d`` (groups=1).
 
@@ -452,6 +481,7 @@ def _conv_transpose2d_forward(x, w, b, stride=1, padding=0, dilation=1, output_p
     return out, cache
 
 
+@quiet_math
 def conv_transpose2d_backward(dout, cache):
     """Gradients of ``conv_transpose2d_forward``.
 
@@ -459,6 +489,7 @@ def conv_transpose2d_backward(dout, cache):
     Returns (dx (N, C_in, H, W), dw (C_in, C_out, KH, KW), db (C_out,) or None).
     dx is the ordinary convolution of dout with w (read as (F=C_in, C=C_out, KH, KW)).
     """
+    check_instance("cache", cache, ConvTranspose2dCache, "ConvTranspose2dCache (from conv_transpose2d_forward)")
     x, w, has_bias, stride, padding, dilation, (Ho, Wo) = cache
     dout = check_array("dout", dout, shape=(x.shape[0], w.shape[1], Ho, Wo), dtype_kind="f")
     check_same_dtype(x=x, dout=dout)

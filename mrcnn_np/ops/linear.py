@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_same_dtype
+from .._checks import check_array, check_same_dtype, quiet_math
 
 
 class LinearCache(NamedTuple):
@@ -25,6 +25,7 @@ class LinearCache(NamedTuple):
     has_bias: bool
 
 
+@quiet_math
 def linear_forward(x, w, b):
     """Affine map ``x @ w.T + b`` (twin of torch ``F.linear``).
 
@@ -49,6 +50,7 @@ def _linear_forward(x, w, b):
     return out, LinearCache(x, w, b is not None)
 
 
+@quiet_math
 def linear_backward(dout, cache):
     """Gradients of ``linear_forward``.
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_array, check_float
+from .._checks import check_array, check_float, quiet_math
 
 REDUCTIONS = ("mean", "sum", "none")
 _TARGET_SLACK = 1e-5
@@ -57,6 +57,7 @@ def _reduce(per_term, grad, reduction, count):
     return dt(total / count), grad / dt(count)
 
 
+@quiet_math
 def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     """Cross-entropy of softmax(logits) against integer labels (twin of ``F.cross_entropy``).
 
@@ -95,6 +96,7 @@ def _softmax_cross_entropy(logits, labels, reduction="mean"):
     return _reduce(per_row, grad, reduction, n)
 
 
+@quiet_math
 def bce_with_logits(logits, targets, *, reduction="mean"):
     """Binary cross-entropy on logits (twin of ``F.binary_cross_entropy_with_logits``).
 
@@ -129,6 +131,7 @@ def _bce_with_logits(logits, targets, reduction="mean"):
     return _reduce(per.astype(logits.dtype, copy=False), grad, reduction, logits.size)
 
 
+@quiet_math
 def smooth_l1(pred, target, *, beta=1.0, reduction="sum"):
     """Smooth L1 (Huber divided by beta) of ``pred - target`` (twin of ``F.smooth_l1_loss``).
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_float, check_same_dtype
+from .._checks import check_array, check_float, check_same_dtype, quiet_math
 
 
 class FrozenBatchNormCache(NamedTuple):
@@ -29,6 +29,7 @@ class FrozenBatchNormCache(NamedTuple):
     x_shape: tuple
 
 
+@quiet_math
 def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps=1e-5):
     """Per-channel affine normalisation with fixed statistics.
 
@@ -58,6 +59,7 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, *, eps
     return out, FrozenBatchNormCache(scale, x.shape)
 
 
+@quiet_math
 def frozen_batch_norm_backward(dout, cache):
     """Gradient of ``frozen_batch_norm_forward`` with respect to x only.
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_pair, check_same_dtype
+from .._checks import check_array, check_pair, check_same_dtype, quiet_math
 
 
 class MaxPool2dCache(NamedTuple):
@@ -86,6 +86,7 @@ def _pool_params(x, kernel_size, stride, padding):
     return x, (kh, kw), (sh, sw), (ph, pw), (ho, wo)
 
 
+@quiet_math
 def max_pool2d_forward(x, *, kernel_size, stride=None, padding=0):
     """Max pooling over KH x KW windows (twin of torch ``F.max_pool2d``).
 
@@ -144,6 +145,7 @@ def _first_inbounds_offset(x_shape, kernel_size, stride, padding, out_hw):
     return i0[:, None] * kw + j0[None, :]
 
 
+@quiet_math
 def max_pool2d_backward(dout, cache):
     """Gradient of ``max_pool2d_forward``: each window's dout goes to its winner.
 
@@ -176,6 +178,7 @@ def _max_pool2d_backward(dout, cache):
     return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
 
 
+@quiet_math
 def max_pool2d_naive(x, *, kernel_size, stride=None, padding=0):
     """Loop reference of ``max_pool2d_forward`` (for tests and notebooks).
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_pair, check_same_dtype
+from .._checks import check_array, check_pair, check_same_dtype, quiet_math
 
 
 class UpsampleNearestCache(NamedTuple):
@@ -138,6 +138,7 @@ def _check_size(size):
     return check_pair("size", size)
 
 
+@quiet_math
 def upsample_nearest_forward(x, size):
     """Nearest-neighbour resize to ``size`` (twin of ``F.interpolate(mode="nearest")``).
 
@@ -165,6 +166,7 @@ def _check_nearest_input(x):
     return x
 
 
+@quiet_math
 def upsample_nearest_backward(dout, cache):
     """Adjoint of ``upsample_nearest_forward``.
 
@@ -188,6 +190,7 @@ def _upsample_nearest_backward(dout, cache):
     return _sum_into(d, cache.cols, big_w, axis=3)
 
 
+@quiet_math
 def upsample_nearest_naive(x, size):
     """Loop reference of ``upsample_nearest_forward``: x (N, C, H, W) -> (N, C, h, w)."""
     x = _check_nearest_input(x)
@@ -217,6 +220,7 @@ def _check_bilinear_input(x):
     return x
 
 
+@quiet_math
 def resize_bilinear_forward(x, size):
     """Bilinear resize of the LAST TWO axes to ``size`` (align_corners=False).
 
@@ -241,6 +245,7 @@ def _resize_bilinear_forward(x, size):
     return out, ResizeBilinearCache(rows, cols, x.shape)
 
 
+@quiet_math
 def resize_bilinear_backward(dout, cache):
     """Adjoint of ``resize_bilinear_forward``.
 
@@ -261,6 +266,7 @@ def resize_bilinear_backward(dout, cache):
             + _sum_into(dt_cols * rows.w1[:, None], rows.i1, big_h, axis=ndim - 2))
 
 
+@quiet_math
 def resize_bilinear(x, size):
     """``resize_bilinear_forward`` without the cache, for images and masks.
 
@@ -270,6 +276,7 @@ def resize_bilinear(x, size):
     return resize_bilinear_forward(x, size)[0]
 
 
+@quiet_math
 def resize_bilinear_naive(x, size):
     """Loop reference of ``resize_bilinear``, written straight from torch's
     per-pixel formula (four neighbours, weights from the clamped source
