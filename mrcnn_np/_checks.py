@@ -139,6 +139,8 @@ def check_params(params, expected, *, dtype=None, dtype_source="the input's", pr
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    if dtype is not None:
+        dtype = check_float_dtype(dtype)
     for key, shape in expected.items():
         if key not in params:
             raise ValueError(f"params is missing {key!r}")

@@ -70,11 +70,13 @@ import numpy as np
 
 from ._checks import (
     check_array,
+    check_bool,
     check_float_dtype,
     check_grad_dict,
     check_params,
     check_positive_int,
     check_rng,
+    quiet_math,
 )
 from .ops.activations import _relu_backward, _relu_forward
 from .ops.conv import _conv2d_backward, _conv2d_forward, conv_output_size
@@ -218,7 +220,7 @@ def resnet_conv_specs(structure):
     Stage s uses ``planes = width * 2**(s-1)``; the first block of each stage
     has the stage's stride (1 for layer1, else 2) on conv2 and on downsample.
     """
-    width, layers = structure
+    width, layers = _check_structure(structure)
     stem = ConvSpec(PREFIX + "conv1.weight", PREFIX + "bn1", 3, width, 7, 2, 3)
     stages = []
     in_ch = width
@@ -231,6 +233,19 @@ def resnet_conv_specs(structure):
             in_ch = planes * EXPANSION
         stages.append(blocks)
     return stem, stages
+
+
+def _check_structure(structure):
+    """A ResNetStructure, or a (width, layers) pair checked and made one."""
+    if isinstance(structure, ResNetStructure):
+        return structure
+    if not isinstance(structure, (tuple, list)) or len(structure) != 2:
+        raise TypeError(f"structure must be a ResNetStructure or a (width, layers) pair, got {structure!r}")
+    width, layers = structure
+    if not isinstance(layers, (tuple, list)) or len(layers) != 4:
+        raise ValueError(f"structure must be (width, 4 block counts), got {structure!r}")
+    return ResNetStructure(check_positive_int("structure width", width),
+                           tuple(check_positive_int("structure block counts", n) for n in layers))
 
 
 def _all_specs(structure):
@@ -362,8 +377,10 @@ def resnet_feature_shapes(input_shape, *, layers=50, width=64):
     1024x1024 image: C2 (1, 256, 256, 256), C3 (1, 512, 128, 128),
     C4 (1, 1024, 64, 64), C5 (1, 2048, 32, 32).
     """
-    if len(input_shape) != 4 or input_shape[1] != 3:
-        raise ValueError(f"input_shape must be (N, 3, H, W), got {tuple(input_shape)}")
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in input_shape) \
+            or input_shape[1] != 3:
+        raise ValueError(f"input_shape must be (N, 3, H, W) positive ints, got {input_shape!r}")
     structure = ResNetStructure(check_positive_int("width", width), _normalize_layers(layers))
     stem, stages = resnet_conv_specs(structure)
     n, _, h, w = (int(v) for v in input_shape)
@@ -447,6 +464,7 @@ def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     return dx if need_dx else None
 
 
+@quiet_math
 def bottleneck_forward(params, specs, x, *, fold_bn=True):
     """One bottleneck block.
 
@@ -467,7 +485,7 @@ def bottleneck_forward(params, specs, x, *, fold_bn=True):
             expected[spec.conv] = (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel)
             expected.update({f"{spec.bn}.{f}": (spec.out_channels,) for f in _BN_FIELDS})
     check_params(params, expected, dtype=x.dtype)
-    return _bottleneck_forward(params, specs, x, fold_bn)
+    return _bottleneck_forward(params, specs, x, check_bool("fold_bn", fold_bn))
 
 
 def _bottleneck_forward(params, specs, x, fold_bn=True):
@@ -487,6 +505,7 @@ def _bottleneck_forward(params, specs, x, fold_bn=True):
     return out, BottleneckCache(cb1, r1, cb2, r2, cb3, cbd, r3)
 
 
+@quiet_math
 def bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     """Backward of ``bottleneck_forward``.
 
@@ -501,7 +520,8 @@ def bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
     check_array("dout", dout, shape=cache.relu_out.positive.shape, dtype_kind="f")
     if dout.dtype != cache.relu_out.dtype:
         raise TypeError(f"dout must have the dtype of the forward pass ({cache.relu_out.dtype}), got {dout.dtype}")
-    return _bottleneck_backward(dout, cache, grads, need_dx=need_dx, need_dw=need_dw)
+    return _bottleneck_backward(dout, cache, grads, need_dx=check_bool("need_dx", need_dx),
+                                need_dw=check_bool("need_dw", need_dw))
 
 
 def _bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
@@ -536,6 +556,7 @@ def _zero_grads(stage_specs, dtype, grads):
 # --------------------------------------------------------------------------- public forward / backward
 
 
+@quiet_math
 def resnet_forward(params, x, *, fold_bn=True):
     """ResNet body forward (torchvision's ``IntermediateLayerGetter`` over a ResNet).
 
@@ -556,7 +577,7 @@ def resnet_forward(params, x, *, fold_bn=True):
     if min(x.shape) == 0:
         raise ValueError(f"x must have no empty dimension, got {x.shape}")
     structure = check_resnet_params(params, dtype=x.dtype)
-    return _resnet_forward(params, x, structure, fold_bn)
+    return _resnet_forward(params, x, structure, check_bool("fold_bn", fold_bn))
 
 
 def _resnet_forward(params, x, structure, fold_bn=True):
@@ -588,6 +609,7 @@ def _check_trainable_layers(trainable_layers):
     return int(trainable_layers)
 
 
+@quiet_math
 def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=False):
     """Backward of ``resnet_forward``.
 
@@ -608,7 +630,7 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
         raise TypeError(f"cache must be a ResNetCache, got {type(cache).__name__}")
     check_grad_dict("dfeatures", dfeatures, cache.feature_shapes, cache.dtype)
     trainable_layers = _check_trainable_layers(trainable_layers)
-    return _resnet_backward(dfeatures, cache, trainable_layers, return_input_grad)
+    return _resnet_backward(dfeatures, cache, trainable_layers, check_bool("return_input_grad", return_input_grad))
 
 
 def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=False):

@@ -37,11 +37,13 @@ import numpy as np
 
 from ._checks import (
     check_array,
+    check_bool,
     check_float_dtype,
     check_grad_dict,
     check_params,
     check_positive_int,
     check_rng,
+    quiet_math,
 )
 from .backbone import (EXPANSION, _check_trainable_layers, _resnet_backward, _resnet_forward,
                        check_resnet_params, init_resnet)
@@ -144,6 +146,8 @@ def fpn_structure(params):
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict, got {type(params).__name__}")
+    if not all(isinstance(k, str) for k in params):
+        raise TypeError(f"params keys must be str, got {[k for k in params if not isinstance(k, str)][:3]}")
     indices = [int(m.group(2)) for k in params if (m := _BLOCK_KEY.match(k))]
     num = max(indices) + 1 if indices else 1
     ins = []
@@ -199,6 +203,7 @@ def _check_features(features, ins):
     return in_names, dtype
 
 
+@quiet_math
 def fpn_forward(params, features):
     """FPN forward (torchvision ``FeaturePyramidNetwork`` + ``LastLevelMaxPool``).
 
@@ -240,6 +245,7 @@ def _fpn_forward(params, features, in_names):
     return pyramid, cache
 
 
+@quiet_math
 def fpn_backward(dpyramid, cache):
     """Backward of ``fpn_forward``.
 
@@ -317,6 +323,7 @@ def init_resnet_fpn_backbone(layers=50, *, width=64, out_channels=256, rng, dtyp
     return params
 
 
+@quiet_math
 def backbone_forward(params, x, *, fold_bn=True):
     """ResNet body then FPN (twin of torchvision's ``BackboneWithFPN.forward``).
 
@@ -328,7 +335,8 @@ def backbone_forward(params, x, *, fold_bn=True):
     x = check_array("x", x, shape=("N", 3, "H", "W"), dtype_kind="f")
     if min(x.shape) == 0:
         raise ValueError(f"x must have no empty dimension, got {x.shape}")
-    return _backbone_forward(params, x, *_check_backbone_params(params, x.dtype), fold_bn=fold_bn)
+    return _backbone_forward(params, x, *_check_backbone_params(params, x.dtype),
+                             fold_bn=check_bool("fold_bn", fold_bn))
 
 
 def _check_backbone_params(params, dtype=None):
@@ -352,6 +360,7 @@ def _backbone_forward(params, x, structure, in_names, fold_bn=True):
     return pyramid, BackboneCache(body, fpn)
 
 
+@quiet_math
 def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=False):
     """Backward of ``backbone_forward``.
 
@@ -365,7 +374,7 @@ def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=
         raise TypeError(f"cache must be a BackboneCache, got {type(cache).__name__}")
     check_grad_dict("dpyramid", dpyramid, cache.fpn.out_shapes, cache.fpn.dtype)
     trainable_layers = _check_trainable_layers(trainable_layers)
-    return _backbone_backward(dpyramid, cache, trainable_layers, return_input_grad)
+    return _backbone_backward(dpyramid, cache, trainable_layers, check_bool("return_input_grad", return_input_grad))
 
 
 def _backbone_backward(dpyramid, cache, trainable_layers=5, return_input_grad=False):
