@@ -74,7 +74,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_finite, check_float, check_pair, check_positive_int
+from ._checks import (check_array, check_finite, check_float, check_instance, check_pair, check_positive_int,
+                      check_sequence, quiet_math)
 from .kernels import roi_align as _kernel
 
 __all__ = [
@@ -136,9 +137,11 @@ class MultiScaleRoIAlignCache(NamedTuple):
 
 
 def _check_sampling_ratio(sampling_ratio):
-    """Any int (<= 0 means adaptive); bools and floats are rejected."""
+    """An int32 (<= 0 means adaptive; torchvision's kernel takes a C int); bools and floats are rejected."""
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
+    if not -2**31 <= sampling_ratio < 2**31:
+        raise ValueError(f"sampling_ratio must fit an int32, got {sampling_ratio}")
 
 
 def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
@@ -204,6 +207,7 @@ def _bilinear_naive(fmap, y, x):
             + ly * hx * fmap[:, y_high, x_low] + ly * lx * fmap[:, y_high, x_high])
 
 
+@quiet_math
 def roi_align_naive(input, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
                     aligned=False):
     """RoIAlign with loops over boxes, bins and samples (reference for tests).
@@ -247,6 +251,7 @@ def _round_half_up(v):
     return int(math.copysign(math.floor(abs(float(v)) + 0.5), v))
 
 
+@quiet_math
 def roi_pool_naive(input, boxes, output_size, *, spatial_scale=1.0):
     """RoI Pool (Fast R-CNN), loops; twin of ``torchvision.ops.roi_pool``.
 
@@ -280,6 +285,7 @@ def roi_pool_naive(input, boxes, output_size, *, spatial_scale=1.0):
 # ---------------------------------------------------------------------------
 
 
+@quiet_math
 def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
                       aligned=False, method=None):
     """RoIAlign forward; twin of ``torchvision.ops.roi_align``.
@@ -316,6 +322,7 @@ def _roi_align_forward(input, boxes, output_size, spatial_scale=1.0, sampling_ra
     return out, cache
 
 
+@quiet_math
 def roi_align_backward(dout, cache):
     """RoIAlign backward: gradient with respect to the feature map.
 
@@ -325,6 +332,7 @@ def roi_align_backward(dout, cache):
     neighbours of each of its samples with the forward's weights
     (``M^T @ dout``, a scatter-add).
     """
+    check_instance("cache", cache, RoIAlignCache, "RoIAlignCache (from roi_align_forward)")
     n, c, h, w = cache.input_shape
     ph, pw = cache.output_size
     rows = (cache.matrix if cache.separable is None else cache.separable[1]).shape[0]
@@ -338,6 +346,7 @@ def _roi_align_backward(dout, cache):
     return _kernel.roi_align_backward(dout, cache.input_shape, cache.dtype, cache.matrix, cache.separable)
 
 
+@quiet_math
 def roi_sample_points(box, output_size, *, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """Where RoIAlign samples one box (for figures and notebooks).
 
@@ -347,7 +356,10 @@ def roi_sample_points(box, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
     bin ``(p, q)`` averages the ``gh * gw`` points ``(ys[p, a], xs[q, b])``.
     Computed in float64.
     """
-    box = np.asarray(box, dtype=np.float64)
+    box = np.asarray(box)
+    if box.dtype.kind not in "iuf":
+        raise TypeError(f"box must hold real numbers, got dtype {box.dtype}")
+    box = box.astype(np.float64)
     if box.shape != (4,):
         raise ValueError(f"box must have shape (4,), got {box.shape}")
     rois = np.concatenate([[0.0], box])[None]  # (1, 5), batch index 0
@@ -366,6 +378,7 @@ def roi_sample_points(box, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
 # ---------------------------------------------------------------------------
 
 
+@quiet_math
 def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
     """FPN level of each box; twin of ``torchvision.ops.poolers.LevelMapper``.
 
@@ -374,7 +387,9 @@ def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_leve
     boxes: (K, 4) ``x1, y1, x2, y2`` in image pixels.
     Returns (K,) int64 absolute levels (torchvision's ``LevelMapper`` returns
     ``k - k_min``, an index into the list of feature maps). A box with zero
-    (or negative) area goes to ``k_min``.
+    (or negative) area goes to ``k_min``; one whose area overflows to ``k_max``.
+    Integer and float16 boxes are measured in float64 (a float16 area overflows
+    at 256 x 256 px); float32 and float64 ones in their dtype, as torchvision.
     """
     check_array("boxes", boxes, shape=("K", 4), dtype_kind="fiu")
     check_finite("boxes", boxes)
@@ -390,7 +405,8 @@ def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_leve
 
 def _level_mapper(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
     """:func:`level_mapper` without the checks (for the stages)."""
-    b = boxes.astype(np.float64) if boxes.dtype.kind != "f" else boxes
+    # ints and float16 in float64 (a float16 area overflows at 256 x 256 px)
+    b = boxes.astype(np.float64) if boxes.dtype.kind != "f" or boxes.dtype.itemsize < 4 else boxes
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     size = np.sqrt(np.maximum(area, 0))
     with np.errstate(divide="ignore"):  # log2(0) = -inf -> k_min below
@@ -412,6 +428,7 @@ def _levels_from_scales(scales):
     return k_min, k_max
 
 
+@quiet_math
 def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampling_ratio=2,
                                  canonical_scale=224, canonical_level=4):
     """RoIAlign over FPN levels; twin of ``torchvision.ops.MultiScaleRoIAlign``.
@@ -438,6 +455,7 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
                 f"features[{i}] must share N, C and dtype with features[0] "
                 f"{features[0].shape[:2]} {features[0].dtype}, got {f.shape[:2]} {f.dtype}"
             )
+    check_sequence("scales", scales, what="sequence of spatial scales")
     scales = tuple(check_float(f"scales[{i}]", s) for i, s in enumerate(scales))
     if len(scales) != len(features):
         raise ValueError(
@@ -487,6 +505,7 @@ def _multiscale_roi_align_forward(features, boxes, output_size, scales, sampling
     return out, cache
 
 
+@quiet_math
 def multiscale_roi_align_backward(dout, cache):
     """Backward of ``multiscale_roi_align_forward``.
 

@@ -47,6 +47,7 @@ import numpy as np
 from ._checks import (
     check_array,
     check_bool,
+    check_coordinates,
     check_finite,
     check_float,
     check_float_dtype,
@@ -54,8 +55,10 @@ from ._checks import (
     check_positive_int,
     check_rng,
     check_same_dtype,
+    quiet_math,
 )
-from .boxes import _box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes, _nms, _remove_small_boxes
+from .boxes import (_box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes, _nms, _remove_small_boxes,
+                    _upcast16)
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
 from .ops.activations import _relu_backward, _relu_forward, _sigmoid
 from .ops.conv import _conv2d_backward, _conv2d_forward
@@ -154,15 +157,18 @@ def _check_head_params(params):
     missing = [k for k in RPN_PARAM_NAMES if k not in params]
     if missing:
         raise ValueError(f"params must contain the RPN head keys, missing {missing}")
-    w = check_array(_CONV_W, params[_CONV_W], ndim=4, dtype_kind="f")
+    def p(key):  # the name an error gives: the params entry
+        return f"params[{key!r}]"
+
+    w = check_array(p(_CONV_W), params[_CONV_W], ndim=4, dtype_kind="f")
     c = w.shape[0]
-    check_array(_CONV_W, w, shape=(c, c, 3, 3))
-    a = check_array(_CLS_W, params[_CLS_W], shape=(None, c, 1, 1), dtype_kind="f").shape[0]
-    check_array(_BOX_W, params[_BOX_W], shape=(4 * a, c, 1, 1), dtype_kind="f")
-    check_array(_CONV_B, params[_CONV_B], shape=(c,), dtype_kind="f")
-    check_array(_CLS_B, params[_CLS_B], shape=(a,), dtype_kind="f")
-    check_array(_BOX_B, params[_BOX_B], shape=(4 * a,), dtype_kind="f")
-    check_same_dtype(**{k: params[k] for k in RPN_PARAM_NAMES})
+    check_array(p(_CONV_W), w, shape=(c, c, 3, 3))
+    a = check_array(p(_CLS_W), params[_CLS_W], shape=(None, c, 1, 1), dtype_kind="f").shape[0]
+    check_array(p(_BOX_W), params[_BOX_W], shape=(4 * a, c, 1, 1), dtype_kind="f")
+    check_array(p(_CONV_B), params[_CONV_B], shape=(c,), dtype_kind="f")
+    check_array(p(_CLS_B), params[_CLS_B], shape=(a,), dtype_kind="f")
+    check_array(p(_BOX_B), params[_BOX_B], shape=(4 * a,), dtype_kind="f")
+    check_same_dtype(**{p(k): params[k] for k in RPN_PARAM_NAMES})
     return c, a
 
 
@@ -183,6 +189,7 @@ def _check_features(features, channels, dtype):
     return n
 
 
+@quiet_math
 def rpn_head_forward(params, features):
     """Run the shared RPN head on every level (torchvision ``RPNHead.forward``).
 
@@ -216,6 +223,7 @@ def _rpn_head_forward(params, features):
     return (objectness, deltas), RPNHeadCache(caches, shapes, dtype)
 
 
+@quiet_math
 def rpn_head_backward(douts, cache):
     """Backward of ``rpn_head_forward``.
 
@@ -379,8 +387,9 @@ def assign_targets_to_anchors(anchors, gt_boxes, *, high_threshold=0.7, low_thre
     """
     anchors = check_array("anchors", anchors, shape=("T", 4), dtype_kind="f")
     gt_boxes = check_array("gt_boxes", gt_boxes, shape=("G", 4), dtype_kind="f")
-    check_finite("anchors", anchors)
-    check_finite("gt_boxes", gt_boxes)
+    # finite and small enough for the IoU's areas (float16 is cast to the anchors' dtype)
+    check_coordinates("anchors", anchors, np.promote_types(anchors.dtype, np.float32))
+    check_coordinates("gt_boxes", gt_boxes, np.promote_types(anchors.dtype, np.float32))
     high, low = _check_thresholds(high_threshold, low_threshold)
     return _assign_targets_to_anchors(anchors, gt_boxes, high, low, check_bool("allow_low_quality_matches", allow_low_quality_matches))
 
@@ -400,7 +409,7 @@ def _assign_targets_to_anchors(anchors, gt_boxes, high_threshold, low_threshold,
     if gt_boxes.shape[0] == 0:
         return np.zeros(t, dtype=np.int64), np.zeros((t, 4), dtype=anchors.dtype)
     gt_boxes = gt_boxes.astype(anchors.dtype, copy=False)  # as torchvision: GT in the anchors' dtype
-    quality = _box_iou(gt_boxes, anchors)  # (G, T)
+    quality = _box_iou(*_upcast16(gt_boxes, anchors))  # (G, T); float16 in float32 (boxes.box_iou's rule)
     matched_idxs = _matcher(quality, high_threshold, low_threshold, allow_low_quality_matches)
     matched = gt_boxes[np.maximum(matched_idxs, 0)].astype(anchors.dtype, copy=False)
     labels = (matched_idxs >= 0).astype(np.int64)
@@ -422,15 +431,27 @@ def rpn_targets(anchors, gt_boxes_per_image, *, high_threshold=0.7, low_threshol
     No gradient.
     """
     anchors = _concat_anchors(anchors)
-    check_finite("anchors", anchors)
+    # the positives are encoded (log of width ratios): boxes finite, small enough for
+    # their areas, and not degenerate (torchvision would give inf / NaN targets)
+    if anchors.dtype == np.float16:  # the box coder's rule (boxes.encode_boxes)
+        raise TypeError("anchors must be float32 or float64, got float16 (regression targets are not encoded "
+                        "in float16: cast to float32)")
+    limit_dtype = np.promote_types(anchors.dtype, np.float32)
+    _check_encodable("anchors", anchors, limit_dtype)
     if not isinstance(gt_boxes_per_image, (list, tuple)):
         raise TypeError(f"gt_boxes_per_image must be a list of (G, 4) arrays, got "
                         f"{type(gt_boxes_per_image).__name__}")
     for i, gt in enumerate(gt_boxes_per_image):
         check_array(f"gt_boxes_per_image[{i}]", gt, shape=("G", 4), dtype_kind="f")
-        check_finite(f"gt_boxes_per_image[{i}]", gt)
+        _check_encodable(f"gt_boxes_per_image[{i}]", gt, limit_dtype)
     high, low = _check_thresholds(high_threshold, low_threshold)
     return _rpn_targets(anchors, gt_boxes_per_image, high, low, check_bool("allow_low_quality_matches", allow_low_quality_matches))
+
+
+def _check_encodable(name, boxes, dtype):
+    check_coordinates(name, boxes, dtype)
+    if boxes.size and not ((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()):
+        raise ValueError(f"{name} must have positive widths and heights (x2 > x1, y2 > y1), got a degenerate box")
 
 
 def _rpn_targets(anchors, gt_boxes_per_image, high_threshold, low_threshold, allow_low_quality_matches=True):
@@ -507,6 +528,7 @@ def _check_loss_inputs(objectness, pred_bbox_deltas, labels, regression_targets)
     return n, t
 
 
+@quiet_math
 def rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targets, pos_mask, neg_mask):
     """The RPN loss on a given sample (deterministic part of torchvision's ``compute_loss``).
 
@@ -556,6 +578,7 @@ def _rpn_loss_from_samples(objectness, pred_bbox_deltas, labels, regression_targ
     return float(loss_obj), loss_box, dobj, ddel
 
 
+@quiet_math
 def rpn_loss(objectness, pred_bbox_deltas, labels, regression_targets, *, rng,
              batch_size_per_image=256, positive_fraction=0.5):
     """torchvision ``RegionProposalNetwork.compute_loss``: sample, then loss.
@@ -584,6 +607,7 @@ def _rpn_loss(objectness, pred_bbox_deltas, labels, regression_targets, rng, bat
 # ------------------------------------------------------------------- proposals
 
 
+@quiet_math
 def decode_proposals(pred_bbox_deltas, anchors):
     """Apply the predicted deltas to the anchors (``BoxCoder.decode``, weights 1).
 
@@ -613,6 +637,7 @@ def _check_image_shapes(image_shapes, n):
     return [check_hw_pair(f"image_shapes[{i}]", s) for i, s in enumerate(image_shapes)]
 
 
+@quiet_math
 def filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level, *,
                      pre_nms_top_n, post_nms_top_n, nms_thresh=0.7, score_thresh=0.0,
                      min_size=1e-3, record=None):
@@ -715,6 +740,7 @@ def _filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level
     return final_boxes, final_scores
 
 
+@quiet_math
 def generate_proposals(objectness, pred_bbox_deltas, anchors, image_shapes, *, mode=None,
                        pre_nms_top_n=None, post_nms_top_n=None, nms_thresh=0.7,
                        score_thresh=0.0, min_size=1e-3):
