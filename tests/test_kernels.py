@@ -97,6 +97,19 @@ def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
     assert want <= set(seen)  # every path of the engine ran
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_gradient_product_in_either_orientation_is_bit_identical(dtype):
+    # _outer computes a @ b.T as (b @ a.T).T when a has fewer rows: the same dot product
+    # per entry, so the weight gradients (and loss_and_grads) do not change by a bit
+    rng = np.random.default_rng(4)
+    for m, k, n in ((32, 288, 4704), (8, 147, 20000), (3, 40, 17), (64, 32, 999), (1, 5, 7), (8, 29, 20000),
+                    (16, 32, 50000)):
+        a, b = _rand(rng, (m, n), dtype), _rand(rng, (k, n), dtype)
+        got = kconv._outer(a, b)
+        assert got.shape == (m, k) and got.dtype == dtype
+        assert np.array_equal(got, a @ b.T)
+
+
 @pytest.mark.parametrize("budget", [None, 1, 700])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv_transpose2d_kernel_equals_naive(dtype, budget, monkeypatch):
