@@ -66,6 +66,7 @@ import numpy as np
 
 from ._checks import (
     check_array,
+    check_coordinates,
     check_finite,
     check_float,
     check_float_dtype,
@@ -74,6 +75,7 @@ from ._checks import (
     check_positive_int,
     check_rng,
     check_same_dtype,
+    quiet_math,
 )
 from .boxes import (
     _box_iou,
@@ -144,6 +146,11 @@ BOX_HEAD_KEYS = tuple(
 
 
 # =========================================================================== checks
+def _p(key):
+    """How an error names a parameter: ``params['key']``."""
+    return f"params[{key!r}]"
+
+
 def _check_list(name, value):
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{name} must be a list with one entry per image, got {type(value).__name__}")
@@ -163,7 +170,8 @@ def _check_lists(num_images, **lists):
 
 def _check_boxes(name, boxes, *, dtype=None):
     check_array(name, boxes, shape=("N", 4), dtype_kind="f")
-    check_finite(name, boxes)
+    # finite, and small enough for the areas of an IoU (float16 is measured in float32)
+    check_coordinates(name, boxes, np.promote_types(boxes.dtype, np.float32))
     if dtype is not None and boxes.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (as the other boxes), got {boxes.dtype}")
     return boxes
@@ -246,7 +254,7 @@ def _check_iou_thresholds(fg_iou_thresh, bg_iou_thresh):
     fg = check_float("fg_iou_thresh", fg_iou_thresh, minimum=0.0, maximum=1.0)
     bg = check_float("bg_iou_thresh", bg_iou_thresh, minimum=0.0, maximum=1.0)
     if bg > fg:  # (the matcher's low <= high)
-        raise ValueError(f"low_threshold must be <= high_threshold ({fg}), got {bg}")
+        raise ValueError(f"bg_iou_thresh must be <= fg_iou_thresh ({fg}), got {bg}")
     return fg, bg
 
 
@@ -334,13 +342,18 @@ def select_training_samples(proposals, targets, *, rng, fg_iou_thresh=0.5, bg_io
         g = _check_boxes(f"targets[{i}]['boxes']", t["boxes"])
         if g.size and not ((g[:, 2] > g[:, 0]).all() and (g[:, 3] > g[:, 1]).all()):
             raise ValueError(f"targets[{i}]['boxes'] must have positive widths and heights, got a degenerate box")
-        lab = check_array(f"gt_labels[{i}]", t["labels"], shape=(g.shape[0],), dtype_kind="iu")
-        if lab.size and lab.min() < 1:  # (named as assign_targets_to_proposals names them)
-            raise ValueError(f"gt_labels[{i}] must be >= 1 (0 is background), got {lab.min()}")
+        lab = check_array(f"targets[{i}]['labels']", t["labels"], shape=(g.shape[0],), dtype_kind="iu")
+        if lab.size and lab.min() < 1:
+            raise ValueError(f"targets[{i}]['labels'] must be >= 1 (0 is background), got {lab.min()}")
+    for i, p in enumerate(proposals):  # every sampled RoI is encoded: log of its width and height
+        if p.dtype == np.float16:
+            raise TypeError(f"proposals[{i}] must be float32 or float64, got float16 (the box coder refuses it)")
+        if p.size and not ((p[:, 2] > p[:, 0]).all() and (p[:, 3] > p[:, 1]).all()):
+            raise ValueError(f"proposals[{i}] must have positive widths and heights, got a degenerate box")
     fg, bg = _check_iou_thresholds(fg_iou_thresh, bg_iou_thresh)
     batch = check_positive_int("batch_size_per_image", batch_size_per_image)
     fraction = check_float("positive_fraction", positive_fraction, minimum=0.0, maximum=1.0)
-    weights = _check_weights(bbox_reg_weights, proposals[0].dtype if proposals else np.float64)
+    weights = _check_weights(bbox_reg_weights, proposals[0].dtype if proposals else np.float64, "bbox_reg_weights")
     return _select_training_samples(proposals, targets, rng, fg, bg, batch, fraction, weights)
 
 
@@ -457,6 +470,7 @@ def init_box_head(in_channels=256, resolution=7, representation_size=1024, num_c
     return params
 
 
+@quiet_math
 def box_head_forward(params, pooled):
     """The box branch: ``TwoMLPHead`` then ``FastRCNNPredictor``.
 
@@ -485,18 +499,18 @@ def box_head_forward(params, pooled):
 def _check_box_head_shapes(params):
     """fc6 (H6, I), fc7 (H7, H6), cls_score (K+1, H7), bbox_pred (4(K+1), H7), biases to match."""
     rep = params[_BOX_HEAD + "fc6.weight"].shape[0]
-    rep7 = check_array(_BOX_HEAD + "fc7.weight", params[_BOX_HEAD + "fc7.weight"], shape=(None, rep)).shape[0]
-    k1 = check_array(_BOX_PRED + "cls_score.weight", params[_BOX_PRED + "cls_score.weight"],
+    rep7 = check_array(_p(_BOX_HEAD + "fc7.weight"), params[_BOX_HEAD + "fc7.weight"], shape=(None, rep)).shape[0]
+    k1 = check_array(_p(_BOX_PRED + "cls_score.weight"), params[_BOX_PRED + "cls_score.weight"],
                      shape=(None, rep7)).shape[0]
     box_rows = params[_BOX_PRED + "bbox_pred.weight"].shape[0]
     if box_rows != 4 * k1:
         raise ValueError(f"params['roi_heads.box_predictor.bbox_pred.weight'] must have 4 * {k1} rows, "
                          f"got {box_rows}")
-    check_array(_BOX_PRED + "bbox_pred.weight", params[_BOX_PRED + "bbox_pred.weight"], shape=(4 * k1, rep7))
+    check_array(_p(_BOX_PRED + "bbox_pred.weight"), params[_BOX_PRED + "bbox_pred.weight"], shape=(4 * k1, rep7))
     for name, n in (("fc6", rep), ("fc7", rep7)):
-        check_array(f"{_BOX_HEAD}{name}.bias", params[f"{_BOX_HEAD}{name}.bias"], shape=(n,))
+        check_array(_p(f"{_BOX_HEAD}{name}.bias"), params[f"{_BOX_HEAD}{name}.bias"], shape=(n,))
     for name, n in (("cls_score", k1), ("bbox_pred", 4 * k1)):
-        check_array(f"{_BOX_PRED}{name}.bias", params[f"{_BOX_PRED}{name}.bias"], shape=(n,))
+        check_array(_p(f"{_BOX_PRED}{name}.bias"), params[f"{_BOX_PRED}{name}.bias"], shape=(n,))
 
 
 def _box_head_forward(params, pooled):
@@ -513,6 +527,7 @@ def _box_head_forward(params, pooled):
     return (class_logits, box_regression), BoxHeadCache(pooled.shape, c6, r6, c7, r7, cc, cb)
 
 
+@quiet_math
 def box_head_backward(dout, cache):
     """Gradients of :func:`box_head_forward`.
 
@@ -557,6 +572,7 @@ def _box_head_backward(dout, cache):
     return grads, dx.reshape(cache.pooled_shape)
 
 
+@quiet_math
 def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     """Classification and box-regression losses of the box branch, with gradients.
 
@@ -709,11 +725,14 @@ def _count_mask_layers(params):
 
 def mask_head_keys(params):
     """Parameter names of the mask branch present in ``params``, in forward order."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
     keys = [k for i in range(_count_mask_layers(params)) for k in _mask_head_layer_keys(i)]
     return tuple(keys) + tuple(f"{_MASK_PRED}{layer}.{kind}" for layer in ("conv5_mask", "mask_fcn_logits")
                                for kind in ("weight", "bias"))
 
 
+@quiet_math
 def mask_head_forward(params, pooled, *, dilation=1):
     """The mask branch: ``MaskRCNNHeads`` then ``MaskRCNNPredictor``.
 
@@ -754,14 +773,14 @@ def _check_mask_head_shapes(params, n_layers):
     c = params[_mask_head_layer_keys(0)[0]].shape[1]
     for i in range(n_layers):
         wk, bk = _mask_head_layer_keys(i)
-        c = check_array(wk, params[wk], shape=(None, c, 3, 3)).shape[0]
-        check_array(bk, params[bk], shape=(c,))
-    d = check_array(_MASK_PRED + "conv5_mask.weight", params[_MASK_PRED + "conv5_mask.weight"],
+        c = check_array(_p(wk), params[wk], shape=(None, c, 3, 3)).shape[0]
+        check_array(_p(bk), params[bk], shape=(c,))
+    d = check_array(_p(_MASK_PRED + "conv5_mask.weight"), params[_MASK_PRED + "conv5_mask.weight"],
                     shape=(c, None, 2, 2)).shape[1]
-    check_array(_MASK_PRED + "conv5_mask.bias", params[_MASK_PRED + "conv5_mask.bias"], shape=(d,))
-    k1 = check_array(_MASK_PRED + "mask_fcn_logits.weight", params[_MASK_PRED + "mask_fcn_logits.weight"],
+    check_array(_p(_MASK_PRED + "conv5_mask.bias"), params[_MASK_PRED + "conv5_mask.bias"], shape=(d,))
+    k1 = check_array(_p(_MASK_PRED + "mask_fcn_logits.weight"), params[_MASK_PRED + "mask_fcn_logits.weight"],
                      shape=(None, d, 1, 1)).shape[0]
-    check_array(_MASK_PRED + "mask_fcn_logits.bias", params[_MASK_PRED + "mask_fcn_logits.bias"], shape=(k1,))
+    check_array(_p(_MASK_PRED + "mask_fcn_logits.bias"), params[_MASK_PRED + "mask_fcn_logits.bias"], shape=(k1,))
 
 
 def _mask_head_forward(params, pooled, *, dilation=1):
@@ -784,6 +803,7 @@ def _mask_head_forward(params, pooled, *, dilation=1):
     return logits, MaskHeadCache(tuple(convs), c5, r5, cl, n_layers, num_rois)
 
 
+@quiet_math
 def mask_head_backward(dmask_logits, cache):
     """Gradients of :func:`mask_head_forward`.
 
@@ -818,6 +838,7 @@ def _mask_head_backward(dmask_logits, cache):
 
 
 # =========================================================================== mask targets and loss
+@quiet_math
 def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     """Mask targets: each RoI's GT mask cut out and resampled to M x M.
 
@@ -832,7 +853,8 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     boxes: (P, 4) float xyxy, the positive RoIs.
     matched_idxs: (P,) int in [0, G), which GT mask each RoI targets.
     M: int >= 1, the target side (28).
-    Returns (P, M, M) in the boxes' dtype, values in [0, 1].
+    Returns (P, M, M) in the boxes' dtype, values in [0, 1] (float16 boxes are
+    computed in float32: their RoIAlign geometry would overflow).
     """
     check_array("gt_masks", gt_masks, ndim=3, dtype_kind="fbiu")
     _check_boxes("boxes", boxes)
@@ -847,6 +869,8 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
         )
     if p and min(gt_masks.shape[1:]) < 1:
         raise ValueError(f"gt_masks must have H >= 1 and W >= 1, got shape {gt_masks.shape}")
+    if boxes.dtype == np.float16:
+        return _project_masks_on_boxes(gt_masks, boxes.astype(np.float32), matched_idxs, m).astype(np.float16)
     return _project_masks_on_boxes(gt_masks, boxes, matched_idxs, m)
 
 
@@ -860,6 +884,7 @@ def _project_masks_on_boxes(gt_masks, boxes, matched_idxs, M):
     return out[:, 0]
 
 
+@quiet_math
 def maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idxs):
     """Mask loss: per-pixel BCE on the GT class's channel of each positive RoI.
 
@@ -933,6 +958,7 @@ def _maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, mask_matched_idx
     return dt(loss), dlogits
 
 
+@quiet_math
 def maskrcnn_inference(x, labels):
     """Mask probabilities of the predicted class of each detection.
 
@@ -965,6 +991,7 @@ def _maskrcnn_inference(x, labels):
 
 
 # =========================================================================== inference
+@quiet_math
 def postprocess_detections(class_logits, box_regression, proposals, image_shapes, *,
                            score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
                            bbox_reg_weights=BOX_CODER_WEIGHTS, record=None):
@@ -984,6 +1011,7 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     box_regression: (R, 4(K+1)), same dtype.
     proposals: list over images of (R_i, 4), the RoIs the logits belong to.
     image_shapes: list over images of (height, width) ints.
+    score_thresh, nms_thresh: in [0, 1]; detections_per_img: int >= 1.
     Returns (boxes, scores, labels): lists over images of (D_i, 4) float,
     (D_i,) float sorted decreasing, (D_i,) int64 in [1, K].
 
@@ -1010,10 +1038,11 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     counts = [p.shape[0] for p in proposals]
     if sum(counts) != r:
         raise ValueError(f"class_logits must have {sum(counts)} rows (the proposals), got {r}")
-    score_thresh = check_float("score_thresh", score_thresh)
-    nms_thresh = check_float("nms_thresh", nms_thresh, minimum=0.0)
-    top = check_positive_int("detections_per_img", detections_per_img, minimum=0)
-    weights = _check_weights(bbox_reg_weights, class_logits.dtype)
+    # a probability and an IoU threshold in [0, 1]; at least one detection an image
+    score_thresh = check_float("score_thresh", score_thresh, minimum=0.0, maximum=1.0)
+    nms_thresh = check_float("nms_thresh", nms_thresh, minimum=0.0, maximum=1.0)
+    top = check_positive_int("detections_per_img", detections_per_img)
+    weights = _check_weights(bbox_reg_weights, class_logits.dtype, "bbox_reg_weights")
     return _postprocess_detections(class_logits, box_regression, proposals, shapes, score_thresh=score_thresh,
                                    nms_thresh=nms_thresh, detections_per_img=top, bbox_reg_weights=weights,
                                    record=record)
@@ -1062,6 +1091,7 @@ def _postprocess_detections(class_logits, box_regression, proposals, image_shape
     return all_boxes, all_scores, all_labels
 
 
+@quiet_math
 def expand_boxes(boxes, scale):
     """Scale boxes about their centres; twin of torchvision's ``expand_boxes``.
 
@@ -1076,6 +1106,7 @@ def expand_boxes(boxes, scale):
     return np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(boxes.dtype)
 
 
+@quiet_math
 def expand_masks(mask, padding):
     """Zero-pad masks on all four sides; twin of torchvision's ``expand_masks``.
 
@@ -1094,15 +1125,25 @@ def expand_masks(mask, padding):
 
 
 def _check_paste_args(masks, boxes, img_shape, padding):
-    check_array("masks", masks, ndim=3, dtype_kind="f")
+    """Checked (masks (D, M, M), with_channel, h, w, pad); masks may be torchvision's (D, 1, M, M)."""
+    check_array("masks", masks, dtype_kind="f")
+    with_channel = masks.ndim == 4 and masks.shape[1] == 1
+    if with_channel:
+        masks = masks[:, 0]
+    if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or masks.shape[1] == 0:
+        raise ValueError(f"masks must have shape (D, M, M) or (D, 1, M, M) with M >= 1, got {masks.shape}")
     d = masks.shape[0]
-    if masks.shape[1] != masks.shape[2] or masks.shape[1] == 0:
-        raise ValueError(f"masks must have shape (D, M, M) with M >= 1, got {masks.shape}")
     check_array("boxes", boxes, shape=(d, 4), dtype_kind="f")
     check_finite("boxes", boxes)
     h, w = check_hw_pair("img_shape", img_shape)
     pad = check_positive_int("padding", padding, minimum=0)
-    return h, w, pad
+    # the grown box is cast to int64: it must fit, with room (torch's cast would wrap around)
+    m = masks.shape[-1]
+    limit = 2.0 ** 60 / ((m + 2 * pad) / m)
+    if d and float(np.abs(boxes).max()) > limit:
+        raise ValueError(f"boxes must have coordinates of magnitude at most {limit:.3g} to be pasted "
+                         f"(the grown box is cast to int64), got {float(np.abs(boxes).max()):.3g}")
+    return masks, with_channel, h, w, pad
 
 
 def _integer_expanded_boxes(masks, boxes, padding):
@@ -1135,6 +1176,7 @@ def _paste_taps(lo, hi, start, stop, n_src, dtype):
     return i0, i1, dt(1) - w1, w1
 
 
+@quiet_math
 def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     """Paste M x M mask probabilities into full-image masks (no gradient).
 
@@ -1164,15 +1206,21 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     :func:`paste_masks_in_image_naive` follows torchvision's steps literally
     (resize the whole box with ``ops.resize``, then crop) as an independent check.
 
-    masks: (D, M, M) float probabilities. boxes: (D, 4) float xyxy.
-    img_shape: (H, W) ints. padding: int >= 0.
-    Returns (D, H, W) in the masks' dtype. Difference: torchvision takes and
-    returns a channel axis ((D, 1, M, M) -> (D, 1, H, W)); a box that lies
-    completely outside the image pastes nothing (torchvision's slicing wraps
-    around or raises there; boxes from :func:`postprocess_detections` are
-    clipped to the image, so this does not arise in the model).
+    masks: (D, M, M) float probabilities, or torchvision's (D, 1, M, M).
+    boxes: (D, 4) float xyxy, finite. img_shape: (H, W) ints. padding: int >= 0.
+    Returns (D, H, W) in the masks' dtype, or (D, 1, H, W) for (D, 1, M, M)
+    masks, as torchvision. Difference: a box that lies completely outside the
+    image pastes nothing (torchvision's slicing wraps around or raises there;
+    boxes from :func:`postprocess_detections` are clipped to the image, so this
+    does not arise in the model).
     """
-    h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
+    masks, with_channel, h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
+    out = _paste_masks_in_image(masks, boxes, h, w, pad)
+    return out[:, None] if with_channel else out
+
+
+def _paste_masks_in_image(masks, boxes, h, w, pad):
+    """:func:`paste_masks_in_image` on checked (D, M, M) masks."""
     out = np.zeros((masks.shape[0], h, w), dtype=masks.dtype)
     if masks.shape[0] == 0:
         return out
@@ -1191,15 +1239,17 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     return out
 
 
+@quiet_math
 def paste_masks_in_image_naive(masks, boxes, img_shape, padding=1):
     """Loop reference of :func:`paste_masks_in_image`, step by step as torchvision's
     ``paste_mask_in_image``: resize each padded mask to its integer box with
     ``ops.resize.resize_bilinear`` and copy the part inside the image.
-    masks (D, M, M), boxes (D, 4), img_shape (H, W) -> (D, H, W)."""
-    h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
+    masks (D, M, M), boxes (D, 4), img_shape (H, W) -> (D, H, W); (D, 1, M, M) ->
+    (D, 1, H, W)."""
+    masks, with_channel, h, w, pad = _check_paste_args(masks, boxes, img_shape, padding)
     out = np.zeros((masks.shape[0], h, w), dtype=masks.dtype)
     if masks.shape[0] == 0:
-        return out
+        return out[:, None] if with_channel else out
     padded, ibox = _integer_expanded_boxes(masks, boxes, pad)
     for i in range(masks.shape[0]):
         x1, y1, x2, y2 = (int(v) for v in ibox[i])
@@ -1210,4 +1260,4 @@ def paste_masks_in_image_naive(masks, boxes, img_shape, padding=1):
         y_0, y_1 = max(y1, 0), min(y2 + 1, h)
         if x_1 > x_0 and y_1 > y_0:
             out[i, y_0:y_1, x_0:x_1] = resized[y_0 - y1:y_1 - y1, x_0 - x1:x_1 - x1]
-    return out
+    return out[:, None] if with_channel else out

@@ -193,7 +193,9 @@ def test_float32_targets_keep_dtype():
     (dict(proposals=np.zeros((2, 4))), "proposals"),
     (dict(proposals=[np.zeros((2, 5))]), "proposals"),
     (dict(targets=[{"boxes": np.zeros((1, 4))}]), "targets"),
-    (dict(targets=[_target([[0, 0, 5, 5]], [0])]), "gt_labels"),
+    (dict(targets=[_target([[0, 0, 5, 5]], [0])]), r"targets\[0\]\['labels'\]"),
+    (dict(proposals=[np.array([[4, 0, 0, 4]], F64)]), "proposals"),  # degenerate: its encoding is log(-1)
+    (dict(proposals=[np.array([[0, 0, 4, 4]], np.float16)]), "float16"),
     (dict(targets=[_target([[5, 0, 5, 5]], [1])]), "boxes"),
     (dict(targets=[]), "targets"),
     (dict(rng=0), "rng"),
@@ -450,11 +452,16 @@ def test_postprocess_empty_cases():
     (dict(proposals=[np.zeros((3, 4))]), "proposals"),
     (dict(box_regression=np.zeros((2, 8))), "box_regression"),
     (dict(class_logits=np.full((2, 3), np.nan)), "finite"),
+    # issue 16: out-of-range thresholds and counts were accepted
+    (dict(score_thresh=1.5), "score_thresh"),
+    (dict(nms_thresh=1.5), "nms_thresh"),
+    (dict(detections_per_img=0), "detections_per_img"),
 ])
 def test_postprocess_bad_inputs(kw, match):
     args = dict(class_logits=np.zeros((2, 3)), box_regression=np.zeros((2, 12)),
                 proposals=[np.array([[0, 0, 5, 5.0]] * 2)], image_shapes=[(10, 10)])
     args.update(kw)
+    tail = {k: args.pop(k) for k in ("score_thresh", "nms_thresh", "detections_per_img") if k in args}
     with pytest.raises(ValueError, match=match):
         postprocess_detections(args["class_logits"], args["box_regression"], args["proposals"],
-                               args["image_shapes"])
+                               args["image_shapes"], **tail)

@@ -324,6 +324,22 @@ def test_paste_clips_at_image_border_and_outside():
     assert np.all(out[1] == 0) and np.all(out[2] == 0)
 
 
+def test_paste_takes_torchvisions_channel_axis_as_its_twin():
+    # torchvision's paste_masks_in_image takes (D, 1, M, M) and returns (D, 1, H, W)
+    rng = np.random.default_rng(3)
+    masks = rng.uniform(0, 1, (3, 6, 6))
+    boxes = np.array([[1.0, 2.0, 9.5, 7.0], [0.0, 0.0, 4.0, 4.0], [3.0, 1.0, 5.0, 8.0]])
+    for f in (paste_masks_in_image, paste_masks_in_image_naive):
+        out = f(masks[:, None], boxes, (9, 11))
+        assert out.shape == (3, 1, 9, 11)
+        np.testing.assert_array_equal(out[:, 0], f(masks, boxes, (9, 11)))
+    assert paste_masks_in_image(np.zeros((0, 1, 5, 5)), np.zeros((0, 4)), (4, 4)).shape == (0, 1, 4, 4)
+    with pytest.raises(ValueError, match="masks"):
+        paste_masks_in_image(masks[:, None].repeat(2, axis=1), boxes, (9, 11))  # (D, 2, M, M)
+    with pytest.raises(ValueError, match="boxes must have coordinates of magnitude"):
+        paste_masks_in_image(masks, boxes * 1e30, (9, 11))  # the grown box would not fit an int64
+
+
 def test_paste_empty_and_bad_inputs():
     assert paste_masks_in_image(np.zeros((0, 28, 28)), np.zeros((0, 4)), (5, 7)).shape == (0, 5, 7)
     with pytest.raises(ValueError, match="masks"):

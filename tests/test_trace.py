@@ -329,7 +329,7 @@ def test_mask_fields(data):
     ([np.zeros((64, 64, 3), np.float32)], ValueError, r"images\[0\] must have shape \(3, H, W\)"),
     ([np.zeros((3, 64, 64), np.uint8)], TypeError, r"images\[0\] must have a floating dtype"),
     ([np.zeros((3, 64, 64), np.float32), np.zeros((3, 64, 64))], TypeError, r"images\[1\] must have the dtype"),
-    ([np.full((3, 64, 64), np.nan, np.float32)], ValueError, "images must be finite"),
+    ([np.full((3, 64, 64), np.nan, np.float32)], ValueError, r"images\[0\] must be finite"),
     ([np.zeros((3, 64, 64))], TypeError, "params"),   # float64 image, float32 params
 ])
 def test_bad_images_are_refused_as_detect_refuses_them(data, images, error, match):
