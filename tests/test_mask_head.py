@@ -173,6 +173,27 @@ def test_mask_targets_follow_matched_idxs():
 
 
 # =========================================================================== maskrcnn_loss
+def test_mask_targets_of_several_images_pooled_together_are_bit_identical():
+    # _maskrcnn_loss pools the images whose masks share a size (and RoIAlign form) in one
+    # RoIAlign; each target must be exactly project_masks_on_boxes of its own image
+    from mrcnn_np.roi_heads import _project_masks_per_image
+    rng = np.random.default_rng(12)
+    sizes = [(40, 48), (40, 48), (33, 20), (40, 48), (40, 48)]
+    for dtype in (np.float32, np.float64):
+        masks, boxes, idxs = [], [], []
+        for i, (h, w) in enumerate(sizes):
+            g = int(rng.integers(1, 4))
+            masks.append(rng.random((g, h, w)) > 0.5 if i % 2 else rng.random((g, h, w)))
+            p = 0 if i == 1 else int(rng.integers(1, 6))  # image 1 has no positive RoI
+            xy = rng.uniform(-5, [w, h], (p, 2))
+            boxes.append(np.concatenate([xy, xy + rng.uniform(0.5, 30, (p, 2))], axis=1).astype(dtype))
+            idxs.append(rng.integers(0, g, p))
+        got = _project_masks_per_image(masks, boxes, idxs, 28)
+        for gm, b, idx, t in zip(masks, boxes, idxs, got):
+            want = project_masks_on_boxes(gm, b, idx, 28)
+            assert t.dtype == want.dtype == dtype and np.array_equal(t, want)
+
+
 def test_maskrcnn_loss_golden_and_zero_gradient_elsewhere():
     # all logits 0 -> BCE = log 2 per pixel whatever the (soft) target -> mean log 2.
     # gradient on the GT channel = (sigmoid(0) - t) / (P * M * M); other channels exactly 0.
