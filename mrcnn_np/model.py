@@ -40,6 +40,15 @@ three. Proposals, anchor and RoI targets, and both samplings are constants
 (torchvision detaches the proposals). Frozen BN parameters never get a
 gradient, nor do the backbone stages below ``config.trainable_layers``.
 
+Bad input (README, "Conventions"): the public functions are the boundary. They
+refuse NaN/inf in params, images and targets, degenerate or overflowing target
+boxes (ValueError naming the argument), then run every stage unchecked with
+floating-point warnings off (``_checks.quiet_math``): exp underflowing to 0 in
+a sigmoid or a softmax is the right answer, not a warning. Finite inputs so
+large that the arithmetic still overflows make ``predict``/``detect`` raise a
+ValueError (non-finite detections); ``forward_train`` returns the non-finite
+losses (``train`` stops on them).
+
 Randomness: only the two samplers draw, from the ``rng`` given to
 ``forward_train``, in a fixed order: first the RPN anchors of image 0, 1, ...
 (two permutations each: positives, negatives), then the RoIs of image 0, 1, ...
@@ -53,7 +62,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_float_dtype, check_hw_pair, check_rng
+from ._checks import (check_array, check_coordinates, check_float_dtype, check_hw_pair, check_positive_int,
+                      check_rng, check_sequence, quiet_math)
 from .anchors import _pyramid_anchors
 from .backbone import ResNetStructure, check_resnet_params, resnet_trainable_keys
 from .config import MaskRCNNConfig
@@ -210,6 +220,8 @@ def _check_params(params, config, dtype):
             raise TypeError(f"params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
         if value.dtype != dtype:
             raise TypeError(f"params[{key!r}] must have the dtype of images ({dtype}), got {value.dtype}")
+        if not np.isfinite(value).all():  # the boundary refuses NaN/inf (README, "Conventions")
+            raise ValueError(f"params[{key!r}] must be finite, got NaN or inf entries")
     structure = check_resnet_params(params, dtype=dtype)
     if structure.layers != config.backbone_layers or structure.width != config.backbone_width:
         raise ValueError(
@@ -311,8 +323,8 @@ def _check_targets(targets, n, num_classes):
                 raise ValueError(f"targets[{i}] is missing {key!r} (needs 'boxes', 'labels', 'masks')")
         boxes = check_array(f"targets[{i}]['boxes']", t["boxes"], shape=("G", 4), dtype_kind="f")
         g = boxes.shape[0]
-        if not np.isfinite(boxes).all():
-            raise ValueError(f"targets[{i}]['boxes'] must be finite, got NaN or inf entries")
+        # finite, and small enough for the areas of the IoU (float16 is measured in float32)
+        check_coordinates(f"targets[{i}]['boxes']", boxes, np.promote_types(boxes.dtype, np.float32))
         if g and not ((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()):
             raise ValueError(f"targets[{i}]['boxes'] must have x2 > x1 and y2 > y1, got a degenerate box")
         labels = check_array(f"targets[{i}]['labels']", t["labels"], shape=(g,), dtype_kind="iu")
@@ -359,6 +371,18 @@ def roi_scales(pyramid_shapes, batch_hw):
     and every later batch pools from the wrong place. The padded height always gives
     the true stride; for any ordinary first batch both agree.
     """
+    check_sequence("pyramid_shapes", pyramid_shapes, what="list of (N, D, H_l, W_l) shapes")
+    for i, shape in enumerate(pyramid_shapes):
+        if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+            raise ValueError(f"pyramid_shapes[{i}] must be an (N, D, H_l, W_l) shape, got {shape!r}")
+        for j, v in enumerate(shape):  # N, D, H_l, W_l: ints, H_l >= 1 (the scale is H_l / H)
+            check_positive_int(f"pyramid_shapes[{i}][{j}]", v, minimum=1 if j == 2 else 0)
+    check_hw_pair("batch_hw", batch_hw)
+    return _roi_scales(pyramid_shapes, batch_hw)
+
+
+def _roi_scales(pyramid_shapes, batch_hw):
+    """:func:`roi_scales` on checked shapes."""
     H = batch_hw[0]
     return tuple(float(2.0 ** np.round(np.log2(shape[2] / H))) for shape in pyramid_shapes)
 
@@ -373,7 +397,7 @@ def _rois(boxes_per_image, dtype):
 def _roi_features(pyramid, batch_hw):
     """The levels the RoI heads pool from (P2..P5) and their scales (see :func:`roi_scales`)."""
     roi_feats = [pyramid[name] for name in _ROI_LEVELS]
-    return roi_feats, roi_scales([f.shape for f in roi_feats], batch_hw)
+    return roi_feats, _roi_scales([f.shape for f in roi_feats], batch_hw)
 
 
 def _box_branch(params, roi_feats, scales, boxes, config, record=None):
@@ -441,6 +465,7 @@ def _propose(objectness, deltas, anchors, image_sizes, counts, *, config, pre_nm
 # =========================================================================== training
 
 
+@quiet_math
 def forward_train(params, images, targets, config, *, rng, image_sizes=None):
     """The five training losses of Mask R-CNN (twin of ``GeneralizedRCNN.forward`` in train mode,
     after the transform).
@@ -527,6 +552,7 @@ def _scaled(d, w):
     return d * d.dtype.type(w) if w != 1.0 else d
 
 
+@quiet_math
 def backward(cache, *, loss_weights=None):
     """Gradient of ``sum_k loss_weights[k] * losses[k]`` with respect to every trainable parameter.
 
@@ -574,6 +600,7 @@ def backward(cache, *, loss_weights=None):
     return {k: everything[k] for k in cache.keys}
 
 
+@quiet_math
 def loss_and_grads(params, images, targets, config, *, rng, image_sizes=None, loss_weights=None):
     """``forward_train`` then ``backward``: returns (losses, grads)."""
     losses, cache = forward_train(params, images, targets, config, rng=rng, image_sizes=image_sizes)
@@ -583,6 +610,7 @@ def loss_and_grads(params, images, targets, config, *, rng, image_sizes=None, lo
 # =========================================================================== inference
 
 
+@quiet_math
 def predict(params, images, config, *, image_sizes=None):
     """Detections of every image (twin of ``GeneralizedRCNN.forward`` in eval mode, before
     ``transform.postprocess``).
@@ -600,7 +628,18 @@ def predict(params, images, config, *, image_sizes=None):
     images = _check_images(images)
     _check_params(params, config, images.dtype)
     sizes = _check_image_sizes(image_sizes, images)
-    return _predict(params, images, config, sizes)
+    return _check_finite_detections(_predict(params, images, config, sizes))
+
+
+def _check_finite_detections(preds):
+    """Finite inputs can still overflow the arithmetic (values near the dtype's largest):
+    say so, naming the inputs, rather than return NaN boxes or scores."""
+    for p in preds:
+        for key in ("boxes", "scores", "masks"):
+            if not np.isfinite(p[key]).all():
+                raise ValueError(f"images or params are too large: the model's arithmetic overflowed "
+                                 f"(non-finite detection {key})")
+    return preds
 
 
 def _predict(params, images, config, sizes, record=None):
@@ -642,6 +681,7 @@ def _predict(params, images, config, sizes, record=None):
             for i in range(images.shape[0])]
 
 
+@quiet_math
 def detect(params, images, config):
     """Detect objects in raw images: transform, :func:`predict`, map back (torchvision's
     ``MaskRCNN(images)`` in eval mode).
@@ -673,7 +713,7 @@ def _detect(params, images, config, record=None):
         mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
     batch = _check_images(batch)
     _check_params(params, config, batch.dtype)
-    preds = _predict(params, batch, config, image_sizes, record)
+    preds = _check_finite_detections(_predict(params, batch, config, image_sizes, record))
     original_sizes = [tuple(np.shape(im)[-2:]) for im in images]
     if record is not None:
         record.update(batch=batch, image_sizes=image_sizes, original_sizes=original_sizes, predictions=preds)

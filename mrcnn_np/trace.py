@@ -91,7 +91,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import model as _model
-from ._checks import check_array, check_finite, check_float, check_positive_int
+from ._checks import check_array, check_coordinates, check_finite, check_float, check_positive_int
 from .boxes import box_iou
 from .evaluate import box_iou_coco, mask_iou_coco
 from .ops.activations import sigmoid
@@ -213,7 +213,8 @@ def trace(params, images, config):
     (do not modify them in place).
     """
     record = {}
-    detections = _model._detect(params, images, config, record=record)
+    with np.errstate(all="ignore"):  # as model.detect: checked inputs, layer math silent
+        detections = _model._detect(params, images, config, record=record)
     return _per_image(record, detections)
 
 
@@ -283,7 +284,8 @@ def _per_image(rec, detections):
 
 def _check_box_array(name, boxes):
     boxes = check_array(name, boxes, shape=(None, 4), dtype_kind="fiu")
-    check_finite(name, boxes)
+    # finite, and small enough for float64 areas (the IoUs here are computed in float64)
+    check_coordinates(name, boxes, np.float64)
     return boxes
 
 
