@@ -330,6 +330,7 @@ def check_resnet_params(params, dtype=None):
 # --------------------------------------------------------------------------- init
 
 
+@quiet_math
 def init_resnet(layers=None, *, depth=None, width=64, rng, dtype=np.float32):
     """Random ResNet parameters, initialised as torchvision's ResNet.
 

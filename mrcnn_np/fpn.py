@@ -104,6 +104,7 @@ def _keys(i):
             f"{PREFIX}layer_blocks.{i}.0.weight", f"{PREFIX}layer_blocks.{i}.0.bias")
 
 
+@quiet_math
 def init_fpn(in_channels_list, out_channels=256, *, rng, dtype=np.float32):
     """Random FPN parameters, initialised as torchvision's FeaturePyramidNetwork.
 
@@ -308,6 +309,7 @@ class BackboneCache(NamedTuple):
     fpn: Any
 
 
+@quiet_math
 def init_resnet_fpn_backbone(layers=50, *, width=64, out_channels=256, rng, dtype=np.float32):
     """Parameters of a ResNet body + FPN (twin of torchvision's ``resnet_fpn_backbone``
     with ``weights=None``: random init as torchvision).

@@ -166,6 +166,7 @@ def _check_config(config):
     return config
 
 
+@quiet_math
 def init_params(config, *, rng, dtype=np.float32):
     """Random parameters of the whole model, initialised as torchvision does.
 

@@ -439,6 +439,7 @@ class BoxHeadCache(NamedTuple):
     bbox_pred: tuple
 
 
+@quiet_math
 def init_box_head(in_channels=256, resolution=7, representation_size=1024, num_classes=91, *,
                   rng, dtype=np.float32):
     """Parameters of ``TwoMLPHead`` + ``FastRCNNPredictor`` (torchvision init).
@@ -670,6 +671,7 @@ def _mask_head_layer_keys(i):
     return f"{_MASK_HEAD}{i}.0.weight", f"{_MASK_HEAD}{i}.0.bias"
 
 
+@quiet_math
 def init_mask_head(in_channels=256, layers=(256, 256, 256, 256), dim_reduced=256, num_classes=91, *,
                    rng, dtype=np.float32):
     """Parameters of ``MaskRCNNHeads`` + ``MaskRCNNPredictor`` (torchvision init).

@@ -112,6 +112,7 @@ _CONV_W, _CONV_B, _CLS_W, _CLS_B, _BOX_W, _BOX_B = RPN_PARAM_NAMES
 # --------------------------------------------------------------------------- head
 
 
+@quiet_math
 def init_rpn_head(in_channels, num_anchors, *, rng, dtype=np.float32):
     """Parameters of the RPN head, as torchvision's ``RPNHead`` initialises them.
 

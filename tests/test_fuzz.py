@@ -769,7 +769,7 @@ IGNORED_KEYS = {"trace.confusion_summary": {"masks"}}
 
 # Mutations that can make two arguments disagree: the message may name either one.
 CONSISTENCY = {"short", "long", "empty", "ndim+1", "ndim-1", "last+1", "last=0", "otherfloat", "int", "float16",
-               "float", "int32", "missing key", "extra key", "bool", "uint8", "float16*64"}
+               "float", "int32", "missing key", "extra key", "bool", "uint8", "float16*64", "random"}
 
 # Output paths: a missing file is created there (input paths must exist).
 OUTPUT_PATHS = {("data.coco.write_coco_dataset", "out_dir"), ("data.coco.write_coco_results", "path"),
@@ -1186,3 +1186,224 @@ def test_bad_inputs_are_refused_or_handled(qualname):
             if found:
                 problems.append(found)
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)
+
+
+# =========================================================================== random arrays (hypothesis)
+
+# examples per function: the whole model and the file writers cost 10-100 ms a call
+EXPENSIVE = {"model.forward_train", "model.loss_and_grads", "model.predict", "model.detect", "model.backward",
+             "model.init_params", "trace.trace", "trace.rpn_recall", "train.train", "data.coco.write_coco_dataset",
+             "data.coco.write_coco_results", "data.coco.load_coco", "io.save_checkpoint", "io.save_safetensors",
+             "evaluate.coco_evaluate", "roi_align.roi_align_naive", "ops.conv2d_naive", "ops.conv2d_backward_naive",
+             "ops.conv_transpose2d_naive", "data.coco.polygon_to_mask_naive", "roi_heads.paste_masks_in_image_naive"}
+# FUZZ_EXAMPLES=200 (an environment variable) multiplies both for an exploratory run
+_SCALE = int(__import__("os").environ.get("FUZZ_EXAMPLES", "8"))
+RANDOM_EXAMPLES, RANDOM_EXAMPLES_EXPENSIVE = _SCALE, max(1, _SCALE // 4)
+
+_BIG = {np.dtype(np.float16): 8e3, np.dtype(np.float32): 4e37, np.dtype(np.float64): 2e307}
+
+
+def _elements(dtype):
+    """Values of one dtype: ordinary ones on a 1/8 grid (no subnormals: an IEEE underflow to
+    0 is not what this test is about), and the specials: 0, NaN, +-inf, +-huge."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return st.booleans()
+    if dtype.kind in "iu":
+        return st.one_of(st.integers(-3 if dtype.kind == "i" else 0, 70),
+                         st.sampled_from([2 ** 31, 2 ** 40] + ([-2 ** 40] if dtype.kind == "i" else [])))
+    real = st.one_of(st.integers(-800, 800).map(lambda k: k / 8),
+                     st.sampled_from([0.0, np.nan, np.inf, -np.inf, _BIG.get(dtype, 1e300), -_BIG.get(dtype, 1e300)]))
+    if dtype.kind == "c":
+        return st.builds(complex, real, real)
+    return real
+
+
+@st.composite
+def random_like(draw, good):
+    """An array shaped like ``good`` (or one axis off, or one axis more or less), of its
+    dtype or another, with random values and specials."""
+    dtype = draw(st.sampled_from([good.dtype] * 4 + [np.dtype(t) for t in (np.float16, np.float32, np.float64,
+                                                                          np.int64, np.bool_, np.complex128)]))
+    shape = list(good.shape)
+    how = draw(st.sampled_from(["same"] * 4 + ["axis", "more", "less"]))
+    if how == "axis" and shape:
+        i = draw(st.integers(0, len(shape) - 1))
+        shape[i] = draw(st.sampled_from([0, 1, shape[i] + 1]))
+    elif how == "more":
+        shape.insert(draw(st.integers(0, len(shape))), 1)
+    elif how == "less" and shape:
+        shape.pop(draw(st.integers(0, len(shape) - 1)))
+    elements = _elements(dtype)
+    return draw(hnp.arrays(dtype, tuple(shape), elements=elements, fill=elements))
+
+
+@pytest.mark.parametrize("qualname", FUZZED)
+def test_fuzz_random_arrays(qualname):
+    """hypothesis: a random array (dtype, shape, NaN/inf/huge values) in place of one array
+    argument, under the contract of the module docstring (any argument may be named: a shape
+    or dtype change can be told from the other side)."""
+    kwargs = all_kwargs(qualname)
+    arrays = [n for n, v in kwargs.items() if isinstance(v, np.ndarray)]
+    if not arrays:
+        return  # nothing to draw: the systematic test covers its other arguments
+    boundary = is_boundary(qualname)
+    good = call(qualname, copy.deepcopy(kwargs))
+    examples = RANDOM_EXAMPLES_EXPENSIVE if qualname in EXPENSIVE else RANDOM_EXAMPLES
+
+    @settings(max_examples=examples, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def run(data):
+        name = data.draw(st.sampled_from(arrays), label="argument")
+        value = data.draw(random_like(kwargs[name]), label="value")
+        bad_values = value.dtype.kind == "c" or (boundary and value.dtype.kind == "f" and not np.isfinite(value).all())
+        mutation = Mutation("random", value, must_fail=bad_values)
+        found = check_call(qualname, name, mutation, kwargs, good)
+        assert found is None, found
+
+    run()
+
+
+# =========================================================================== corrupt files
+
+
+def _npy_bytes():
+    buf = _io.BytesIO()
+    np.save(buf, np.arange(6.0))
+    return buf.getvalue()
+
+
+def _npz_with_meta(meta_text):
+    """A .npz whose __meta__ record holds ``meta_text`` (written by hand, not by save_checkpoint)."""
+    buf = _io.BytesIO()
+    np.savez(buf, a=np.ones(2), __meta__=np.array(meta_text))
+    return buf.getvalue()
+
+
+def _safetensors_with_header(header):
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + b"\0" * 16
+
+
+def corruptions(good_bytes):
+    """{label: bytes} of damaged versions of a good file."""
+    rnd = np.random.default_rng(0).integers(0, 256, len(good_bytes), dtype=np.uint8).tobytes()
+    flipped = bytearray(good_bytes)
+    flipped[len(flipped) // 2] ^= 0xFF
+    return {
+        "empty": b"",
+        "one byte": good_bytes[:1],
+        "truncated to 10 bytes": good_bytes[:10],
+        "truncated by half": good_bytes[:len(good_bytes) // 2],
+        "last byte missing": good_bytes[:-1],
+        "random bytes": rnd,
+        "a flipped byte": bytes(flipped),
+        "a .npy": _npy_bytes(),
+        "a json": b'{"images": []}',
+        "text": b"hello\n",
+    }
+
+
+def _loaders():
+    """(name, function taking a path, good file) of every public function that reads a file."""
+    from mrcnn_np import io as mio
+    from mrcnn_np import pretrained
+    from mrcnn_np.data import coco
+
+    return {
+        "io.load_checkpoint": (mio.load_checkpoint, lambda: CTX.checkpoint),
+        "io.load_safetensors": (mio.load_safetensors, lambda: CTX.safetensors),
+        "io.load_torch_state_dict (zip)": (mio.load_torch_state_dict, lambda: DATA / "tiny_zip.pth"),
+        "io.load_torch_state_dict (legacy)": (mio.load_torch_state_dict, lambda: DATA / "tiny_legacy.pth"),
+        "data.coco.load_coco": (lambda p: coco.load_coco(p, load_images=False), coco_ann_file),
+        "data.coco.load_coco_results": (lambda p: coco.load_coco_results(p, CTX.coco), _results_file),
+        "pretrained.torchvision_model": (pretrained.torchvision_model, lambda: DATA / "tiny_zip.pth"),
+        "pretrained.load_resnet_backbone": (lambda p: pretrained.load_resnet_backbone(p, resnet_params()),
+                                            lambda: DATA / "tiny_zip.pth"),
+    }
+
+
+def _results_file():
+    from mrcnn_np.data.coco import write_coco_results
+
+    return write_coco_results(CTX.tmp / "results.json", copy.deepcopy(CTX.dets), [1, 2])
+
+
+def _file_cases():
+    """Extra hand-made bad files per loader (the issue's list)."""
+    return {
+        "io.load_checkpoint": {
+            "__meta__ not JSON": _npz_with_meta("{not json"),
+            "__meta__ a JSON list": _npz_with_meta("[1, 2]"),
+            "__meta__ with NaN": _npz_with_meta('{"x": NaN}'),
+        },
+        "io.load_safetensors": {
+            "a shape whose product overflows": _safetensors_with_header(
+                {"a": {"dtype": "F32", "shape": [2 ** 62, 2 ** 62], "data_offsets": [0, 16]}}),
+            "a negative shape": _safetensors_with_header(
+                {"a": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}),
+            "an unknown dtype": _safetensors_with_header(
+                {"a": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 16]}}),
+            "a header that is a list": _safetensors_with_header([1, 2]),
+        },
+        "data.coco.load_coco": {
+            "a JSON list": b"[1, 2]",
+            "images not a list": b'{"images": 3, "annotations": [], "categories": []}',
+            "NaN in a bbox": (b'{"images": [{"id": 1, "file_name": "a.png", "height": 4, "width": 4}], '
+                              b'"annotations": [{"id": 1, "image_id": 1, "category_id": 1, '
+                              b'"bbox": [0, 0, NaN, 2], "iscrowd": 0, "area": 4, '
+                              b'"segmentation": [[0, 0, 2, 0, 2, 2]]}], "categories": [{"id": 1, "name": "x"}]}'),
+        },
+        "data.coco.load_coco_results": {
+            "a JSON object": b'{"image_id": 1}',
+            "NaN score": b'[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "score": NaN}]',
+        },
+    }
+
+
+def _file_params():
+    cases = []
+    for name in _loaders():
+        key = name.split(" ")[0]
+        labels = list(corruptions(b"0123456789abcdef")) + list(_file_cases().get(key, {}))
+        cases += [(name, label) for label in labels + ["missing file", "a folder"]]
+    return cases
+
+
+@pytest.mark.parametrize("loader, damage", _file_params())
+def test_file_loaders_refuse_corrupt_files(loader, damage):
+    """Every loader, given a damaged, renamed, missing or hand-made bad file, raises one
+    ValueError (FileNotFoundError / IsADirectoryError for a missing file or a folder) whose
+    message names the file -- never BadZipFile, EOFError, JSONDecodeError, UnpicklingError,
+    a bare 'cannot reshape', or a context-manager TypeError."""
+    fn, good = _loaders()[loader]
+    good_path = pathlib.Path(good())
+    key = loader.split(" ")[0]
+    if damage == "missing file":
+        path = good_path.with_name("missing" + good_path.suffix)
+    elif damage == "a folder":
+        path = CTX.tmp / ("folder" + good_path.suffix)
+        path.mkdir(exist_ok=True)
+    else:
+        data = {**corruptions(good_path.read_bytes()), **_file_cases().get(key, {})}[damage]
+        path = CTX.tmp / "damaged" / loader.replace(" ", "_") / damage.replace(" ", "_") / good_path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
+        warnings.simplefilter("always")
+        try:
+            fn(path)
+        except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+            msg = str(exc)
+            assert path.name in msg or str(path) in msg, f"{loader}({damage}): does not name the file: {msg}"
+            assert "\n" not in msg.strip(), f"{loader}({damage}): a multi-line message: {msg!r}"
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"{loader}({damage}): {type(exc).__name__}: {exc}")
+        else:
+            # a flipped byte may land in padding or a value: then the file is still valid
+            assert damage in ("a flipped byte",), f"{loader}({damage}): accepted"
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert not runtime, f"{loader}({damage}): {runtime[0].message}"
