@@ -1407,3 +1407,65 @@ def test_file_loaders_refuse_corrupt_files(loader, damage):
             assert damage in ("a flipped byte",), f"{loader}({damage}): accepted"
     runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert not runtime, f"{loader}({damage}): {runtime[0].message}"
+
+
+# =========================================================================== the command line
+
+
+def _cli_files():
+    """Bad files for the CLI, made once: a truncated and a config-less checkpoint, text, a fake png."""
+    from mrcnn_np.io import save_checkpoint
+
+    d = CTX.tmp / "cli"
+    if not d.exists():
+        d.mkdir()
+        good = save_checkpoint(d / "good.npz", {"a": np.ones(3)}, meta={"config": {"num_classes": 4}})
+        (d / "truncated.npz").write_bytes(good.read_bytes()[:50])
+        save_checkpoint(d / "badconfig.npz", {"a": np.ones(3)}, meta={"config": {"num_classes": 0}})
+        save_checkpoint(d / "noconfig.npz", {"a": np.ones(3)}, meta={"step": 3})
+        (d / "notes.txt").write_text("hello\n")
+        (d / "fake.png").write_bytes(np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes())
+        (d / "ann.json").write_text("[1, 2]")
+    return d
+
+
+CLI_CASES = [
+    # options the parser refuses (argparse's usage line, then one error line, exit 2)
+    "", "nonsense", "train --lr nan", "train --lr -1", "train --lr inf", "train --steps 0", "train --steps -5",
+    "train --steps abc", "train --batch-size 0", "train --checkpoint x.txt", "train --images {d}",
+    "train --resume", "train --coco {d}/ann.json --hflip 2", "train --coco {d}/ann.json --min-size 0",
+    "train --coco {d}/ann.json --save-every 0", "train --coco {d}/ann.json --seed -1",
+    "demo --steps 0", "demo --lr nan", "demo --val-images 0", "evaluate", "evaluate {d}/good.npz --val-images 0",
+    "evaluate {d}/good.npz --images {d}", "predict", "predict --min-score nan {d}/fake.png",
+    "predict --min-score 2 {d}/fake.png", "predict --min-score -0.5 {d}/fake.png",
+    "predict {d}/good.npz", "predict {d}/fake.png {d}/good.npz", "predict {d}/good.npz --weights w.pth {d}/fake.png",
+    "export-shapes {d}/out --images 0", "export-shapes {d}/out --seed -1",
+    # files the commands refuse (one line, exit 1 or a message)
+    "train --coco {d}/missing.json --steps 1", "train --coco {d}/ann.json --steps 1",
+    "evaluate {d}/missing.npz", "evaluate {d}/truncated.npz", "evaluate {d}/badconfig.npz",
+    "evaluate {d}/noconfig.npz", "evaluate {d}/notes.txt", "evaluate {d}/good.npz --coco {d}/missing.json",
+    "predict {d}/missing.png", "predict {d}/fake.png", "predict {d}/notes.txt", "predict {d}/truncated.npz {d}/fake.png",
+    "predict --weights {d}/missing.pth {d}/fake.png", "predict --weights {d}/notes.txt {d}/fake.png",
+    "figures does-not-exist-*.ipynb", "bench no_such_bench",
+]
+
+
+@pytest.mark.parametrize("line", CLI_CASES)
+def test_cli_refuses_bad_options_and_files_in_one_line(line, capsys):
+    """``python -m mrcnn_np`` on a bad option or file exits non-zero with one error line
+    (after argparse's usage line for an option) and no traceback."""
+    from mrcnn_np.__main__ import main
+
+    argv = line.format(d=_cli_files()).split()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    code = info.value.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if isinstance(code, str):  # SystemExit(message): Python prints it, one line
+        assert code and "\n" not in code.strip(), f"{line!r}: {code!r}"
+    else:
+        assert code not in (0, None), f"{line!r} exited {code}"
+        lines = err.strip().splitlines()
+        assert lines and "error" in lines[-1], f"{line!r}: {err!r}"
+        assert not lines[-1].startswith(" "), f"{line!r}: the error spans lines: {err!r}"
