@@ -495,15 +495,16 @@ def plot_class_score_bars(rows, class_names, *, row_names=None, ax=None, title=N
 
 
 def plot_wrong_class(image, gt_box, gt_label, detections, wrong, *, roi_box=None, right=None, class_rows=None,
-                     row_names=None, class_names=None, margin=12):
+                     row_names=None, class_names=None, margin=6):
     """One wrong-class detection: where it sits, and the class scores that produced it.
 
     image (H, W, 3); gt_box (4,), gt_label: the object; detections: dict with
     "boxes", "labels", "scores" (original pixels); wrong: index of the wrong
     detection; right: index of a detection of the object's own class (or None);
-    roi_box: (4,) the RoI the wrong detection came from (dotted); class_rows:
+    roi_box: (4,) the RoI the wrong detection came from (dotted gold); class_rows:
     (N, K+1) class probabilities to show as bars (the RoIs of ``wrong`` and
-    ``right``), row_names their legend. The left panel zooms on the object.
+    ``right``), row_names their legend. The left panel zooms on the object and
+    those boxes (``margin`` pixels around them).
     Returns the figure.
     """
     import matplotlib.pyplot as plt
@@ -513,18 +514,24 @@ def plot_wrong_class(image, gt_box, gt_label, detections, wrong, *, roi_box=None
     boxes = np.asarray(detections["boxes"], dtype=np.float64)
     draw_boxes(a0, gt_box, color="k", lw=1.8, ls="--", label=f"object: {_name(gt_label, class_names)}")
     if roi_box is not None:
-        draw_boxes(a0, roi_box, color="0.2", lw=1.2, ls=(0, (1.5, 1.5)), label="its RoI (proposal)")
+        draw_boxes(a0, roi_box, color="#ffd700", lw=1.6, ls=(0, (1.5, 1.5)), label="its RoI (proposal)")
     shown = [(wrong, "wrong class")] + ([(right, "right class")] if right is not None else [])
     for e, what in shown:
         lab = int(detections["labels"][e])
         draw_boxes(a0, boxes[e], color=_color(lab), lw=2.2,
                    label=f"{what}: {_name(lab, class_names)} {float(detections['scores'][e]):.2f}")
-    x1, y1, x2, y2 = np.asarray(gt_box, dtype=np.float64)
+    # the view: every box drawn, plus a margin
+    drawn = [np.asarray(gt_box, dtype=np.float64)] + [boxes[e] for e, _ in shown]
+    if roi_box is not None:
+        drawn.append(np.asarray(roi_box, dtype=np.float64))
+    drawn = np.stack(drawn)
+    x1, y1 = drawn[:, :2].min(axis=0)
+    x2, y2 = drawn[:, 2:].max(axis=0)
     h, w = np.asarray(image).shape[:2]
     a0.set_xlim(max(x1 - margin, 0), min(x2 + margin, w))
     a0.set_ylim(min(y2 + margin, h), max(y1 - margin, 0))
     a0.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=8, frameon=False)
-    a0.set_title("zoom on the object", fontsize=10)
+    a0.set_title("zoom on the object and the boxes on it", fontsize=10)
     if class_rows is not None:
         plot_class_score_bars(class_rows, class_names, row_names=row_names, ax=a1,
                               title="class probabilities of the RoIs the detections came from")

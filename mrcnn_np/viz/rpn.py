@@ -476,7 +476,7 @@ def plot_rpn_recall(recalls, *, stage_labels=None, ax=None, title=None):
     ax.set_xticks(np.arange(len(stages)), labels, fontsize=8.5)
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("fraction of objects covered")
-    ax.legend(loc="upper left", fontsize=8, ncol=len(thresholds), frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)   # outside: bars reach 1
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(title or "recall of the RPN, stage by stage", fontsize=10)
     return fig
