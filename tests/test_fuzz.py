@@ -22,9 +22,10 @@ How the harness works
   mis-shaped value; for lists of arrays or dicts the same one level down;
   for rngs a seed or a RandomState; for paths a missing file and a folder;
   plus the per-function out-of-range values in BAD (e.g. ``nms(iou_threshold=1.5)``).
-  A hypothesis test (:func:`test_fuzz_random_arrays`) adds random arrays of
-  random dtype, shape and values (NaN, inf, huge, subnormal) in place of one
-  argument.
+  A hypothesis test (:func:`test_fuzz_random_arrays`, the project's ``ci``
+  profile when CI is set) adds random arrays of random dtype, shape and values
+  (NaN, inf, huge; no subnormals: an IEEE underflow to 0 is not a bug) in place
+  of one argument.
 * **The contract** (:func:`check_call`), every call under
   ``np.errstate(all="warn")`` with every warning recorded: the call either
   succeeds with no RuntimeWarning (overflow, invalid, divide, underflow,
@@ -40,12 +41,18 @@ How the harness works
   call's result exactly; a float16 argument must give the float32 result up to
   float16 rounding, or be refused.
 
-The file loaders (truncated, empty, random, renamed files) and the CLI (bad
-options: one line on stderr, exit code 2, no traceback) are fuzzed at the end.
+The file loaders (truncated, empty, random, renamed, missing files and the
+issue's hand-made bad ones) and the CLI (bad options and files: one error line,
+a non-zero exit, no traceback) are fuzzed at the end.
+
+Size (measured): 206 public callables, 183 fuzzed (181 functions and the two
+validating classes, MaskRCNNConfig and ShapesDataset), 23 skipped (20 result /
+cache records, CocoData, and the two full-torchvision-file loaders, whose
+corrupt files are fuzzed); 10,012 systematic bad calls, 712 random ones,
+108 damaged, missing or hand-made bad files and 47 command lines; about 20 s on 2 cores.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -690,7 +697,8 @@ GOOD = {
     "transform.normalize_image": lambda: dict(image=rng().uniform(0, 1, (3, 5, 6))),
     "transform.resize_boxes": lambda: dict(boxes=boxes4(), original_size=(64, 64), new_size=(32, 48)),
     "transform.resize_image_and_target": lambda: dict(
-        image=rng().uniform(0, 1, (3, 40, 30)), target={"boxes": boxes4(2) / 2, "masks": _masks_of(boxes4(2) / 2, 40, 30)},
+        image=rng().uniform(0, 1, (3, 40, 30)),
+        target={"boxes": boxes4(2) / 2, "masks": _masks_of(boxes4(2) / 2, 40, 30)},
         min_size=20, max_size=40),
     "transform.batch_images": lambda: dict(images=[fmap((3, 5, 6)), fmap((3, 7, 4), seed=1)], size_divisible=4),
     "transform.transform_forward": lambda: dict(
@@ -842,10 +850,6 @@ class Mutation(NamedTuple):
     kind: str = ""  # "noncontig" / "float16": success has a reference to compare with
 
 
-def _is_path_param(name, value):
-    return isinstance(value, pathlib.Path)
-
-
 def _nonfinite_variants(v):
     out = []
     for label, bad in (("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf)):
@@ -906,7 +910,7 @@ def array_mutations(v, *, boundary, depth=0):
     return out
 
 
-def number_mutations(v, name):
+def number_mutations(v):
     out = [Mutation("str", "1", True), Mutation("nan", float("nan"), True), Mutation("inf", float("inf"), True),
            Mutation("-inf", -float("inf"), True), Mutation("complex", complex(v, 1), True),
            Mutation("zero", type(v)(0)), Mutation("negative", type(v)(-1)), Mutation("huge", 2 ** 70),
@@ -986,7 +990,7 @@ def mutations(qualname, name, v):
     elif isinstance(v, bool):
         out += [Mutation("str", "yes", True), Mutation("int 2", 2)]
     elif isinstance(v, (int, float)):
-        out += number_mutations(v, name)
+        out += number_mutations(v)
     elif isinstance(v, str):
         out += [Mutation("bogus", "bogus-value", name in CHOICES), Mutation("int", 3, name not in LABELS)]
     elif v is None:  # an optional argument left out: its type is not known here
@@ -1055,7 +1059,8 @@ def problem(qualname, name, mutation, outcome, names):
     if outcome.error is None:
         if outcome.warnings:
             w = outcome.warnings[0]
-            return f"{where}: RuntimeWarning {w.category.__name__}: {w.message} ({pathlib.Path(w.filename).name}:{w.lineno})"
+            loc = f"{pathlib.Path(w.filename).name}:{w.lineno}"
+            return f"{where}: RuntimeWarning {w.category.__name__}: {w.message} ({loc})"
         if mutation.must_fail:
             return f"{where}: silent pass (accepted)"
         return None
@@ -1444,7 +1449,8 @@ CLI_CASES = [
     "train --coco {d}/missing.json --steps 1", "train --coco {d}/ann.json --steps 1",
     "evaluate {d}/missing.npz", "evaluate {d}/truncated.npz", "evaluate {d}/badconfig.npz",
     "evaluate {d}/noconfig.npz", "evaluate {d}/notes.txt", "evaluate {d}/good.npz --coco {d}/missing.json",
-    "predict {d}/missing.png", "predict {d}/fake.png", "predict {d}/notes.txt", "predict {d}/truncated.npz {d}/fake.png",
+    "predict {d}/missing.png", "predict {d}/fake.png", "predict {d}/notes.txt",
+    "predict {d}/truncated.npz {d}/fake.png",
     "predict --weights {d}/missing.pth {d}/fake.png", "predict --weights {d}/notes.txt {d}/fake.png",
     "figures does-not-exist-*.ipynb", "bench no_such_bench",
 ]
