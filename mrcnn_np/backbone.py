@@ -78,10 +78,10 @@ from ._checks import (
     check_rng,
     quiet_math,
 )
-from .ops.activations import _relu_backward, _relu_forward
+from .ops.activations import _relu_backward, _relu_forward, _relu_inplace
 from .ops.conv import _conv2d_backward, _conv2d_forward, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
-from .ops.pool import _max_pool2d_backward, _max_pool2d_forward
+from .ops.pool import _max_pool2d, _max_pool2d_backward, _max_pool2d_forward
 
 __all__ = [
     "RESNET_BLOCKS",
@@ -441,15 +441,31 @@ def _conv_bn_forward(params, spec, x, fold_bn):
         out, conv_cache = _conv2d_forward(x, w, None, spec.stride, spec.padding)
         out, bn_cache = frozen_batch_norm_forward(out, *bn, eps=BN_EPS)
         return out, ConvBNCache(spec, conv_cache, bn_cache, None)
-    # BN folded into the conv: conv(x, w) * scale + shift == conv(x, w * scale) + shift
-    weight, bias, mean, var = bn
-    denom = var + x.dtype.type(BN_EPS)
+    w_folded, shift, scale = _fold_bn(params, spec, x.dtype)
+    out, conv_cache = _conv2d_forward(x, w_folded, shift, spec.stride, spec.padding)
+    return out, ConvBNCache(spec, conv_cache, None, scale)
+
+
+def _fold_bn(params, spec, dtype):
+    """The conv of ``spec`` with its frozen BN folded in: (weight * scale, shift, scale).
+
+    conv(x, w) * scale + shift == conv(x, w * scale) + shift, with
+    ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale``.
+    """
+    w = params[spec.conv]
+    weight, bias, mean, var = (params[f"{spec.bn}.{f}"] for f in _BN_FIELDS)
+    denom = var + np.dtype(dtype).type(BN_EPS)
     if np.any(~(denom > 0)):
         raise ValueError(f"params[{spec.bn + '.running_var'!r}] + eps must be > 0, got min {denom.min()}")
     scale = weight / np.sqrt(denom)
     shift = bias - mean * scale
-    out, conv_cache = _conv2d_forward(x, w * scale[:, None, None, None], shift, spec.stride, spec.padding)
-    return out, ConvBNCache(spec, conv_cache, None, scale)
+    return w * scale[:, None, None, None], shift, scale
+
+
+def _conv_bn_infer(params, spec, x):
+    """conv + frozen BN (folded) for inference: the output of :func:`_conv_bn_forward`, no cache."""
+    w_folded, shift, _ = _fold_bn(params, spec, x.dtype)
+    return _conv2d_forward(x, w_folded, shift, spec.stride, spec.padding)[0]
 
 
 def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
@@ -600,6 +616,25 @@ def _resnet_forward(params, x, structure, fold_bn=True):
     shapes = {k: v.shape for k, v in features.items()}
     cache = ResNetCache(structure, stem, stem_relu, pool, tuple(stages), x.shape, shapes, x.dtype)
     return features, cache
+
+
+def _resnet_infer(params, x, structure):
+    """:func:`resnet_forward` for inference (no checks): the same features, bit for bit,
+    but no caches are kept, so each activation is freed once the next is computed,
+    the ReLUs run in place and the max-pool finds no winners. Returns the features dict."""
+    stem_spec, stage_specs = resnet_conv_specs(structure)
+    out = _relu_inplace(_conv_bn_infer(params, stem_spec, x))
+    out = _max_pool2d(out, (3, 3), (2, 2), (1, 1))
+    features = {}
+    for name, blocks in zip(FEATURE_NAMES, stage_specs):
+        for s1, s2, s3, sd in blocks:  # one bottleneck block
+            y = _relu_inplace(_conv_bn_infer(params, s1, out))
+            y = _relu_inplace(_conv_bn_infer(params, s2, y))
+            y = _conv_bn_infer(params, s3, y)
+            y += _conv_bn_infer(params, sd, out) if sd is not None else out
+            out = _relu_inplace(y)
+        features[name] = out
+    return features
 
 
 def _check_trainable_layers(trainable_layers):

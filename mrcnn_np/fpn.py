@@ -45,7 +45,7 @@ from ._checks import (
     check_rng,
     quiet_math,
 )
-from .backbone import (EXPANSION, _check_trainable_layers, _resnet_backward, _resnet_forward,
+from .backbone import (EXPANSION, _check_trainable_layers, _resnet_backward, _resnet_forward, _resnet_infer,
                        check_resnet_params, init_resnet)
 from .ops.conv import _conv2d_backward, _conv2d_forward
 from .ops.pool import _max_pool2d_backward, _max_pool2d_forward
@@ -352,6 +352,13 @@ def _check_backbone_params(params, dtype=None):
         raise ValueError(f"params hold an FPN on {len(ins)} levels of {ins} channels, but the ResNet body "
                          f"(width {structure.width}) outputs C2..C5 with {body}")
     return structure, fpn_level_names(len(ins))[0]
+
+
+def _backbone_infer(params, x, structure, in_names):
+    """:func:`backbone_forward` for inference (no checks): the same pyramid, bit for bit,
+    with no caches kept (``backbone._resnet_infer``: activations freed as they are used,
+    ReLUs in place; the FPN's small cache is dropped on return)."""
+    return _fpn_forward(params, _resnet_infer(params, x, structure), in_names)[0]
 
 
 def _backbone_forward(params, x, structure, in_names, fold_bn=True):

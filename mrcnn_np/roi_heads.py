@@ -87,10 +87,11 @@ from .boxes import (
     _check_weights,
 )
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
-from .ops.activations import _relu_backward, _relu_forward, _sigmoid, _softmax
+from .ops.activations import _relu_backward, _relu_forward, _relu_inplace, _sigmoid, _softmax
 from .ops.conv import (
     _conv2d_backward,
     _conv2d_forward,
+    _conv2d_infer,
     _conv_transpose2d_backward,
     _conv_transpose2d_forward,
 )
@@ -528,6 +529,18 @@ def _box_head_forward(params, pooled):
     return (class_logits, box_regression), BoxHeadCache(pooled.shape, c6, r6, c7, r7, cc, cb)
 
 
+def _box_head_infer(params, pooled):
+    """:func:`box_head_forward` for inference (no checks): the same (class_logits,
+    box_regression), no caches, ReLUs in place."""
+    x = pooled.reshape(pooled.shape[0], int(np.prod(pooled.shape[1:])))
+    x = _relu_inplace(_linear_forward(x, params[_BOX_HEAD + "fc6.weight"], params[_BOX_HEAD + "fc6.bias"])[0])
+    x = _relu_inplace(_linear_forward(x, params[_BOX_HEAD + "fc7.weight"], params[_BOX_HEAD + "fc7.bias"])[0])
+    class_logits = _linear_forward(x, params[_BOX_PRED + "cls_score.weight"], params[_BOX_PRED + "cls_score.bias"])[0]
+    box_regression = _linear_forward(x, params[_BOX_PRED + "bbox_pred.weight"],
+                                     params[_BOX_PRED + "bbox_pred.bias"])[0]
+    return class_logits, box_regression
+
+
 @quiet_math
 def box_head_backward(dout, cache):
     """Gradients of :func:`box_head_forward`.
@@ -803,6 +816,51 @@ def _mask_head_forward(params, pooled, *, dilation=1):
     logits, cl = _conv2d_forward(x, params[_MASK_PRED + "mask_fcn_logits.weight"],
                                  params[_MASK_PRED + "mask_fcn_logits.bias"])
     return logits, MaskHeadCache(tuple(convs), c5, r5, cl, n_layers, num_rois)
+
+
+_INFER_BLOCK_ROIS = 64  # RoIs of the mask predictor's tap products at a time (they stay in cache)
+
+
+def _mask_head_infer(params, pooled, *, dilation=1):
+    """:func:`mask_head_forward` for inference (no checks): its mask logits (P, K+1, 2Hm, 2Wm)
+    up to float32 rounding, with no caches and the ReLUs in place. The 3x3 convs run
+    ``ops.conv._conv2d_infer`` (row-unrolled blocks of RoIs: each sum split in three
+    partial sums, see ``kernels.conv.conv2d_infer`` for the bound).
+
+    The predictor runs at the Hm x Wm input resolution. The 2x2 stride-2 transposed conv
+    paints one 2x2 cell per input pixel, so output pixel (2i + p, 2j + q) depends only on
+    input pixel (i, j) through tap (p, q); for each of the four taps
+
+        y_pq = relu(w5[:, :, p, q]^T x + b5)          (D, P*Hm*Wm)
+        logits[:, :, p::2, q::2] = wl y_pq + bl        (K+1, P*Hm*Wm)
+
+    The same dot products as the training path (which forms the (P, D, 28, 28)
+    activation, 40 MB for 400 detections at D = 32, and then the 1x1 conv): only the
+    K+1 logit channels are interleaved, and blocks of RoIs stay in cache.
+    """
+    d = dilation
+    x = pooled
+    for i in range(_count_mask_layers(params)):
+        wk, bk = _mask_head_layer_keys(i)
+        x = _relu_inplace(_conv2d_infer(x, params[wk], params[bk], 1, d, d))
+    r, c, h, w = x.shape
+    w5 = params[_MASK_PRED + "conv5_mask.weight"]  # (C, D, 2, 2)
+    b5 = params[_MASK_PRED + "conv5_mask.bias"][:, None]
+    wl = params[_MASK_PRED + "mask_fcn_logits.weight"][:, :, 0, 0]  # (K+1, D)
+    bl = params[_MASK_PRED + "mask_fcn_logits.bias"][:, None]
+    k1 = wl.shape[0]
+    taps = [(p, q, np.ascontiguousarray(w5[:, :, p, q].T)) for p in range(2) for q in range(2)]
+    logits = np.empty((r, k1, h, 2, w, 2), dtype=x.dtype)
+    for r0 in range(0, r, _INFER_BLOCK_ROIS):
+        r1 = min(r, r0 + _INFER_BLOCK_ROIS)
+        xc = np.ascontiguousarray(x[r0:r1].transpose(1, 0, 2, 3)).reshape(c, -1)  # (C, rb*Hm*Wm)
+        for p, q, w_pq in taps:
+            y = w_pq @ xc
+            y += b5
+            z = wl @ _relu_inplace(y)
+            z += bl
+            logits[r0:r1, :, :, p, :, q] = z.reshape(k1, r1 - r0, h, w).transpose(1, 0, 2, 3)
+    return logits.reshape(r, k1, 2 * h, 2 * w)
 
 
 @quiet_math

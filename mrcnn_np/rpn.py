@@ -60,7 +60,7 @@ from ._checks import (
 from .boxes import (_box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes, _nms, _remove_small_boxes,
                     _upcast16)
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
-from .ops.activations import _relu_backward, _relu_forward, _sigmoid
+from .ops.activations import _relu_backward, _relu_forward, _relu_inplace, _sigmoid
 from .ops.conv import _conv2d_backward, _conv2d_forward
 from .ops.losses import _bce_with_logits, _smooth_l1
 
@@ -222,6 +222,17 @@ def _rpn_head_forward(params, features):
     dtype = params[_CONV_W].dtype
     shapes = {k: params[k].shape for k in RPN_PARAM_NAMES}
     return (objectness, deltas), RPNHeadCache(caches, shapes, dtype)
+
+
+def _rpn_head_infer(params, features):
+    """:func:`rpn_head_forward` for inference (no checks): the same (objectness, deltas),
+    no caches, the ReLU in place."""
+    objectness, deltas = [], []
+    for x in features:
+        t = _relu_inplace(_conv2d_forward(x, params[_CONV_W], params[_CONV_B], padding=1)[0])
+        objectness.append(_conv2d_forward(t, params[_CLS_W], params[_CLS_B])[0])
+        deltas.append(_conv2d_forward(t, params[_BOX_W], params[_BOX_B])[0])
+    return objectness, deltas
 
 
 @quiet_math

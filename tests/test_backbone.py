@@ -106,6 +106,20 @@ def test_forward_matches_independent_reference(fold_bn):
         assert np.count_nonzero(feats[k]) > feats[k].size // 4  # not a dead network
 
 
+def test_inference_path_equals_the_forward_bit_for_bit():
+    # predict's backbone (no caches, ReLUs in place, a max-pool without winners) and the
+    # training forward compute the same numbers
+    from mrcnn_np.backbone import _resnet_infer, resnet_structure
+    for dtype in (np.float32, np.float64):
+        p = {k: v.astype(dtype) for k, v in tiny((1, 2, 1, 2), width=4, seed=5).items()}
+        x = np.random.default_rng(6).standard_normal((2, 3, 37, 45)).astype(dtype)
+        feats, _ = resnet_forward(p, x)
+        got = _resnet_infer(p, x, resnet_structure(p))
+        assert list(got) == list(feats)
+        for k in feats:
+            assert got[k].dtype == dtype and np.array_equal(got[k], feats[k])
+
+
 def test_float32_in_float32_out_and_close_to_float64():
     p64 = tiny((1, 1, 1, 1), width=4, seed=3)
     p32 = {k: v.astype(np.float32) for k, v in p64.items()}

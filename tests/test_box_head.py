@@ -245,6 +245,10 @@ def test_box_head_forward_matches_formula():
     np.testing.assert_allclose(cls, h @ p["cls_score.weight"].T + p["cls_score.bias"], rtol=1e-12)
     np.testing.assert_allclose(box, h @ p["bbox_pred.weight"].T + p["bbox_pred.bias"], rtol=1e-12)
     assert cls.shape == (3, 4) and box.shape == (3, 16)
+    # predict's path (no caches, ReLUs in place): the same numbers, bit for bit
+    from mrcnn_np.roi_heads import _box_head_infer
+    cls_i, box_i = _box_head_infer(params, pooled)
+    assert np.array_equal(cls_i, cls) and np.array_equal(box_i, box)
 
 
 def test_box_head_gradients():

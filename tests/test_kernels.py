@@ -98,6 +98,27 @@ def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_infer_equals_naive(dtype, monkeypatch):
+    # the inference conv (row-unrolled blocks of small images, KH partial sums): the naive loops
+    # up to rounding, with blocks of one image, a few, and all; strided / 1x1 fall back
+    rng = np.random.default_rng(6)
+    for budget in (1, 3000, 1 << 30):
+        monkeypatch.setattr(kconv, "_INFER_BLOCK_BYTES", budget)
+        for _ in range(12):
+            N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
+            N = N + 2  # several images
+            if rng.random() < 0.7:
+                s = (1, 1)
+            x, w = _rand(rng, (N, C, H, W)), _rand(rng, (F, C, KH, KW))
+            Ho = conv_output_size(H, KH, stride=s[0], padding=p[0], dilation=d[0])
+            Wo = conv_output_size(W, KW, stride=s[1], padding=p[1], dilation=d[1])
+            out = kconv.conv2d_infer(x.astype(dtype), w.astype(dtype), s, p, d, (Ho, Wo))
+            assert out.dtype == dtype and out.shape == (N, F, Ho, Wo)
+            np.testing.assert_allclose(out, conv2d_naive(x, w, None, stride=s, padding=p, dilation=d),
+                                       **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_gradient_product_in_either_orientation_is_bit_identical(dtype):
     # _outer computes a @ b.T as (b @ a.T).T when a has fewer rows: the same dot product
     # per entry, so the weight gradients (and loss_and_grads) do not change by a bit

@@ -98,6 +98,21 @@ def test_mask_head_gradients():
         assert relative_error(grads[k], numeric_gradient(f, params[k], dout)) < 1e-6, k
 
 
+def test_mask_head_inference_path_equals_the_forward():
+    # _mask_head_infer (predict's path: no caches, convs by row-unrolled blocks of RoIs, the
+    # predictor at 14 x 14 tap by tap) gives mask_head_forward's logits up to rounding
+    from mrcnn_np.roi_heads import _mask_head_infer
+    rng = np.random.default_rng(3)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        params = init_mask_head(6, layers=(5, 7), dim_reduced=4, num_classes=3, rng=rng, dtype=dtype)
+        for r in (0, 1, 9):
+            pooled = rng.standard_normal((r, 6, 14, 14)).astype(dtype)
+            want, _ = mask_head_forward(params, pooled)
+            got = _mask_head_infer(params, pooled)
+            assert got.shape == want.shape == (r, 3, 28, 28) and got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max(initial=0)))
+
+
 def test_mask_head_default_shapes_and_empty():
     rng = np.random.default_rng(3)
     params = init_mask_head(8, (8, 8, 8, 8), 8, 4, rng=rng, dtype=F64)

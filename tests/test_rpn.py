@@ -112,6 +112,10 @@ def test_head_forward_matches_independent_convolution():
         assert o.shape == (2, 2) + x.shape[2:] and d.shape == (2, 8) + x.shape[2:]
         np.testing.assert_allclose(o, want_o, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(d, want_d, rtol=1e-12, atol=1e-12)
+    # predict's path (no caches, ReLU in place): the same numbers, bit for bit
+    from mrcnn_np.rpn import _rpn_head_infer
+    obj_i, deltas_i = _rpn_head_infer(p, feats)
+    assert all(np.array_equal(a, b) for a, b in zip(obj_i + deltas_i, obj + deltas))
 
 
 def test_head_float32_stays_float32():

@@ -437,6 +437,21 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     return _conv2d_backward(dout, cache, need_dx=check_bool("need_dx", need_dx))
 
 
+def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1):
+    """:func:`conv2d_forward`'s output for inference (no checks, no cache), up to float32
+    rounding: ``kernels.conv.conv2d_infer`` (row-unrolled blocks of small images; its
+    docstring bounds the difference)."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    H, W = x.shape[2:]
+    F, _, KH, KW = w.shape
+    Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
+    Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
+    out = _kernel.conv2d_infer(x, w, stride, padding, dilation, (Ho, Wo))
+    if b is not None:
+        out += b.reshape(1, F, 1, 1)
+    return out
+
+
 def _conv2d_backward(dout, cache, need_dx=True):
     """:func:`conv2d_backward` without the checks (for the stages)."""
     x, w, has_bias, stride, padding, dilation = cache

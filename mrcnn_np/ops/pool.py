@@ -115,14 +115,7 @@ def _max_pool2d_forward(x, kernel_size, stride, padding):
         out = x[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw].copy()
         return out, MaxPool2dCache(np.zeros(out.shape, np.int16), x.shape, x.dtype, ksize,
                                    strides, pads)
-    hq, wq = _phase_shape(x.shape, ksize, strides, pads)
-    buf = np.full((n, c, hq * sh, wq * sw), -np.inf, dtype=x.dtype)
-    buf[:, :, ph:ph + h, pw:pw + w] = x
-    xs = np.ascontiguousarray(buf.reshape(n, c, hq, sh, wq, sw).transpose(3, 5, 0, 1, 2, 4))
-    views = _window_views(xs, ksize, strides, (ho, wo))
-    out = views[0].copy()
-    for v in views[1:]:
-        np.maximum(out, v, out=out)  # propagates NaN, as torch
+    out, views = _max_pool2d(x, ksize, strides, pads, keep_views=True)
     argmax = np.zeros((n, c, ho, wo), dtype=np.int16 if kh * kw < 2 ** 15 else np.int32)
     for k in range(len(views) - 1, -1, -1):  # backwards, so the first hit is written last
         np.copyto(argmax, k, where=views[k] == out)
@@ -134,6 +127,27 @@ def _max_pool2d_forward(x, kernel_size, stride, padding):
             np.copyto(argmax, k, where=np.isnan(v))
     cache = MaxPool2dCache(argmax, x.shape, x.dtype, ksize, strides, pads)
     return out, cache
+
+
+def _max_pool2d(x, kernel_size, stride, padding, keep_views=False):
+    """The pooled maximum alone (inference: no winner indices, no cache): out (N, C, Ho, Wo).
+    (h, w) pairs, unchecked. keep_views: also return the KH*KW window views (the forward
+    reads them again to find the winners)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if kh == kw == 1:
+        out = x[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw].copy()
+        return (out, None) if keep_views else out
+    hq, wq = _phase_shape(x.shape, kernel_size, stride, padding)
+    buf = np.full((n, c, hq * sh, wq * sw), -np.inf, dtype=x.dtype)
+    buf[:, :, ph:ph + h, pw:pw + w] = x
+    xs = np.ascontiguousarray(buf.reshape(n, c, hq, sh, wq, sw).transpose(3, 5, 0, 1, 2, 4))
+    views = _window_views(xs, kernel_size, stride, (ho, wo))
+    out = views[0].copy()
+    for v in views[1:]:
+        np.maximum(out, v, out=out)  # propagates NaN, as torch
+    return (out, views) if keep_views else out
 
 
 def _first_inbounds_offset(x_shape, kernel_size, stride, padding, out_hw):
