@@ -73,6 +73,7 @@ def _spy_paths(monkeypatch):
 def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
     if budget is not None:
         monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+        monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget // 2 + 1)
     seen = _spy_paths(monkeypatch)
     rng = np.random.default_rng([1, budget or 0])
     for _ in range(25):
@@ -380,3 +381,18 @@ def test_keep_where_is_np_where_bit_for_bit(dtype):
         want = np.ascontiguousarray(np.where(mm, vv, dtype(0)))
         assert got.dtype == dtype and got.shape == want.shape
         assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_forward_blocks_of_any_size_give_the_same_bits(monkeypatch):
+    # the forward product is split in blocks of whole images of about _CACHE_BLOCK_BYTES
+    # when every block's GEMM stays above OpenBLAS's small-matrix kernel: each output column
+    # is then the same dot product in any block, so the bits do not move (small products
+    # keep their blocks: there the small kernel's sums depend on the block)
+    rng = np.random.default_rng(10)
+    for n, c, hw, f in ((7, 5, 9, 6), (12, 32, 14, 32), (5, 64, 10, 16)):
+        x, w = _rand(rng, (n, c, hw, hw), np.float32), _rand(rng, (f, c, 3, 3), np.float32)
+        outs = []
+        for budget in (1, 9 * c * hw * hw * 4 * 2, 1 << 30):  # one image, two, all
+            monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget)
+            outs.append(kconv.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), (hw, hw)))
+        assert all(np.array_equal(o, outs[0]) for o in outs[1:])
