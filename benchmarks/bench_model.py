@@ -146,8 +146,8 @@ FORWARD_TRAIN_STAGES = {  # (model calls the stages' unchecked twins, _name)
     "_select_positive_proposals": "mask branch (RoIAlign+head)+loss",
     "_mask_branch": "mask branch (RoIAlign+head)+loss", "_maskrcnn_loss": "mask branch (RoIAlign+head)+loss",
 }
-PREDICT_STAGES = {
-    "_backbone_forward": "backbone+FPN",
+PREDICT_STAGES = {  # (predict runs the stages' inference paths)
+    "_backbone_infer": "backbone+FPN",
     "_rpn_forward": "RPN head+anchors+proposals",
     "_box_branch": "box branch+postprocess", "_postprocess_detections": "box branch+postprocess",
     "_mask_branch": "mask branch+inference", "_maskrcnn_inference": "mask branch+inference",
@@ -354,14 +354,109 @@ def table(timer, rows, torch_on):
         print(line)
 
 
-def stage_rows(timer, key, labels, title, total_key=None):
-    """Print the best time of each stage of task ``key`` and its share of the task's best total."""
+def stage_rows(timer, key, labels, title, total_key=None, flops=None, gemm=None):
+    """Print the best time of each stage of task ``key`` and its share of the task's best total;
+    with ``flops`` ({stage: conv/linear FLOPs}, :func:`gemm_flops`) also the stage's GFLOP and
+    GFLOP/s, and its share of the GEMM rate ``gemm`` (GFLOP/s of this process)."""
     total = timer[total_key or key]
-    print(f"  {title} (best of each; share of the best total {ms(total)} ms):")
+    extra = "; GFLOP of its convs and linear layers, GFLOP/s, share of the GEMM rate" if flops else ""
+    print(f"  {title} (best of each; share of the best total {ms(total)} ms{extra}):")
     for label in labels:
         t = timer[f"{key}/{label}"]
         if t is not None:
-            print(f"      {label:32s} {ms(max(t, 0.0)):>9s}  {max(t, 0.0) / total:5.0%}")
+            line = f"      {label:32s} {ms(max(t, 0.0)):>9s}  {max(t, 0.0) / total:5.0%}"
+            f = (flops or {}).get(label, 0)
+            if f and t > 0:
+                line += f"  {f / 1e9:7.2f} GFLOP {f / t / 1e9:6.0f} GFLOP/s"
+                line += f" ({f / t / 1e9 / gemm:4.0%} of GEMM)" if gemm else ""
+            print(line)
+
+
+def gemm_flops(fn, stages):
+    """{stage label: 2 x multiply-adds of the convolutions and linear layers} of one ``fn()``.
+
+    Runs ``fn`` once (untimed) with the model.py stage globals of ``stages`` marking the
+    current stage and the conv engine's entry points (``kernels.conv``), the linear layers
+    (``ops.linear``) and the mask head's fused predictor counting their products:
+    a forward conv ``2 N F Ho Wo C KH KW``, its backward the same for dw and again for dx
+    (when computed), a linear layer ``2 N O I`` (its backward twice that).
+    """
+    import mrcnn_np.kernels.conv as KC
+    import mrcnn_np.roi_heads as RH  # (the box head's linear layers are called through its names)
+
+    current, flops = [OTHER], {}
+
+    def add(n):
+        flops[current[0]] = flops.get(current[0], 0) + int(n)
+
+    def conv_fwd(x, w, *args, **kw):
+        n, c, _, _ = x.shape
+        f, _, kh, kwd = w.shape
+        ho, wo = args[3]
+        add(2 * n * f * ho * wo * c * kh * kwd)
+
+    def conv_bwd(dout, x, w, stride, padding, dilation, need_dx=True, **kw):
+        add(2 * dout.size * w[0].size * (2 if need_dx else 1))
+
+    def tconv_fwd(x, w, *args, **kw):
+        add(2 * x.size * w.shape[1] * w.shape[2] * w.shape[3])
+
+    def tconv_bwd(dout, x, w, *args, **kw):
+        add(4 * x.size * w.shape[1] * w.shape[2] * w.shape[3])
+
+    def lin_fwd(x, w, b):
+        add(2 * x.shape[0] * w.size)
+
+    def lin_bwd(dout, cache):
+        add(4 * cache.x.shape[0] * cache.w.size)
+
+    def mask_pred(params, pooled, **kw):  # the fused predictor of _mask_head_infer (the 3x3 convs count above)
+        r, _, h, w = pooled.shape
+        w5 = params["roi_heads.mask_predictor.conv5_mask.weight"]
+        k1 = params["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0]
+        add(2 * r * h * w * 4 * w5.shape[1] * (w5.shape[0] + k1))
+
+    inside_conv = [False]  # conv2d_infer falls back on conv2d_forward: count the outer call only
+
+    def counting(mod, name, count):
+        real = getattr(mod, name)
+        engine = mod is KC
+
+        def wrapper(*a, **k):
+            if engine and inside_conv[0]:
+                return real(*a, **k)
+            count(*a, **k)
+            inside_conv[0] = engine
+            try:
+                return real(*a, **k)
+            finally:
+                inside_conv[0] = False
+        return mod, name, real, wrapper
+
+    def marking(name, label):
+        real = getattr(M, name)
+
+        def wrapper(*a, **k):
+            prev, current[0] = current[0], label
+            try:
+                return real(*a, **k)
+            finally:
+                current[0] = prev
+        return M, name, real, wrapper
+
+    patches = [counting(KC, "conv2d_forward", conv_fwd), counting(KC, "conv2d_infer", conv_fwd),
+               counting(KC, "conv2d_backward", conv_bwd), counting(KC, "conv_transpose2d_forward", tconv_fwd),
+               counting(KC, "conv_transpose2d_backward", tconv_bwd), counting(RH, "_linear_forward", lin_fwd),
+               counting(RH, "_linear_backward", lin_bwd), counting(RH, "_mask_head_infer", mask_pred)]
+    patches += [marking(name, label) for name, label in stages.items()]
+    for mod, name, _, wrapper in patches:
+        setattr(mod, name, wrapper)
+    try:
+        fn()
+    finally:
+        for mod, name, real, _ in patches:
+            setattr(mod, name, real)
+    return flops
 
 
 T_PREDICT = ("backbone+FPN", "RPN head+anchors+proposals", "RoI heads")
@@ -436,11 +531,16 @@ def bench_shapes(args, torch, timer):
         ("predict", "shapes/predict", "shapes/t_predict"),
         ("detect (transform+predict+paste)", "shapes/detect", "shapes/t_detect"),
     ], torch is not None)
-    stage_rows(timer, "shapes/fwd", stage_labels(FORWARD_TRAIN_STAGES), "forward_train by stage")
+    fl_fwd = gemm_flops(fwd, FORWARD_TRAIN_STAGES)
+    fl_bwd = gemm_flops(lambda: M.backward(cache_box["c"]), BACKWARD_STAGES)
+    fl_pred = gemm_flops(lambda: M.predict(params, batch, config, image_sizes=sizes), PREDICT_STAGES)
+    stage_rows(timer, "shapes/fwd", stage_labels(FORWARD_TRAIN_STAGES), "forward_train by stage",
+               flops=fl_fwd, gemm=args.gemm)
     if torch is not None:
         stage_rows(timer, "shapes/t_train", T_TRAIN, "  torch, train-mode forward by stage", "shapes/t_fwd")
-    stage_rows(timer, "shapes/bwd", stage_labels(BACKWARD_STAGES), "backward by stage")
-    stage_rows(timer, "shapes/predict", stage_labels(PREDICT_STAGES), "predict by stage")
+    stage_rows(timer, "shapes/bwd", stage_labels(BACKWARD_STAGES), "backward by stage", flops=fl_bwd, gemm=args.gemm)
+    stage_rows(timer, "shapes/predict", stage_labels(PREDICT_STAGES), "predict by stage", flops=fl_pred,
+               gemm=args.gemm)
     if torch is not None:
         stage_rows(timer, "shapes/t_predict", T_PREDICT, "  torch, predict by stage")
 
@@ -539,7 +639,8 @@ def bench_800(args, torch, timer):
     print(f"  predict, best of {args.predict_repeats}: {det['n']} detections"
           + (f" (torch: {det['t']})" if torch is not None else ""))
     table(timer, [("predict", "800/predict", "800/t_predict")], torch is not None)
-    stage_rows(timer, "800/predict", stage_labels(PREDICT_STAGES), "predict by stage")
+    stage_rows(timer, "800/predict", stage_labels(PREDICT_STAGES), "predict by stage",
+               flops=gemm_flops(predict, PREDICT_STAGES), gemm=args.gemm)
     if torch is not None:
         stage_rows(timer, "800/t_predict", T_PREDICT, "  torch, predict by stage")
     share = timer["800/predict/backbone+FPN"] / timer["800/predict"]
@@ -563,6 +664,8 @@ def bench_800(args, torch, timer):
     if torch is not None:
         groups.append((lambda: tsmall @ tsmall, [("800/t_train", t_train)]))
     run_groups(timer, groups, args.train_repeats)
+    fl_fwd = gemm_flops(fwd, FORWARD_TRAIN_STAGES)  # (one more untimed step, counting)
+    fl_bwd = gemm_flops(lambda: M.backward(cache_box["c"]), BACKWARD_STAGES)
     cache_box.clear()
     timer.add("800/fb", timer["800/fwd"] + timer["800/bwd"])
     if torch is not None:
@@ -573,10 +676,11 @@ def bench_800(args, torch, timer):
         ("backward", "800/bwd", "800/t_train/backward"),
         ("forward_train + backward", "800/fb", "800/t_train"),
     ], torch is not None)
-    stage_rows(timer, "800/fwd", stage_labels(FORWARD_TRAIN_STAGES), "forward_train by stage")
+    stage_rows(timer, "800/fwd", stage_labels(FORWARD_TRAIN_STAGES), "forward_train by stage",
+               flops=fl_fwd, gemm=args.gemm)
     if torch is not None:
         stage_rows(timer, "800/t_train", T_TRAIN, "  torch, train-mode forward by stage", "800/t_fwd")
-    stage_rows(timer, "800/bwd", stage_labels(BACKWARD_STAGES), "backward by stage")
+    stage_rows(timer, "800/bwd", stage_labels(BACKWARD_STAGES), "backward by stage", flops=fl_bwd, gemm=args.gemm)
 
 
 def main(argv=None):
@@ -597,7 +701,7 @@ def main(argv=None):
     if torch is not None:
         torch.set_num_threads(2)
     t0 = clock()
-    gemm = gemm_gflops(repeats=5)
+    gemm = args.gemm = gemm_gflops(repeats=5)
     print(f"numpy {np.__version__}; float32 GEMM 1024^3 in this process: {gemm:.1f} GFLOP/s")
     if torch is None:
         print("torch: not importable here (or --no-torch): mrcnn_np only")
