@@ -470,7 +470,7 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw):
     return out.reshape(N, F, Ho, Wo)
 
 
-_INFER_BLOCK_BYTES = 2**19  # shifted copies of one block of images in conv2d_infer (they stay in cache)
+_INFER_BLOCK_BYTES = 2**21  # shifted copies of one block of images in conv2d_infer (they stay in cache)
 
 
 def conv2d_infer(x, w, stride, padding, dilation, out_hw):
@@ -483,8 +483,10 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
     kernel row p for every output row of the block are then ONE contiguous slice of
     Y, from ``p*dh*Wo`` on, and the output is KH GEMMs of K = C*KW, summed; an
     image's last ``Hp - Ho`` output rows read into the next image and are dropped.
-    A third of the copying of im2col: 400 RoIs 32 x 14 x 14, 3x3 to 32: 37 -> 21 ms
-    (one thread, blocks of about ``_INFER_BLOCK_BYTES``). The sum of each output is
+    A third of the copying of im2col: 400 RoIs 32 x 14 x 14, 3x3 to 32: 32 -> 25 ms
+    (one thread, CPU time, blocks of about ``_INFER_BLOCK_BYTES`` = 2 MB; 512 KB blocks
+    give 22 ms alone but four times the GEMM calls, which suffer most when two BLAS
+    threads share cores with other work). The sum of each output is
     split into KH partial sums, so it differs from :func:`conv2d_forward` by float32
     rounding only: both are within gamma_K * sum_k |w_k x_k| of the exact value
     (gamma_K = K u / (1 - K u), u = 2**-24, K = C*KH*KW), so they differ by at most
