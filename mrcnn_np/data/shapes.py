@@ -61,6 +61,11 @@ def shape_mask(kind, cx, cy, size, image_size):
     image_size: int or (H, W).
     Returns (H, W) bool.
     """
+    kind, cx, cy, s = _check_shape(kind, cx, cy, size)
+    return _shape_mask(kind, cx, cy, s, check_pair("image_size", image_size))
+
+
+def _check_shape(kind, cx, cy, size):
     if isinstance(kind, bool) or not isinstance(kind, numbers.Integral) or kind not in (1, 2, 3):
         raise ValueError(f"kind must be 1 (square), 2 (circle) or 3 (triangle), got {kind!r}")
     # bounded so that the squared distances of the circle test stay finite
@@ -70,7 +75,12 @@ def shape_mask(kind, cx, cy, size, image_size):
     s = check_float("size", size, maximum=limit)
     if s <= 0:
         raise ValueError(f"size must be > 0, got {s}")
-    h, w = check_pair("image_size", image_size)
+    return kind, cx, cy, s
+
+
+def _shape_mask(kind, cx, cy, s, image_size):
+    """:func:`shape_mask` without the checks (the dataset draws valid shapes): image_size (H, W)."""
+    h, w = image_size
     y = np.arange(h, dtype=np.float64)[:, None] + 0.5
     x = np.arange(w, dtype=np.float64)[None, :] + 0.5
     dx, dy = x - cx, y - cy
@@ -93,20 +103,30 @@ def render_shapes(shapes, image_size, background):
     """
     h, w = check_pair("image_size", image_size)
     background = _check_colour("background", background)
-    image = np.empty((h, w, 3), dtype=np.float32)
-    image[:] = background
-    owner = np.full((h, w), -1, dtype=np.int64)
     check_sequence("shapes", shapes, what="list of (kind, cx, cy, size, colour)")
-    full = np.zeros((len(shapes), h, w), dtype=bool)
+    checked = []
     for k, spec in enumerate(shapes):
         if not isinstance(spec, (tuple, list)) or len(spec) != 5:
             raise ValueError(f"shapes[{k}] must be (kind, cx, cy, size, colour), got {spec!r}")
         kind, cx, cy, size, colour = spec
         try:
-            full[k] = shape_mask(kind, cx, cy, size, (h, w))
+            kind, cx, cy, size = _check_shape(kind, cx, cy, size)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"shapes[{k}]: {exc}") from None
-        image[full[k]] = _check_colour(f"shapes[{k}] colour", colour)
+        checked.append((kind, cx, cy, size, _check_colour(f"shapes[{k}] colour", colour)))
+    return _render_shapes(checked, (h, w), background)
+
+
+def _render_shapes(shapes, image_size, background):
+    """:func:`render_shapes` without the checks (the dataset draws valid shapes): image_size (H, W)."""
+    h, w = image_size
+    image = np.empty((h, w, 3), dtype=np.float32)
+    image[:] = background
+    owner = np.full((h, w), -1, dtype=np.int64)
+    full = np.zeros((len(shapes), h, w), dtype=bool)
+    for k, (kind, cx, cy, size, colour) in enumerate(shapes):
+        full[k] = _shape_mask(kind, cx, cy, size, (h, w))
+        image[full[k]] = colour
         owner[full[k]] = k
     masks = owner[None] == np.arange(len(shapes))[:, None, None]
     return image, masks, full
@@ -263,7 +283,7 @@ class ShapesDataset:
                 cx = rng.uniform(s, w - s)
                 cy = rng.uniform(s, h - s)
                 colour = self._random_colour(rng, background)
-                m = shape_mask(kind, cx, cy, s, (h, w))
+                m = _shape_mask(kind, cx, cy, s, (h, w))  # (valid by construction: no checks)
                 area = int(m.sum())
                 if area < self.min_visible:
                     continue
@@ -281,7 +301,7 @@ class ShapesDataset:
 
     def _sample(self, rng):
         background, shapes = self._draw(rng)
-        image, masks, _ = render_shapes(shapes, self.image_size, background)
+        image, masks, _ = _render_shapes(shapes, self.image_size, background)
         if self.noise > 0:
             image = np.clip(image + rng.normal(0.0, self.noise, image.shape), 0.0, 1.0)
             image = image.astype(np.float32)
