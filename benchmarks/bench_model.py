@@ -51,16 +51,23 @@ Run with the OpenBLAS overrides of the build machine removed, e.g.
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_model.py``
 (about 2-3 minutes on 2 cores with torch; ``--repeats 1`` for a quick look,
 ``--no-torch`` to skip torch, ``--no-800`` to time only the shapes model,
-``--train-repeats 0`` to skip the 800 px training step).
+``--train-repeats 0`` to skip the 800 px training step). On a machine shared with
+other work, two BLAS threads stall whenever one waits for a core and wall times
+swing several-fold; ``OPENBLAS_NUM_THREADS=1 ... --cpu-time`` then compares one
+thread each (torch too) by the process's CPU time, which that noise barely moves.
+
+Each stage row also gives the GFLOP of its convolutions and linear layers and
+their rate against the GEMM rate of the run (:func:`gemm_flops`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 
-from _common import gemm_gflops  # noqa: E402  (also puts the checkout on sys.path)
+import _common  # noqa: E402,F401  (puts the checkout on sys.path)
 
 from mrcnn_np import model as M  # noqa: E402
 from mrcnn_np.config import shapes_config, torchvision_config  # noqa: E402
@@ -188,6 +195,17 @@ def staged(fn, stages):
         return times
 
     return task
+
+
+def gemm_rate(n=1024, repeats=5):
+    """Best float32 GFLOP/s of an n^3 product, timed by ``clock`` (wall or CPU time)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t = clock()
+        a @ a
+        best = min(best, clock() - t)
+    return 2 * n ** 3 / best / 1e9
 
 
 def stage_labels(stages):
@@ -618,7 +636,7 @@ def bench_800(args, torch, timer):
     sizes = [(s, s)]
     targets = synthetic_targets(rng, s, 5, config.num_classes)
     print(f"\n[2] torchvision_config() (ResNet-50-FPN, {config.num_classes} classes, random init_params), "
-          f"1 x 3 x {s} x {s} float32; GEMM now {gemm_gflops(repeats=5):.1f} GFLOP/s")
+          f"1 x 3 x {s} x {s} float32; GEMM now {gemm_rate():.1f} GFLOP/s")
 
     small = np.ones((512, 512), dtype=np.float32)
     det = {}
@@ -694,15 +712,24 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=800, help="side of the torchvision_config image (default 800)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch columns")
     ap.add_argument("--no-800", action="store_true", help="only the shapes model")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time by the process's CPU time, torch on one thread (run with OPENBLAS_NUM_THREADS=1 "
+                         "so NumPy's BLAS uses one too): on a machine shared with other work, two-thread wall "
+                         "times stall whenever a BLAS thread waits for a core")
     args = ap.parse_args(argv)
+    global clock
+    if args.cpu_time:
+        clock = time.process_time
     args.predict_repeats = max(1, min(args.predict_repeats, args.repeats))
     args.train_repeats = min(args.train_repeats, args.repeats)
     torch = None if args.no_torch else import_torch()
     if torch is not None:
-        torch.set_num_threads(2)
+        torch.set_num_threads(1 if args.cpu_time else 2)
     t0 = clock()
-    gemm = args.gemm = gemm_gflops(repeats=5)
-    print(f"numpy {np.__version__}; float32 GEMM 1024^3 in this process: {gemm:.1f} GFLOP/s")
+    gemm = args.gemm = gemm_rate()
+    print(f"numpy {np.__version__}; float32 GEMM 1024^3 in this process: {gemm:.1f} GFLOP/s"
+          + (f" (CPU time; OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})"
+             if args.cpu_time else ""))
     if torch is None:
         print("torch: not importable here (or --no-torch): mrcnn_np only")
     else:
@@ -711,7 +738,7 @@ def main(argv=None):
     bench_shapes(args, torch, timer)
     if not args.no_800:
         bench_800(args, torch, timer)
-    gemm2 = gemm_gflops(repeats=5)
+    gemm2 = gemm_rate()
     print(f"\nfloat32 GEMM again at the end: {gemm2:.1f} GFLOP/s (a drop means the machine got busier); "
           f"total {clock() - t0:.0f} s")
 

@@ -471,6 +471,7 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw):
 
 
 _INFER_BLOCK_BYTES = 2**21  # shifted copies of one block of images in conv2d_infer (they stay in cache)
+_INFER_MAX_BLOCKS = 8  # ... in at most this many blocks
 
 
 def conv2d_infer(x, w, stride, padding, dilation, out_hw):
@@ -484,9 +485,10 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
     Y, from ``p*dh*Wo`` on, and the output is KH GEMMs of K = C*KW, summed; an
     image's last ``Hp - Ho`` output rows read into the next image and are dropped.
     A third of the copying of im2col: 400 RoIs 32 x 14 x 14, 3x3 to 32: 32 -> 25 ms
-    (one thread, CPU time, blocks of about ``_INFER_BLOCK_BYTES`` = 2 MB; 512 KB blocks
-    give 22 ms alone but four times the GEMM calls, which suffer most when two BLAS
-    threads share cores with other work). The sum of each output is
+    (one thread, CPU time, blocks of about ``_INFER_BLOCK_BYTES`` = 2 MB, at most
+    ``_INFER_MAX_BLOCKS``; 512 KB blocks give 22 ms alone but many more GEMM calls,
+    and with two BLAS threads on cores shared with other work each call can stall
+    for a scheduler slice: 100 RoIs of 256 channels in 2 MB blocks took 10 s so). The sum of each output is
     split into KH partial sums, so it differs from :func:`conv2d_forward` by float32
     rounding only: both are within gamma_K * sum_k |w_k x_k| of the exact value
     (gamma_K = K u / (1 - K u), u = 2**-24, K = C*KH*KW), so they differ by at most
@@ -502,6 +504,7 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
     wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)  # row p: (F, (c, q))
     out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     per = max(1, min(N, _INFER_BLOCK_BYTES // (C * KW * Hp * Wo * x.itemsize)))
+    per = max(per, -(-N // _INFER_MAX_BLOCKS))  # few GEMM calls: each one a BLAS thread may stall
     ext = dh * (KH - 1) * Wo  # kernel row KH-1 of the last image reads this far past the block
     for n0 in range(0, N, per):
         n1 = min(N, n0 + per)
