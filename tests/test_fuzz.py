@@ -129,20 +129,10 @@ def is_boundary(qualname):
 
 
 def micro_config(**kw):
-    """The smallest Mask R-CNN the model runs (as tests/test_model.py's): 64x64 images."""
-    from mrcnn_np.config import MaskRCNNConfig
+    """tests/test_model.py's smallest Mask R-CNN (64x64 images), with 4 classes as the shapes data."""
+    from test_model import micro_config as model_micro_config  # tests/ is on sys.path under pytest
 
-    args = dict(
-        num_classes=4, backbone_layers=(1, 1, 1, 1), backbone_width=4, fpn_channels=8, trainable_layers=5,
-        anchor_sizes=((8,), (16,), (32,), (48,), (64,)),
-        rpn_pre_nms_top_n_train=40, rpn_pre_nms_top_n_test=30,
-        rpn_post_nms_top_n_train=60, rpn_post_nms_top_n_test=40,
-        rpn_batch_size_per_image=48, box_batch_size_per_image=24,
-        representation_size=16, mask_layers=(8,), mask_dim_reduced=6,
-        min_size=64, max_size=64,
-    )
-    args.update(kw)
-    return MaskRCNNConfig(**args)
+    return model_micro_config(**{"num_classes": 4, **kw})
 
 
 class Ctx:
