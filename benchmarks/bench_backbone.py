@@ -177,7 +177,7 @@ def main(argv=None):
         from mrcnn_np.fpn import backbone_backward, backbone_forward
 
         pyramid, cache = backbone_forward(params, x, fold_bn=fold)
-        dpyr = {k: np.ones_like(v) for k, v in pyramid.items()}
+        dpyr = [np.ones_like(v) for v in pyramid]
         tb = best_seconds(lambda: backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS),
                    args.repeats)
         print(f"mrcnn_np backward (trainable_layers=3): {tb:.3f} s")

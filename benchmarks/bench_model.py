@@ -602,7 +602,7 @@ def param_check(torch, tmodel, params, images, sizes, config):
     rois = np.concatenate([np.concatenate([np.full((20, 1), i, images.dtype), p], axis=1)
                            for i, p in enumerate(proposals)])
     pyramid, _ = backbone_forward(params, images)
-    roi_feats = [pyramid[k] for k in ("P2", "P3", "P4", "P5")]
+    roi_feats = pyramid[:4]  # P2..P5 (the pyramid is the list [P2, .., P6])
     scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)  # the batch is padded to a multiple of 32
     pooled, _ = multiscale_roi_align_forward(roi_feats, rois, config.box_roi_output_size, scales=scales,
                                              sampling_ratio=config.box_roi_sampling_ratio)
@@ -610,7 +610,7 @@ def param_check(torch, tmodel, params, images, sizes, config):
     pooled, _ = multiscale_roi_align_forward(roi_feats, rois, config.mask_roi_output_size, scales=scales,
                                              sampling_ratio=config.mask_roi_sampling_ratio)
     masks, _ = mask_head_forward(params, pooled)
-    (obj, _), _ = rpn_head_forward(params, [pyramid[k] for k in ("P2", "P3", "P4", "P5", "P6")])
+    (obj, _), _ = rpn_head_forward(params, pyramid)
     rh = tmodel.roi_heads
     tsizes = [tuple(s) for s in sizes]
     tprops = [torch.from_numpy(np.ascontiguousarray(p)) for p in proposals]
@@ -620,7 +620,7 @@ def param_check(torch, tmodel, params, images, sizes, config):
         tobj, _ = tmodel.rpn.head(list(feats.values()))
         tcls, _ = rh.box_predictor(rh.box_head(rh.box_roi_pool(feats, tprops, tsizes)))
         tmasks = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(feats, tprops, tsizes)))
-    out = {"pyramid": max(rel(pyramid[f"P{i + 2}"], f) for i, f in enumerate(feats.values())),
+    out = {"pyramid": max(rel(p, f) for p, f in zip(pyramid, feats.values())),
            "RPN": max(rel(a, b) for a, b in zip(obj, tobj)), "box head": rel(cls, tcls),
            "mask head": rel(masks, tmasks)}
     return "torch with our parameters, max relative difference: " + ", ".join(

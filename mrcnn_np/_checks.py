@@ -194,6 +194,28 @@ def check_grad_dict(name, grads, shapes, dtype):
             raise TypeError(f"{name}[{key!r}] must have dtype {dtype}, got {value.dtype}")
 
 
+def check_grad_list(name, grads, shapes, dtype):
+    """Check a list of upstream gradients of a multi-level output, e.g. ``dpyramid``.
+
+    grads: list (or tuple) with one entry per level, each an array or None
+        (a zero gradient for that level).
+    shapes: the forward outputs' shapes, level order.
+    dtype: the forward's dtype; every gradient must have it.
+    """
+    if isinstance(grads, dict) or not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{name} must be a list of {len(shapes)} per-level arrays (None for zero), "
+                        f"got {type(grads).__name__}")
+    if len(grads) != len(shapes):
+        raise ValueError(f"{name} must have one entry per level ({len(shapes)}), got {len(grads)}")
+    dtype = np.dtype(dtype)
+    for i, (value, shape) in enumerate(zip(grads, shapes)):
+        if value is None:
+            continue
+        check_array(f"{name}[{i}]", value, shape=shape, dtype_kind="f")
+        if value.dtype != dtype:
+            raise TypeError(f"{name}[{i}] must have dtype {dtype}, got {value.dtype}")
+
+
 def check_hw_pair(name, value, *, minimum=1):
     """Check an (h, w) pair of ints (image size, grid size) and return it as a tuple.
 

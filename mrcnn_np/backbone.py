@@ -533,26 +533,29 @@ def _bottleneck_forward(params, specs, x, fold_bn=True):
 
 
 @quiet_math
-def bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
+def bottleneck_backward(dout, cache, *, need_dx=True, need_dw=True):
     """Backward of ``bottleneck_forward``.
 
-    dout: (N, 4*planes, H', W'); cache: BottleneckCache; grads: dict the conv
-    weight gradients are written into (when ``need_dw``). Returns dx
-    (N, C_in, H, W) (the main path plus the shortcut), or None if not need_dx.
+    dout: (N, 4*planes, H', W'); cache: BottleneckCache.
+    Returns (grads, dx): grads {conv weight key: array} of the block's three or
+    four convs ({} without ``need_dw``); dx (N, C_in, H, W), the main path plus
+    the shortcut, or None without ``need_dx``.
     """
     if not isinstance(cache, BottleneckCache):
         raise TypeError(f"cache must be a BottleneckCache, got {type(cache).__name__}")
-    if not isinstance(grads, dict):
-        raise TypeError(f"grads must be a dict, got {type(grads).__name__}")
     check_array("dout", dout, shape=cache.relu_out.positive.shape, dtype_kind="f")
     if dout.dtype != cache.relu_out.dtype:
         raise TypeError(f"dout must have the dtype of the forward pass ({cache.relu_out.dtype}), got {dout.dtype}")
-    return _bottleneck_backward(dout, cache, grads, need_dx=check_bool("need_dx", need_dx),
-                                need_dw=check_bool("need_dw", need_dw))
+    grads = {}
+    dx = _bottleneck_backward(dout, cache, grads, need_dx=check_bool("need_dx", need_dx),
+                              need_dw=check_bool("need_dw", need_dw))
+    return grads, dx
 
 
 def _bottleneck_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
-    """:func:`bottleneck_backward` without the checks (``resnet_backward`` checked once)."""
+    """:func:`bottleneck_backward` without the checks (``resnet_backward`` checked once);
+    writes the weight gradients into ``grads`` (private: accumulates in place) and
+    returns dx (None without need_dx)."""
     d = _relu_backward(dout, cache.relu_out)
     # the residual sum forks the gradient: same d to the main path and the shortcut
     dm = _conv_bn_backward(d, cache.conv_bn3, grads, need_dw=need_dw)
@@ -667,9 +670,10 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
         (conv1, layer1, layer2, layer3, layer4). 5 (default) = every conv;
         3 = the reference (``REFERENCE_TRAINABLE_LAYERS``). The walk stops
         below the lowest trainable group unless the input gradient is wanted.
-    return_input_grad: also return dx (N, 3, H, W).
-    Returns grads {conv weight key: array shaped like the weight}, or
-    (grads, dx) with return_input_grad. Frozen BN parameters and statistics
+    return_input_grad: also compute dx (N, 3, H, W) (the walk then goes down
+        to the stem whatever ``trainable_layers`` is).
+    Returns (grads, dx): grads {conv weight key: array shaped like the weight};
+    dx with return_input_grad, else None. Frozen BN parameters and statistics
     never get a gradient (they are buffers in the reference).
     """
     if not isinstance(cache, ResNetCache):
@@ -708,7 +712,7 @@ def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=Fal
                 grads[cache.stem.spec.conv] = np.zeros(
                     cache.stem.conv.w.shape, cache.dtype
                 )
-            dx = np.zeros(cache.input_shape, cache.dtype)
+            dx = np.zeros(cache.input_shape, cache.dtype) if return_input_grad else None
         else:
             d = _max_pool2d_backward(d, cache.pool)
             d = _relu_backward(d, cache.stem_relu)
@@ -721,7 +725,7 @@ def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=Fal
     for _, spec in _all_specs(cache.structure):
         if spec.conv in grads:
             ordered[spec.conv] = grads[spec.conv]
-    return (ordered, dx) if return_input_grad else ordered
+    return ordered, dx
 
 
 def resnet_trainable_keys(params, *, trainable_layers):

@@ -27,6 +27,15 @@ Keys outside ``backbone.fpn.`` are ignored. Every FPN parameter is trained.
 ``init_resnet_fpn_backbone``, ``backbone_forward`` and ``backbone_backward``
 chain the ResNet body (``mrcnn_np.backbone``) and the FPN: image in, pyramid
 out, as torchvision's ``BackboneWithFPN``.
+
+The pyramid is a LIST in level order, ``pyramid[l]`` = P{l+2}: [P2, P3, P4, P5, P6]
+for a ResNet. It keeps that one type from here to RoIAlign (the RPN head reads
+all five, ``multiscale_roi_align`` the first four) and back: ``dpyramid`` is a
+list of the same length (see ``mrcnn_np.model``, "Handoff conventions").
+:data:`PYRAMID_LEVELS` names the entries where a name is needed (figures,
+traces); torchvision's ``OrderedDict`` keys for them are "0", "1", "2", "3", "pool".
+The body's outputs stay a dict {"C2": .., "C5": ..}, keyed like torchvision's
+``IntermediateLayerGetter`` (see ``mrcnn_np.backbone``).
 """
 from __future__ import annotations
 
@@ -39,7 +48,7 @@ from ._checks import (
     check_array,
     check_bool,
     check_float_dtype,
-    check_grad_dict,
+    check_grad_list,
     check_params,
     check_positive_int,
     check_rng,
@@ -63,7 +72,13 @@ __all__ = [
     "fpn_forward",
     "fpn_backward",
     "fpn_level_names",
+    "PYRAMID_LEVELS",
 ]
+
+#: names of the pyramid levels of a ResNet-FPN in list order: ``pyramid[l]`` is
+#: ``PYRAMID_LEVELS[l]``; torchvision's keys for them: "0", "1", "2", "3", "pool".
+#: The RPN reads all five, the RoI heads the first four (P6 feeds only the RPN).
+PYRAMID_LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
 PREFIX = "backbone.fpn."
 _BLOCK_KEY = re.compile(r"backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.")
@@ -77,8 +92,8 @@ class FPNCache(NamedTuple):
         level i's size (None-free, level order);
     layer: tuple of L Conv2dCache (3x3 output convs);
     pool: MaxPool2dCache of the extra level;
-    in_names, out_names: level names ("C2".., "P2".."P6");
-    out_shapes: {name: shape}; dtype.
+    in_names: the input level names ("C2", .., "C{L+1}");
+    out_shapes: the L+1 output shapes, level order (P2, .., P{L+2}); dtype.
     """
 
     inner: tuple
@@ -86,8 +101,7 @@ class FPNCache(NamedTuple):
     layer: tuple
     pool: Any
     in_names: tuple
-    out_names: tuple
-    out_shapes: dict
+    out_shapes: tuple
     dtype: np.dtype
 
 
@@ -211,9 +225,9 @@ def fpn_forward(params, features):
     params: dict with the ``backbone.fpn.*`` keys (validated by name).
     features: {"C2": (N, C_2, H_2, W_2), ..., "C{L+1}": ...}, one entry per
         inner block, channels as the inner weights say, one dtype.
-    Returns (pyramid, cache): pyramid {"P2": (N, D, H_2, W_2), ...,
-    "P{L+1}": (N, D, H_{L+1}, W_{L+1}), "P{L+2}": (N, D, ceil(H_{L+1}/2), ceil(W_{L+1}/2))}
-    and an FPNCache.
+    Returns (pyramid, cache): pyramid a list of L+1 arrays in level order,
+    [P2 (N, D, H_2, W_2), ..., P{L+1} (N, D, H_{L+1}, W_{L+1}),
+    P{L+2} (N, D, ceil(H_{L+1}/2), ceil(W_{L+1}/2))], and an FPNCache.
     """
     ins, _ = fpn_structure(params)
     in_names, dtype = _check_features(features, ins)
@@ -239,10 +253,9 @@ def _fpn_forward(params, features, in_names):
         last = lateral + top_down
         outs[i], layer[i] = _conv2d_forward(last, params[lw], params[lb], padding=1)
     extra, pool = _max_pool2d_forward(outs[top], (1, 1), (2, 2), (0, 0))
-    out_names = tuple(f"P{k}" for k in range(2, num + 3))
-    pyramid = dict(zip(out_names, outs + [extra]))
-    shapes = {k: v.shape for k, v in pyramid.items()}
-    cache = FPNCache(tuple(inner), tuple(ups), tuple(layer), pool, in_names, out_names, shapes, dtype)
+    pyramid = outs + [extra]
+    shapes = tuple(p.shape for p in pyramid)
+    cache = FPNCache(tuple(inner), tuple(ups), tuple(layer), pool, in_names, shapes, dtype)
     return pyramid, cache
 
 
@@ -250,8 +263,8 @@ def _fpn_forward(params, features, in_names):
 def fpn_backward(dpyramid, cache):
     """Backward of ``fpn_forward``.
 
-    dpyramid: dict with any of "P2".."P{L+2}" (missing levels count as zero),
-        each shaped like the forward's output, in its dtype.
+    dpyramid: list of L+1 gradients in level order (P2, .., P{L+2}), each
+        shaped like the forward's output, in its dtype, or None (counts as zero).
     cache: FPNCache.
     Returns (grads, dfeatures): grads {key: array} for all 4L FPN parameters;
     dfeatures {"C2": ..., "C{L+1}": ...} shaped like the features.
@@ -263,29 +276,28 @@ def fpn_backward(dpyramid, cache):
     """
     if not isinstance(cache, FPNCache):
         raise TypeError(f"cache must be an FPNCache, got {type(cache).__name__}")
-    check_grad_dict("dpyramid", dpyramid, cache.out_shapes, cache.dtype)
+    check_grad_list("dpyramid", dpyramid, cache.out_shapes, cache.dtype)
     return _fpn_backward(dpyramid, cache)
 
 
 def _fpn_backward(dpyramid, cache):
     """:func:`fpn_backward` without the checks (for ``model``)."""
 
-    def dout(name):
-        if name in dpyramid:
-            return dpyramid[name]
-        return np.zeros(cache.out_shapes[name], cache.dtype)
+    def dout(level):
+        if dpyramid[level] is not None:
+            return dpyramid[level]
+        return np.zeros(cache.out_shapes[level], cache.dtype)
 
     num = len(cache.inner)
     top = num - 1
-    d_top = dout(cache.out_names[top])
-    extra = cache.out_names[num]
-    if extra in dpyramid:
-        d_top = d_top + _max_pool2d_backward(dpyramid[extra], cache.pool)
+    d_top = dout(top)
+    if dpyramid[num] is not None:
+        d_top = d_top + _max_pool2d_backward(dpyramid[num], cache.pool)
     grads, dfeatures = {}, {}
     running = None  # gradient of M{k} arriving from below through the upsample
     for i in range(num):
         kw, kb, lw, lb = _keys(i)
-        dp = d_top if i == top else dout(cache.out_names[i])
+        dp = d_top if i == top else dout(i)
         dm, grads[lw], grads[lb] = _conv2d_backward(dp, cache.layer[i])
         if running is not None:
             dm += running
@@ -331,8 +343,9 @@ def backbone_forward(params, x, *, fold_bn=True):
 
     params: dict with the ``backbone.body.*`` and ``backbone.fpn.*`` keys.
     x: (N, 3, H, W) normalised images. fold_bn: see ``resnet_forward``.
-    Returns (pyramid {"P2": (N, D, H/4, W/4), ..., "P6": (N, D, H/64, W/64)},
-    BackboneCache); sizes round up when H, W are not multiples of 64.
+    Returns (pyramid, BackboneCache): pyramid the list [P2 (N, D, H/4, W/4), ...,
+    P6 (N, D, H/64, W/64)] (:data:`PYRAMID_LEVELS`); sizes round up when H, W are
+    not multiples of 64.
     """
     x = check_array("x", x, shape=("N", 3, "H", "W"), dtype_kind="f")
     if min(x.shape) == 0:
@@ -373,15 +386,15 @@ def _backbone_forward(params, x, structure, in_names, fold_bn=True):
 def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=False):
     """Backward of ``backbone_forward``.
 
-    dpyramid: dict with any of "P2".."P6" (missing = zero); cache: BackboneCache.
+    dpyramid: list of 5 gradients [dP2, ..., dP6] (None = zero); cache: BackboneCache.
     trainable_layers, return_input_grad: as ``resnet_backward`` (pass
     ``backbone.REFERENCE_TRAINABLE_LAYERS`` to train as torchvision's Mask R-CNN).
-    Returns grads {key: array} (the FPN's 16 arrays and the trainable body
-    convs), or (grads, dx (N, 3, H, W)) with return_input_grad.
+    Returns (grads, dx): grads {key: array} (the FPN's 16 arrays and the
+    trainable body convs); dx (N, 3, H, W) with return_input_grad, else None.
     """
     if not isinstance(cache, BackboneCache):
         raise TypeError(f"cache must be a BackboneCache, got {type(cache).__name__}")
-    check_grad_dict("dpyramid", dpyramid, cache.fpn.out_shapes, cache.fpn.dtype)
+    check_grad_list("dpyramid", dpyramid, cache.fpn.out_shapes, cache.fpn.dtype)
     trainable_layers = _check_trainable_layers(trainable_layers)
     return _backbone_backward(dpyramid, cache, trainable_layers, check_bool("return_input_grad", return_input_grad))
 
@@ -389,7 +402,5 @@ def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=
 def _backbone_backward(dpyramid, cache, trainable_layers=5, return_input_grad=False):
     """:func:`backbone_backward` without the checks (for ``model``)."""
     fpn_grads, dfeatures = _fpn_backward(dpyramid, cache.fpn)
-    out = _resnet_backward(dfeatures, cache.body, trainable_layers, return_input_grad)
-    body_grads, dx = out if return_input_grad else (out, None)
-    grads = {**body_grads, **fpn_grads}
-    return (grads, dx) if return_input_grad else grads
+    body_grads, dx = _resnet_backward(dfeatures, cache.body, trainable_layers, return_input_grad)
+    return {**body_grads, **fpn_grads}, dx

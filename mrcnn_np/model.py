@@ -118,8 +118,9 @@ __all__ = [
 #: the keys of the loss dict, in torchvision's order (RoI heads, then RPN)
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
-_RPN_LEVELS = ("P2", "P3", "P4", "P5", "P6")   # torchvision's "0".."3", "pool"
-_ROI_LEVELS = ("P2", "P3", "P4", "P5")         # MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"])
+#: the RoI heads pool from pyramid[:_ROI_LEVELS] = P2..P5 (torchvision's
+#: MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"])); the RPN reads all of it
+_ROI_LEVELS = 4
 _FPN_INPUTS = ("C2", "C3", "C4", "C5")         # the body's outputs the FPN reads
 
 
@@ -399,8 +400,9 @@ def _rois(boxes_per_image, dtype):
 
 
 def _roi_features(pyramid, batch_hw):
-    """The levels the RoI heads pool from (P2..P5) and their scales (see :func:`roi_scales`)."""
-    roi_feats = [pyramid[name] for name in _ROI_LEVELS]
+    """The levels the RoI heads pool from (P2..P5, the head of the pyramid list) and their
+    scales (see :func:`roi_scales`)."""
+    roi_feats = pyramid[:_ROI_LEVELS]
     return roi_feats, _roi_scales([f.shape for f in roi_feats], batch_hw)
 
 
@@ -441,12 +443,11 @@ def _rpn_forward(params, pyramid, images, config, image_sizes, training, record=
     record: None, or a dict for :func:`_propose` to fill. Not training: the head's
     inference path (``_rpn_head_infer``), head cache None.
     """
-    feats = [pyramid[name] for name in _RPN_LEVELS]
     if training:
-        (obj_levels, del_levels), head_cache = _rpn_head_forward(params, feats)
+        (obj_levels, del_levels), head_cache = _rpn_head_forward(params, pyramid)
     else:
-        (obj_levels, del_levels), head_cache = _rpn_head_infer(params, feats), None
-    grids = tuple(tuple(f.shape[-2:]) for f in feats)
+        (obj_levels, del_levels), head_cache = _rpn_head_infer(params, pyramid), None
+    grids = tuple(tuple(f.shape[-2:]) for f in pyramid)
     anchors = _pyramid_anchors(tuple(images.shape[-2:]), grids, config.anchor_sizes, config.aspect_ratios,
                                images.dtype)
     (objectness, deltas), concat_cache = _concat_box_prediction_layers_forward(obj_levels, del_levels)
@@ -598,14 +599,11 @@ def backward(cache, *, loss_weights=None):
     dobj_levels, ddel_levels = _concat_box_prediction_layers_backward((dobj, ddel), cache.concat)
     rpn_grads, dfeat_rpn = _rpn_head_backward((dobj_levels, ddel_levels), cache.rpn_head)
 
-    # the pyramid feeds three consumers: gradients add
-    dpyramid = {}
-    for i, name in enumerate(_RPN_LEVELS):
-        d = dfeat_rpn[i]
-        if i < len(_ROI_LEVELS):
-            d = d + dfeat_box[i] + dfeat_mask[i]
-        dpyramid[name] = d
-    backbone_grads = _backbone_backward(dpyramid, cache.backbone, config.trainable_layers)
+    # the pyramid feeds three consumers: gradients add (the RoI heads' on P2..P5)
+    dpyramid = list(dfeat_rpn)
+    for i in range(_ROI_LEVELS):
+        dpyramid[i] = dpyramid[i] + dfeat_box[i] + dfeat_mask[i]
+    backbone_grads, _ = _backbone_backward(dpyramid, cache.backbone, config.trainable_layers)
 
     everything = {**backbone_grads, **rpn_grads, **box_grads, **mask_grads}
     missing = [k for k in cache.keys if k not in everything]
@@ -661,7 +659,7 @@ def _predict(params, images, config, sizes, record=None):
     ``mrcnn_np.trace`` run it too).
 
     record: None (nothing is kept; the default), or a dict that receives every
-    intermediate, batched as the stages produce them: "pyramid" (dict P2..P6),
+    intermediate, batched as the stages produce them: "pyramid" (list [P2, .., P6]),
     "objectness" (N, T) logits, "rpn_deltas" (N, T, 4), "anchors" (list over
     levels), "rpn" (what ``_propose`` / ``filter_proposals`` record),
     "proposals" / "proposal_scores" (lists over images), "roi_features",

@@ -37,9 +37,10 @@ input
                                 differs from them only by the floor of the new size)
     image_size (h, w)           after resizing; original_size (H0, W0)
 backbone
-    level_names                 ("P2", "P3", "P4", "P5", "P6")
-    features                    dict {"P2": (D, H_2, W_2), ..., "P6": (D, H_6, W_6)}, the
-                                model's pyramid (dict keyed by level name, as ``fpn``)
+    level_names                 ("P2", "P3", "P4", "P5", "P6") (``fpn.PYRAMID_LEVELS``)
+    features                    list [P2 (D, H_2, W_2), ..., P6 (D, H_6, W_6)], the model's
+                                pyramid (a list in level order, as ``fpn``): features[l] is
+                                level_names[l]
 RPN (lists over the 5 levels, in level_names order, aligned with each other)
     anchors                     list of (A_l, 4) (shared by every image of the batch)
     objectness_logits           list of (A_l,); objectness_probs: their sigmoid
@@ -94,6 +95,7 @@ from . import model as _model
 from ._checks import check_array, check_coordinates, check_finite, check_float, check_positive_int
 from .boxes import box_iou
 from .evaluate import box_iou_coco, mask_iou_coco
+from .fpn import PYRAMID_LEVELS
 from .ops.activations import sigmoid
 from .transform import resize_boxes
 
@@ -130,7 +132,7 @@ class ImageTrace:
     original_size: tuple
     # backbone
     level_names: tuple
-    features: dict
+    features: list
     # RPN
     anchors: list
     objectness_logits: list
@@ -225,7 +227,7 @@ def _per_image(rec, detections):
     anchors = list(rec["anchors"])
     counts = [a.shape[0] for a in anchors]
     all_anchors = np.concatenate(anchors, axis=0)
-    level_names = tuple(_model._RPN_LEVELS)
+    level_names = PYRAMID_LEVELS
     k_rpn_min = int(level_names[0][1:])  # P2 -> 2
     proposal_counts = [p.shape[0] for p in rec["proposals"]]
     roi_features = _split(rec["roi_features"], proposal_counts)
@@ -247,7 +249,7 @@ def _per_image(rec, detections):
             image_size=(h, w),
             original_size=(int(h0), int(w0)),
             level_names=level_names,
-            features={name: rec["pyramid"][name][i] for name in level_names},
+            features=[level[i] for level in rec["pyramid"]],
             anchors=anchors,
             objectness_logits=logits,
             objectness_probs=[sigmoid(lg) for lg in logits],

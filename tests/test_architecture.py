@@ -37,7 +37,7 @@ def test_shapes_model_forward_has_the_computed_shapes():
         assert feats[f"C{k}"].shape == s[f"C{k}"]
     assert tuple(v[1] for k, v in s.items() if k in ("C2", "C3", "C4", "C5")) == config.backbone_out_channels
     for k in range(2, 7):
-        assert record["pyramid"][f"P{k}"].shape == s[f"P{k}"]
+        assert record["pyramid"][k - 2].shape == s[f"P{k}"]  # the pyramid is the list [P2, .., P6]
         assert record["anchors"][k - 2].shape == s[f"anchors.P{k}"]
     assert record["objectness"].shape == s["objectness"]
     assert record["rpn_deltas"].shape == s["rpn_deltas"]
@@ -84,7 +84,7 @@ def test_torchvision_grids_match_a_real_resnet50_fpn_forward():
     params = init_resnet_fpn_backbone((3, 4, 6, 3), width=1, out_channels=2, rng=np.random.default_rng(0))
     pyramid, _ = backbone_forward(params, np.zeros(s["batch"], np.float32))
     for k in range(2, 7):
-        assert pyramid[f"P{k}"].shape[2:] == s[f"P{k}"][2:]
+        assert pyramid[k - 2].shape[2:] == s[f"P{k}"][2:]
     assert s["P6"][2:] == (13, 17)
     assert feature_grid_sizes((800, 1066), size_divisible=32) == [s[f"P{k}"][2:] for k in range(2, 7)]
 

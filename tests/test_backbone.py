@@ -286,12 +286,12 @@ def test_whole_backbone_and_fpn_gradient_check():
     x = rng.standard_normal((1, 3, 36, 44))  # odd sizes: C2 9x11, C3 5x6, C4 3x3, C5 2x2, P6 1x1
     feats, rc = resnet_forward(p, x)
     pyr, fc = fpn_forward(p, feats)
-    dpyr = {k: rng.standard_normal(v.shape) for k, v in pyr.items()}
+    dpyr = [rng.standard_normal(v.shape) for v in pyr]
 
     def loss():
         f, _ = resnet_forward(p, x)
         out, _ = fpn_forward(p, f)
-        return sum(np.sum(out[k] * dpyr[k]) for k in out)
+        return sum(np.sum(o * d) for o, d in zip(out, dpyr))
 
     fgrads, dfeats = fpn_backward(dpyr, fc)
     bgrads, dx = resnet_backward(dfeats, rc, trainable_layers=5, return_input_grad=True)
@@ -337,14 +337,15 @@ def test_trainable_layers_as_the_reference():
     feats, cache = resnet_forward(p, x)
     dfeats = {k: rng.standard_normal(v.shape) for k, v in feats.items()}
     full, dx_full = resnet_backward(dfeats, cache, return_input_grad=True)
-    ref = resnet_backward(dfeats, cache, trainable_layers=3)
+    ref, dx_none = resnet_backward(dfeats, cache, trainable_layers=3)
+    assert dx_none is None  # (grads, dinput): dinput None when not asked for
     assert list(ref) == resnet_trainable_keys(p, trainable_layers=3)
     assert all(re.match(re.escape(B) + r"layer[234]\.", k) for k in ref)
     assert len(ref) == 4 + 3 + 4 + 4  # layer2: 2 blocks (4 + 3 convs), layer3, layer4: 4 each
     for k in ref:
         np.testing.assert_array_equal(ref[k], full[k])
-    assert resnet_backward(dfeats, cache, trainable_layers=0) == {}
-    g4 = resnet_backward(dfeats, cache, trainable_layers=4)
+    assert resnet_backward(dfeats, cache, trainable_layers=0) == ({}, None)
+    g4, _ = resnet_backward(dfeats, cache, trainable_layers=4)
     assert set(g4) - set(ref) == {k for k in full if ".layer1." in k}
     g3, dx3 = resnet_backward(dfeats, cache, trainable_layers=3, return_input_grad=True)
     np.testing.assert_array_equal(dx3, dx_full)

@@ -99,14 +99,29 @@ def test_check_float_dtype_and_grad_dict():
     assert check_float_dtype("float32") == np.float32
     with pytest.raises(TypeError, match="dtype must be a floating dtype, got int64"):
         check_float_dtype(np.int64)
-    shapes = {"P2": (1, 2, 4, 4), "P3": (1, 2, 2, 2)}
-    check_grad_dict("dpyramid", {"P3": np.zeros((1, 2, 2, 2))}, shapes, np.float64)  # subset is fine
-    with pytest.raises(ValueError, match="dpyramid has unexpected key 'P9'"):
-        check_grad_dict("dpyramid", {"P9": np.zeros(1)}, shapes, np.float64)
-    with pytest.raises(ValueError, match=r"dpyramid\['P2'\] must have shape \(1, 2, 4, 4\)"):
-        check_grad_dict("dpyramid", {"P2": np.zeros((1, 2, 2, 2))}, shapes, np.float64)
-    with pytest.raises(TypeError, match=r"dpyramid\['P3'\] must have dtype float64, got float32"):
-        check_grad_dict("dpyramid", {"P3": np.zeros((1, 2, 2, 2), np.float32)}, shapes, np.float64)
+    shapes = {"C2": (1, 2, 4, 4), "C3": (1, 2, 2, 2)}
+    check_grad_dict("dfeatures", {"C3": np.zeros((1, 2, 2, 2))}, shapes, np.float64)  # subset is fine
+    with pytest.raises(ValueError, match="dfeatures has unexpected key 'C9'"):
+        check_grad_dict("dfeatures", {"C9": np.zeros(1)}, shapes, np.float64)
+    with pytest.raises(ValueError, match=r"dfeatures\['C2'\] must have shape \(1, 2, 4, 4\)"):
+        check_grad_dict("dfeatures", {"C2": np.zeros((1, 2, 2, 2))}, shapes, np.float64)
+    with pytest.raises(TypeError, match=r"dfeatures\['C3'\] must have dtype float64, got float32"):
+        check_grad_dict("dfeatures", {"C3": np.zeros((1, 2, 2, 2), np.float32)}, shapes, np.float64)
+
+
+def test_check_grad_list():
+    from mrcnn_np._checks import check_grad_list
+
+    shapes = ((1, 2, 4, 4), (1, 2, 2, 2))
+    check_grad_list("dpyramid", [None, np.zeros((1, 2, 2, 2))], shapes, np.float64)  # None: zero
+    with pytest.raises(TypeError, match="dpyramid must be a list of 2 per-level arrays"):
+        check_grad_list("dpyramid", {"P3": np.zeros((1, 2, 2, 2))}, shapes, np.float64)
+    with pytest.raises(ValueError, match=r"dpyramid must have one entry per level \(2\), got 1"):
+        check_grad_list("dpyramid", [np.zeros((1, 2, 4, 4))], shapes, np.float64)
+    with pytest.raises(ValueError, match=r"dpyramid\[0\] must have shape \(1, 2, 4, 4\)"):
+        check_grad_list("dpyramid", [np.zeros((1, 2, 2, 2)), None], shapes, np.float64)
+    with pytest.raises(TypeError, match=r"dpyramid\[1\] must have dtype float64, got float32"):
+        check_grad_list("dpyramid", [None, np.zeros((1, 2, 2, 2), np.float32)], shapes, np.float64)
 
 
 def test_check_hw_pair_refuses_a_bare_int_and_bools():

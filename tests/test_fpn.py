@@ -34,20 +34,21 @@ def test_two_level_toy_by_hand():
     c2 = np.array([[1.0, 2.0], [3.0, 4.0]])[None, None]
     c3 = np.array([[3.0]])[None, None]
     pyr, _ = fpn_forward(p, {"C2": c2, "C3": c3})
-    assert list(pyr) == ["P2", "P3", "P4"]
+    assert isinstance(pyr, list) and len(pyr) == 3  # [P2, P3, P4]
+    p2, p3, p4 = pyr
     # M3 = -1 * 3 + 1 = -2
-    np.testing.assert_array_equal(pyr["P3"], [[[[-2.0]]]])
+    np.testing.assert_array_equal(p3, [[[[-2.0]]]])
     # M2 = 2 * C2 + 0.5 + upsample(M3) = [[2.5, 4.5], [6.5, 8.5]] - 2
-    np.testing.assert_array_equal(pyr["P2"], [[[[0.5, 2.5], [4.5, 6.5]]]])
+    np.testing.assert_array_equal(p2, [[[[0.5, 2.5], [4.5, 6.5]]]])
     # extra level: max_pool(P3, kernel 1, stride 2) of a 1x1 map = the map
-    np.testing.assert_array_equal(pyr["P4"], [[[[-2.0]]]])
+    np.testing.assert_array_equal(p4, [[[[-2.0]]]])
     # a 3x3 output conv of all ones with bias 0.1: on a 2x2 map every cell's
     # zero-padded 3x3 window holds all four values: 0.5 + 2.5 + 4.5 + 6.5 + 0.1 = 14.1
     p[F + "layer_blocks.0.0.weight"][:] = 1.0
     p[F + "layer_blocks.0.0.bias"][:] = 0.1
     pyr, _ = fpn_forward(p, {"C2": c2, "C3": c3})
-    np.testing.assert_allclose(pyr["P2"], np.full((1, 1, 2, 2), 14.1), rtol=1e-15)
-    np.testing.assert_array_equal(pyr["P3"], [[[[-2.0]]]])
+    np.testing.assert_allclose(pyr[0], np.full((1, 1, 2, 2), 14.1), rtol=1e-15)
+    np.testing.assert_array_equal(pyr[1], [[[[-2.0]]]])
 
 
 def test_odd_sizes_nearest_merge():
@@ -57,8 +58,7 @@ def test_odd_sizes_nearest_merge():
     sizes = {"C2": 50, "C3": 25, "C4": 13, "C5": 7}
     feats = {k: rng.standard_normal((1, 2, s, s)) for k, s in sizes.items()}
     pyr, _ = fpn_forward(identity_fpn(2, 4), feats)
-    assert {k: v.shape[2:] for k, v in pyr.items()} == {
-        "P2": (50, 50), "P3": (25, 25), "P4": (13, 13), "P5": (7, 7), "P6": (4, 4)}
+    assert [v.shape[2:] for v in pyr] == [(50, 50), (25, 25), (13, 13), (7, 7), (4, 4)]  # P2..P6
     # source rows, floor(dst * in / out), computed by hand:
     # 7 -> 13: i*7/13 = 0, .54, 1.08, 1.62, 2.15, 2.69, 3.23, 3.77, 4.31, 4.85, 5.38, 5.92, 6.46
     r13 = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
@@ -70,12 +70,13 @@ def test_odd_sizes_nearest_merge():
     m4 = feats["C4"] + m5[:, :, r13][:, :, :, r13]
     m3 = feats["C3"] + m4[:, :, r25][:, :, :, r25]
     m2 = feats["C2"] + m3[:, :, r50][:, :, :, r50]
-    np.testing.assert_array_equal(pyr["P5"], m5)
-    np.testing.assert_array_equal(pyr["P4"], m4)
-    np.testing.assert_array_equal(pyr["P3"], m3)
-    np.testing.assert_array_equal(pyr["P2"], m2)
+    p2, p3, p4, p5, p6 = pyr
+    np.testing.assert_array_equal(p5, m5)
+    np.testing.assert_array_equal(p4, m4)
+    np.testing.assert_array_equal(p3, m3)
+    np.testing.assert_array_equal(p2, m2)
     # P6: rows/cols 0, 2, 4, 6 of P5
-    np.testing.assert_array_equal(pyr["P6"], m5[:, :, ::2, ::2])
+    np.testing.assert_array_equal(p6, m5[:, :, ::2, ::2])
 
 
 def ref_conv(x, w, b, pad):
@@ -101,7 +102,7 @@ def test_random_weights_match_independent_reference():
     p, feats = _random_fpn(rng, ins, 7, [(23, 19), (12, 10), (6, 5), (3, 3)], 2)
     pyr, _ = fpn_forward(p, feats)
     last = None
-    expect = {}
+    expect = [None] * 5
     for i in range(3, -1, -1):
         lat = ref_conv(feats[f"C{i + 2}"], p[f"{F}inner_blocks.{i}.0.weight"],
                        p[f"{F}inner_blocks.{i}.0.bias"], 0)
@@ -111,12 +112,11 @@ def test_random_weights_match_independent_reference():
             cols = (np.arange(w) * last.shape[3]) // w
             lat = lat + last[:, :, rows][:, :, :, cols]
         last = lat
-        expect[f"P{i + 2}"] = ref_conv(lat, p[f"{F}layer_blocks.{i}.0.weight"],
-                                       p[f"{F}layer_blocks.{i}.0.bias"], 1)
-    expect["P6"] = expect["P5"][:, :, ::2, ::2]
-    assert set(pyr) == set(expect)
-    for k in expect:
-        np.testing.assert_allclose(pyr[k], expect[k], rtol=1e-12, atol=1e-12)
+        expect[i] = ref_conv(lat, p[f"{F}layer_blocks.{i}.0.weight"], p[f"{F}layer_blocks.{i}.0.bias"], 1)
+    expect[4] = expect[3][:, :, ::2, ::2]
+    assert len(pyr) == len(expect)
+    for got, want in zip(pyr, expect):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_fpn_gradient_check_odd_sizes():
@@ -124,16 +124,16 @@ def test_fpn_gradient_check_odd_sizes():
     ins = [3, 4, 5, 6]
     p, feats = _random_fpn(rng, ins, 4, [(10, 14), (5, 7), (3, 4), (2, 2)], 1)
     pyr, cache = fpn_forward(p, feats)
-    dpyr = {k: rng.standard_normal(v.shape) for k, v in pyr.items()}
-    copies = {k: v.copy() for k, v in dpyr.items()}
+    dpyr = [rng.standard_normal(v.shape) for v in pyr]
+    copies = [v.copy() for v in dpyr]
 
     def loss():
         out, _ = fpn_forward(p, feats)
-        return sum(np.sum(out[k] * dpyr[k]) for k in out)
+        return sum(np.sum(o * d) for o, d in zip(out, dpyr))
 
     grads, dfeats = fpn_backward(dpyr, cache)
-    for k in dpyr:  # dout untouched
-        np.testing.assert_array_equal(dpyr[k], copies[k])
+    for d, c in zip(dpyr, copies):  # dout untouched
+        np.testing.assert_array_equal(d, c)
     assert list(grads) == list(p)
     for key in p:
         num = numeric_gradient(loss, p[key])
@@ -150,8 +150,8 @@ def test_p6_gradient_lands_on_every_other_cell_of_p5():
     p = identity_fpn(1, 4)
     feats = {f"C{k}": rng.standard_normal((1, 1, s, s)) for k, s in zip(range(2, 6), (40, 20, 10, 5))}
     pyr, cache = fpn_forward(p, feats)
-    d6 = rng.standard_normal(pyr["P6"].shape)
-    _, dfeats = fpn_backward({"P6": d6}, cache)
+    d6 = rng.standard_normal(pyr[4].shape)
+    _, dfeats = fpn_backward([None, None, None, None, d6], cache)  # None: no gradient from that level
     expect = np.zeros((1, 1, 5, 5))
     expect[:, :, ::2, ::2] = d6  # identity convs pass it straight through to C5
     np.testing.assert_array_equal(dfeats["C5"], expect)
@@ -164,7 +164,7 @@ def test_upsample_fork_adds_gradients():
     p = identity_fpn(1, 2)
     feats = {"C2": np.zeros((1, 1, 5, 5)), "C3": np.zeros((1, 1, 3, 3))}
     _, cache = fpn_forward(p, feats)
-    _, dfeats = fpn_backward({"P2": np.ones((1, 1, 5, 5))}, cache)
+    _, dfeats = fpn_backward([np.ones((1, 1, 5, 5)), None, None], cache)
     # 3 -> 5 rows: floor(i*3/5) for i=0..4 = 0, 0, 1, 1, 2 -> counts 2, 2, 1 per axis
     counts = np.array([2.0, 2.0, 1.0])
     np.testing.assert_array_equal(dfeats["C3"][0, 0], np.outer(counts, counts))
@@ -197,8 +197,8 @@ def test_float32_stays_float32():
     feats = {"C2": rng.standard_normal((1, 2, 8, 8)).astype(np.float32),
              "C3": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)}
     pyr, cache = fpn_forward(p, feats)
-    assert all(v.dtype == np.float32 for v in pyr.values())
-    grads, dfeats = fpn_backward({k: np.ones_like(v) for k, v in pyr.items()}, cache)
+    assert all(v.dtype == np.float32 for v in pyr)
+    grads, dfeats = fpn_backward([np.ones_like(v) for v in pyr], cache)
     assert all(v.dtype == np.float32 for v in list(grads.values()) + list(dfeats.values()))
 
 
@@ -241,10 +241,15 @@ def test_bad_params_and_features_raise_naming_the_key():
     with pytest.raises(ValueError, match="C4"):
         fpn_forward(p, {**feats, "C4": np.ones((2, 4, 4, 4), np.float32)})
     pyr, cache = fpn_forward(p, feats)
-    with pytest.raises(ValueError, match="P3"):
-        fpn_backward({"P3": np.ones((1, 4, 3, 3), np.float32)}, cache)
-    with pytest.raises(ValueError, match="P7"):
-        fpn_backward({"P7": pyr["P6"]}, cache)
+    dpyr = [np.ones_like(v) for v in pyr]
+    with pytest.raises(ValueError, match=re.escape("dpyramid[1] must have shape (1, 4, 8, 8)")):
+        fpn_backward([dpyr[0], np.ones((1, 4, 3, 3), np.float32)] + dpyr[2:], cache)
+    with pytest.raises(ValueError, match=re.escape("dpyramid must have one entry per level (5), got 6")):
+        fpn_backward(dpyr + [pyr[4]], cache)
+    with pytest.raises(TypeError, match=re.escape("dpyramid[4] must have dtype float32")):
+        fpn_backward(dpyr[:4] + [dpyr[4].astype(np.float64)], cache)
+    with pytest.raises(TypeError, match="dpyramid must be a list of 5 per-level arrays"):
+        fpn_backward(dict(zip(("P2", "P3", "P4", "P5", "P6"), dpyr)), cache)
     assert check_fpn_params(p) == ([2, 3, 4, 5], 4)
 
 
@@ -260,9 +265,10 @@ def test_backbone_with_fpn_chains_body_and_fpn():
     pyr, cache = backbone_forward(p, x)
     feats, rc = resnet_forward(p, x)
     pyr2, fc = fpn_forward(p, feats)
-    for k in pyr2:
-        np.testing.assert_array_equal(pyr[k], pyr2[k])
-    dpyr = {k: np.random.default_rng(9).standard_normal(v.shape) for k, v in pyr.items()}
+    assert len(pyr) == len(pyr2) == 5
+    for a, b in zip(pyr, pyr2):
+        np.testing.assert_array_equal(a, b)
+    dpyr = [np.random.default_rng(9).standard_normal(v.shape) for v in pyr]
     grads, dx = backbone_backward(dpyr, cache, return_input_grad=True)
     g_fpn, dfeats = fpn_backward(dpyr, fc)
     g_body, dx2 = resnet_backward(dfeats, rc, return_input_grad=True)
@@ -270,6 +276,7 @@ def test_backbone_with_fpn_chains_body_and_fpn():
     for k, v in {**g_fpn, **g_body}.items():
         np.testing.assert_array_equal(grads[k], v)
     np.testing.assert_array_equal(dx, dx2)
-    ref = backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS)
+    ref, dx_none = backbone_backward(dpyr, cache, trainable_layers=REFERENCE_TRAINABLE_LAYERS)
+    assert dx_none is None  # (grads, dinput): dinput None when not asked for
     assert not any(".layer1." in k or k.endswith("body.conv1.weight") for k in ref)
     assert set(g_fpn) <= set(ref)

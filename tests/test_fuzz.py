@@ -453,8 +453,7 @@ GOOD = {
         _fwd("backbone.resnet_forward", params=resnet_params(), x=fmap((1, 3, 32, 32)))),
     "backbone.resnet_trainable_keys": lambda: dict(params=resnet_params(), trainable_layers=3),
     "backbone.bottleneck_forward": bottleneck_kw,
-    "backbone.bottleneck_backward": lambda: dict(**_backward_args("backbone.bottleneck_forward", bottleneck_kw()),
-                                                 grads={}),
+    "backbone.bottleneck_backward": lambda: _backward_args("backbone.bottleneck_forward", bottleneck_kw()),
     # boxes
     "boxes.box_area": lambda: dict(boxes=boxes4()),
     "boxes.box_iou": lambda: dict(boxes1=boxes4(3), boxes2=boxes4(4, offset=2.0)),
@@ -518,13 +517,13 @@ GOOD = {
     # fpn
     "fpn.init_resnet_fpn_backbone": lambda: dict(layers=(1, 1, 1, 1), width=4, out_channels=6, rng=rng()),
     "fpn.backbone_forward": backbone_kw,
-    "fpn.backbone_backward": lambda: (lambda f: dict(dpyramid={k: np.ones_like(v) for k, v in f[0].items()},
+    "fpn.backbone_backward": lambda: (lambda f: dict(dpyramid=[np.ones_like(v) for v in f[0]],
                                                      cache=f[1]))(_fwd("fpn.backbone_forward", **backbone_kw())),
     "fpn.init_fpn": lambda: dict(in_channels_list=[4, 8], out_channels=6, rng=rng()),
     "fpn.fpn_structure": lambda: dict(params=fpn_kw()["params"]),
     "fpn.check_fpn_params": lambda: dict(params=fpn_kw()["params"]),
     "fpn.fpn_forward": fpn_kw,
-    "fpn.fpn_backward": lambda: (lambda f: dict(dpyramid={k: np.ones_like(v) for k, v in f[0].items()},
+    "fpn.fpn_backward": lambda: (lambda f: dict(dpyramid=[np.ones_like(v) for v in f[0]],
                                                 cache=f[1]))(_fwd("fpn.fpn_forward", **fpn_kw())),
     "fpn.fpn_level_names": lambda: dict(num_levels=4),
     # gradcheck

@@ -291,8 +291,7 @@ OFF_DEFAULTS = dict(
 def _compose_by_hand(config, params, images, targets, rng):
     """torchvision's order of calls, every config value passed explicitly (64x64 batch)."""
     c = config
-    pyramid, _ = backbone_forward(params, images)
-    feats = [pyramid[k] for k in ("P2", "P3", "P4", "P5", "P6")]
+    feats, _ = backbone_forward(params, images)  # the pyramid, [P2, .., P6]
     (obj_l, del_l), _ = rpn_head_forward(params, feats)
     anchors = pyramid_anchors((64, 64), [f.shape[-2:] for f in feats], c.anchor_sizes,
                               c.aspect_ratios, dtype=images.dtype)

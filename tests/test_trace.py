@@ -197,8 +197,8 @@ def test_backbone_and_rpn_fields(data):
     counts = [gh * gw * cfg.num_anchors_per_location for gh, gw in grids]
     for t in traces:
         assert t.level_names == ("P2", "P3", "P4", "P5", "P6")
-        assert isinstance(t.features, dict) and list(t.features) == list(t.level_names)
-        assert [f.shape for f in t.features.values()] == [(32, gh, gw) for gh, gw in grids]
+        assert isinstance(t.features, list) and len(t.features) == len(t.level_names)
+        assert [f.shape for f in t.features] == [(32, gh, gw) for gh, gw in grids]
         for lvl in range(5):
             assert np.array_equal(t.anchors[lvl], anchors[lvl])
             assert t.objectness_logits[lvl].shape == (counts[lvl],)
@@ -271,7 +271,7 @@ def test_proposal_levels_and_roi_features(data):
             if not sel.size:
                 continue
             rois = np.concatenate([np.zeros((sel.size, 1), np.float32), t.proposals[sel]], axis=1)
-            direct, _ = roi_align_forward(t.features[f"P{k}"][None], rois, 7, spatial_scale=2.0 ** -k,
+            direct, _ = roi_align_forward(t.features[k - 2][None], rois, 7, spatial_scale=2.0 ** -k,
                                           sampling_ratio=cfg.box_roi_sampling_ratio, aligned=False)
             np.testing.assert_allclose(t.roi_features[sel], direct, rtol=1e-5, atol=1e-6)
 

@@ -29,6 +29,7 @@ from .._checks import check_hw_pair, check_positive_int
 from ..anchors import FPN_STRIDES, torchvision_resized_size
 from ..backbone import resnet_feature_shapes
 from ..config import MaskRCNNConfig
+from ..fpn import PYRAMID_LEVELS
 from ..ops.conv import conv_output_size
 
 __all__ = [
@@ -44,8 +45,7 @@ __all__ = [
 #: the FPN level an RoI is pooled from (torchvision ``LevelMapper``, k0 = 4, canonical size 224)
 LEVEL_MAPPER = "k = ⌊4 + log₂(√(wh) / 224)⌋, clamped to 2..5"
 
-_RPN_LEVELS = ("P2", "P3", "P4", "P5", "P6")
-_ROI_LEVELS = ("P2", "P3", "P4", "P5")
+_RPN_LEVELS = PYRAMID_LEVELS  # the RPN reads all five levels
 
 
 def shape_text(shape):

@@ -63,10 +63,11 @@ def plot_topdown_merge(steps, *, channel=0, cmap="viridis"):
     return fig
 
 
-def plot_pyramid_levels(pyramid, *, channel=None, image_size=None, cmap="magma", ax=None):
+def plot_pyramid_levels(pyramid, *, names=None, channel=None, image_size=None, cmap="magma", ax=None):
     """All pyramid levels side by side at their true relative sizes.
 
-    pyramid: {"P2": (C, H2, W2), ..., "P6": ...} of one image.
+    pyramid: list [P2 (C, H2, W2), ..., P6] of one image (level order, as ``fpn``).
+    names: one label per level (default P2, P3, ...).
     channel: channel to draw, or None for the mean |activation| over channels.
     image_size: (H, W) of the input, to label each level's stride (H / h).
     Each level is drawn with one data unit per cell, so P3 is half as wide
@@ -79,14 +80,13 @@ def plot_pyramid_levels(pyramid, *, channel=None, image_size=None, cmap="magma",
     if ax is None:
         fig, ax = plt.subplots(figsize=(11, 3.6))
     fig = ax.figure
-    names = list(pyramid)
-    H0, W0 = pyramid[names[0]].shape[1:]
+    names = list(names) if names is not None else [f"P{k}" for k in range(2, 2 + len(pyramid))]
+    H0, W0 = pyramid[0].shape[1:]
     x, gap = 0.0, max(4.0, 0.06 * W0)
-    maps = {name: (np.abs(f).mean(axis=0) if channel is None else f[channel]) for name, f in pyramid.items()}
-    lo = min(float(m.min()) for m in maps.values())
-    hi = max(float(m.max()) for m in maps.values())
-    for name in names:
-        m = maps[name]
+    maps = [np.abs(f).mean(axis=0) if channel is None else f[channel] for f in pyramid]
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    for name, m in zip(names, maps):
         h, w = m.shape
         im = ax.imshow(m, cmap=cmap, interpolation="nearest", extent=(x, x + w, h, 0), vmin=lo, vmax=hi)
         ax.add_patch(plt.Rectangle((x, 0), w, h, fill=False, ec="k", lw=0.8))

@@ -377,15 +377,16 @@ def plot_feature_pyramid(features, *, level_names=None):
     feature vector (L2 norm over the D channels) and the single channel that
     varies most across the map.
 
-    features: dict {"P2": (D, H_2, W_2), ...} (an ImageTrace's ``features``).
+    features: list [P2 (D, H_2, W_2), ...] (an ImageTrace's ``features``, level order).
+    level_names: one label per level (default P2, P3, ...: an ImageTrace's ``level_names``).
     Returns the figure (2 rows x L panels, each with its own colour scale).
     """
     import matplotlib.pyplot as plt
 
-    names = level_names or list(features)
+    names = list(level_names) if level_names is not None else [f"P{k}" for k in range(2, 2 + len(features))]
     fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.4), squeeze=False)
     for j, name in enumerate(names):
-        f = np.asarray(features[name], dtype=np.float64)
+        f = np.asarray(features[j], dtype=np.float64)
         norm = np.sqrt((f ** 2).sum(axis=0))
         ch = int(np.argmax(f.reshape(f.shape[0], -1).var(axis=1)))
         for ax, m, title, cmap in ((axes[0, j], norm, f"{name} {f.shape[1]}x{f.shape[2]}: |feature|", "viridis"),
@@ -398,7 +399,7 @@ def plot_feature_pyramid(features, *, level_names=None):
             ax.set_title(title, fontsize=9)
             _plain(ax)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel(f"L2 norm over\n{np.asarray(features[names[0]]).shape[0]} channels", fontsize=9)
+    axes[0, 0].set_ylabel(f"L2 norm over\n{np.asarray(features[0]).shape[0]} channels", fontsize=9)
     axes[1, 0].set_ylabel("the channel of\nlargest variance", fontsize=9)
     fig.tight_layout()
     return fig

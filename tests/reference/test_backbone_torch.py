@@ -66,7 +66,7 @@ def test_tiny_forward_and_gradients_match_torchvision():
     x = rng.standard_normal((2, 3, 70, 54))
     xt = torch.tensor(x, requires_grad=True)
     out_t = model(xt)  # OrderedDict "0".."3", "pool"
-    names = {"0": "P2", "1": "P3", "2": "P4", "3": "P5", "pool": "P6"}
+    level = {"0": 0, "1": 1, "2": 2, "3": 3, "pool": 4}  # torchvision's keys -> index in our pyramid list
     feats, rc = resnet_forward(params, x)
     pyr, fc = fpn_forward(params, feats)
     body_t = model.body(torch.tensor(x))
@@ -74,10 +74,12 @@ def test_tiny_forward_and_gradients_match_torchvision():
         ours = feats[{"0": "C2", "1": "C3", "2": "C4", "3": "C5"}[k]]  # IntermediateLayerGetter names
         np.testing.assert_allclose(ours, v.detach().numpy(), rtol=1e-10, atol=1e-10)
     for k, v in out_t.items():
-        np.testing.assert_allclose(pyr[names[k]], v.detach().numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(pyr[level[k]], v.detach().numpy(), rtol=1e-10, atol=1e-10)
 
-    dpyr = {names[k]: rng.standard_normal(v.shape) for k, v in out_t.items()}
-    loss = sum((v * torch.tensor(dpyr[names[k]])).sum() for k, v in out_t.items())
+    dpyr = [None] * 5
+    for k, v in out_t.items():
+        dpyr[level[k]] = rng.standard_normal(v.shape)
+    loss = sum((v * torch.tensor(dpyr[level[k]])).sum() for k, v in out_t.items())
     loss.backward()
     fgrads, dfeats = fpn_backward(dpyr, fc)
     bgrads, dx = resnet_backward(dfeats, rc, trainable_layers=5, return_input_grad=True)
@@ -115,7 +117,7 @@ def test_resnet50_fpn_forward_matches_torchvision():
     feats, _ = resnet_forward(params, x)
     pyr, _ = fpn_forward(params, feats)
     assert feats["C5"].shape == (1, 2048, 3, 2)
-    names = {"0": "P2", "1": "P3", "2": "P4", "3": "P5", "pool": "P6"}
+    level = {"0": 0, "1": 1, "2": 2, "3": 3, "pool": 4}  # torchvision's keys -> index in our pyramid list
     for k, v in out_t.items():
         v = v.numpy()
-        np.testing.assert_allclose(pyr[names[k]], v, rtol=1e-9, atol=1e-9 * np.abs(v).max())
+        np.testing.assert_allclose(pyr[level[k]], v, rtol=1e-9, atol=1e-9 * np.abs(v).max())

@@ -31,9 +31,18 @@ from mrcnn_np.rpn import (  # noqa: E402
     rpn_targets,
 )
 
-torch.set_default_dtype(torch.float64)
 SIZES = ((16,), (32,))
 RATIOS = ((0.5, 1.0, 2.0),) * 2
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """torch's default dtype float64 for these tests only: set at import it leaked into every
+    reference test collected after this file (their torch modules were built in float64)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def _t(x):
