@@ -236,7 +236,7 @@ def check_hw_pair(name, value, *, minimum=1):
     return int(value[0]), int(value[1])
 
 
-# --------------------------------------------------------------------------- issue 16: no bad input unanswered
+# --------------------------------------------------------------------------- flags, types, paths, coordinates
 
 
 def check_bool(name, value):

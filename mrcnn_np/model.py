@@ -40,6 +40,39 @@ three. Proposals, anchor and RoI targets, and both samplings are constants
 (torchvision detaches the proposals). Frozen BN parameters never get a
 gradient, nor do the backbone stages below ``config.trainable_layers``.
 
+Handoff conventions (every stage follows them; the README's "Conventions" says the same):
+
+* Feature maps of several levels travel as a LIST in level order. The pyramid
+  is ``[P2, P3, P4, P5, P6]`` (``pyramid[l]`` is P{l+2}; ``fpn.PYRAMID_LEVELS``
+  names the entries, torchvision's keys are "0".."3", "pool") from
+  ``backbone_forward`` through the RPN head (all five) to
+  ``multiscale_roi_align_forward`` (``pyramid[:4]``, P2..P5), and back:
+  ``dpyramid`` is a list of the same length (None: no gradient for that level).
+  The per-level outputs (objectness, deltas, anchors, RoIAlign's per-level
+  gradients) are lists in the same order. The one dict of maps is the ResNet
+  body's ``{"C2": .., "C5": ..}``, read by name by the FPN alone (torchvision's
+  ``IntermediateLayerGetter`` output).
+* A stage with parameters (``backbone``/``bottleneck``/``resnet``, ``fpn``,
+  ``rpn_head``, ``box_head``, ``mask_head``) has ``out, cache =
+  X_forward(params, input)`` and ``grads, dinput = X_backward(dout, cache)``:
+  always that pair. ``grads`` is a new dict keyed like ``params`` (the keys the
+  stage trains); ``dinput`` has the type of the forward's input (an array, the
+  pyramid list, the C2..C5 dict), or is None when the caller did not ask for
+  it (``return_input_grad=False``, ``need_dx=False``). No flag changes the
+  shape of a result.
+* An op (``ops.*``, ``roi_align``, ``multiscale_roi_align``,
+  ``concat_box_prediction_layers``) takes its weights as arrays and its backward
+  returns the gradients of its differentiable array inputs in the forward's
+  argument order: one array (``dx``), or a tuple (``dx, dw, db`` of conv2d and
+  linear; ``dbox_cls, dbox_regression``), an entry None when not computed.
+  Frozen BN's arrays are buffers, so ``frozen_batch_norm_backward`` gives dx.
+* A loss returns its value(s), then the gradient of each input it
+  differentiates, in one call (``rpn_loss``, ``fastrcnn_loss``, ``maskrcnn_loss``).
+* :func:`backward` ends the chain: it returns the grads dict alone (the images
+  get no gradient). No backward modifies ``dout``. Only private helpers
+  (leading underscore, e.g. ``backbone._bottleneck_backward``) write gradients
+  into a dict they are given, for speed.
+
 Bad input (README, "Conventions"): the public functions are the boundary. They
 refuse NaN/inf in params, images and targets, degenerate or overflowing target
 boxes (ValueError naming the argument), then run every stage unchecked with
