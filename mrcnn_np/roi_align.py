@@ -55,17 +55,14 @@ fails ("cannot create std::vector larger than max_size()") on the others.
 
 Implementation
 --------------
-RoIAlign is linear in the feature map: ``out = M @ features`` for a sparse
-matrix ``M`` with one row per output bin ``(k, p, q)`` and one column per
-feature cell ``(n, h, w)``; row ``(k, p, q)`` holds the bilinear weights of
-the bin's samples divided by ``gh * gw``. ``roi_align_naive`` is the formula
-as loops: the definition, and the reference the fast path is tested against.
-``roi_align_forward`` checks its arguments once and calls the speed engine,
-``mrcnn_np.kernels.roi_align``: ``M`` built vectorised and applied with
-scipy's sparse products (the backward is ``M^T @ dout``), or, for few channels
-and large sampling grids (mask targets), the separable form
-``S @ (A_y @ features)``; a cost model picks one unless ``method=`` does. Its
-docstring has the construction and the measured speed-ups against torchvision.
+``roi_align_naive`` is the rule above as loops: the definition, and the
+reference the fast path is tested against. RoIAlign is linear in the feature
+map, ``out = M @ features`` for a sparse ``M`` (one row per output bin, the
+bilinear weights of its samples over ``gh * gw``), so the backward is
+``M^T @ dout``. ``roi_align_forward`` checks its arguments once and calls the
+engine, ``mrcnn_np.kernels.roi_align`` (``M`` built vectorised, or the
+separable form ``S @ (A_y @ features)`` where that is cheaper; its docstring
+has the construction and the speed-ups against torchvision).
 """
 from __future__ import annotations
 
@@ -93,15 +90,9 @@ __all__ = [
 
 
 class RoIAlignCache(NamedTuple):
-    """What ``roi_align_backward`` needs.
-
-    matrix: scipy CSR matrix (K*ph*pw, N*H*W), the linear map of the forward,
-        or None when the forward used the separable form.
-    input_shape: (N, C, H, W).
-    output_size: (ph, pw).
-    dtype: dtype of the input.
-    separable: None, or the two sparse factors ``(a_y, s)`` of the separable form.
-    """
+    """What ``roi_align_backward`` needs: matrix, the scipy CSR (K*ph*pw, N*H*W) map of
+    the forward (None if it was separable); input_shape (N, C, H, W); output_size
+    (ph, pw); dtype of the input; separable, None or the sparse factors ``(a_y, s)``."""
 
     matrix: object
     input_shape: tuple
@@ -111,16 +102,10 @@ class RoIAlignCache(NamedTuple):
 
 
 class MultiScaleRoIAlignCache(NamedTuple):
-    """What ``multiscale_roi_align_backward`` needs.
-
-    levels: (K,) int64 absolute level of each box (k_min .. k_max).
-    k_min: level of ``features[0]``.
-    indices: list, per level, of the (K_l,) box indices routed to it.
-    caches: list, per level, of the ``RoIAlignCache`` (None if no box).
-    feature_shapes: list of (N, C, H_l, W_l).
-    output_shape: (K, C, ph, pw).
-    dtype: dtype of the features.
-    """
+    """What ``multiscale_roi_align_backward`` needs: levels (K,) int64, the absolute
+    level of each box (k_min .. k_max); k_min, the level of ``features[0]``; per level,
+    indices (K_l,) of its boxes and caches, its RoIAlignCache (None if no box);
+    feature_shapes, the (N, C, H_l, W_l); output_shape (K, C, ph, pw); dtype."""
 
     levels: np.ndarray
     k_min: int
@@ -131,9 +116,7 @@ class MultiScaleRoIAlignCache(NamedTuple):
     dtype: np.dtype
 
 
-# ---------------------------------------------------------------------------
-# argument checks
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- argument checks
 
 
 def _check_sampling_ratio(sampling_ratio):
@@ -156,31 +139,24 @@ def _check_roi_args(input, boxes, output_size, spatial_scale, sampling_ratio, al
     _check_sampling_ratio(sampling_ratio)
     if not isinstance(aligned, (bool, np.bool_)):
         raise TypeError(f"aligned must be a bool, got {type(aligned).__name__}")
-    n = input.shape[0]
-    if boxes.shape[0]:
-        check_finite("boxes", boxes)
-        bidx = boxes[:, 0]
-        if np.any(bidx != np.round(bidx)):
-            bad = bidx[bidx != np.round(bidx)][0]
-            raise ValueError(f"boxes[:, 0] (batch index) must be integer-valued, got {bad}")
-        if bidx.min() < 0 or bidx.max() >= n:
-            bad = bidx[(bidx < 0) | (bidx >= n)][0]
-            raise ValueError(
-                f"boxes[:, 0] (batch index) must be in [0, {n - 1}] for input with N={n}, "
-                f"got {bad:g}"
-            )
+    _check_batch_index(boxes, input.shape[0], "input")
     return (ph, pw), spatial_scale, int(sampling_ratio), bool(aligned)
 
 
-def _check_method(method):
-    if method is not None and not (isinstance(method, str) and method in ("matrix", "separable")):
-        raise ValueError(f"method must be None, 'matrix' or 'separable', got {method!r}")
-    return method
+def _check_batch_index(boxes, n, what):
+    """boxes (K, 5) finite, their column 0 integer-valued in [0, n) (n: the N of ``what``)."""
+    if boxes.shape[0] == 0:
+        return
+    check_finite("boxes", boxes)
+    bidx = boxes[:, 0]
+    if np.any(bidx != np.round(bidx)):
+        raise ValueError(f"boxes[:, 0] (batch index) must be integer-valued, got {bidx[bidx != np.round(bidx)][0]}")
+    if bidx.min() < 0 or bidx.max() >= n:
+        raise ValueError(f"boxes[:, 0] (batch index) must be in [0, {n - 1}] for {what} with N={n}, "
+                         f"got {bidx[(bidx < 0) | (bidx >= n)][0]:g}")
 
 
-# ---------------------------------------------------------------------------
-# the definition: loops
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- the definition: loops
 
 
 def _bilinear_naive(fmap, y, x):
@@ -280,9 +256,7 @@ def roi_pool_naive(input, boxes, output_size, *, spatial_scale=1.0):
     return out
 
 
-# ---------------------------------------------------------------------------
-# public: check, then the kernel
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- public: check, then the kernel
 
 
 @quiet_math
@@ -305,23 +279,19 @@ def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_
     """
     output_size, spatial_scale, sampling_ratio, aligned = _check_roi_args(
         input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
-    method = _check_method(method)
+    if method is not None and not (isinstance(method, str) and method in ("matrix", "separable")):
+        raise ValueError(f"method must be None, 'matrix' or 'separable', got {method!r}")
     return _roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, method)
-
-
-def _roi_align_method(input_shape, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """The form (``"matrix"`` or ``"separable"``) ``roi_align_forward(method=None)`` takes for
-    these arguments (the cheaper by an operation count)."""
-    return _kernel.cheaper_form(input_shape, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 def _roi_align_forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
                        method=None):
     """:func:`roi_align_forward` without the checks (for the stages): output_size (ph, pw),
-    spatial_scale float, sampling_ratio int, aligned bool."""
+    spatial_scale float, sampling_ratio int, aligned bool; method None: the kernel's
+    ``cheaper_form`` (an operation count) picks."""
     args = (output_size, spatial_scale, sampling_ratio, aligned)
     if method is None:
-        method = _roi_align_method(input.shape, boxes, *args)
+        method = _kernel.cheaper_form(input.shape, boxes, *args)
     out, matrix, separable = _kernel.roi_align_forward(input, boxes, *args, method)
     cache = RoIAlignCache(matrix=matrix, input_shape=tuple(input.shape), output_size=output_size,
                           dtype=input.dtype, separable=separable)
@@ -339,11 +309,9 @@ def roi_align_backward(dout, cache):
     (``M^T @ dout``, a scatter-add).
     """
     check_instance("cache", cache, RoIAlignCache, "RoIAlignCache (from roi_align_forward)")
-    n, c, h, w = cache.input_shape
     ph, pw = cache.output_size
-    rows = (cache.matrix if cache.separable is None else cache.separable[1]).shape[0]
-    k = rows // (ph * pw)
-    check_array("dout", dout, shape=(k, c, ph, pw), dtype_kind="f")
+    k = (cache.matrix if cache.separable is None else cache.separable[1]).shape[0] // (ph * pw)
+    check_array("dout", dout, shape=(k, cache.input_shape[1], ph, pw), dtype_kind="f")
     return _roi_align_backward(dout, cache)
 
 
@@ -368,20 +336,12 @@ def roi_sample_points(box, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
     box = box.astype(np.float64)
     if box.shape != (4,):
         raise ValueError(f"box must have shape (4,), got {box.shape}")
-    rois = np.concatenate([[0.0], box])[None]  # (1, 5), batch index 0
-    (ph, pw), spatial_scale, sampling_ratio, aligned = _check_roi_args(
-        np.zeros((1, 1, 1, 1)), rois, output_size, spatial_scale, sampling_ratio, aligned)
-    start, binsz, grid, _ = _kernel.roi_geometry(rois, (ph, pw), spatial_scale, sampling_ratio,
-                                                 aligned, np.float64)
-    gh, gw = (max(int(g), 0) for g in grid[0])
-    ys = _kernel.axis_samples(start[:, 0], binsz[:, 0], ph, gh, np.float64)[0] if gh else np.zeros((ph, 0))
-    xs = _kernel.axis_samples(start[:, 1], binsz[:, 1], pw, gw, np.float64)[0] if gw else np.zeros((pw, 0))
-    return ys, xs
+    args = _check_roi_args(np.zeros((1, 1, 1, 1)), np.concatenate([[0.0], box])[None], output_size,
+                           spatial_scale, sampling_ratio, aligned)  # the box as one RoI of image 0
+    return _kernel.box_sample_points(box, *args)
 
 
-# ---------------------------------------------------------------------------
-# FPN level mapper and multi-level RoIAlign
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- FPN level mapper and multi-level RoIAlign
 
 
 @quiet_math
@@ -401,12 +361,16 @@ def level_mapper(boxes, *, k_min=2, k_max=5, canonical_scale=224, canonical_leve
     check_finite("boxes", boxes)
     k_min = check_positive_int("k_min", k_min, minimum=0)
     k_max = check_positive_int("k_max", k_max, minimum=k_min)
-    canonical_scale = check_float("canonical_scale", canonical_scale, minimum=0)
+    canonical = _check_canonical(canonical_scale, canonical_level)
+    return _level_mapper(boxes, k_min, k_max, *canonical, check_float("eps", eps, minimum=0))
+
+
+def _check_canonical(canonical_scale, canonical_level):
+    """The level mapper's canonical_scale (> 0) and canonical_level, as floats."""
+    canonical_scale = check_float("canonical_scale", canonical_scale)
     if canonical_scale <= 0:
         raise ValueError(f"canonical_scale must be > 0, got {canonical_scale}")
-    canonical_level = check_float("canonical_level", canonical_level)
-    eps = check_float("eps", eps, minimum=0)
-    return _level_mapper(boxes, k_min, k_max, canonical_scale, canonical_level, eps)
+    return canonical_scale, check_float("canonical_level", canonical_level)
 
 
 def _level_mapper(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
@@ -428,9 +392,7 @@ def _levels_from_scales(scales):
         if abs(v - round(v)) > 1e-6:
             raise ValueError(f"scales must be powers of 1/2, got scales[{i}] = {s}")
         if int(round(v)) != k_min + i:
-            raise ValueError(
-                f"scales must halve from one level to the next (1/4, 1/8, ...), got {tuple(scales)}"
-            )
+            raise ValueError(f"scales must halve from one level to the next (1/4, 1/8, ...), got {tuple(scales)}")
     return k_min, k_max
 
 
@@ -439,7 +401,8 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
                                  canonical_scale=224, canonical_level=4):
     """RoIAlign over FPN levels; twin of ``torchvision.ops.MultiScaleRoIAlign``.
 
-    features: list of L arrays (N, C, H_l, W_l), e.g. [P2, P3, P4, P5].
+    features: list of L arrays (N, C, H_l, W_l), e.g. the pyramid's [P2, P3, P4, P5]
+        (``pyramid[:4]``, see ``mrcnn_np.model``, "Handoff conventions").
     boxes: (K, 5) ``[batch_index, x1, y1, x2, y2]`` in image pixels.
     output_size: int or (ph, pw).
     scales: L spatial scales, e.g. (1/4, 1/8, 1/16, 1/32); k_min and k_max are
@@ -450,41 +413,27 @@ def multiscale_roi_align_forward(features, boxes, output_size, *, scales, sampli
     Returns ``(out, cache)``: out (K, C, ph, pw), row k belongs to box k.
     """
     if not isinstance(features, (list, tuple)) or not features:
-        raise TypeError(
-            f"features must be a non-empty list of arrays, got {type(features).__name__}")
+        raise TypeError(f"features must be a non-empty list of arrays, got {type(features).__name__}")
     for i, f in enumerate(features):
         check_array(f"features[{i}]", f, shape=("N", "C", "H", "W"), dtype_kind="f")
         if f.shape[2] < 1 or f.shape[3] < 1:
             raise ValueError(f"features[{i}] must have H >= 1 and W >= 1, got shape {f.shape}")
         if f.shape[:2] != features[0].shape[:2] or f.dtype != features[0].dtype:
-            raise ValueError(
-                f"features[{i}] must share N, C and dtype with features[0] "
-                f"{features[0].shape[:2]} {features[0].dtype}, got {f.shape[:2]} {f.dtype}"
-            )
+            raise ValueError(f"features[{i}] must share N, C and dtype with features[0] "
+                             f"{features[0].shape[:2]} {features[0].dtype}, got {f.shape[:2]} {f.dtype}")
     check_sequence("scales", scales, what="sequence of spatial scales")
     scales = tuple(check_float(f"scales[{i}]", s) for i, s in enumerate(scales))
     if len(scales) != len(features):
-        raise ValueError(
-            f"scales must have one entry per feature map ({len(features)}), got {len(scales)}")
+        raise ValueError(f"scales must have one entry per feature map ({len(features)}), got {len(scales)}")
     if any(s <= 0 for s in scales):
         raise ValueError(f"scales must be > 0, got {scales}")
-    k_min, k_max = _levels_from_scales(scales)
+    _levels_from_scales(scales)  # powers of 1/2, halving level to level
     check_array("boxes", boxes, shape=("K", 5), dtype_kind="fiu")
     output_size = check_pair("output_size", output_size)
     _check_sampling_ratio(sampling_ratio)
-    n = features[0].shape[0]
-    if boxes.shape[0]:
-        check_finite("boxes", boxes)
-        bidx = boxes[:, 0]
-        if np.any(bidx != np.round(bidx)) or bidx.min() < 0 or bidx.max() >= n:
-            raise ValueError(f"boxes[:, 0] (batch index) must be integers in [0, {n - 1}] for features "
-                             f"with N={n}, got values in [{bidx.min():g}, {bidx.max():g}]")
-    canonical_scale = check_float("canonical_scale", canonical_scale)
-    if canonical_scale <= 0:
-        raise ValueError(f"canonical_scale must be > 0, got {canonical_scale}")
-    canonical_level = check_float("canonical_level", canonical_level)
+    _check_batch_index(boxes, features[0].shape[0], "features")
     return _multiscale_roi_align_forward(features, boxes, output_size, scales, int(sampling_ratio),
-                                         canonical_scale, canonical_level)
+                                         *_check_canonical(canonical_scale, canonical_level))
 
 
 def _multiscale_roi_align_forward(features, boxes, output_size, scales, sampling_ratio=2,
@@ -516,8 +465,8 @@ def multiscale_roi_align_backward(dout, cache):
     """Backward of ``multiscale_roi_align_forward``.
 
     dout: (K, C, ph, pw) (not modified).
-    Returns a list of L gradients, one per feature map, shaped like it
-    (zeros for a level that received no box).
+    Returns dfeatures, a list of L gradients, one per feature map, shaped like it
+    (zeros for a level that received no box): the type of the forward's ``features``.
     """
     if not isinstance(cache, MultiScaleRoIAlignCache):
         raise TypeError(f"cache must be a MultiScaleRoIAlignCache, got {type(cache).__name__}")
@@ -527,10 +476,5 @@ def multiscale_roi_align_backward(dout, cache):
 
 def _multiscale_roi_align_backward(dout, cache):
     """:func:`multiscale_roi_align_backward` without the checks (for ``model``)."""
-    grads = []
-    for idx, sub, shape in zip(cache.indices, cache.caches, cache.feature_shapes):
-        if sub is None:
-            grads.append(np.zeros(shape, dtype=cache.dtype))
-        else:
-            grads.append(_roi_align_backward(dout[idx], sub))
-    return grads
+    return [np.zeros(shape, dtype=cache.dtype) if sub is None else _roi_align_backward(dout[idx], sub)
+            for idx, sub, shape in zip(cache.indices, cache.caches, cache.feature_shapes)]

@@ -11,7 +11,8 @@ spatial_scale a float > 0, sampling_ratio an int, aligned a bool, boxes
 Entry points: :func:`roi_align_forward` / :func:`roi_align_backward`, the two
 linear maps :func:`roi_align_matrix` and :func:`roi_align_separable`, the cost
 model :func:`cheaper_form` that picks one, and the per-box geometry
-(:func:`roi_geometry`, :func:`axis_samples`) shared with ``roi_sample_points``.
+(:func:`roi_geometry`, :func:`axis_samples`, :func:`box_sample_points`) shared with
+``roi_sample_points``.
 
 How it works, and what it gains
 -------------------------------
@@ -59,6 +60,7 @@ import scipy.sparse as sp
 __all__ = [
     "roi_geometry",
     "axis_samples",
+    "box_sample_points",
     "roi_align_matrix",
     "roi_align_separable",
     "cheaper_form",
@@ -125,6 +127,17 @@ def axis_samples(start, binsz, pooled, grid, dtype, width=None):
     b = binsz[:, None, None]
     g = grid.astype(dtype).reshape(-1, 1, 1) if grid.ndim else dt(grid)
     return s + p * b + (i + dt(0.5)) * b / g
+
+
+def box_sample_points(box, output_size, spatial_scale, sampling_ratio, aligned):
+    """Sample coordinates of ONE box (4,) ``x1, y1, x2, y2``, in float64: (ys (ph, gh),
+    xs (pw, gw)), for ``roi_align.roi_sample_points``."""
+    (ph, pw), rois = output_size, np.concatenate([[0.0], box])[None]
+    start, binsz, grid, _ = roi_geometry(rois, (ph, pw), spatial_scale, sampling_ratio, aligned, np.float64)
+    gh, gw = (max(int(g), 0) for g in grid[0])
+    ys = axis_samples(start[:, 0], binsz[:, 0], ph, gh, np.float64)[0] if gh else np.zeros((ph, 0))
+    xs = axis_samples(start[:, 1], binsz[:, 1], pw, gw, np.float64)[0] if gw else np.zeros((pw, 0))
+    return ys, xs
 
 
 def _axis_bilinear(coord, size):
