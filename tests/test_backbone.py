@@ -373,6 +373,34 @@ def test_missing_levels_count_as_zero():
     assert all(g[k].shape == p[k].shape for k in g)
 
 
+def test_bottleneck_backward_returns_grads_and_dx():
+    from mrcnn_np.backbone import bottleneck_backward, bottleneck_forward, resnet_conv_specs
+
+    p = tiny((1, 2, 1, 1), width=4, seed=50)
+    rng = np.random.default_rng(51)
+    _, stages = resnet_conv_specs(resnet_structure(p))
+    for specs in (stages[1][0], stages[1][1]):  # with a downsample shortcut, with the identity
+        x = rng.standard_normal((1, specs[0].in_channels, 7, 6))
+        out, cache = bottleneck_forward(p, specs, x)
+        dout = rng.standard_normal(out.shape)
+        grads, dx = bottleneck_backward(dout, cache)  # (grads, dinput), as every stage
+        assert list(grads) and set(grads) == {s.conv for s in specs if s is not None}
+
+        def loss():
+            return np.sum(bottleneck_forward(p, specs, x)[0] * dout)
+
+        for key in list(grads)[:2]:
+            assert relative_error(numeric_gradient(loss, p[key]), grads[key]) < 1e-6, key
+        assert relative_error(numeric_gradient(loss, x), dx) < 1e-6
+        g, none = bottleneck_backward(dout, cache, need_dx=False)
+        assert none is None and set(g) == set(grads)
+        for k in g:
+            np.testing.assert_array_equal(g[k], grads[k])
+        g, dx2 = bottleneck_backward(dout, cache, need_dw=False)
+        assert g == {}
+        np.testing.assert_array_equal(dx2, dx)
+
+
 def test_backward_does_not_modify_dout():
     p = tiny((1, 2, 1, 1), width=4, seed=40)
     x = np.random.default_rng(41).standard_normal((1, 3, 32, 32))
