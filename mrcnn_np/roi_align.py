@@ -284,14 +284,19 @@ def roi_align_forward(input, boxes, output_size, *, spatial_scale=1.0, sampling_
     return _roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, method)
 
 
+#: the form, "matrix" or "separable", ``roi_align_forward(method=None)`` takes for
+#: (input_shape, boxes, output_size, spatial_scale, sampling_ratio, aligned): the cheaper
+#: by an operation count (the kernel's cost model; ``roi_heads`` groups mask targets by it)
+_roi_align_method = _kernel.cheaper_form
+
+
 def _roi_align_forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
                        method=None):
     """:func:`roi_align_forward` without the checks (for the stages): output_size (ph, pw),
-    spatial_scale float, sampling_ratio int, aligned bool; method None: the kernel's
-    ``cheaper_form`` (an operation count) picks."""
+    spatial_scale float, sampling_ratio int, aligned bool; method None: the cheaper."""
     args = (output_size, spatial_scale, sampling_ratio, aligned)
     if method is None:
-        method = _kernel.cheaper_form(input.shape, boxes, *args)
+        method = _roi_align_method(input.shape, boxes, *args)
     out, matrix, separable = _kernel.roi_align_forward(input, boxes, *args, method)
     cache = RoIAlignCache(matrix=matrix, input_shape=tuple(input.shape), output_size=output_size,
                           dtype=input.dtype, separable=separable)

@@ -98,8 +98,7 @@ from .ops.conv import (
 from .ops.linear import _linear_backward, _linear_forward
 from .ops.losses import _bce_with_logits, _smooth_l1, _softmax_cross_entropy
 from .ops.resize import resize_bilinear
-from .kernels.roi_align import cheaper_form as _roi_align_method
-from .roi_align import _roi_align_forward
+from .roi_align import _roi_align_forward, _roi_align_method
 
 __all__ = [
     "BOX_CODER_WEIGHTS",
@@ -1003,7 +1002,7 @@ def _project_masks_per_image(gt_masks, boxes, matched_idxs, M):
     """:func:`project_masks_on_boxes` of every image (lists over images) -> list of (P_i, M, M).
 
     Images whose masks have one size and whose RoIAlign takes one form
-    (the kernel's ``cheaper_form``) are pooled by ONE RoIAlign: their masks
+    (``roi_align._roi_align_method``) are pooled by ONE RoIAlign: their masks
     stacked, each RoI's mask index moved by the masks before it. The sparse rows
     of a RoI hold the same weights in the same order either way, so every target
     is the same, bit for bit, as image by image (tested); the shapes model's 4
