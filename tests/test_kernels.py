@@ -57,7 +57,7 @@ def _conv_problem(rng, *, transposed=False):
 def _spy_paths(monkeypatch):
     """Count the calls of each engine path of kernels.conv."""
     seen = {}
-    for name in ("_gemm_rows", "_gemm_im2col", "_gemm_col2im", "_batched_outer", "_is_tiling"):
+    for name in ("_gemm_rows", "_gemm_im2col", "_gemm_wide", "_gemm_col2im", "_batched_outer", "_is_tiling"):
         real = getattr(kconv, name)
 
         def spy(*args, _real=real, _name=name, **kw):
@@ -94,7 +94,7 @@ def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
         no_dx, dw_only = kconv.conv2d_backward(dout.astype(dtype), x.astype(dtype), w.astype(dtype), s, p, d,
                                                need_dx=False)
         assert no_dx is None and np.array_equal(dw_only, dw)  # the same dw, bit for bit
-    want = {"_gemm_im2col", "_gemm_col2im", "_batched_outer"} | ({"_gemm_rows"} if budget else set())
+    want = {"_gemm_im2col", "_gemm_col2im", "_batched_outer"} | ({"_gemm_rows"} if budget else {"_gemm_wide"})
     assert want <= set(seen)  # every path of the engine ran
 
 
@@ -396,3 +396,34 @@ def test_forward_blocks_of_any_size_give_the_same_bits(monkeypatch):
             monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget)
             outs.append(kconv.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), (hw, hw)))
         assert all(np.array_equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_rows_equal_the_per_tap_engine(dtype, monkeypatch):
+    # the wide-row path (small stride-1 maps, shared zero separators between rows and images):
+    # the forward and dx (a forward conv) are the per-tap engine's dot product per output, bit
+    # for bit (products above OpenBLAS's small-matrix kernel), and dw is the per-tap engine's;
+    # any padding / dilation (separators wider than the padding)
+    rng = np.random.default_rng(11)
+    cases = [(12, 32, 14, 14, 32, 3, 3, (1, 1), (1, 1)), (4, 16, 9, 7, 24, 3, 3, (1, 1), (1, 1)),
+             (3, 8, 10, 11, 40, 3, 2, (0, 2), (1, 2)), (5, 6, 6, 5, 50, 5, 3, (2, 0), (2, 1)),
+             (2, 4, 5, 6, 30, 1, 3, (2, 1), (1, 1))]
+    for N, C, H, W, F, KH, KW, p, d in cases:
+        x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, KH, KW), dtype)
+        Ho = conv_output_size(H, KH, stride=1, padding=p[0], dilation=d[0])
+        Wo = conv_output_size(W, KW, stride=1, padding=p[1], dilation=d[1])
+        dout = _rand(rng, (N, F, Ho, Wo), dtype)
+        got = kconv.conv2d_forward(x, w, (1, 1), p, d, (Ho, Wo))
+        gdx, gdw = kconv.conv2d_backward(dout, x, w, (1, 1), p, d)
+        monkeypatch.setattr(kconv, "_WIDE_MAX_WO", 0)  # the per-tap engine
+        want = kconv.conv2d_forward(x, w, (1, 1), p, d, (Ho, Wo))
+        wdx, wdw = kconv.conv2d_backward(dout, x, w, (1, 1), p, d)
+        monkeypatch.undo()
+        if F * C * KH * KW * N * Ho * Wo > kconv._SMALL_GEMM:
+            assert np.array_equal(got, want)
+            assert np.array_equal(gdw, wdw)
+        np.testing.assert_allclose(got, want, **_tol(dtype))
+        np.testing.assert_allclose(gdx, wdx, **_tol(dtype))
+        np.testing.assert_allclose(gdw, wdw, **_tol(dtype))
+        np.testing.assert_allclose(got, conv2d_naive(x.astype(np.float64), w.astype(np.float64), None,
+                                                     stride=1, padding=p, dilation=d), **_tol(dtype))

@@ -68,6 +68,17 @@ repeats, same process, 2-core build machine (shared), path on vs off;
   Its partial-sum buffer is a reused scratch buffer too: a fresh 4 MB
   ``np.empty`` per call cost 1-2 ms of page faults on 64x128x128 (forward
   1.27-1.43x -> 1.15-1.18x of its GEMM).
+- Wide rows for stride-1 convs of small maps (output rows of at most ``_WIDE_MAX_WO``,
+  :func:`_gemm_wide`): the images laid end to end on one channel-major grid with shared zero
+  separators, so each (channel, tap) row of the columns is one contiguous run and the whole
+  im2col one copy; the outputs off the image are computed and dropped (1.15x the products at
+  14 x 14). One thread, CPU time, forward / backward against the per-tap blocked engine: mask
+  head 25 x 32 x 14 x 14 (3x3, 32 filters) 1.80 -> 1.60 / 3.65 -> 3.23 ms, 4 x 32 x 32 x 32
+  1.32 -> 1.25 / 2.59 -> 2.45 ms, 4 x 32 x 8 x 8 0.144 -> 0.107 / 0.303 -> 0.244 ms. The
+  forward (and dx, a forward conv) is the same dot product per output, bit for bit. The
+  weight gradient keeps the per-tap columns: on wide rows it would also sum the dropped
+  (zero) positions, which moves its bits (by 5.5e-7 of the largest entry on the shapes
+  model, measured), and a bit-identical training step is worth more than its ~10 %.
 - Stride-1 input gradient as a forward conv of ``dout`` with the flipped kernel
   instead of col2im (KH*KW slice additions): 1.16x, 1.38x, and 1.27x for the
   mask head's 64x256x14x14.
@@ -81,9 +92,10 @@ repeats, same process, 2-core build machine (shared), path on vs off;
   per-image products summed.
 
 Tried and dropped: copying on worker threads (no gain on the shared 2 cores);
-a "wide-row" forward (pad once, each tap a contiguous run of ``Ho*Wp`` columns,
-crop the ``Wp - Wo`` junk columns afterwards), with or without an im2col copy:
-no faster on 256x64x64 and 1.15x to 1.3x slower on the other two benchmark shapes.
+the wide-row forward on large maps (pad once, each tap a contiguous run of ``Ho*Wp``
+columns, crop the ``Wp - Wo`` junk columns afterwards), with or without an im2col copy:
+no faster on 256x64x64 and 1.15x to 1.3x slower on the other two benchmark shapes (their
+rows are long already; it pays on small maps only, see above).
 Also dropped: splitting stride-2 float32 columns by reading each pair as one
 uint64 and keeping a half by an integer cast (2x faster on a contiguous
 source, no faster than the strided copy once rows are strided too).
@@ -325,6 +337,101 @@ def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
                 dw += _outer(s2, cols)
 
 
+_WIDE_MAX_WO = 32  # stride-1 convs with output rows this short take the wide-row path
+
+
+def _use_wide(C, KH, KW, Ho, Wo, stride, padding):
+    """Stride-1 convs of small maps (short output rows) take the wide-row path (:func:`_gemm_wide`)."""
+    return stride == (1, 1) and KH * KW > 1 and Wo <= _WIDE_MAX_WO
+
+
+def _wide_layout(H, W, KH, KW, padding, dilation):
+    """The grid of :func:`_gemm_wide`: zero separators of (sh, sw) rows/columns between images and
+    rows, shared by neighbours; returns (sh, sw, Hq, Wq) with Hq = H + sh, Wq = W + sw.
+
+    A separator must hold each side's padding (pw on the left, reach - pw on the right, reach =
+    dw*(KW-1)) and leave room for the output row (Wo = W + 2pw - reach <= Wq).
+    """
+    (ph, pw), (dh, dw) = padding, dilation
+    rh, rw = dh * (KH - 1), dw * (KW - 1)
+    sh = max(ph, rh - ph, 2 * ph - rh)
+    sw = max(pw, rw - pw, 2 * pw - rw)
+    return sh, sw, H + sh, W + sw
+
+
+def _wide_input(x, layout, tail):
+    """Channel-major copy on the grid of :func:`_wide_layout`, laid end to end:
+    ``xw[c, sh*Wq + n*Hq*Wq + t*Wq + sw + u] = x[n, c, t, u]``, zero elsewhere (the first sh rows,
+    the separators, and ``tail`` values after the last image)."""
+    N, C, H, W = x.shape
+    sh, sw, Hq, Wq = layout
+    head, L = sh * Wq, N * Hq * Wq
+    xw = np.empty((C, head + L + tail), dtype=x.dtype)
+    xw[:, :head] = 0
+    xw[:, head + L:] = 0
+    v = xw[:, head:head + L].reshape(C, N, Hq, Wq)
+    v[:, :, H:] = 0
+    v[:, :, :H, :sw] = 0
+    v[:, :, :H, sw:] = x.transpose(1, 0, 2, 3)
+    return xw
+
+
+def _wide_blocks(N, per_image, F, K, itemsize, budget):
+    """Blocks of whole images whose wide columns take about ``budget`` bytes, unless a block's
+    GEMM would fall to OpenBLAS's small-matrix kernel (see :func:`_gemm_im2col`): one block."""
+    per = max(1, budget // max(K * per_image * itemsize, 1))
+    blocks = [(n, min(N, n + per)) for n in range(0, N, per)]
+    least = min(n1 - n0 for n0, n1 in blocks) * per_image
+    if len(blocks) > 1 and F * K * least <= _SMALL_GEMM:
+        blocks = [(0, N)]
+    return blocks
+
+
+def _gemm_wide(x, padding, KH, KW, dilation, out_hw, wm, out):
+    """Stride-1 im2col GEMMs on "wide" rows: one contiguous copy per (channel, tap).
+
+    Lay the images out channel-major on one grid (:func:`_wide_input`): row after row of
+    ``Wq = W + sw`` values (sw zero separator columns, then the image row), image after image
+    of ``Hq = H + sh`` rows (the image, then sh zero separator rows), the separators shared by
+    neighbours as the zero padding of both. The output is computed at every grid position
+    ``l = (n*Hq + i)*Wq + j``, and the input of tap (p, q) there is
+    ``xw[c, o + l + p*dh*Wq + q*dw]`` (o = (sh - ph)*Wq + sw - pw): for each (c, p, q) ONE
+    contiguous run over all positions. So the columns of a block of images are a single copy
+    of a strided view with runs as long as the block, instead of KH*KW copies whose inner runs
+    are one output row (14 values in the mask head, where the copying cost as much as the
+    GEMM). The price: the positions i >= Ho or j >= Wo are computed and dropped (15*15/14*14 =
+    1.15x the products at 14 x 14 with a 3x3 kernel, 1.06x at 32 x 32).
+
+    x: (N, C, H, W); padding (ph, pw); out_hw (Ho, Wo); wm (F, K), out (N, F, Ho*Wo):
+    ``out = wm @ cols``, each output the same dot product, in the same order, as
+    :func:`_gemm_im2col`'s (bit for bit where no block's GEMM is small enough for
+    OpenBLAS's small-matrix kernel; blocks as :func:`_gemm_im2col` chooses them). Only the
+    forward: the weight gradient would sum over the dropped positions too, which moves its
+    bits (the weight gradient keeps :func:`_gemm_im2col`).
+    """
+    N, C, H, W = x.shape
+    (ph, pw), (dh, dwl), (Ho, Wo) = padding, dilation, out_hw
+    if N == 0 or Ho * Wo == 0:
+        return
+    layout = sh, sw, Hq, Wq = _wide_layout(H, W, KH, KW, padding, dilation)
+    per_image = Hq * Wq
+    K = C * KH * KW
+    o = (sh - ph) * Wq + sw - pw
+    xw = _wide_input(x, layout, o + dh * (KH - 1) * Wq + dwl * (KW - 1))
+    row, item = xw.strides[0], xw.itemsize
+    blocks = _wide_blocks(N, per_image, wm.shape[0], K, item, _CACHE_BLOCK_BYTES)
+    ncols = max(n1 - n0 for n0, n1 in blocks) * per_image
+    buf = _scratch("cols", K * ncols, x.dtype)
+    for n0, n1 in blocks:
+        Lb = (n1 - n0) * per_image
+        view = np.lib.stride_tricks.as_strided(xw[:, o + n0 * per_image:], shape=(C, KH, KW, Lb),
+                                               strides=(row, dh * Wq * item, dwl * item, item), writeable=False)
+        cols = buf[:K * Lb].reshape(K, Lb)
+        np.copyto(cols.reshape(C, KH, KW, Lb), view)
+        res = (wm @ cols).reshape(-1, n1 - n0, Hq, Wq)
+        out.reshape(N, -1, Ho, Wo)[n0:n1] = res[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+
+
 def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
     """Stride-1 convs on large images take the row-unrolled path (:func:`_gemm_rows`)."""
     return stride == (1, 1) and KH > 1 and C * KH * KW * Ho * Wo * itemsize > _BLOCK_BYTES
@@ -462,6 +569,9 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw):
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
         _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
+    elif _use_wide(C, KH, KW, Ho, Wo, stride, padding):
+        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), wm, out)
     else:
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
@@ -550,7 +660,7 @@ def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True):
             dwk = np.zeros((KH, F, C * KW), dtype=x.dtype)
             _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), src=d2, dwk=dwk)
             dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
-        else:
+        else:  # (not wide rows: summing their dropped positions too would move dw's bits)
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
             _gemm_im2col(_phases(x, padding, taps), taps, shape6, src=d2, dw=dw)
         back_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (KH, KW), padding))
@@ -565,6 +675,8 @@ def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True):
             if rows:
                 wk = np.ascontiguousarray(w_flip.transpose(2, 0, 1, 3)).reshape(KH, C, F * KW)
                 _gemm_rows(dout, back_pad, KH, KW, dilation, (H, W), wk=wk, out=dx)
+            elif _use_wide(F, KH, KW, H, W, stride, back_pad):
+                _gemm_wide(dout, back_pad, KH, KW, dilation, (H, W), _weight_matrix(w_flip), dx)
             else:  # (the taps of a stride-1 conv are the same for x and dout)
                 _gemm_im2col(_phases(dout, back_pad, taps), taps, (N, F, KH, KW, H, W),
                              wm=_weight_matrix(w_flip), out=dx)
