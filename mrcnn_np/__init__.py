@@ -17,6 +17,7 @@ The package is organised by stage; import the stage you want to read or check:
                           IoU matrices, confusion matrix
 - ``mrcnn_np.transform``  normalise, resize, batch; map detections back to the original image
 - ``mrcnn_np.train``      SGD with momentum, warm-up and step schedule, the training loop
+- ``mrcnn_np.parallel``   data-parallel training: one batch's loss and gradient over W processes
 - ``mrcnn_np.io``         checkpoints (.npz), safetensors, torch .pth (restricted unpickler, no torch)
 - ``mrcnn_np.pretrained`` torchvision weights: torchvision_model(path), load_resnet_backbone, COCO names
 - ``mrcnn_np.data``       synthetic shapes (``data.shapes``) and COCO format (``data.coco``)
@@ -39,6 +40,7 @@ from . import (  # noqa: F401  (submodules as attributes: mrcnn_np.boxes.nms, ..
     matching,
     model,
     ops,
+    parallel,
     pretrained,
     roi_align,
     roi_heads,
@@ -52,5 +54,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "anchors", "backbone", "boxes", "config", "data", "evaluate", "fpn", "gradcheck", "io", "matching", "model", "ops",
-    "pretrained", "roi_align", "roi_heads", "rpn", "trace", "train", "transform", "__version__",
+    "parallel", "pretrained", "roi_align", "roi_heads", "rpn", "trace", "train", "transform", "__version__",
 ]

@@ -131,7 +131,8 @@ from .rpn import (
     _rpn_head_backward,
     _rpn_head_forward,
     _rpn_head_infer,
-    _rpn_loss,
+    _rpn_loss_from_samples,
+    _sample_anchors,
     _rpn_targets,
 )
 
@@ -170,7 +171,8 @@ class ModelCache(NamedTuple):
         (P, K+1, 28, 28): gradients of loss_classifier, loss_box_reg, loss_mask;
     info: dict of intermediate values (no gradient): "anchors" (list of L
         (H_l*W_l*A, 4)), "proposals" / "proposal_scores" (lists over images),
-        "rpn_labels" (N, T), "sampled_proposals", "sampled_labels",
+        "rpn_labels" (N, T), "rpn_sampled_positive" / "rpn_sampled_negative" (N, T)
+        bool (the anchors in the RPN losses), "sampled_proposals", "sampled_labels",
         "matched_idxs", "regression_targets" (lists over images),
         "mask_proposals", "pos_matched_idxs" (lists over images),
         "class_logits", "box_regression", "mask_logits".
@@ -550,9 +552,10 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
     gt_boxes = [t["boxes"] for t in targets]
     rpn_labels, rpn_reg_targets = _rpn_targets(np.concatenate(anchors, axis=0), gt_boxes,
                                                config.rpn_fg_iou_thresh, config.rpn_bg_iou_thresh)
-    loss_objectness, loss_rpn_box_reg, dobj, ddel = _rpn_loss(
-        objectness, deltas, rpn_labels, rpn_reg_targets, rng, config.rpn_batch_size_per_image,
-        config.rpn_positive_fraction)
+    rpn_pos, rpn_neg = _sample_anchors(rpn_labels, rng, config.rpn_batch_size_per_image,
+                                       config.rpn_positive_fraction)
+    loss_objectness, loss_rpn_box_reg, dobj, ddel = _rpn_loss_from_samples(
+        objectness, deltas, rpn_labels, rpn_reg_targets, rpn_pos, rpn_neg)
 
     # RoI heads: sample RoIs (constants), box branch
     sampled, matched_idxs, labels, reg_targets = _select_training_samples(
@@ -580,7 +583,8 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
     }
     info = {
         "anchors": anchors, "proposals": proposals, "proposal_scores": proposal_scores,
-        "rpn_labels": rpn_labels, "sampled_proposals": sampled, "sampled_labels": labels,
+        "rpn_labels": rpn_labels, "rpn_sampled_positive": rpn_pos, "rpn_sampled_negative": rpn_neg,
+        "sampled_proposals": sampled, "sampled_labels": labels,
         "matched_idxs": matched_idxs, "regression_targets": reg_targets,
         "mask_proposals": mask_proposals, "pos_matched_idxs": pos_matched_idxs,
         "class_logits": class_logits, "box_regression": box_regression, "mask_logits": mask_logits,

@@ -22,6 +22,7 @@ Shape shorthand: N images per batch, H x W image, G objects of one image.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -31,6 +32,7 @@ from . import model as model_lib
 from ._checks import (check_array, check_bool, check_callable, check_coordinates, check_finite, check_float,
                       check_float_dtype, check_instance, check_positive_int, check_rng)
 from .config import MaskRCNNConfig
+from .parallel import DataParallel
 from .transform import transform_forward
 
 __all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "hflip", "training_target", "dataset_batch",
@@ -324,7 +326,7 @@ def shapes_batch(dataset, indices, *, dtype=np.float32):
 
 def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, momentum=0.9,
           weight_decay=1e-4, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1,
-          max_grad_norm=None, progress=True, callback=None, hflip_prob=0.0, state=None):
+          max_grad_norm=None, progress=True, callback=None, hflip_prob=0.0, state=None, workers=1):
     """Train ``params`` in place on ``dataset`` for ``steps`` SGD steps.
 
     params: {name: array} from ``model.init_params`` (updated in place).
@@ -337,6 +339,12 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     the default 0 draws nothing from ``rng``, so runs without it are unchanged),
     runs the transform, ``model.loss_and_grads``, optional gradient clipping,
     and :func:`sgd_step` with :func:`learning_rate`.
+    workers: 1 (default) computes each step in this process; W >= 2 splits
+        every batch over W worker processes (``parallel.DataParallel``: the
+        loss and gradient of the whole batch, each shard sampling anchors and
+        RoIs from a random stream of its own drawn from ``rng``, so a run is
+        reproducible for a given seed and W). On a machine with W cores a step
+        takes about 1/W of the time.
     callback: optional ``callback(step, record, params)`` after every step
         (``state``, if given, is already updated then).
     state: None, or a dict to resume from and keep up to date, in place:
@@ -376,6 +384,19 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     if callback is not None:
         check_callable("callback", callback)
     state = _check_state(state, len(dataset), steps)
+    workers = check_positive_int("workers", workers)
+    with DataParallel(params, config, workers) if workers > 1 else contextlib.nullcontext() as pool:
+        loss_and_grads = model_lib.loss_and_grads if pool is None else pool.loss_and_grads
+        return _train_loop(params, config, dataset, steps, rng, batch_size, base_lr, momentum, weight_decay,
+                           warmup_iters, warmup_factor, milestones, gamma, max_grad_norm, progress, callback,
+                           hflip_prob, state, dtype, loss_and_grads)
+
+
+def _train_loop(params, config, dataset, steps, rng, batch_size, base_lr, momentum, weight_decay, warmup_iters,
+                warmup_factor, milestones, gamma, max_grad_norm, progress, callback, hflip_prob, state, dtype,
+                loss_and_grads):
+    """The loop of :func:`train` on checked arguments; ``loss_and_grads`` computes each step's
+    (losses, grads): ``model.loss_and_grads``, or a ``DataParallel``'s."""
     history = []
     buffers = state.setdefault("buffers", {})
     if state.get("order") is None:
@@ -392,8 +413,7 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         batch, image_sizes, targets = transform_forward(
             images, targets, min_size=config.min_size, max_size=config.max_size,
             mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
-        losses, grads = model_lib.loss_and_grads(params, batch, targets, config, rng=rng,
-                                                 image_sizes=image_sizes)
+        losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes)
         record = {k: float(v) for k, v in losses.items()}
         record["loss"] = sum(record.values())
         grad_norm = _global_norm(grads) if max_grad_norm is None else _clip_grad_norm(grads, max_grad_norm)

@@ -550,6 +550,9 @@ GOOD = {
     "model.forward_train": lambda: dict(params=CTX.params, images=CTX.batch[0], targets=copy.deepcopy(CTX.batch[1]),
                                         config=CTX.config, rng=rng(1)),
     "model.backward": lambda: dict(cache=CTX.model_cache),
+    # parallel
+    "parallel.loss_counts": lambda: dict(cache=CTX.model_cache),
+    "parallel.shard_weights": lambda: dict(counts=[{k: c for k in mrcnn_np.model.LOSS_NAMES} for c in (3, 1)]),
     "model.loss_and_grads": lambda: dict(params=CTX.params, images=CTX.batch[0],
                                          targets=copy.deepcopy(CTX.batch[1]), config=CTX.config, rng=rng(1)),
     "model.predict": lambda: dict(params=CTX.params, images=CTX.batch[0], config=CTX.config),
@@ -711,6 +714,8 @@ SKIP = {
                           "(load_coco is fuzzed, and its files in test_file_loaders_refuse_corrupt_files)",
     "pretrained.torchvision_model": "needs a full torchvision Mask R-CNN .pth (170 MB; test_pretrained_torch); "
                                     "its corrupt files are fuzzed in test_file_loaders_refuse_corrupt_files",
+    "parallel.DataParallel": "starts worker processes (about a second each): its argument checks, a "
+                             "worker's error and a closed pool are tested in test_parallel",
     "pretrained.load_resnet_backbone": "needs a torchvision ResNet .pth (test_pretrained_torch); its corrupt "
                                        "files are fuzzed in test_file_loaders_refuse_corrupt_files",
 }

@@ -395,7 +395,7 @@ def test_every_config_value_reaches_its_stage(micro, monkeypatch):
             return real(*args, **kwargs)
         monkeypatch.setattr(M, "_" + name, wrapper)
 
-    for name in ("filter_proposals", "rpn_targets", "rpn_loss", "select_training_samples",
+    for name in ("filter_proposals", "rpn_targets", "sample_anchors", "select_training_samples",
                  "multiscale_roi_align_forward", "postprocess_detections"):
         spy(name)
     M.forward_train(params, images, targets, c, rng=np.random.default_rng(0))
@@ -409,7 +409,7 @@ def test_every_config_value_reaches_its_stage(micro, monkeypatch):
         pre_nms_top_n=33, post_nms_top_n=44, nms_thresh=0.3, score_thresh=0.6)
     assert (kw("filter_proposals", 1)["pre_nms_top_n"], kw("filter_proposals", 1)["post_nms_top_n"]) == (22, 31)
     assert (kw("rpn_targets")["high_threshold"], kw("rpn_targets")["low_threshold"]) == (0.6, 0.25)
-    assert (kw("rpn_loss")["batch_size_per_image"], kw("rpn_loss")["positive_fraction"]) == (40, 0.4)
+    assert (kw("sample_anchors")["batch_size_per_image"], kw("sample_anchors")["positive_fraction"]) == (40, 0.4)
     sts = kw("select_training_samples")
     assert (sts["fg_iou_thresh"], sts["bg_iou_thresh"], sts["batch_size_per_image"], sts["positive_fraction"],
             tuple(sts["bbox_reg_weights"])) == (0.55, 0.45, 20, 0.3, (9.0, 11.0, 4.0, 6.0))

@@ -1,0 +1,313 @@
+"""Data-parallel training: one batch split over worker processes (``train.train(..., workers=W)``).
+
+This is a speed engine, not part of the model's math: it computes what
+``model.loss_and_grads`` computes for a batch, on W processes at once, so that
+a machine with W cores trains W times as many images per second (NumPy's small
+GEMMs use one core well and two cores badly).
+
+One training step with W workers (N images, shard w holds N_w of them)::
+
+    main:      batch  ->  W shards of about N / W images
+    worker w:  losses_w, cache_w = forward_train(params, shard_w)         (in parallel)
+    main:      a_kw = c_kw / sum_v c_kv     for each loss k
+               loss_k = sum_w a_kw * loss_kw
+    worker w:  grads_w = backward(cache_w, loss_weights=a_.w)            (in parallel)
+    main:      grads = sum_w grads_w
+
+Every loss of Mask R-CNN is a sum over samples divided by a count over the
+whole batch (c_kw is shard w's part of it):
+
+    loss_objectness, loss_rpn_box_reg   / anchors sampled in the batch
+    loss_classifier, loss_box_reg       / RoIs sampled in the batch
+    loss_mask                           / positive RoIs in the batch (x M^2)
+
+so ``loss_k`` and ``grads`` are exactly the loss and the gradient of the whole
+batch, up to the order of float additions, *for the same samples*. The samples
+themselves differ from a one-process run: each shard draws its anchors and
+RoIs from a random stream of its own (seeded from the training ``rng`` once per
+step), so a run with W workers is reproducible for a given seed and W, and is
+a different (equally valid) draw from one with another W.
+
+Mechanics: the workers are started with the ``spawn`` method and one BLAS
+thread each (two BLAS thread pools spinning on the same cores slow every GEMM
+down many times). The parameters live in one shared-memory block that the main
+process refreshes before every step; each worker writes its gradients to a
+shared block of its own; only the shard's images, targets and a handful of
+numbers go through the pipes.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+import weakref
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from . import model as model_lib
+from ._checks import check_array, check_instance, check_rng, check_sequence
+from .config import MaskRCNNConfig
+
+__all__ = ["DataParallel", "loss_counts", "shard_weights"]
+
+# one BLAS / OpenMP thread in every worker (set before the worker imports NumPy)
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def loss_counts(cache):
+    """The count each loss of ``forward_train`` is divided by, read from its cache.
+
+    cache: the ModelCache of ``model.forward_train``.
+    Returns {loss name: int}: anchors sampled (both RPN losses), RoIs sampled
+    (both box-head losses), positive RoIs (the mask loss; the M x M pixels of
+    each are the same factor in every shard, so they cancel in the weights).
+    """
+    if not isinstance(cache, model_lib.ModelCache):
+        raise TypeError(f"cache must be the ModelCache of model.forward_train, got {type(cache).__name__}")
+    info = cache.info
+    anchors = int(info["rpn_sampled_positive"].sum() + info["rpn_sampled_negative"].sum())
+    rois = int(sum(len(p) for p in info["sampled_proposals"]))
+    positives = int(sum(len(p) for p in info["mask_proposals"]))
+    return {"loss_objectness": anchors, "loss_rpn_box_reg": anchors, "loss_classifier": rois,
+            "loss_box_reg": rois, "loss_mask": positives}
+
+
+def shard_weights(counts):
+    """The weight of each shard's loss in the batch's loss: ``a_kw = c_kw / sum_v c_kv``.
+
+    counts: list over shards of {loss name: count} (:func:`loss_counts`).
+    Returns a list over shards of {loss name: float}. A loss whose count is 0
+    in every shard (no positive RoI in the whole batch) is 0 and has zero
+    gradient in every shard, so its weights are 0.
+    """
+    if not isinstance(counts, (list, tuple)) or not counts:
+        raise TypeError(f"counts must be a non-empty list of dicts (loss_counts), got {counts!r:.60}")
+    weights = [{} for _ in counts]
+    for k in model_lib.LOSS_NAMES:
+        values = []
+        for w, c in enumerate(counts):
+            if not isinstance(c, dict) or k not in c:
+                raise ValueError(f"counts[{w}] must be a dict with the key {k!r}, got {c!r:.80}")
+            v = c[k]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"counts[{w}][{k!r}] must be an int >= 0, got {v!r}")
+            values.append(int(v))
+        total = sum(values)
+        for w, v in enumerate(values):
+            weights[w][k] = v / total if total else 0.0
+    return weights
+
+
+def _layout(arrays):
+    """Offsets of ``arrays`` packed one after the other: ({name: (offset, shape)}, total size)."""
+    layout, offset = {}, 0
+    for name, a in arrays.items():
+        layout[name] = (offset, a.shape)
+        offset += a.size
+    return layout, offset
+
+
+def _views(buffer, layout, dtype):
+    """{name: array view into ``buffer``} for a ``_layout``."""
+    flat = np.ndarray((sum(int(np.prod(s)) for _, s in layout.values()),), dtype=dtype, buffer=buffer)
+    return {name: flat[off:off + int(np.prod(shape))].reshape(shape) for name, (off, shape) in layout.items()}
+
+
+def _check_layout(params, shared):
+    if not isinstance(params, dict) or list(params) != list(shared):
+        raise ValueError("params must have the keys this DataParallel was made with, in the same order")
+    for name, p in params.items():
+        check_array(f"params[{name!r}]", p, shape=shared[name].shape)
+        if p.dtype != shared[name].dtype:
+            raise TypeError(f"params[{name!r}] must be {shared[name].dtype}, got {p.dtype}")
+
+
+def _worker(conn, param_block, grad_block, param_layout, grad_layout, dtype, config):
+    """A worker's loop: attach to the shared blocks, then forward / backward on request."""
+    blocks = [shared_memory.SharedMemory(name=param_block), shared_memory.SharedMemory(name=grad_block)]
+    params = _views(blocks[0].buf, param_layout, dtype)
+    grads_out = _views(blocks[1].buf, grad_layout, dtype)
+    cache = None
+    try:
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            try:
+                if message[0] == "forward":
+                    _, images, targets, image_sizes, seed = message
+                    losses, cache = model_lib.forward_train(
+                        params, images, targets, config, rng=np.random.default_rng(seed), image_sizes=image_sizes)
+                    conn.send(("ok", losses, loss_counts(cache)))
+                else:  # ("backward", loss_weights)
+                    grads = model_lib.backward(cache, loss_weights=message[1])
+                    cache = None
+                    for name, g in grads.items():
+                        grads_out[name][...] = g
+                    conn.send(("ok",))
+            except Exception as exc:  # sent to the main process, which raises it again
+                cache = None
+                try:
+                    conn.send(("error", exc, traceback.format_exc()))
+                except Exception:  # an exception that does not pickle
+                    conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), traceback.format_exc()))
+    finally:
+        del params, grads_out, cache  # the views into the blocks (a cache holds some too)
+        for b in blocks:
+            try:
+                b.close()
+            except BufferError:  # a view still alive somewhere: the process ends anyway
+                pass
+
+
+def _shutdown(conns, procs, blocks):
+    """Stop the workers, close the pipes, free the shared blocks (the pool's finalizer)."""
+    for conn in conns:
+        try:
+            conn.send(None)
+        except (OSError, ValueError):
+            pass
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+    for conn in conns:
+        conn.close()
+    for block in blocks:
+        block.close()
+        block.unlink()
+    conns.clear(), procs.clear(), blocks.clear()
+
+
+class DataParallel:
+    """W worker processes that compute ``loss_and_grads`` of a batch together (a context manager).
+
+    params: the parameter dict (its names, shapes and dtype fix the shared
+        layout; values are copied in at every step, so the caller keeps
+        updating its own dict). config: MaskRCNNConfig. workers: W >= 2.
+    Use::
+
+        with DataParallel(params, config, workers=2) as dp:
+            losses, grads = dp.loss_and_grads(params, images, targets, config, rng=rng, image_sizes=sizes)
+
+    ``loss_and_grads`` returns what ``model.loss_and_grads`` returns for the
+    whole batch (see the module docstring for what differs: the random draws).
+    """
+
+    def __init__(self, params, config, workers):
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 2:
+            raise ValueError(f"workers must be an int >= 2, got {workers!r}")
+        if not isinstance(params, dict) or not params:
+            raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
+        self.dtype = None
+        for name, p in params.items():
+            check_array(f"params[{name!r}]", p, dtype_kind="f")
+            self.dtype = p.dtype if self.dtype is None else self.dtype
+            if p.dtype != self.dtype:
+                raise TypeError(f"params[{name!r}] must have the dtype of the others ({self.dtype}), got {p.dtype}")
+        self.config = check_instance("config", config, MaskRCNNConfig)
+        self.workers = int(workers)
+        self.keys = tuple(model_lib.trainable_keys(params, config))
+        self._param_layout, n_params = _layout(params)
+        self._grad_layout, n_grads = _layout({k: params[k] for k in self.keys})
+        itemsize = self.dtype.itemsize
+        self._blocks, self._procs, self._conns = [], [], []
+        self._finalizer = weakref.finalize(self, _shutdown, self._conns, self._procs, self._blocks)
+        try:
+            self._blocks.append(shared_memory.SharedMemory(create=True, size=max(1, n_params * itemsize)))
+            self._params = _views(self._blocks[0].buf, self._param_layout, self.dtype)
+            self._grads = []
+            for _ in range(self.workers):
+                block = shared_memory.SharedMemory(create=True, size=max(1, n_grads * itemsize))
+                self._blocks.append(block)
+                self._grads.append(_views(block.buf, self._grad_layout, self.dtype))
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self):
+        context = multiprocessing.get_context("spawn")
+        saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+        os.environ.update({k: "1" for k in _ONE_THREAD})
+        try:
+            for w in range(self.workers):
+                parent, child = context.Pipe()
+                proc = context.Process(
+                    target=_worker, daemon=True, name=f"mrcnn_np-worker-{w}",
+                    args=(child, self._blocks[0].name, self._blocks[1 + w].name, self._param_layout,
+                          self._grad_layout, self.dtype, self.config))
+                proc.start()
+                child.close()
+                self._procs.append(proc)
+                self._conns.append(parent)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop the workers and free the shared memory (safe to call twice; also runs when
+        the pool is garbage-collected or the interpreter exits)."""
+        self._params = self._grads = None
+        self._finalizer()
+
+    def _gather(self, n):
+        """The replies of workers 0..n-1, all read before any error is raised (none is left in a pipe)."""
+        replies = []
+        for w in range(n):
+            try:
+                replies.append(self._conns[w].recv())
+            except EOFError:
+                replies.append(("error", RuntimeError(
+                    f"data-parallel worker {w} died (exit code {self._procs[w].exitcode})"), ""))
+        for w, reply in enumerate(replies):
+            if reply[0] == "error":  # the worker's exception (a ValueError for a bad target, ...)
+                raise reply[1] from RuntimeError(f"in data-parallel worker {w}:\n{reply[2]}")
+        return [reply[1:] for reply in replies]
+
+    def loss_and_grads(self, params, images, targets, config, *, rng, image_sizes=None):
+        """(losses, grads) of the whole batch, computed by the workers on its shards.
+
+        Arguments as ``model.loss_and_grads`` (each worker checks its shard);
+        ``params`` must have the names, shapes and dtype, and ``config`` must be
+        the config, that the pool was made with. One int is drawn from ``rng``
+        per shard for that shard's random stream.
+        """
+        if not self._blocks:
+            raise RuntimeError("this DataParallel is closed")
+        if config != self.config:
+            raise ValueError("config must be the config this DataParallel was made with")
+        _check_layout(params, self._params)
+        rng = check_rng(rng)
+        images = check_array("images", images, shape=("N", 3, "H", "W"), dtype_kind="f")
+        check_sequence("targets", targets, length=len(images))
+        for name, p in params.items():
+            self._params[name][...] = p
+        n = len(images)
+        sizes = [tuple(images.shape[-2:])] * n if image_sizes is None else list(image_sizes)
+        shards = [s for s in np.array_split(np.arange(n), min(self.workers, n)) if s.size]
+        seeds = rng.integers(0, 2 ** 63, size=len(shards))
+        for w, (idx, seed) in enumerate(zip(shards, seeds)):
+            self._conns[w].send(("forward", images[idx[0]:idx[-1] + 1], [targets[i] for i in idx],
+                                 [sizes[i] for i in idx], int(seed)))
+        replies = self._gather(len(shards))
+        weights = shard_weights([counts for _, counts in replies])
+        losses = {k: float(sum(wt[k] * r[0][k] for wt, r in zip(weights, replies))) for k in model_lib.LOSS_NAMES}
+        for w, wt in enumerate(weights):
+            self._conns[w].send(("backward", wt))
+        self._gather(len(shards))
+        grads = {k: self._grads[0][k].copy() for k in self.keys}
+        for w in range(1, len(shards)):
+            for k in self.keys:
+                grads[k] += self._grads[w][k]
+        return losses, grads

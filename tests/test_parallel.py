@@ -1,0 +1,122 @@
+"""Data-parallel training (``mrcnn_np.parallel``): the sharded loss and gradient are the batch's.
+
+The equality test makes both samplers deterministic (sample sizes above the
+candidate counts take every candidate), so one process and two workers see the
+same samples, and compares in float64. Shards hold different numbers of objects,
+so a plain average of the shards' losses (the wrong weighting) is far off: the
+test shows that too, so it can fail.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mrcnn_np import model as M
+from mrcnn_np import train as T
+from mrcnn_np.parallel import DataParallel, loss_counts, shard_weights
+from test_model import make_batch, make_params, micro_config
+
+
+def _exhaustive_config():
+    return micro_config(rpn_batch_size_per_image=100_000, box_batch_size_per_image=100_000)
+
+
+def test_two_workers_give_the_loss_and_gradient_of_the_whole_batch():
+    config = _exhaustive_config()
+    params = make_params(config)
+    images, targets = make_batch(config, n=4, gt_counts=(1, 3, 3, 2))
+    losses, grads = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(5))
+    with DataParallel(params, config, workers=2) as pool:
+        dp_losses, dp_grads = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(5))
+    assert list(dp_losses) == list(losses) and list(dp_grads) == list(grads)
+    for k in losses:
+        assert dp_losses[k] == pytest.approx(losses[k], rel=1e-12, abs=1e-15), k
+    for k in grads:
+        scale = np.abs(grads[k]).max()
+        assert np.abs(dp_grads[k] - grads[k]).max() <= 1e-12 * scale + 1e-300, k
+    # the weighting matters: the plain mean of the two shards' losses is not the batch's
+    halves = [M.loss_and_grads(params, images[s], [targets[i] for i in range(4)[s]], config,
+                               rng=np.random.default_rng(0))[0] for s in (slice(0, 2), slice(2, 4))]
+    plain = (halves[0]["loss_mask"] + halves[1]["loss_mask"]) / 2
+    assert abs(plain - losses["loss_mask"]) > 1e-3 * losses["loss_mask"]
+
+
+def test_loss_counts_are_the_loss_denominators():
+    config = _exhaustive_config()
+    params = make_params(config)
+    images, targets = make_batch(config, n=2, gt_counts=(1, 3))
+    _, cache = M.forward_train(params, images, targets, config, rng=np.random.default_rng(0))
+    counts = loss_counts(cache)
+    labels = cache.info["rpn_labels"]
+    assert counts["loss_objectness"] == counts["loss_rpn_box_reg"] == int((labels >= 0).sum())  # every labelled anchor
+    assert counts["loss_classifier"] == counts["loss_box_reg"] == cache.dclass_logits.shape[0]
+    assert counts["loss_mask"] == cache.dmask_logits.shape[0]
+    # the mask loss is a mean over P x M x M logits: its gradient sums to the mean's scale
+    assert counts["loss_mask"] == sum(len(p) for p in cache.info["mask_proposals"])
+
+
+def test_shard_weights():
+    w = shard_weights([{k: c for k in M.LOSS_NAMES} for c in (1, 3)])
+    assert [x["loss_mask"] for x in w] == [0.25, 0.75]
+    zero = {k: 0 for k in M.LOSS_NAMES}
+    assert shard_weights([zero, zero])[1]["loss_mask"] == 0.0
+    with pytest.raises(ValueError, match=r"counts\[1\]"):
+        shard_weights([zero, {"loss_mask": 1}])
+    with pytest.raises(ValueError, match="int >= 0"):
+        shard_weights([{**zero, "loss_mask": -1}])
+    with pytest.raises(TypeError, match="counts"):
+        shard_weights([])
+
+
+def _dataset(config, n=8):
+    images, targets = make_batch(config, n=n, gt_counts=(1, 2, 3), dtype=np.float32)
+    return [{"image": (np.clip(im.transpose(1, 2, 0), -2, 2) * 50 + 120).astype(np.float32), **t}
+            for im, t in zip(images, targets)]
+
+
+def test_train_with_workers_is_reproducible_and_learns_the_same_way():
+    config = micro_config()
+    data = _dataset(config)
+    runs = []
+    for workers in (2, 2, 1):
+        params = M.init_params(config, rng=np.random.default_rng(0))
+        history = T.train(params, config, data, steps=3, rng=np.random.default_rng(1), batch_size=4,
+                          warmup_iters=0, progress=False, workers=workers)
+        runs.append((params, history))
+    (p1, h1), (p2, h2), (p3, h3) = runs
+    assert all(np.array_equal(p1[k], p2[k]) for k in p1)  # same seed, same W: bit for bit
+    assert h1 == h2
+    # the first step sees the same parameters and the same images: only the samples differ
+    assert h1[0]["loss_objectness"] == pytest.approx(h3[0]["loss_objectness"], rel=0.05)
+    assert any(not np.array_equal(p1[k], p3[k]) for k in p1)
+
+
+def test_bad_arguments_and_worker_errors():
+    config = micro_config()
+    params = make_params(config, dtype=np.float32)
+    with pytest.raises(ValueError, match="workers"):
+        DataParallel(params, config, workers=1)
+    with pytest.raises(TypeError, match="config"):
+        DataParallel(params, "shapes", workers=2)
+    with pytest.raises(TypeError, match="params"):
+        DataParallel([], config, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        T.train(params, config, _dataset(config), steps=1, rng=np.random.default_rng(0), workers=0, progress=False)
+    images, targets = make_batch(config, n=2, dtype=np.float32)
+    with DataParallel(params, config, workers=2) as pool:
+        with pytest.raises(ValueError, match="config"):
+            pool.loss_and_grads(params, images, targets, dataclasses.replace(config, num_classes=4),
+                                rng=np.random.default_rng(0))
+        with pytest.raises(ValueError, match="params"):
+            pool.loss_and_grads({k: v for k, v in list(params.items())[1:]}, images, targets, config,
+                                rng=np.random.default_rng(0))
+        bad = [dict(t) for t in targets]
+        bad[0]["labels"] = bad[0]["labels"] + 10  # worker 0's own check names it; worker 1 succeeds
+        with pytest.raises(ValueError, match="labels"):
+            pool.loss_and_grads(params, images * 0.5, bad, config, rng=np.random.default_rng(0))
+        # worker 1's reply to that call was read too: the next call gets its own answers
+        losses, _ = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
+        again, _ = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
+        assert losses == again
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
