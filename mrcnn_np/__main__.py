@@ -136,7 +136,7 @@ def load_model(path):
     return params, _config_from_meta(meta, path), meta
 
 
-def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, progress=True):
+def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, workers=None, progress=True):
     """Train the shapes model from scratch and save it with its provenance.
 
     Returns (params, config, history, path). The checkpoint's metadata holds the
@@ -144,22 +144,23 @@ def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, pro
     """
     config = shapes_config()
     recipe = shapes_recipe()
+    workers = recipe["workers"] if workers is None else workers
     rng = np.random.default_rng(seed)
     params = model.init_params(config, rng=rng)
     print(f"training the shapes Mask R-CNN ({sum(v.size for v in params.values()):,} parameters) "
-          f"for {steps} steps of {batch_size} images")
+          f"for {steps} steps of {batch_size} images" + (f" ({workers} processes)" if workers > 1 else ""))
     start = time.perf_counter()
     history = train.train(
         params, config, ShapesDataset(train_images, seed=seed), steps=steps, rng=rng,
         batch_size=batch_size, base_lr=base_lr,
         warmup_iters=min(recipe["warmup_iters"], steps // 5),
         milestones=tuple(int(f * steps) for f in recipe["milestones"]),
-        weight_decay=recipe["weight_decay"], progress=progress)
+        weight_decay=recipe["weight_decay"], workers=workers, progress=progress)
     seconds = time.perf_counter() - start
     meta = {
         "command": "python -m mrcnn_np " + " ".join(sys.argv[1:]) if sys.argv[1:] else "run_train",
         "steps": steps, "seed": seed, "batch_size": batch_size, "base_lr": base_lr,
-        "train_images": train_images, "train_seconds": round(seconds, 1),
+        "train_images": train_images, "workers": workers, "train_seconds": round(seconds, 1),
         "config": dataclasses.asdict(config), "class_names": list(CLASS_NAMES),
         "trained_on": SHAPES_DATA, "final_loss": history[-1]["loss"],
     }
@@ -190,7 +191,7 @@ def evaluate_on_shapes(params, config, val_images, seed):
 
 
 def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_dir, figures_dir=None,
-             progress=True):
+             workers=None, progress=True):
     """Train the shapes model, evaluate it, draw it. Returns a dict of results.
 
     Everything goes to ``out_dir`` (figures to ``figures_dir``, default ``out_dir``):
@@ -199,7 +200,7 @@ def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_
     """
     params, config, history, ckpt = run_train(
         steps=steps, train_images=train_images, batch_size=batch_size, base_lr=base_lr, seed=seed,
-        checkpoint=Path(out_dir) / "shapes_demo.npz", progress=progress)
+        checkpoint=Path(out_dir) / "shapes_demo.npz", workers=workers, progress=progress)
     val_set, gt, dets, stats = evaluate_on_shapes(params, config, val_images, seed)
     _, meta = load_checkpoint(ckpt)
     meta.update(val_images=val_images, val_seed=seed + HELD_OUT_SEED_OFFSET,
@@ -437,7 +438,7 @@ def _load_training(path, data):
 
 def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, backbone_weights=None,
                    min_size=None, max_size=None, steps=None, batch_size=None, base_lr=None, hflip_prob=None,
-                   seed=0, save_every=100, resume=False, progress=True):
+                   seed=0, save_every=100, resume=False, workers=None, progress=True):
     """Train a Mask R-CNN on a COCO-format dataset (``config.own_data_config``); save and resume it.
 
     coco, images: the annotation json and the folder of its images.
@@ -488,7 +489,8 @@ def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, 
                   "warmup_iters": min(defaults["warmup_iters"], steps // 5),
                   "milestones": [int(f * steps) for f in defaults["milestones"]],
                   "weight_decay": defaults["weight_decay"],
-                  "hflip_prob": defaults["hflip_prob"] if hflip_prob is None else hflip_prob}
+                  "hflip_prob": defaults["hflip_prob"] if hflip_prob is None else hflip_prob,
+                  "workers": defaults["workers"] if workers is None else workers}
         rng = np.random.default_rng(seed)
         params = model.init_params(config, rng=rng)
         if pretrained:
@@ -522,7 +524,7 @@ def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, 
         params, config, data, steps=steps, rng=rng, batch_size=recipe["batch_size"], base_lr=recipe["base_lr"],
         warmup_iters=recipe["warmup_iters"], milestones=tuple(recipe["milestones"]),
         weight_decay=recipe["weight_decay"], hflip_prob=recipe["hflip_prob"], state=state, callback=every,
-        progress=progress)
+        workers=recipe.get("workers", 1) if workers is None else workers, progress=progress)
     path = save(history[-1]["loss"])
     print(f"trained in {meta['train_seconds']:.0f} s; checkpoint: {path}")
     if val is not None:
@@ -613,6 +615,9 @@ def _build_parser():
                        + ("; not used with --coco" if p is tr else ""))
         p.add_argument("--seed", type=int, default=0,
                        help="seed of the data, the initialisation and the sampling (default 0)")
+        p.add_argument("--workers", type=int, default=None,
+                       help=f"processes that share each batch, one per core (default {recipe['workers']}"
+                       + ("; with --resume the checkpoint's" if p is tr else "") + "; the result depends on it)")
     demo.add_argument("--val-images", type=int, default=100,
                       help="held-out images to evaluate on (default 100)")
     demo.add_argument("--out-dir", default="demo_output",
@@ -728,7 +733,8 @@ def main(argv=None):
     if args.command == "train":
         _train_options(parser, args)
     if args.command in ("demo", "train"):
-        _positive(parser, args, [n for n in ("steps", "batch_size", "train_images") if getattr(args, n) is not None])
+        _positive(parser, args, [n for n in ("steps", "batch_size", "train_images", "workers")
+                                 if getattr(args, n) is not None])
         if args.lr is not None:
             _finite_positive(parser, args, "lr")
     if args.command == "evaluate" and args.images is not None and args.coco is None:
@@ -752,16 +758,16 @@ def _run(parser, args):
     if args.command == "demo":
         run_demo(steps=args.steps, train_images=args.train_images, val_images=args.val_images,
                  batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, out_dir=args.out_dir,
-                 figures_dir=args.figures_dir)
+                 figures_dir=args.figures_dir, workers=args.workers)
     elif args.command == "train" and args.coco is not None:
         run_train_coco(coco=args.coco, images=args.images, checkpoint=args.checkpoint, val_coco=args.val_coco,
                        val_images=args.val_images_dir, backbone_weights=args.backbone_weights,
                        min_size=args.min_size, max_size=args.max_size, steps=args.steps,
                        batch_size=args.batch_size, base_lr=args.lr, hflip_prob=args.hflip, seed=args.seed,
-                       save_every=args.save_every, resume=args.resume)
+                       save_every=args.save_every, resume=args.resume, workers=args.workers)
     elif args.command == "train":
         run_train(steps=args.steps, train_images=args.train_images, batch_size=args.batch_size,
-                  base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint)
+                  base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint, workers=args.workers)
     elif args.command == "evaluate" and args.coco is not None:
         run_evaluate_coco(args.checkpoint, args.coco, args.images)
     elif args.command == "export-shapes":

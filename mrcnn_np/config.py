@@ -350,11 +350,14 @@ def shapes_recipe():
 
     Returns a dict: steps, batch_size, base_lr, train_images (size of the synthetic
     training set), warmup_iters (linear warm-up from 1/1000 of base_lr), milestones
-    (fractions of ``steps`` where the learning rate drops 10x), weight_decay.
+    (fractions of ``steps`` where the learning rate drops 10x), weight_decay, workers
+    (processes that share each batch, ``train.train(workers=...)``: 2, one per core
+    of a 2-core machine; the result depends on it, as each worker samples from a
+    random stream of its own, so it is part of the recipe).
     See :func:`shapes_config` for the measured effect of each choice.
     """
     return {"steps": 3000, "batch_size": 4, "base_lr": 0.02, "train_images": 2000,
-            "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4}
+            "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4, "workers": 2}
 
 
 def own_data_config(num_classes, *, min_size=256, max_size=384, pretrained_backbone=False):
@@ -431,7 +434,7 @@ def own_data_recipe(pretrained_backbone=False):
     steps 1500, batch_size 2, warmup_iters 100 (from 1/1000 of base_lr),
     milestones (0.8,) (a 10x drop at 80 % of the steps), weight_decay 1e-4,
     hflip_prob 0.5 (torchvision's reference flips every training image with
-    probability 0.5). base_lr 0.01 from scratch: the shapes recipe's 0.02 per
+    probability 0.5), workers 2 (one image per process and core). base_lr 0.01 from scratch: the shapes recipe's 0.02 per
     4 images, per image the same; 0.005 on a pretrained backbone (torchvision's
     fine-tuning tutorial: 0.005 for 2 images), whose features a large step
     would wreck. Two images a step: photos at 256 x 384 cost ~4x a shapes
@@ -439,7 +442,7 @@ def own_data_recipe(pretrained_backbone=False):
     """
     return {"steps": 1500, "batch_size": 2, "base_lr": 0.005 if check_bool("pretrained_backbone", pretrained_backbone)
             else 0.01,
-            "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4, "hflip_prob": 0.5}
+            "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4, "hflip_prob": 0.5, "workers": 2}
 
 
 def matterport_config(num_classes=81):

@@ -243,14 +243,14 @@ def test_export_train_evaluate_predict_on_coco_format_data(tmp_path, capsys):
 def test_interrupted_coco_training_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
     import numpy as np
 
-    from mrcnn_np import model as M
     from mrcnn_np.io import load_checkpoint
+    from mrcnn_np.parallel import DataParallel
 
     ann, images = _export(tmp_path, 5)
     common = ["train", "--coco", str(ann), "--images", str(images), "--steps", "4", "--batch-size", "2",
-              "--save-every", "2", *_TINY]
+              "--save-every", "2", *_TINY]  # the default 2 workers
     assert main(common + ["--checkpoint", str(tmp_path / "straight.npz")]) == 0
-    real, calls = M.loss_and_grads, []
+    real, calls = DataParallel.loss_and_grads, []
 
     def interrupted(*args, **kwargs):  # Ctrl-C during the third step
         calls.append(1)
@@ -258,10 +258,10 @@ def test_interrupted_coco_training_resumes_bit_for_bit(tmp_path, monkeypatch, ca
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(M, "loss_and_grads", interrupted)
+    monkeypatch.setattr(DataParallel, "loss_and_grads", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(common + ["--checkpoint", str(tmp_path / "cut.npz")])
-    monkeypatch.setattr(M, "loss_and_grads", real)
+    monkeypatch.setattr(DataParallel, "loss_and_grads", real)
     assert load_checkpoint(tmp_path / "cut.npz")[1]["train_state"]["step"] == 2  # the save after step 2
     assert main(["train", "--coco", str(ann), "--images", str(images), "--resume",
                  "--checkpoint", str(tmp_path / "cut.npz")]) == 0
@@ -340,6 +340,8 @@ def _shapes_checkpoint(tmp_path):
     (["evaluate", "m.npz", "--images", "d"], "give --coco VAL.json too"),
     (["predict", "m.npz", "a.png", "--weights", "w.pth"], "a checkpoint (.npz) or --weights FILE.pth, not both"),
     (["export-shapes", "d", "--images", "0"], "--images must be >= 1"),
+    (["demo", "--workers", "0"], "--workers must be >= 1"),
+    (["train", "--coco", "a.json", "--workers", "-2"], "--workers must be >= 1"),
 ])
 def test_bad_coco_options_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:

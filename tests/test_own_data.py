@@ -43,7 +43,7 @@ def test_the_pretrained_variant_has_torchvisions_resnet50_body():
 def test_own_data_recipe():
     r, p = own_data_recipe(), own_data_recipe(pretrained_backbone=True)
     assert r == {"steps": 1500, "batch_size": 2, "base_lr": 0.01, "warmup_iters": 100, "milestones": (0.8,),
-                 "weight_decay": 1e-4, "hflip_prob": 0.5}
+                 "weight_decay": 1e-4, "hflip_prob": 0.5, "workers": 2}
     assert p == dict(r, base_lr=0.005)
 
 
