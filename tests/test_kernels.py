@@ -427,3 +427,33 @@ def test_wide_rows_equal_the_per_tap_engine(dtype, monkeypatch):
         np.testing.assert_allclose(gdw, wdw, **_tol(dtype))
         np.testing.assert_allclose(got, conv2d_naive(x.astype(np.float64), w.astype(np.float64), None,
                                                      stride=1, padding=p, dilation=d), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kept_columns_give_the_same_weight_gradient_bit_for_bit(dtype, monkeypatch):
+    # conv2d_forward(keep_cols=True) keeps the per-tap engine's columns (strided convs) and
+    # conv2d_backward(cols=...) takes dw from them, in the same blocks: the same bits as
+    # unrolling x again; other paths (and too large columns) keep nothing
+    rng = np.random.default_rng(12)
+    for budget in (None, 1, 3000):
+        if budget is not None:
+            monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+        kept = 0
+        for _ in range(20):
+            N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
+            x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, KH, KW), dtype)
+            Ho = conv_output_size(H, KH, stride=s[0], padding=p[0], dilation=d[0])
+            Wo = conv_output_size(W, KW, stride=s[1], padding=p[1], dilation=d[1])
+            out, cols = kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo), keep_cols=True)
+            assert np.array_equal(out, kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo)))
+            dout = _rand(rng, out.shape, dtype)
+            want = kconv.conv2d_backward(dout, x, w, s, p, d)
+            got = kconv.conv2d_backward(dout, x, w, s, p, d, cols=cols)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            if cols is not None:
+                kept += 1
+                assert cols.shape == (C * KH * KW * N * Ho * Wo,) and s != (1, 1)
+        assert kept > 0
+    monkeypatch.setattr(kconv, "_KEEP_COLS_BYTES", 0)  # too large: nothing kept
+    x, w = _rand(rng, (2, 3, 9, 9), dtype), _rand(rng, (4, 3, 3, 3), dtype)
+    assert kconv.conv2d_forward(x, w, (2, 2), (1, 1), (1, 1), (5, 5), keep_cols=True)[1] is None

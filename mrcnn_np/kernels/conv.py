@@ -295,18 +295,22 @@ def _scatter_block(dphases, cols6, taps, n0, n1, i0, i1):
         dst += cols6[:, p, q].transpose(1, 0, 2, 3)
 
 
-def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
+def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None, keep=None):
     """Block by block, unroll the receptive fields into columns ``cols`` (K, block) and
     compute ``out[n][:, block] = wm @ cols`` (wm (F, K), out (N, F, Ho*Wo)) and/or
     ``dw += src[n][:, block] @ cols.T`` (src (N, F2, Ho*Wo), dw (F2, K), in place).
 
     shape: (N, C, KH, KW, Ho, Wo).
+    keep: None (blocks in the reused scratch buffer), or a 1-D array of K*N*Ho*Wo
+    values that receives every block's (K, block) columns, block after block, for
+    :func:`_dw_from_cols` (then the blocks are those of the weight gradient; the
+    forward's are the same dot products, see below).
     """
     N, C, KH, KW, Ho, Wo = shape
     K = C * KH * KW
     dtype = next(iter(phases.values())).dtype
     blocks, ncols = _blocks(N, Ho, Wo, K, dtype.itemsize)
-    if dw is None and blocks and blocks[0][2:] == (0, Ho):
+    if dw is None and keep is None and blocks and blocks[0][2:] == (0, Ho):
         # A forward product of whole images in blocks of about _CACHE_BLOCK_BYTES stays in
         # cache for its GEMM (mask head 24 x 32 x 14 x 14: 2.0 -> 1.45 ms). Each column is
         # the same dot product in any block, unless a block's GEMM is small enough
@@ -317,10 +321,11 @@ def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None):
         least = min(n1 - n0 for n0, n1, _, _ in small) * Ho * Wo
         if len(small) > len(blocks) and wm.shape[0] * K * least > _SMALL_GEMM:
             blocks, ncols = small, ncols_small
-    buf = _scratch("cols", K * ncols, dtype)
+    buf = _scratch("cols", K * ncols, dtype) if keep is None else keep
     for n0, n1, i0, i1 in blocks:
         nb, r = n1 - n0, i1 - i0
-        cols6 = buf[:K * nb * r * Wo].reshape(C, KH, KW, nb, r, Wo)
+        at = K * (n0 * Ho * Wo + i0 * Wo) if keep is not None else 0  # (blocks run in order)
+        cols6 = buf[at:at + K * nb * r * Wo].reshape(C, KH, KW, nb, r, Wo)
         _unroll_block(cols6, phases, taps, n0, n1, i0, i1)
         cols = cols6.reshape(K, nb * r * Wo)
         if nb == 1:
@@ -430,6 +435,28 @@ def _gemm_wide(x, padding, KH, KW, dilation, out_hw, wm, out):
         np.copyto(cols.reshape(C, KH, KW, Lb), view)
         res = (wm @ cols).reshape(-1, n1 - n0, Hq, Wq)
         out.reshape(N, -1, Ho, Wo)[n0:n1] = res[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+
+
+def _dw_from_cols(cols, src, shape, dw):
+    """``dw += src @ cols.T`` from the columns kept by the forward (:func:`_gemm_im2col`'s
+    ``keep``, block after block), in the blocks and the order of :func:`_gemm_im2col`'s
+    weight gradient: the same products on the same (contiguous) blocks, so the same bits,
+    without unrolling x again.
+
+    cols: 1-D, K*N*Ho*Wo; src: (N, F2, Ho*Wo); shape: (N, C, KH, KW, Ho, Wo); dw (F2, K).
+    """
+    N, C, KH, KW, Ho, Wo = shape
+    K = C * KH * KW
+    blocks, _ = _blocks(N, Ho, Wo, K, cols.itemsize)
+    for n0, n1, i0, i1 in blocks:
+        nb, r = n1 - n0, i1 - i0
+        at = K * (n0 * Ho * Wo + i0 * Wo)
+        c = cols[at:at + K * nb * r * Wo].reshape(K, nb * r * Wo)
+        if nb == 1:
+            dw += _outer(src[n0, :, i0 * Wo:i1 * Wo], c)
+        else:
+            s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
+            dw += _outer(s2, c)
 
 
 def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
@@ -552,17 +579,25 @@ def _is_pointwise(KH, KW, stride, padding):
 # --------------------------------------------------------------------------- entry points
 
 
-def conv2d_forward(x, w, stride, padding, dilation, out_hw):
+_KEEP_COLS_BYTES = 16 * 2**20  # conv2d_forward(keep_cols=True) keeps the columns up to this size
+
+
+def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False):
     """conv2d without bias: x (N, C, H, W), w (F, C, KH, KW) -> (N, F, Ho, Wo).
 
     stride, padding, dilation: (h, w) pairs; out_hw: (Ho, Wo). A 1x1 stride-1
     conv is one GEMM on x itself; large stride-1 maps take the row-unrolled
-    path; the others the blocked per-tap engine on the stride phases.
+    path; small ones the wide rows; the others (strided convs) the blocked per-tap
+    engine on the stride phases.
+    keep_cols: return (out, cols): the per-tap engine's unrolled columns
+    (1-D, K*N*Ho*Wo: its blocks' (K, block) matrices end to end) when it ran and they take at most ``_KEEP_COLS_BYTES``, else None;
+    :func:`conv2d_backward` takes them back (``cols=``) and does not unroll x again.
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Ho, Wo = out_hw
     wm = _weight_matrix(w)
+    cols = None
     if _is_pointwise(KH, KW, stride, padding):
         out = np.matmul(wm, np.ascontiguousarray(x).reshape(N, C, H * W))
     elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
@@ -576,8 +611,12 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw):
         out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
         phases = _phases(x, padding, taps)
-        _gemm_im2col(phases, taps, (N, C, KH, KW, Ho, Wo), wm=wm, out=out)
-    return out.reshape(N, F, Ho, Wo)
+        K = C * KH * KW
+        if keep_cols and 0 < K * N * Ho * Wo * x.itemsize <= _KEEP_COLS_BYTES:
+            cols = np.empty(K * N * Ho * Wo, dtype=x.dtype)
+        _gemm_im2col(phases, taps, (N, C, KH, KW, Ho, Wo), wm=wm, out=out, keep=cols)
+    out = out.reshape(N, F, Ho, Wo)
+    return (out, cols) if keep_cols else out
 
 
 _INFER_BLOCK_BYTES = 2**21  # shifted copies of one block of images in conv2d_infer (they stay in cache)
@@ -635,13 +674,14 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
     return out
 
 
-def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True):
+def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True, cols=None):
     """Gradients of :func:`conv2d_forward`: dout (N, F, Ho, Wo) -> (dx (N, C, H, W), dw (F, C, KH, KW)).
 
     ``dw = sum_n dout[n] @ cols[n].T`` with the columns unrolled again block by
-    block; ``dx = col2im(w^T @ dout)``, or for stride 1 a forward conv of dout
-    with the flipped kernel. need_dx False: dx is None, not computed (the stem's
-    input is the image): ResNet's 7x7 stem on 4 x 3 x 128 x 128, 5.4 -> 1.5 ms.
+    block (or ``cols``, kept by ``conv2d_forward(keep_cols=True)``: the same bits,
+    no second unroll); ``dx = col2im(w^T @ dout)``, or for stride 1 a forward conv
+    of dout with the flipped kernel. need_dx False: dx is None, not computed (the
+    stem's input is the image): ResNet's 7x7 stem on 4 x 3 x 128 x 128, 5.4 -> 1.5 ms.
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -662,7 +702,10 @@ def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True):
             dw = dwk.reshape(KH, F, C, KW).transpose(1, 2, 0, 3)
         else:  # (not wide rows: summing their dropped positions too would move dw's bits)
             dw = np.zeros((F, C * KH * KW), dtype=x.dtype)
-            _gemm_im2col(_phases(x, padding, taps), taps, shape6, src=d2, dw=dw)
+            if cols is not None:
+                _dw_from_cols(cols, d2, shape6, dw)
+            else:
+                _gemm_im2col(_phases(x, padding, taps), taps, shape6, src=d2, dw=dw)
         back_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (KH, KW), padding))
         if not need_dx:
             dx = None

@@ -71,6 +71,9 @@ class Conv2dCache(NamedTuple):
     w: the weight (F, C, KH, KW).
     has_bias: whether a bias was given (then ``db`` is returned, else None).
     stride, padding, dilation: (h, w) pairs.
+    cols: None, or the unrolled columns of x (1-D, see ``kernels.conv``) that the forward
+        built anyway (strided convs, ``kernels.conv.conv2d_forward(keep_cols=True)``),
+        kept so the backward need not unroll x again.
     """
 
     x: np.ndarray
@@ -79,6 +82,7 @@ class Conv2dCache(NamedTuple):
     stride: tuple
     padding: tuple
     dilation: tuple
+    cols: np.ndarray = None
 
 
 class ConvTranspose2dCache(NamedTuple):
@@ -405,10 +409,10 @@ def _conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
     F, _, KH, KW = w.shape
     Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
     Wo = _conv_output_size(W, KW, stride[1], padding[1], dilation[1])
-    out = _kernel.conv2d_forward(x, w, stride, padding, dilation, (Ho, Wo))
+    out, cols = _kernel.conv2d_forward(x, w, stride, padding, dilation, (Ho, Wo), keep_cols=True)
     if b is not None:
         out += b.reshape(1, F, 1, 1)
-    cache = Conv2dCache(x, w, b is not None, stride, padding, dilation)
+    cache = Conv2dCache(x, w, b is not None, stride, padding, dilation, cols)
     return out, cache
 
 
@@ -427,7 +431,7 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     from the forward, so the cache holds only x and w.
     """
     check_instance("cache", cache, Conv2dCache, "Conv2dCache (from conv2d_forward)")
-    x, w, has_bias, stride, padding, dilation = cache
+    x, w, has_bias, stride, padding, dilation, _ = cache
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
@@ -454,8 +458,8 @@ def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1):
 
 def _conv2d_backward(dout, cache, need_dx=True):
     """:func:`conv2d_backward` without the checks (for the stages)."""
-    x, w, has_bias, stride, padding, dilation = cache
-    dx, dw = _kernel.conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=need_dx)
+    x, w, has_bias, stride, padding, dilation, cols = cache
+    dx, dw = _kernel.conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=need_dx, cols=cols)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
 
