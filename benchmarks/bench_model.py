@@ -162,7 +162,8 @@ class Stages:
 FORWARD_TRAIN_STAGES = {  # (model calls the stages' unchecked twins, _name)
     "_backbone_forward": "backbone+FPN",
     "_rpn_forward": "RPN head+anchors+proposals",
-    "_rpn_targets": "RPN targets+loss", "_rpn_loss": "RPN targets+loss",
+    "_rpn_targets": "RPN targets+loss", "_sample_anchors": "RPN targets+loss",
+    "_rpn_loss_from_samples": "RPN targets+loss",
     "_select_training_samples": "RoI sampling",
     "_box_branch": "box branch (RoIAlign+head)+loss", "_fastrcnn_loss": "box branch (RoIAlign+head)+loss",
     "_select_positive_proposals": "mask branch (RoIAlign+head)+loss",
