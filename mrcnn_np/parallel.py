@@ -31,9 +31,9 @@ a different (equally valid) draw from one with another W.
 Mechanics: the workers are started with the ``spawn`` method and one BLAS
 thread each (two BLAS thread pools spinning on the same cores slow every GEMM
 down many times). The parameters live in one shared-memory block that the main
-process refreshes before every step; each worker writes its gradients to a
-shared block of its own; only the shard's images, targets and a handful of
-numbers go through the pipes.
+process refreshes before every step; the batch's images go to another shared
+block; each worker writes its gradients to a shared block of its own; only the
+targets and a handful of numbers go through the pipes.
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def _worker(conn, param_block, grad_block, param_layout, grad_layout, dtype, con
     blocks = [shared_memory.SharedMemory(name=param_block), shared_memory.SharedMemory(name=grad_block)]
     params = _views(blocks[0].buf, param_layout, dtype)
     grads_out = _views(blocks[1].buf, grad_layout, dtype)
-    cache = None
+    cache = batch_block = images = None
     try:
         while True:
             message = conn.recv()
@@ -136,25 +136,30 @@ def _worker(conn, param_block, grad_block, param_layout, grad_layout, dtype, con
                 return
             try:
                 if message[0] == "forward":
-                    _, images, targets, image_sizes, seed = message
+                    _, (block_name, shape, dtype_name, start, stop), targets, image_sizes, seed = message
+                    if batch_block is None or batch_block.name != block_name:  # the main process grew it
+                        if batch_block is not None:
+                            batch_block.close()
+                        batch_block = shared_memory.SharedMemory(name=block_name)
+                    images = np.ndarray(shape, dtype=dtype_name, buffer=batch_block.buf)[start:stop]
                     losses, cache = model_lib.forward_train(
                         params, images, targets, config, rng=np.random.default_rng(seed), image_sizes=image_sizes)
                     conn.send(("ok", losses, loss_counts(cache)))
                 else:  # ("backward", loss_weights)
                     grads = model_lib.backward(cache, loss_weights=message[1])
-                    cache = None
+                    cache = images = None
                     for name, g in grads.items():
                         grads_out[name][...] = g
                     conn.send(("ok",))
             except Exception as exc:  # sent to the main process, which raises it again
-                cache = None
+                cache = images = None
                 try:
                     conn.send(("error", exc, traceback.format_exc()))
                 except Exception:  # an exception that does not pickle
                     conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), traceback.format_exc()))
     finally:
-        del params, grads_out, cache  # the views into the blocks (a cache holds some too)
-        for b in blocks:
+        del params, grads_out, cache, images  # the views into the blocks (a cache holds some too)
+        for b in blocks + ([batch_block] if batch_block is not None else []):
             try:
                 b.close()
             except BufferError:  # a view still alive somewhere: the process ends anyway
@@ -213,6 +218,7 @@ class DataParallel:
         self._grad_layout, n_grads = _layout({k: params[k] for k in self.keys})
         itemsize = self.dtype.itemsize
         self._blocks, self._procs, self._conns = [], [], []
+        self._batch = None  # the shared block of the batch's images (made at the first step)
         self._finalizer = weakref.finalize(self, _shutdown, self._conns, self._procs, self._blocks)
         try:
             self._blocks.append(shared_memory.SharedMemory(create=True, size=max(1, n_params * itemsize)))
@@ -275,6 +281,19 @@ class DataParallel:
                 raise reply[1] from RuntimeError(f"in data-parallel worker {w}:\n{reply[2]}")
         return [reply[1:] for reply in replies]
 
+    def _batch_block(self, images):
+        """Copy the batch into the shared batch block (grown when too small); returns what a
+        worker needs to find it: (block name, shape, dtype name)."""
+        if self._batch is None or self._batch.size < images.nbytes:
+            if self._batch is not None:  # the workers still map the old one until they see the new name
+                self._blocks.remove(self._batch)
+                self._batch.close()
+                self._batch.unlink()
+            self._batch = shared_memory.SharedMemory(create=True, size=max(1, images.nbytes))
+            self._blocks.append(self._batch)
+        np.ndarray(images.shape, images.dtype, buffer=self._batch.buf)[...] = images
+        return self._batch.name, images.shape, images.dtype.name
+
     def loss_and_grads(self, params, images, targets, config, *, rng, image_sizes=None):
         """(losses, grads) of the whole batch, computed by the workers on its shards.
 
@@ -295,10 +314,11 @@ class DataParallel:
             self._params[name][...] = p
         n = len(images)
         sizes = [tuple(images.shape[-2:])] * n if image_sizes is None else list(image_sizes)
+        batch = self._batch_block(images)
         shards = [s for s in np.array_split(np.arange(n), min(self.workers, n)) if s.size]
         seeds = rng.integers(0, 2 ** 63, size=len(shards))
         for w, (idx, seed) in enumerate(zip(shards, seeds)):
-            self._conns[w].send(("forward", images[idx[0]:idx[-1] + 1], [targets[i] for i in idx],
+            self._conns[w].send(("forward", (*batch, int(idx[0]), int(idx[-1]) + 1), [targets[i] for i in idx],
                                  [sizes[i] for i in idx], int(seed)))
         replies = self._gather(len(shards))
         weights = shard_weights([counts for _, counts in replies])
