@@ -457,3 +457,20 @@ def test_kept_columns_give_the_same_weight_gradient_bit_for_bit(dtype, monkeypat
     monkeypatch.setattr(kconv, "_KEEP_COLS_BYTES", 0)  # too large: nothing kept
     x, w = _rand(rng, (2, 3, 9, 9), dtype), _rand(rng, (4, 3, 3, 3), dtype)
     assert kconv.conv2d_forward(x, w, (2, 2), (1, 1), (1, 1), (5, 5), keep_cols=True)[1] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unroll_of_non_contiguous_inputs(dtype):
+    # the phase-at-once unroll views the phases' memory directly: an unpadded stride-1 input
+    # that is a non-contiguous view must take the per-tap copies (the same values)
+    rng = np.random.default_rng(13)
+    base = _rand(rng, (3, 4, 9, 12), dtype)
+    x = base[:, ::2, :, 1:11]  # (3, 2, 9, 10), not contiguous
+    w = _rand(rng, (5, 2, 3, 3), dtype)
+    out = kconv.conv2d_forward(x, w, (1, 1), (0, 0), (1, 1), (7, 8))
+    np.testing.assert_allclose(out, conv2d_naive(x, w, None, stride=1, padding=0), **_tol(dtype))
+    dout = _rand(rng, out.shape, dtype)
+    dx, dw = kconv.conv2d_backward(dout, x, w, (1, 1), (0, 0), (1, 1))
+    ndx, ndw, _ = conv2d_backward_naive(dout, x, w, stride=1, padding=0)
+    np.testing.assert_allclose(dx, ndx, **_tol(dtype))
+    np.testing.assert_allclose(dw, ndw, **_tol(dtype))
