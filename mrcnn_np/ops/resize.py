@@ -121,8 +121,19 @@ def _sum_into(values, idx, n, axis):
     if m % n == 0 and np.array_equal(idx, np.arange(m) // (m // n)):
         # every source index used by one run of m // n (integer upsampling, e.g.
         # the FPN's factor 2): a reshape and a sum, faster than reduceat
-        shape = values.shape[:axis] + (n, m // n) + values.shape[axis + 1:]
-        return values.reshape(shape).sum(axis=axis + 1)
+        k = m // n
+        shape = values.shape[:axis] + (n, k) + values.shape[axis + 1:]
+        v = values.reshape(shape)
+        if k > 4:
+            return v.sum(axis=axis + 1)
+        # a few terms: added one slice at a time, the same order as the sum's (first term,
+        # then each next), bit for bit, without a reduction over a 2-long axis (the FPN's
+        # top-down backward, 4 x 32 x 32 x 32: 0.36 -> 0.06 ms)
+        take = lambda j: v[(slice(None),) * (axis + 1) + (j,)]  # noqa: E731
+        out = take(0) + take(1) if k > 1 else take(0).copy()
+        for j in range(2, k):
+            out += take(j)
+        return out
     uniq, first = np.unique(idx, return_index=True)
     sums = np.add.reduceat(values, first, axis=axis)
     shape = list(values.shape)
