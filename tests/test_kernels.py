@@ -474,3 +474,18 @@ def test_unroll_of_non_contiguous_inputs(dtype):
     ndx, ndw, _ = conv2d_backward_naive(dout, x, w, stride=1, padding=0)
     np.testing.assert_allclose(dx, ndx, **_tol(dtype))
     np.testing.assert_allclose(dw, ndw, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_nms_of_stacked_and_uneven_categories_equals_naive(dtype):
+    # the dense path stacks the categories padded to the largest (even sizes), or takes
+    # them one by one (uneven sizes: one large category and many of one or two boxes)
+    rng = np.random.default_rng(14)
+    for n, cats in ((120, [0] * 100 + list(range(1, 21))), (90, list(range(5)) * 18), (40, [3] * 40)):
+        b, s = _nms_boxes(rng, n, dtype)
+        idxs = np.asarray(cats)[rng.permutation(n)]
+        order = np.argsort(-s, kind="stable")
+        for thr in (0.0, 0.5, 0.9):
+            t = _threshold_as(np.dtype(dtype), thr)
+            keep = knms.nms_ranked(b[order], idxs[order], t, dense=True)
+            np.testing.assert_array_equal(order[keep], batched_nms_naive(b, s, idxs, thr))

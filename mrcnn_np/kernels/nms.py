@@ -379,35 +379,66 @@ def _greedy_dense(b, groups, t):
     """Greedy NMS by rank with every IoU of a category computed at once: keep (N,) bool.
 
     For few boxes (``_DENSE_ENTRIES``) this beats the sweep, whose setup (sorts,
-    windows, bands, blocks) costs more than the IoUs themselves. Per category:
-    the (m, m) IoU matrix by ``pair_iou`` (row box first, as ``nms_naive`` scores
-    a kept box against the later ones: the same numbers), ``hit[i, j]`` = IoU > t
-    for j > i, then the greedy walk visits only the rows that hit something:
-    a row still alive is kept and removes its hits.
+    windows, bands, blocks) costs more than the IoUs themselves. The categories are
+    stacked (G, m, m), each padded to the largest with point boxes at the origin
+    (IoU 0 with every box, and after every real box in rank order, so they suppress
+    nothing): ONE ``pair_iou`` call (row box first, as ``nms_naive`` scores a kept box
+    against the later ones: the same numbers, element by element), ``hit[g, i, j]`` =
+    IoU > t for j > i, then the greedy rule for all categories at once by
+    :func:`_greedy_fixed_point`. (Before: a ``pair_iou`` call per category and a Python
+    step per box that removes something: the shapes model's RPN, 5 levels of <= 128
+    proposals an image, 0.57 -> 0.2 ms.)
     """
     n = b.shape[0]
-    keep = np.ones(n, dtype=bool)
     if groups is None:
         members = [np.arange(n)]
     else:  # ranks of each category, in rank order
         order = np.argsort(groups, kind="stable")
         g = groups[order]
         members = np.split(order, np.flatnonzero(g[1:] != g[:-1]) + 1)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    for r in members:
-        m = r.size
-        if m < 2:
-            continue
-        x1, y1, x2, y2 = (b[r, k] for k in range(4))
-        a = area[r]
-        iou = pair_iou(x1[:, None], y1[:, None], x2[:, None], y2[:, None], a[:, None], x1, y1, x2, y2, a)
-        hit = iou > t                                 # symmetric: pair_iou is
-        removed = np.zeros(m, dtype=bool)
-        for i in np.flatnonzero(hit.any(axis=1)).tolist():
-            if not removed[i]:
-                removed[i + 1:] |= hit[i, i + 1:]     # a kept box removes the later ones
-        keep[r[removed]] = False
+    members = [r for r in members if r.size >= 2]
+    keep = np.ones(n, dtype=bool)
+    if not members:
+        return keep
+    m = max(r.size for r in members)
+    if len(members) * m * m > 2 * sum(r.size ** 2 for r in members):  # uneven sizes: padding
+        for r in members:                                               # would waste the most
+            keep[r] = _greedy_dense(b[r], None, t)
+        return keep
+    idx = np.full((len(members), m), n, dtype=np.int64)  # n: the padding point box
+    for k, r in enumerate(members):
+        idx[k, :r.size] = r
+    bp = np.concatenate([b, np.zeros((1, 4), dtype=b.dtype)])
+    x1, y1, x2, y2 = (bp[idx, k] for k in range(4))  # (G, m) each
+    a = (x2 - x1) * (y2 - y1)
+    iou = pair_iou(x1[:, :, None], y1[:, :, None], x2[:, :, None], y2[:, :, None], a[:, :, None],
+                   x1[:, None, :], y1[:, None, :], x2[:, None, :], y2[:, None, :], a[:, None, :])
+    hit = iou > t
+    hit &= ~np.tri(m, dtype=bool)  # (G, m, m): hit[g, i, j] for j > i, i may remove the later j
+    kept = _greedy_fixed_point(hit)
+    for k, r in enumerate(members):
+        keep[r] = kept[k, :r.size]
     return keep
+
+
+def _greedy_fixed_point(hit):
+    """The greedy rule on stacked strictly upper-triangular (G, m, m) hit matrices:
+    keep (G, m) bool.
+
+    Box j is kept iff no kept box i < j hits it: ``keep = ~(keep @ hit)``. Iterating that
+    map from all-kept fixes box 0 at once and, by induction, boxes 0..k after k + 1 rounds
+    (box k depends only on the boxes before it), so it stops at the greedy answer, its
+    only fixed point, after (longest chain of removals) + 1 rounds (2 to 7 on the shapes
+    model's RPN) instead of a Python step per box that removes something. The products
+    count hits exactly (0/1 values, sums far below 2**24).
+    """
+    h = hit.astype(np.float32)
+    keep = np.ones(hit.shape[:2], dtype=bool)
+    while True:
+        new = (keep.astype(np.float32)[:, None, :] @ h)[:, 0, :] == 0
+        if np.array_equal(new, keep):
+            return keep
+        keep = new
 
 
 def nms_ranked(b, groups, t, *, max_pairs=None, probe=True, dense=None):
