@@ -489,3 +489,25 @@ def test_dense_nms_of_stacked_and_uneven_categories_equals_naive(dtype):
             t = _threshold_as(np.dtype(dtype), thr)
             keep = knms.nms_ranked(b[order], idxs[order], t, dense=True)
             np.testing.assert_array_equal(order[keep], batched_nms_naive(b, s, idxs, thr))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_smallest_k_is_the_stable_argsort_prefix(dtype):
+    # kernels.topk.smallest_k == np.argsort(x, axis=1, kind="stable")[:, :k] exactly: heavy
+    # ties (ties at the k-th value go to the lower indices), +-0.0 and +-inf as values,
+    # NaN rows (argsort's NaN-last order), k = 0 and k = n
+    from mrcnn_np.kernels.topk import smallest_k
+    rng = np.random.default_rng(15)
+    for _ in range(300):
+        R, n = int(rng.integers(1, 5)), int(rng.integers(1, 2000))
+        k = int(rng.choice([0, n, int(rng.integers(0, n + 1)), int(rng.integers(0, max(1, n // 5)))]))
+        if rng.random() < 0.5:
+            x = rng.integers(-3, 4, (R, n)).astype(dtype)  # many ties
+        else:
+            x = rng.standard_normal((R, n)).astype(dtype) if dtype != np.int64 else rng.integers(-10**9, 10**9, (R, n))
+        if dtype != np.int64 and rng.random() < 0.3:
+            flat = x.reshape(-1)
+            flat[rng.integers(0, flat.size, 5)] = rng.choice([-0.0, 0.0, np.inf, -np.inf, np.nan], 5)
+        got = smallest_k(x, k)
+        assert got.dtype == np.int64 and got.shape == (R, k)
+        np.testing.assert_array_equal(got, np.argsort(x, axis=1, kind="stable")[:, :k])

@@ -22,4 +22,6 @@ Each kernel's module docstring states its measured speed-ups.
 - ``kernels.nms``        the sweep NMS: x windows, width bands, a kept-box loop
                          and a pair sweep (``boxes.nms``, ``boxes.batched_nms``)
 - ``kernels.elementwise`` ``np.where(mask, x, 0)`` as a bit mask (``ops.activations``)
+- ``kernels.topk``       the k smallest of each row in stable-sort order, without
+                         sorting the row (a per-level top-k)
 """
