@@ -385,50 +385,41 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         check_callable("callback", callback)
     state = _check_state(state, len(dataset), steps)
     workers = check_positive_int("workers", workers)
+    # W > 1: the steps' losses and gradients come from W worker processes (closed on the way out)
     with DataParallel(params, config, workers) if workers > 1 else contextlib.nullcontext() as pool:
         loss_and_grads = model_lib.loss_and_grads if pool is None else pool.loss_and_grads
-        return _train_loop(params, config, dataset, steps, rng, batch_size, base_lr, momentum, weight_decay,
-                           warmup_iters, warmup_factor, milestones, gamma, max_grad_norm, progress, callback,
-                           hflip_prob, state, dtype, loss_and_grads)
-
-
-def _train_loop(params, config, dataset, steps, rng, batch_size, base_lr, momentum, weight_decay, warmup_iters,
-                warmup_factor, milestones, gamma, max_grad_norm, progress, callback, hflip_prob, state, dtype,
-                loss_and_grads):
-    """The loop of :func:`train` on checked arguments; ``loss_and_grads`` computes each step's
-    (losses, grads): ``model.loss_and_grads``, or a ``DataParallel``'s."""
-    history = []
-    buffers = state.setdefault("buffers", {})
-    if state.get("order") is None:
-        state["order"], state["pos"] = rng.permutation(len(dataset)), 0
-    order, pos = state["order"], state["pos"]
-    start = state.setdefault("step", 0)
-    bar = tqdm(range(start, steps), desc="train", unit="step", disable=not progress, initial=start, total=steps)
-    for step in bar:
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(dataset)), 0
-        images, targets = dataset_batch(dataset, order[pos:pos + batch_size], dtype=dtype, rng=rng,
-                                        hflip_prob=hflip_prob)
-        pos += batch_size
-        batch, image_sizes, targets = transform_forward(
-            images, targets, min_size=config.min_size, max_size=config.max_size,
-            mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
-        losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes)
-        record = {k: float(v) for k, v in losses.items()}
-        record["loss"] = sum(record.values())
-        grad_norm = _global_norm(grads) if max_grad_norm is None else _clip_grad_norm(grads, max_grad_norm)
-        if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
-            # stop before the update: the parameters stay those of the last good step
-            raise FloatingPointError(f"step {step}: loss {record['loss']}, gradient norm {grad_norm}: {record}")
-        lr = learning_rate(step, base_lr=base_lr, warmup_iters=warmup_iters,
-                           warmup_factor=warmup_factor, milestones=milestones, gamma=gamma)
-        _sgd_step(params, grads, buffers, lr, momentum, weight_decay)
-        record.update(lr=lr, grad_norm=grad_norm)
-        history.append(record)
-        state.update(step=step + 1, order=order, pos=pos)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.4f}")
-        if callback is not None:
-            callback(step, record, params)
+        history = []
+        buffers = state.setdefault("buffers", {})
+        if state.get("order") is None:
+            state["order"], state["pos"] = rng.permutation(len(dataset)), 0
+        order, pos = state["order"], state["pos"]
+        start = state.setdefault("step", 0)
+        bar = tqdm(range(start, steps), desc="train", unit="step", disable=not progress, initial=start, total=steps)
+        for step in bar:
+            if pos + batch_size > len(order):
+                order, pos = rng.permutation(len(dataset)), 0
+            images, targets = dataset_batch(dataset, order[pos:pos + batch_size], dtype=dtype, rng=rng,
+                                            hflip_prob=hflip_prob)
+            pos += batch_size
+            batch, image_sizes, targets = transform_forward(
+                images, targets, min_size=config.min_size, max_size=config.max_size,
+                mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
+            losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes)
+            record = {k: float(v) for k, v in losses.items()}
+            record["loss"] = sum(record.values())
+            grad_norm = _global_norm(grads) if max_grad_norm is None else _clip_grad_norm(grads, max_grad_norm)
+            if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
+                # stop before the update: the parameters stay those of the last good step
+                raise FloatingPointError(f"step {step}: loss {record['loss']}, gradient norm {grad_norm}: {record}")
+            lr = learning_rate(step, base_lr=base_lr, warmup_iters=warmup_iters,
+                               warmup_factor=warmup_factor, milestones=milestones, gamma=gamma)
+            _sgd_step(params, grads, buffers, lr, momentum, weight_decay)
+            record.update(lr=lr, grad_norm=grad_norm)
+            history.append(record)
+            state.update(step=step + 1, order=order, pos=pos)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.4f}")
+            if callback is not None:
+                callback(step, record, params)
     return history
 
 
