@@ -129,6 +129,7 @@ def _worker(conn, param_block, grad_block, param_layout, grad_layout, dtype, con
     params = _views(blocks[0].buf, param_layout, dtype)
     grads_out = _views(blocks[1].buf, grad_layout, dtype)
     cache = batch_block = images = None
+    conn.send(("ok",))  # started: the main process waits for this
     try:
         while True:
             message = conn.recv()
@@ -229,6 +230,7 @@ class DataParallel:
                 self._blocks.append(block)
                 self._grads.append(_views(block.buf, self._grad_layout, self.dtype))
             self._start()
+            self._gather(self.workers)  # every worker is up
         except BaseException:
             self.close()
             raise
@@ -267,15 +269,24 @@ class DataParallel:
         self._params = self._grads = None
         self._finalizer()
 
+    def _send(self, w, message):
+        try:
+            self._conns[w].send(message)
+        except OSError:  # reported by _gather, which reads every worker's reply (or death)
+            pass
+
     def _gather(self, n):
         """The replies of workers 0..n-1, all read before any error is raised (none is left in a pipe)."""
         replies = []
         for w in range(n):
             try:
                 replies.append(self._conns[w].recv())
-            except EOFError:
+            except (EOFError, OSError):
+                self._procs[w].join(timeout=5)
                 replies.append(("error", RuntimeError(
-                    f"data-parallel worker {w} died (exit code {self._procs[w].exitcode})"), ""))
+                    f"data-parallel worker {w} died (exit code {self._procs[w].exitcode}); from a script, "
+                    "train under `if __name__ == \"__main__\":` (the workers are spawned processes, and "
+                    "each one imports the main script again)"), ""))
         for w, reply in enumerate(replies):
             if reply[0] == "error":  # the worker's exception (a ValueError for a bad target, ...)
                 raise reply[1] from RuntimeError(f"in data-parallel worker {w}:\n{reply[2]}")
@@ -318,13 +329,13 @@ class DataParallel:
         shards = [s for s in np.array_split(np.arange(n), min(self.workers, n)) if s.size]
         seeds = rng.integers(0, 2 ** 63, size=len(shards))
         for w, (idx, seed) in enumerate(zip(shards, seeds)):
-            self._conns[w].send(("forward", (*batch, int(idx[0]), int(idx[-1]) + 1), [targets[i] for i in idx],
-                                 [sizes[i] for i in idx], int(seed)))
+            self._send(w, ("forward", (*batch, int(idx[0]), int(idx[-1]) + 1), [targets[i] for i in idx],
+                           [sizes[i] for i in idx], int(seed)))
         replies = self._gather(len(shards))
         weights = shard_weights([counts for _, counts in replies])
         losses = {k: float(sum(wt[k] * r[0][k] for wt, r in zip(weights, replies))) for k in model_lib.LOSS_NAMES}
         for w, wt in enumerate(weights):
-            self._conns[w].send(("backward", wt))
+            self._send(w, ("backward", wt))
         self._gather(len(shards))
         grads = {k: self._grads[0][k].copy() for k in self.keys}
         for w in range(1, len(shards)):

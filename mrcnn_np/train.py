@@ -344,7 +344,9 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         loss and gradient of the whole batch, each shard sampling anchors and
         RoIs from a random stream of its own drawn from ``rng``, so a run is
         reproducible for a given seed and W). On a machine with W cores a step
-        takes about 1/W of the time.
+        takes about 1/W of the time plus the main process's share (data, SGD).
+        From a script, call it under ``if __name__ == "__main__":``: the workers
+        are spawned processes, and each imports the main script again.
     callback: optional ``callback(step, record, params)`` after every step
         (``state``, if given, is already updated then).
     state: None, or a dict to resume from and keep up to date, in place:

@@ -120,3 +120,14 @@ def test_bad_arguments_and_worker_errors():
         assert losses == again
     with pytest.raises(RuntimeError, match="closed"):
         pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
+
+
+def test_a_dead_worker_is_reported_not_waited_for():
+    config = micro_config()
+    params = make_params(config, dtype=np.float32)
+    images, targets = make_batch(config, n=2, dtype=np.float32)
+    with DataParallel(params, config, workers=2) as pool:
+        pool._procs[1].terminate()
+        pool._procs[1].join()
+        with pytest.raises(RuntimeError, match="worker 1 died"):
+            pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
