@@ -191,8 +191,11 @@ class BottleneckCache(NamedTuple):
 class ResNetCache(NamedTuple):
     """Cache of ``resnet_forward``.
 
-    structure: ResNetStructure; stem: ConvBNCache; stem_relu, pool: op caches;
-    stages: tuple of 4 tuples of BottleneckCache (layer1..layer4);
+    structure: ResNetStructure; stem: ConvBNCache; stem_relu, pool: op caches
+        (all three None when conv1 ran frozen, ``_resnet_forward(frozen=...)``);
+    stages: list of 4 lists of BottleneckCache (layer1..layer4; lists, so that a
+        consuming backward can drop each block's cache once it has used it; None
+        for a stage that ran frozen);
     input_shape: (N, 3, H, W); feature_shapes: {"C2": shape, ...}; dtype.
     """
 
@@ -610,25 +613,54 @@ def resnet_forward(params, x, *, fold_bn=True):
     return _resnet_forward(params, x, structure, check_bool("fold_bn", fold_bn))
 
 
-def _resnet_forward(params, x, structure, fold_bn=True):
+def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
     """:func:`resnet_forward` without the checks: params already validated
-    (``check_resnet_params``, which returned ``structure``)."""
+    (``check_resnet_params``, which returned ``structure``).
+
+    frozen: the groups below this one (0 = conv1, 1..4 = layer1..layer4) run their
+    inference path (``_resnet_infer``'s, the same bits) and keep no cache: their
+    fields of the ResNetCache are None (``stem``, ``stem_relu``, ``pool`` for
+    conv1, ``stages[s - 1]`` for layer s). For a backward that never walks them
+    (``model``: below ``trainable_layers``, no input gradient), as torch keeps
+    nothing for a frozen layer. Only with ``fold_bn`` (the inference path folds).
+    """
     stem_spec, stage_specs = resnet_conv_specs(structure)
-    out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
-    out, stem_relu = _relu_forward(out)
-    out, pool = _max_pool2d_forward(out, (3, 3), (2, 2), (1, 1))
+    frozen = frozen if fold_bn else 0
+    if frozen > 0:
+        out = _max_pool2d(_relu_inplace(_conv_bn_infer(params, stem_spec, x)), (3, 3), (2, 2), (1, 1))
+        stem = stem_relu = pool = None
+    else:
+        out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
+        out, stem_relu = _relu_forward(out)
+        out, pool = _max_pool2d_forward(out, (3, 3), (2, 2), (1, 1))
     features = {}
     stages = []
-    for name, blocks in zip(FEATURE_NAMES, stage_specs):
-        caches = []
-        for specs in blocks:
-            out, c = _bottleneck_forward(params, specs, out, fold_bn)
-            caches.append(c)
-        stages.append(tuple(caches))
+    for s, (name, blocks) in enumerate(zip(FEATURE_NAMES, stage_specs), start=1):
+        if s < frozen:
+            for specs in blocks:
+                out = _bottleneck_infer(params, specs, out)
+            stages.append(None)
+        else:
+            caches = []
+            for specs in blocks:
+                out, c = _bottleneck_forward(params, specs, out, fold_bn)
+                caches.append(c)
+            stages.append(caches)
         features[name] = out
     shapes = {k: v.shape for k, v in features.items()}
-    cache = ResNetCache(structure, stem, stem_relu, pool, tuple(stages), x.shape, shapes, x.dtype)
+    cache = ResNetCache(structure, stem, stem_relu, pool, stages, x.shape, shapes, x.dtype)
     return features, cache
+
+
+def _bottleneck_infer(params, specs, x):
+    """One bottleneck block for inference: :func:`_bottleneck_forward`'s output, bit for bit,
+    no cache (ReLUs in place on the block's own arrays)."""
+    s1, s2, s3, sd = specs
+    y = _relu_inplace(_conv_bn_infer(params, s1, x))
+    y = _relu_inplace(_conv_bn_infer(params, s2, y))
+    y = _conv_bn_infer(params, s3, y)
+    y += _conv_bn_infer(params, sd, x) if sd is not None else x
+    return _relu_inplace(y)
 
 
 def _resnet_infer(params, x, structure):
@@ -640,12 +672,8 @@ def _resnet_infer(params, x, structure):
     out = _max_pool2d(out, (3, 3), (2, 2), (1, 1))
     features = {}
     for name, blocks in zip(FEATURE_NAMES, stage_specs):
-        for s1, s2, s3, sd in blocks:  # one bottleneck block
-            y = _relu_inplace(_conv_bn_infer(params, s1, out))
-            y = _relu_inplace(_conv_bn_infer(params, s2, y))
-            y = _conv_bn_infer(params, s3, y)
-            y += _conv_bn_infer(params, sd, out) if sd is not None else out
-            out = _relu_inplace(y)
+        for specs in blocks:
+            out = _bottleneck_infer(params, specs, out)
         features[name] = out
     return features
 
@@ -683,8 +711,12 @@ def resnet_backward(dfeatures, cache, *, trainable_layers=5, return_input_grad=F
     return _resnet_backward(dfeatures, cache, trainable_layers, check_bool("return_input_grad", return_input_grad))
 
 
-def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=False):
-    """:func:`resnet_backward` without the checks (for ``model``)."""
+def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=False, release=False):
+    """:func:`resnet_backward` without the checks (for ``model``).
+
+    release: the cache is consumed (``model.loss_and_grads``, whose cache no one
+    else sees): each block's cache is dropped from ``cache.stages`` once its
+    backward has run, so the walk's memory shrinks as it goes down."""
     # group index: 0 = conv1 (stem), 1..4 = layer1..layer4
     lowest_trained = 5 - trainable_layers
     lowest_visited = 0 if return_input_grad else lowest_trained
@@ -696,7 +728,9 @@ def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=Fal
             break
         name = FEATURE_NAMES[s - 1]
         if name in dfeatures:
-            d = dfeatures[name] if d is None else d + dfeatures[name]
+            df = dfeatures.pop(name) if release else dfeatures[name]  # (model's own dict)
+            d = df if d is None else d + df
+            del df
         train = s >= lowest_trained
         if d is None:  # nothing flows here: zero gradients, nothing below either
             if train:
@@ -706,6 +740,8 @@ def _resnet_backward(dfeatures, cache, trainable_layers=5, return_input_grad=Fal
         for b in range(len(blocks) - 1, -1, -1):
             need_dx = b > 0 or s > lowest_visited
             d = _bottleneck_backward(d, blocks[b], grads, need_dx=need_dx, need_dw=train)
+            if release:
+                blocks[b] = None
     if lowest_visited == 0:
         if d is None:
             if lowest_trained == 0:

@@ -280,8 +280,10 @@ def fpn_backward(dpyramid, cache):
     return _fpn_backward(dpyramid, cache)
 
 
-def _fpn_backward(dpyramid, cache):
-    """:func:`fpn_backward` without the checks (for ``model``)."""
+def _fpn_backward(dpyramid, cache, need=None):
+    """:func:`fpn_backward` without the checks (for ``model``). need: None (every input's
+    gradient), or the input names whose gradient is wanted (the others are left out of
+    dfeatures and never computed: a frozen body stage below reads none)."""
 
     def dout(level):
         if dpyramid[level] is not None:
@@ -303,7 +305,11 @@ def _fpn_backward(dpyramid, cache):
             dm += running
         if i < top:
             running = _upsample_nearest_backward(dm, cache.upsample[i])
-        dfeatures[cache.in_names[i]], grads[kw], grads[kb] = _conv2d_backward(dm, cache.inner[i])
+        name = cache.in_names[i]
+        want = need is None or name in need
+        dc, grads[kw], grads[kb] = _conv2d_backward(dm, cache.inner[i], need_dx=want)
+        if want:
+            dfeatures[name] = dc
     ordered = {}
     for i in range(num):
         for k in _keys(i):
@@ -374,10 +380,11 @@ def _backbone_infer(params, x, structure, in_names):
     return _fpn_forward(params, _resnet_infer(params, x, structure), in_names)[0]
 
 
-def _backbone_forward(params, x, structure, in_names, fold_bn=True):
+def _backbone_forward(params, x, structure, in_names, fold_bn=True, frozen=0):
     """:func:`backbone_forward` without the checks (``_check_backbone_params`` gave
-    structure and in_names)."""
-    features, body = _resnet_forward(params, x, structure, fold_bn)
+    structure and in_names). frozen: the body's groups below it keep no cache
+    (``backbone._resnet_forward``)."""
+    features, body = _resnet_forward(params, x, structure, fold_bn, frozen)
     pyramid, fpn = _fpn_forward(params, features, in_names)
     return pyramid, BackboneCache(body, fpn)
 
@@ -399,8 +406,18 @@ def backbone_backward(dpyramid, cache, *, trainable_layers=5, return_input_grad=
     return _backbone_backward(dpyramid, cache, trainable_layers, check_bool("return_input_grad", return_input_grad))
 
 
-def _backbone_backward(dpyramid, cache, trainable_layers=5, return_input_grad=False):
-    """:func:`backbone_backward` without the checks (for ``model``)."""
-    fpn_grads, dfeatures = _fpn_backward(dpyramid, cache.fpn)
-    body_grads, dx = _resnet_backward(dfeatures, cache.body, trainable_layers, return_input_grad)
+def _backbone_backward(dpyramid, cache, trainable_layers=5, return_input_grad=False, release=False):
+    """:func:`backbone_backward` without the checks (for ``model``).
+
+    release: the caller passes its only reference to ``cache`` and gives it up
+    (``model.loss_and_grads``): the FPN's cache is dropped before the body's walk,
+    and the body's block caches as the walk passes them (``_resnet_backward``)."""
+    body, fpn = cache
+    del cache
+    # the body's walk reads C{s+1}'s gradient only for the stages s it visits
+    lowest_visited = 0 if return_input_grad else 5 - trainable_layers
+    need = {f"C{s + 1}" for s in range(max(lowest_visited, 1), 5)}
+    fpn_grads, dfeatures = _fpn_backward(dpyramid, fpn, need)
+    del fpn
+    body_grads, dx = _resnet_backward(dfeatures, body, trainable_layers, return_input_grad, release=release)
     return {**body_grads, **fpn_grads}, dx

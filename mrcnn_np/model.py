@@ -544,7 +544,9 @@ def forward_train(params, images, targets, config, *, rng, image_sizes=None):
     keys = tuple(trainable_keys(params, config))
 
     # backbone + FPN
-    pyramid, backbone_cache = _backbone_forward(params, images, structure, in_names)
+    # (the body's groups below config.trainable_layers keep no cache: backward never walks them)
+    pyramid, backbone_cache = _backbone_forward(params, images, structure, in_names,
+                                                frozen=5 - config.trainable_layers)
 
     # RPN: proposals (detached), then anchor targets, sample, loss
     objectness, deltas, head_cache, concat_cache, anchors, proposals, proposal_scores = _rpn_forward(
@@ -618,42 +620,73 @@ def backward(cache, *, loss_weights=None):
     """
     if not isinstance(cache, ModelCache):
         raise TypeError(f"cache must be the ModelCache from forward_train, got {type(cache).__name__}")
-    w = _check_loss_weights(loss_weights)
-    config = cache.config
+    return _backward(cache._asdict(), _check_loss_weights(loss_weights), release=False)
+
+
+def _backward(c, w, *, release):
+    """:func:`backward` on ``c``, the ModelCache's fields as a dict, ``w`` the checked loss weights.
+
+    release: ``c`` is the caller's to consume (``loss_and_grads``): each cache is
+    dropped from it once its backward has run, and the backbone's caches block by
+    block during the walk down (``fpn._backbone_backward(release=True)``), so the
+    step's peak memory holds what is still to come, not the whole forward. The
+    gradients are the same bits either way.
+    """
+    take = c.pop if release else c.__getitem__
+    config, keys = c["config"], c["keys"]
+    if release:
+        c.pop("info")  # (logits, anchors, proposals ...: nothing the backward reads)
+
+    # RPN head (first, so that the RoI heads' pyramid gradients add onto its as they come:
+    # the same sums in the same order, rpn + box + mask, without holding three pyramids)
+    dobj = _scaled(take("dobjectness"), w["loss_objectness"])
+    ddel = _scaled(take("dpred_bbox_deltas"), w["loss_rpn_box_reg"])
+    dobj_levels, ddel_levels = _concat_box_prediction_layers_backward((dobj, ddel), take("concat"))
+    del dobj, ddel
+    rpn_grads, dpyramid = _rpn_head_backward((dobj_levels, ddel_levels), take("rpn_head"))
+    del dobj_levels, ddel_levels
+    dpyramid = list(dpyramid)
 
     # RoI heads: box branch, then mask branch, each back to the pyramid through RoIAlign
-    dcls = _scaled(cache.dclass_logits, w["loss_classifier"])
-    dreg = _scaled(cache.dbox_regression, w["loss_box_reg"])
-    box_grads, dbox_pooled = _box_head_backward((dcls, dreg), cache.box_head)
-    dfeat_box = _multiscale_roi_align_backward(dbox_pooled, cache.box_pool)
-    dmask = _scaled(cache.dmask_logits, w["loss_mask"])
-    mask_grads, dmask_pooled = _mask_head_backward(dmask, cache.mask_head)
-    dfeat_mask = _multiscale_roi_align_backward(dmask_pooled, cache.mask_pool)
-
-    # RPN head
-    dobj = _scaled(cache.dobjectness, w["loss_objectness"])
-    ddel = _scaled(cache.dpred_bbox_deltas, w["loss_rpn_box_reg"])
-    dobj_levels, ddel_levels = _concat_box_prediction_layers_backward((dobj, ddel), cache.concat)
-    rpn_grads, dfeat_rpn = _rpn_head_backward((dobj_levels, ddel_levels), cache.rpn_head)
-
-    # the pyramid feeds three consumers: gradients add (the RoI heads' on P2..P5)
-    dpyramid = list(dfeat_rpn)
+    # (the pyramid feeds three consumers: gradients add, the RoI heads' on P2..P5)
+    dcls = _scaled(take("dclass_logits"), w["loss_classifier"])
+    dreg = _scaled(take("dbox_regression"), w["loss_box_reg"])
+    box_grads, dbox_pooled = _box_head_backward((dcls, dreg), take("box_head"))
+    del dcls, dreg
+    dfeat = _multiscale_roi_align_backward(dbox_pooled, take("box_pool"))
+    del dbox_pooled
     for i in range(_ROI_LEVELS):
-        dpyramid[i] = dpyramid[i] + dfeat_box[i] + dfeat_mask[i]
-    backbone_grads, _ = _backbone_backward(dpyramid, cache.backbone, config.trainable_layers)
+        dpyramid[i] = dpyramid[i] + dfeat[i]
+    del dfeat
+    dmask = _scaled(take("dmask_logits"), w["loss_mask"])
+    mask_grads, dmask_pooled = _mask_head_backward(dmask, take("mask_head"))
+    del dmask
+    dfeat = _multiscale_roi_align_backward(dmask_pooled, take("mask_pool"))
+    del dmask_pooled
+    for i in range(_ROI_LEVELS):
+        dpyramid[i] = dpyramid[i] + dfeat[i]
+    del dfeat
+    backbone_grads, _ = _backbone_backward(dpyramid, take("backbone"), config.trainable_layers, release=release)
 
     everything = {**backbone_grads, **rpn_grads, **box_grads, **mask_grads}
-    missing = [k for k in cache.keys if k not in everything]
+    missing = [k for k in keys if k not in everything]
     if missing:  # every stage returns a gradient for each of its trainable parameters
         raise RuntimeError(f"no stage returned a gradient for trainable {missing[:3]} ...")
-    return {k: everything[k] for k in cache.keys}
+    return {k: everything[k] for k in keys}
 
 
 @quiet_math
 def loss_and_grads(params, images, targets, config, *, rng, image_sizes=None, loss_weights=None):
-    """``forward_train`` then ``backward``: returns (losses, grads)."""
+    """``forward_train`` then ``backward``: returns (losses, grads).
+
+    The cache never leaves this call, so the backward consumes it (``_backward(release=True)``:
+    each stage's cache is freed once its gradient is computed), which lowers the step's peak
+    memory; the results are those of ``backward(forward_train(...)[1])``, bit for bit."""
+    w = _check_loss_weights(loss_weights)
     losses, cache = forward_train(params, images, targets, config, rng=rng, image_sizes=image_sizes)
-    return losses, backward(cache, loss_weights=loss_weights)
+    fields = cache._asdict()
+    del cache  # ``fields`` holds the only references now
+    return losses, _backward(fields, w, release=True)
 
 
 # =========================================================================== inference
