@@ -69,6 +69,19 @@ process, one thread each, CPU time (float32 GEMM 160 GFLOP/s on one thread):
     800 px backbone + FPN (inference)           1.62 s    1.49 s    1.36 s
     800 px training step                        6.86 s    6.81 s    6.81 s
 
+The shapes training step after the conv-engine work of the training step (wide rows for
+small stride-1 maps, kept columns of strided convs, per-phase unrolls, max-pool, resize
+and NMS paths; every loss and gradient bit-identical), the same script back to back at
+2cacb51 and after, one thread, CPU time, best of 15, a heavily loaded machine (load 3-4
+on 2 cores): forward_train + backward 75.5 -> 69.2 ms (torchvision 77.9 / 80.9 in the
+same runs: 0.97x -> 0.86x), train step (transform + grads + SGD) 80.9 -> 69.9 ms; by
+stage, forward: backbone+FPN 9.9 / 11.1, RPN head+anchors+proposals 9.0 / 8.3, mask
+branch 11.2 / 10.1 ms; backward: mask head 13.4 / 12.3, backbone+FPN 14.6 / 11.4, RPN
+head 5.2 / 4.9 ms. Paired in one process (old and new packages alternating step by
+step, 40-80 steps, median of the per-step ratios): the whole train() step 0.88-0.96x,
+transform 2.8 -> 0.9 ms. 800 px (single runs, no torch): predict 3.74 -> 3.65 s,
+training step 7.45 -> 6.75 s (mask head backward 244 -> 150 ms).
+
 Two threads, this script, a quiet moment (GEMM 293 GFLOP/s): shapes training
 step 71.8 ms (torchvision 74.3), shapes predict 155 ms (129), 800 px training
 step 5.05 s (5.93), 800 px predict 2.3-2.9 s (1.8-1.9) over two runs; the 800 px
