@@ -162,7 +162,10 @@ class ConvBNCache(NamedTuple):
 
     spec: ConvSpec; conv: Conv2dCache; bn: FrozenBatchNormCache (unfolded) or
     None; scale: (C_out,) BN scale ``weight / sqrt(var + eps)`` when the BN was
-    folded into the conv, else None.
+    folded into the conv, else None. Folded, ``conv.w`` is the parameter itself,
+    not the folded copy ``w * scale`` the conv ran with: the backward folds it
+    again (the same product, the same bits), so the cache holds no second copy
+    of the weights.
     """
 
     spec: ConvSpec
@@ -456,7 +459,7 @@ def _conv_bn_forward(params, spec, x, fold_bn):
         return out, ConvBNCache(spec, conv_cache, bn_cache, None)
     w_folded, shift, scale = _fold_bn(params, spec, x.dtype)
     out, conv_cache = _conv2d_forward(x, w_folded, shift, spec.stride, spec.padding)
-    return out, ConvBNCache(spec, conv_cache, None, scale)
+    return out, ConvBNCache(spec, conv_cache._replace(w=params[spec.conv]), None, scale)
 
 
 def _fold_bn(params, spec, dtype):
@@ -486,8 +489,10 @@ def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
         d = frozen_batch_norm_backward(dout, cache.bn)
         dx, dw, _ = _conv2d_backward(d, cache.conv, need_dx=need_dx)
     else:
-        # the folded conv's weight is w * scale, so dL/dw = dL/d(w*scale) * scale
-        dx, dw, _ = _conv2d_backward(dout, cache.conv, need_dx=need_dx)
+        # the folded conv's weight is w * scale (folded again here, as _fold_bn did),
+        # so dL/dw = dL/d(w*scale) * scale
+        conv = cache.conv._replace(w=cache.conv.w * cache.scale[:, None, None, None])
+        dx, dw, _ = _conv2d_backward(dout, conv, need_dx=need_dx)
         dw = dw * cache.scale[:, None, None, None]
     if need_dw:
         grads[cache.spec.conv] = dw
