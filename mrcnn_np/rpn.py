@@ -59,6 +59,7 @@ from ._checks import (
 )
 from .boxes import (_box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes, _nms, _remove_small_boxes,
                     _upcast16)
+from .kernels.topk import smallest_k
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
 from .ops.activations import _relu_backward, _relu_forward, _relu_inplace, _sigmoid
 from .ops.conv import _conv2d_backward, _conv2d_forward
@@ -716,7 +717,7 @@ def _filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level
         k = min(pre, count)
         if k > 0:
             ob = objectness[:, offset:offset + count]
-            order = np.argsort(-ob, axis=1, kind="stable")[:, :k]
+            order = smallest_k(-ob, k)  # np.argsort(-ob, axis=1, kind="stable")[:, :k], without the full sort
             top_idx.append(order + offset)
             top_lvl.append(np.full(k, lvl, dtype=np.int64))
         offset += count
