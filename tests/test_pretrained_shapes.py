@@ -1,12 +1,11 @@
 """The shipped shapes model: it loads, it says where it came from, and it is as good as claimed.
 
 Accuracy (not timing): on the 100 held-out images of TEST_SEED (never used in
-training nor in choosing the recipe) the shipped model measured box AP 0.842
-and mask AP 0.817; the test asserts 0.83 and 0.80, a margin for float32
-rounding on other CPUs. Over eight such sets of 100 images it ranges 0.819..0.859
-(box) and 0.781..0.820 (mask), README "The shipped shapes model". Issue 13
-asks for box AP >= 0.85: this model reaches it on 2 of the 8 sets, so that
-target is not met yet and the test does not pretend it is.
+training nor in choosing the recipe) the shipped model measured box AP 0.873
+and mask AP 0.836; the test asserts issue 13's targets, 0.85 and 0.80. Over
+eight other held-out sets of 100 images (seeds 10000, 11000, ..., 17000) it
+ranges 0.829..0.883 (box, mean 0.858) and 0.777..0.835 (mask, mean 0.810),
+README "The shipped shapes model": the test set alone moves AP by about +-0.03.
 """
 import numpy as np
 import pytest
@@ -55,7 +54,7 @@ def _box_and_mask_ap(seed):
 
 def test_shipped_model_accuracy_on_held_out_images():
     box_ap, mask_ap = _box_and_mask_ap(TEST_SEED)
-    assert box_ap >= 0.83, f"box AP {box_ap:.3f}"
+    assert box_ap >= 0.85, f"box AP {box_ap:.3f}"
     assert mask_ap >= 0.80, f"mask AP {mask_ap:.3f}"
 
 
