@@ -724,6 +724,9 @@ def test_bad_input_raises_naming_the_argument(micro):
 
 
 def test_a_few_sgd_steps_overfit_one_shapes_image():
+    """60 plain SGD steps on one image at least halve the loss. The first tens of steps are
+    chaotic (a rounding-level change moves the loss at step 40 between 0.26x and 0.55x of
+    the start); at 60 it is 0.12x..0.34x over images, seeds and RoI thresholds (measured)."""
     config = shapes_config()
     ds = ShapesDataset(1, seed=3)
     s = ds[0]
@@ -733,10 +736,10 @@ def test_a_few_sgd_steps_overfit_one_shapes_image():
     targets = [{"boxes": s["boxes"], "labels": s["labels"], "masks": s["masks"]}]
     params = M.init_params(config, rng=np.random.default_rng(0))
     history = []
-    for step in range(40):
+    for step in range(60):
         losses, grads = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(step))
         history.append(sum(losses.values()))
         for k, g in grads.items():
             params[k] -= np.float32(0.02) * g
-    start, end = history[0], np.mean(history[-3:])
+    start, end = history[0], np.mean(history[-5:])
     assert end < 0.5 * start, history
