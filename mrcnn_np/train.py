@@ -343,8 +343,8 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         every batch over W worker processes (``parallel.DataParallel``: the
         loss and gradient of the whole batch, each shard sampling anchors and
         RoIs from a random stream of its own drawn from ``rng``, so a run is
-        reproducible for a given seed and W). On a machine with W cores a step
-        takes about 1/W of the time plus the main process's share (data, SGD).
+        reproducible for a given seed and W). Two workers on a 2-core machine
+        make a step 1.2-1.4x faster (``mrcnn_np.parallel`` says why not 2x).
         From a script, call it under ``if __name__ == "__main__":``: the workers
         are spawned processes, and each imports the main script again.
     callback: optional ``callback(step, record, params)`` after every step
