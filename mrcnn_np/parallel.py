@@ -205,8 +205,10 @@ class DataParallel:
     """
 
     def __init__(self, params, config, workers):
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 2:
-            raise ValueError(f"workers must be an int >= 2, got {workers!r}")
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise TypeError(f"workers must be an int, got {type(workers).__name__}")
+        if workers < 2:
+            raise ValueError(f"workers must be >= 2 (1 is model.loss_and_grads itself), got {workers}")
         if not isinstance(params, dict) or not params:
             raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
         self.dtype = None

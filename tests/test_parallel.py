@@ -96,6 +96,8 @@ def test_bad_arguments_and_worker_errors():
     params = make_params(config, dtype=np.float32)
     with pytest.raises(ValueError, match="workers"):
         DataParallel(params, config, workers=1)
+    with pytest.raises(TypeError, match="workers"):
+        DataParallel(params, config, workers=2.0)
     with pytest.raises(TypeError, match="config"):
         DataParallel(params, "shapes", workers=2)
     with pytest.raises(TypeError, match="params"):
