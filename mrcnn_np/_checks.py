@@ -124,6 +124,22 @@ def check_finite(name, array):
     return array
 
 
+def check_param_dict(params, *, finite=True):
+    """A non-empty dict of float arrays of one dtype (finite unless ``finite=False``),
+    as ``model.init_params`` makes; returns that dtype."""
+    if not isinstance(params, dict) or not params:
+        raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
+    dtype = None
+    for key, value in params.items():
+        check_array(f"params[{key!r}]", value, dtype_kind="f")
+        dtype = value.dtype if dtype is None else dtype
+        if value.dtype != dtype:
+            raise TypeError(f"params[{key!r}] must have the dtype of the others ({dtype}), got {value.dtype}")
+        if finite:
+            check_finite(f"params[{key!r}]", value)
+    return dtype
+
+
 def check_params(params, expected, *, dtype=None, dtype_source="the input's", prefix=None, context=""):
     """Check a flat parameter dict against the keys (and shapes) a block expects.
 

@@ -49,7 +49,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from . import model as model_lib
-from ._checks import check_array, check_instance, check_rng, check_sequence
+from ._checks import check_array, check_instance, check_param_dict, check_rng, check_sequence
 from .config import MaskRCNNConfig
 
 __all__ = ["DataParallel", "loss_counts", "shard_weights"]
@@ -209,14 +209,7 @@ class DataParallel:
             raise TypeError(f"workers must be an int, got {type(workers).__name__}")
         if workers < 2:
             raise ValueError(f"workers must be >= 2 (1 is model.loss_and_grads itself), got {workers}")
-        if not isinstance(params, dict) or not params:
-            raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
-        self.dtype = None
-        for name, p in params.items():
-            check_array(f"params[{name!r}]", p, dtype_kind="f")
-            self.dtype = p.dtype if self.dtype is None else self.dtype
-            if p.dtype != self.dtype:
-                raise TypeError(f"params[{name!r}] must have the dtype of the others ({self.dtype}), got {p.dtype}")
+        self.dtype = check_param_dict(params, finite=False)  # values are copied in at every step
         self.config = check_instance("config", config, MaskRCNNConfig)
         self.workers = int(workers)
         self.keys = tuple(model_lib.trainable_keys(params, config))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import model as model_lib
 from ._checks import (check_array, check_bool, check_callable, check_coordinates, check_finite, check_float,
-                      check_float_dtype, check_instance, check_positive_int, check_rng)
+                      check_float_dtype, check_instance, check_param_dict, check_positive_int, check_rng)
 from .config import MaskRCNNConfig
 from .parallel import DataParallel
 from .transform import transform_forward
@@ -359,15 +359,7 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     Returns the history: one dict per step run with the five losses, "loss"
     (their sum), "lr" and "grad_norm".
     """
-    if not isinstance(params, dict) or not params:
-        raise TypeError(f"params must be a non-empty dict of arrays (model.init_params), got {params!r:.60}")
-    dtype = None
-    for key, value in params.items():  # the boundary: float arrays of one dtype, finite
-        check_array(f"params[{key!r}]", value, dtype_kind="f")
-        dtype = value.dtype if dtype is None else dtype
-        if value.dtype != dtype:
-            raise TypeError(f"params[{key!r}] must have the dtype of the others ({dtype}), got {value.dtype}")
-        check_finite(f"params[{key!r}]", value)
+    dtype = check_param_dict(params)  # the boundary: float arrays of one dtype, finite
     check_instance("config", config, MaskRCNNConfig)
     _check_dataset(dataset)
     steps = check_positive_int("steps", steps)
