@@ -472,6 +472,8 @@ def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, 
         params, meta, state, rng = _load_training(checkpoint, data)
         config = _config_from_meta(meta, checkpoint)
         recipe = meta["recipe"]
+        # --workers overrides the checkpoint's (one process for a checkpoint written before workers existed)
+        recipe["workers"] = recipe.get("workers", 1) if workers is None else workers
         steps = int(meta["steps"]) if steps is None else steps
         if steps <= state["step"]:
             raise ValueError(f"{checkpoint} has done {state['step']} steps already; give --steps above that")
@@ -524,7 +526,7 @@ def run_train_coco(*, coco, images, checkpoint, val_coco=None, val_images=None, 
         params, config, data, steps=steps, rng=rng, batch_size=recipe["batch_size"], base_lr=recipe["base_lr"],
         warmup_iters=recipe["warmup_iters"], milestones=tuple(recipe["milestones"]),
         weight_decay=recipe["weight_decay"], hflip_prob=recipe["hflip_prob"], state=state, callback=every,
-        workers=recipe.get("workers", 1) if workers is None else workers, progress=progress)
+        workers=recipe["workers"], progress=progress)
     path = save(history[-1]["loss"])
     print(f"trained in {meta['train_seconds']:.0f} s; checkpoint: {path}")
     if val is not None:
