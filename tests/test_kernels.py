@@ -54,6 +54,12 @@ def _conv_problem(rng, *, transposed=False):
     return N, C, H, W, F, KH, KW, stride, padding, dilation
 
 
+def _out_hw(H, W, KH, KW, stride, padding, dilation):
+    """(Ho, Wo) of a conv of an H x W input, from ops.conv_output_size."""
+    return tuple(conv_output_size(n, k, stride=st, padding=pa, dilation=di)
+                 for n, k, st, pa, di in zip((H, W), (KH, KW), stride, padding, dilation))
+
+
 def _spy_paths(monkeypatch):
     """Count the calls of each engine path of kernels.conv."""
     seen = {}
@@ -79,8 +85,7 @@ def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
     for _ in range(25):
         N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
         x, w = _rand(rng, (N, C, H, W)), _rand(rng, (F, C, KH, KW))
-        Ho = conv_output_size(H, KH, stride=s[0], padding=p[0], dilation=d[0])
-        Wo = conv_output_size(W, KW, stride=s[1], padding=p[1], dilation=d[1])
+        Ho, Wo = _out_hw(H, W, KH, KW, s, p, d)
         out = kconv.conv2d_forward(x.astype(dtype), w.astype(dtype), s, p, d, (Ho, Wo))
         assert out.dtype == dtype and out.shape == (N, F, Ho, Wo)
         np.testing.assert_allclose(out, conv2d_naive(x, w, None, stride=s, padding=p, dilation=d),
@@ -111,8 +116,7 @@ def test_conv2d_infer_equals_naive(dtype, monkeypatch):
             if rng.random() < 0.7:
                 s = (1, 1)
             x, w = _rand(rng, (N, C, H, W)), _rand(rng, (F, C, KH, KW))
-            Ho = conv_output_size(H, KH, stride=s[0], padding=p[0], dilation=d[0])
-            Wo = conv_output_size(W, KW, stride=s[1], padding=p[1], dilation=d[1])
+            Ho, Wo = _out_hw(H, W, KH, KW, s, p, d)
             out = kconv.conv2d_infer(x.astype(dtype), w.astype(dtype), s, p, d, (Ho, Wo))
             assert out.dtype == dtype and out.shape == (N, F, Ho, Wo)
             np.testing.assert_allclose(out, conv2d_naive(x, w, None, stride=s, padding=p, dilation=d),
@@ -410,8 +414,7 @@ def test_wide_rows_equal_the_per_tap_engine(dtype, monkeypatch):
              (2, 4, 5, 6, 30, 1, 3, (2, 1), (1, 1))]
     for N, C, H, W, F, KH, KW, p, d in cases:
         x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, KH, KW), dtype)
-        Ho = conv_output_size(H, KH, stride=1, padding=p[0], dilation=d[0])
-        Wo = conv_output_size(W, KW, stride=1, padding=p[1], dilation=d[1])
+        Ho, Wo = _out_hw(H, W, KH, KW, (1, 1), p, d)
         dout = _rand(rng, (N, F, Ho, Wo), dtype)
         got = kconv.conv2d_forward(x, w, (1, 1), p, d, (Ho, Wo))
         gdx, gdw = kconv.conv2d_backward(dout, x, w, (1, 1), p, d)
@@ -442,8 +445,7 @@ def test_kept_columns_give_the_same_weight_gradient_bit_for_bit(dtype, monkeypat
         for _ in range(20):
             N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
             x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, KH, KW), dtype)
-            Ho = conv_output_size(H, KH, stride=s[0], padding=p[0], dilation=d[0])
-            Wo = conv_output_size(W, KW, stride=s[1], padding=p[1], dilation=d[1])
+            Ho, Wo = _out_hw(H, W, KH, KW, s, p, d)
             out, cols = kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo), keep_cols=True)
             assert np.array_equal(out, kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo)))
             dout = _rand(rng, out.shape, dtype)
