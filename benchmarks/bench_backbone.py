@@ -27,7 +27,6 @@ Run with the OpenBLAS overrides of the build machine removed, e.g.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 

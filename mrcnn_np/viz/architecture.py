@@ -23,10 +23,8 @@ NCHW tuples with the batch dimension first, as the model's arrays have them.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .._checks import check_hw_pair, check_positive_int
-from ..anchors import FPN_STRIDES, torchvision_resized_size
+from ..anchors import torchvision_resized_size
 from ..backbone import resnet_feature_shapes
 from ..config import MaskRCNNConfig
 from ..fpn import PYRAMID_LEVELS
