@@ -317,12 +317,12 @@ class DataParallel:
             raise ValueError("config must be the config this DataParallel was made with")
         _check_layout(params, self._params)
         rng = check_rng(rng)
-        images = check_array("images", images, shape=("N", 3, "H", "W"), dtype_kind="f")
+        images = model_lib._check_images(images)  # the batch-level checks; each worker checks its shard's targets
+        sizes = model_lib._check_image_sizes(image_sizes, images)
         check_sequence("targets", targets, length=len(images))
         for name, p in params.items():
             self._params[name][...] = p
         n = len(images)
-        sizes = [tuple(images.shape[-2:])] * n if image_sizes is None else list(image_sizes)
         batch = self._batch_block(images)
         shards = [s for s in np.array_split(np.arange(n), min(self.workers, n)) if s.size]
         seeds = rng.integers(0, 2 ** 63, size=len(shards))

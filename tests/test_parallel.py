@@ -133,3 +133,18 @@ def test_a_dead_worker_is_reported_not_waited_for():
         pool._procs[1].join()
         with pytest.raises(RuntimeError, match="worker 1 died"):
             pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
+
+
+def test_bad_batches_are_refused_before_any_worker_sees_them():
+    config = micro_config()
+    params = make_params(config, dtype=np.float32)
+    images, targets = make_batch(config, n=2, dtype=np.float32)
+    with DataParallel(params, config, workers=2) as pool:
+        with pytest.raises(ValueError, match="images"):
+            pool.loss_and_grads(params, images[:0], [], config, rng=np.random.default_rng(0))
+        with pytest.raises(ValueError, match="image_sizes"):
+            pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0), image_sizes=[(64, 64)])
+        with pytest.raises(ValueError, match="targets"):
+            pool.loss_and_grads(params, images, targets[:1], config, rng=np.random.default_rng(0))
+        losses, _ = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
+        assert set(losses) == set(M.LOSS_NAMES)
