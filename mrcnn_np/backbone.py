@@ -88,8 +88,8 @@ from ._checks import (
     check_rng,
     quiet_math,
 )
-from .ops.activations import _relu_backward, _relu_forward, _relu_inplace
-from .ops.conv import _conv2d_backward, _conv2d_forward, conv_output_size
+from .ops.activations import _relu_backward, _relu_forward
+from .ops.conv import _conv2d_backward, _conv2d_forward, _conv2d_fused, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
 from .ops.pool import _max_pool2d, _max_pool2d_backward, _max_pool2d_forward
 
@@ -478,10 +478,12 @@ def _fold_bn(params, spec, dtype):
     return w * scale[:, None, None, None], shift, scale
 
 
-def _conv_bn_infer(params, spec, x):
-    """conv + frozen BN (folded) for inference: the output of :func:`_conv_bn_forward`, no cache."""
+def _conv_bn_infer(params, spec, x, *, residual=None, relu=False):
+    """conv + frozen BN (folded) for inference, no cache: the output of :func:`_conv_bn_forward`,
+    plus ``residual`` when given, then the ReLU when ``relu``, bit for bit as those steps in
+    turn (``ops.conv._conv2d_fused`` applies them block by block as the GEMMs finish)."""
     w_folded, shift, _ = _fold_bn(params, spec, x.dtype)
-    return _conv2d_forward(x, w_folded, shift, spec.stride, spec.padding)[0]
+    return _conv2d_fused(x, w_folded, shift, spec.stride, spec.padding, residual=residual, relu=relu)
 
 
 def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
@@ -632,7 +634,7 @@ def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
     stem_spec, stage_specs = resnet_conv_specs(structure)
     frozen = frozen if fold_bn else 0
     if frozen > 0:
-        out = _max_pool2d(_relu_inplace(_conv_bn_infer(params, stem_spec, x)), (3, 3), (2, 2), (1, 1))
+        out = _max_pool2d(_conv_bn_infer(params, stem_spec, x, relu=True), (3, 3), (2, 2), (1, 1))
         stem = stem_relu = pool = None
     else:
         out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
@@ -659,21 +661,21 @@ def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
 
 def _bottleneck_infer(params, specs, x):
     """One bottleneck block for inference: :func:`_bottleneck_forward`'s output, bit for bit,
-    no cache (ReLUs in place on the block's own arrays)."""
+    no cache (bias, residual sum and ReLU applied by each conv to its own output)."""
     s1, s2, s3, sd = specs
-    y = _relu_inplace(_conv_bn_infer(params, s1, x))
-    y = _relu_inplace(_conv_bn_infer(params, s2, y))
-    y = _conv_bn_infer(params, s3, y)
-    y += _conv_bn_infer(params, sd, x) if sd is not None else x
-    return _relu_inplace(y)
+    y = _conv_bn_infer(params, s1, x, relu=True)
+    y = _conv_bn_infer(params, s2, y, relu=True)
+    identity = _conv_bn_infer(params, sd, x) if sd is not None else x
+    return _conv_bn_infer(params, s3, y, residual=identity, relu=True)  # relu(bn3(conv3(y)) + identity)
 
 
 def _resnet_infer(params, x, structure):
     """:func:`resnet_forward` for inference (no checks): the same features, bit for bit,
-    but no caches are kept, so each activation is freed once the next is computed,
-    the ReLUs run in place and the max-pool finds no winners. Returns the features dict."""
+    but no caches are kept, so each activation is freed once the next is computed (and its
+    memory reused: ``kernels.arena``), the ReLUs run in place and the max-pool finds no
+    winners. Returns the features dict."""
     stem_spec, stage_specs = resnet_conv_specs(structure)
-    out = _relu_inplace(_conv_bn_infer(params, stem_spec, x))
+    out = _conv_bn_infer(params, stem_spec, x, relu=True)
     out = _max_pool2d(out, (3, 3), (2, 2), (1, 1))
     features = {}
     for name, blocks in zip(FEATURE_NAMES, stage_specs):

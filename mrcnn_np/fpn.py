@@ -56,9 +56,9 @@ from ._checks import (
 )
 from .backbone import (EXPANSION, _check_trainable_layers, _resnet_backward, _resnet_forward, _resnet_infer,
                        check_resnet_params, init_resnet)
-from .ops.conv import _conv2d_backward, _conv2d_forward
-from .ops.pool import _max_pool2d_backward, _max_pool2d_forward
-from .ops.resize import _upsample_nearest_backward, _upsample_nearest_forward
+from .ops.conv import _conv2d_backward, _conv2d_forward, _conv2d_fused
+from .ops.pool import _max_pool2d, _max_pool2d_backward, _max_pool2d_forward
+from .ops.resize import _add_upsampled_nearest, _upsample_nearest_backward, _upsample_nearest_forward
 
 __all__ = [
     "FPNCache",
@@ -373,11 +373,30 @@ def _check_backbone_params(params, dtype=None):
     return structure, fpn_level_names(len(ins))[0]
 
 
+def _fpn_infer(params, features, in_names):
+    """:func:`fpn_forward`'s pyramid for inference (no checks, no cache), bit for bit: the
+    top-down sum is added in place into the lateral map (``lateral += upsample(last)``, one
+    float addition per value as ``lateral + upsample(last)``) and each conv's bias is added
+    block by block (``ops.conv._conv2d_fused``)."""
+    num = len(in_names)
+    outs = [None] * num
+    top = num - 1
+    kw, kb, lw, lb = _keys(top)
+    last = _conv2d_fused(features[in_names[top]], params[kw], params[kb])
+    outs[top] = _conv2d_fused(last, params[lw], params[lb], padding=1)
+    for i in range(num - 2, -1, -1):
+        kw, kb, lw, lb = _keys(i)
+        lateral = _conv2d_fused(features[in_names[i]], params[kw], params[kb])
+        last = _add_upsampled_nearest(lateral, last)  # lateral + upsample_nearest(last)
+        outs[i] = _conv2d_fused(last, params[lw], params[lb], padding=1)
+    return outs + [_max_pool2d(outs[top], (1, 1), (2, 2), (0, 0))]
+
+
 def _backbone_infer(params, x, structure, in_names):
     """:func:`backbone_forward` for inference (no checks): the same pyramid, bit for bit,
     with no caches kept (``backbone._resnet_infer``: activations freed as they are used,
-    ReLUs in place; the FPN's small cache is dropped on return)."""
-    return _fpn_forward(params, _resnet_infer(params, x, structure), in_names)[0]
+    ReLUs in place; :func:`_fpn_infer`)."""
+    return _fpn_infer(params, _resnet_infer(params, x, structure), in_names)
 
 
 def _backbone_forward(params, x, structure, in_names, fold_bn=True, frozen=0):

@@ -61,8 +61,8 @@ from .boxes import (_box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes
                     _upcast16)
 from .kernels.topk import smallest_k
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
-from .ops.activations import _relu_backward, _relu_forward, _relu_inplace, _sigmoid
-from .ops.conv import _conv2d_backward, _conv2d_forward
+from .ops.activations import _relu_backward, _relu_forward, _sigmoid
+from .ops.conv import _conv1x1_stacked, _conv2d_backward, _conv2d_forward, _conv2d_fused
 from .ops.losses import _bce_with_logits, _smooth_l1
 
 __all__ = [
@@ -227,12 +227,17 @@ def _rpn_head_forward(params, features):
 
 def _rpn_head_infer(params, features):
     """:func:`rpn_head_forward` for inference (no checks): the same (objectness, deltas),
-    no caches, the ReLU in place."""
+    no caches, bias and ReLU applied as the 3x3 conv's blocks finish
+    (``ops.conv._conv2d_fused``). The two 1x1 convs read the same ``t``, so they run as one
+    1x1 conv with the A objectness filters and the 4A delta filters stacked where that keeps
+    the bits (``ops.conv._conv1x1_stacked``: one pass over ``t`` instead of two).
+    """
     objectness, deltas = [], []
     for x in features:
-        t = _relu_inplace(_conv2d_forward(x, params[_CONV_W], params[_CONV_B], padding=1)[0])
-        objectness.append(_conv2d_forward(t, params[_CLS_W], params[_CLS_B])[0])
-        deltas.append(_conv2d_forward(t, params[_BOX_W], params[_BOX_B])[0])
+        t = _conv2d_fused(x, params[_CONV_W], params[_CONV_B], padding=1, relu=True)
+        logits, d = _conv1x1_stacked(t, (params[_CLS_W], params[_BOX_W]), (params[_CLS_B], params[_BOX_B]))
+        objectness.append(logits)
+        deltas.append(d)
     return objectness, deltas
 
 

@@ -630,3 +630,19 @@ def test_pointwise_weight_gradient_paths_equal_naive(hw):
     want_dw = np.einsum("nchw,nfhw->cf", x, dout).reshape(C, F, 1, 1)
     np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, conv2d_naive(dout, wt, None), rtol=1e-12, atol=1e-12)
+
+
+def test_fused_inference_conv_equals_conv_then_residual_then_relu():
+    # ops.conv._conv2d_fused (the stages' inference convs): conv2d_forward's output, plus the
+    # residual, clamped at 0, bit for bit
+    from mrcnn_np.ops.conv import _conv2d_fused
+    rng = np.random.default_rng(40)
+    for stride, padding, k in ((1, 1, 3), (2, 1, 3), (1, 0, 1), (2, 0, 1), (2, 3, 7)):
+        x = rng.standard_normal((2, 5, 13, 11)).astype(np.float32)
+        w = rng.standard_normal((6, 5, k, k)).astype(np.float32)
+        b = rng.standard_normal(6).astype(np.float32)
+        out, _ = conv2d_forward(x, w, b, stride=stride, padding=padding)
+        res = rng.standard_normal(out.shape).astype(np.float32)
+        assert np.array_equal(_conv2d_fused(x, w, b, stride, padding), out)
+        assert np.array_equal(_conv2d_fused(x, w, b, stride, padding, residual=res, relu=True),
+                              np.maximum(out + res, 0))

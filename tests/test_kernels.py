@@ -513,3 +513,87 @@ def test_smallest_k_is_the_stable_argsort_prefix(dtype):
         got = smallest_k(x, k)
         assert got.dtype == np.int64 and got.shape == (R, k)
         np.testing.assert_array_equal(got, np.argsort(x, axis=1, kind="stable")[:, :k])
+
+
+# --------------------------------------------------------------------------- inference: fused conv, arena
+
+
+@pytest.mark.parametrize("budget", [None, 1, 700])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_conv_is_conv_then_bias_residual_relu_bit_for_bit(dtype, budget, monkeypatch):
+    # conv2d_fused applies bias, residual and ReLU to each output block after its GEMM: the
+    # same bits as conv2d_forward followed by those three steps over the whole output, on
+    # every path (1x1, rows, wide rows, per-tap engine; tiny budgets send small problems
+    # through the row and block paths); NaN and inf pass the ReLU as np.maximum lets them
+    if budget is not None:
+        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+        monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget // 2 + 1)
+    seen = _spy_paths(monkeypatch)
+    rng = np.random.default_rng([16, budget or 0])
+    for i in range(40):
+        N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
+        x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, KH, KW), dtype)
+        if i % 7 == 0:
+            x.reshape(-1)[rng.integers(0, x.size, 2)] = [np.nan, np.inf]
+        Ho, Wo = _out_hw(H, W, KH, KW, s, p, d)
+        b = _rand(rng, (F,), dtype) if i % 3 else None
+        res = _rand(rng, (N, F, Ho, Wo), dtype) if i % 2 else None
+        relu = i % 4 != 1
+        want = kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo))
+        assert np.array_equal(kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo), keep_cols=True)[0], want,
+                              equal_nan=True)
+        if b is not None:
+            want += b.reshape(1, F, 1, 1)
+        if res is not None:
+            want += res
+        if relu:
+            want = np.maximum(want, 0)
+        got = kconv.conv2d_fused(x, w, s, p, d, (Ho, Wo), b, res, relu)
+        assert got.dtype == dtype and got.shape == (N, F, Ho, Wo)
+        assert np.array_equal(got, want, equal_nan=True)
+    assert {"_gemm_im2col"} | ({"_gemm_rows"} if budget else {"_gemm_wide"}) <= set(seen)
+
+
+def test_stacked_1x1_convs_equal_separate_convs():
+    # conv1x1_stacked: one GEMM of the stacked filters where each single GEMM is above
+    # OpenBLAS's small-matrix kernel (the same bits as separate convs, checked), else one
+    # conv each (bit for bit by construction); both equal the naive loops
+    rng = np.random.default_rng(17)
+    for (N, C, H, W), fs in (((1, 64, 80, 80), (3, 12)), ((2, 16, 7, 5), (2, 8)), ((1, 8, 3, 3), (1, 4, 2))):
+        x = _rand(rng, (N, C, H, W), np.float32)
+        ws = [_rand(rng, (f, C, 1, 1), np.float32) for f in fs]
+        bs = [_rand(rng, (f,), np.float32) for f in fs]
+        got = kconv.conv1x1_stacked(x, ws, bs)
+        assert [g.shape for g in got] == [(N, f, H, W) for f in fs]
+        for g, w, b in zip(got, ws, bs):
+            assert np.array_equal(g, kconv.conv2d_fused(x, w, (1, 1), (0, 0), (1, 1), (H, W), b))
+            np.testing.assert_allclose(g, conv2d_naive(x.astype(np.float64), w.astype(np.float64),
+                                                       b.astype(np.float64)), **_tol(np.float32))
+
+
+def test_arena_reuses_only_buffers_no_array_refers_to():
+    import mrcnn_np.kernels.arena as arena
+    big = arena.MIN_BYTES // 4 + 10  # float32 values: above the pool's minimum
+    a = arena.empty((big,), np.float32)
+    a[:] = 1
+    view = a[5:].reshape(-1)[::2]  # a derived view keeps the buffer in use after a is gone
+    del a
+    b = arena.empty((big,), np.float32)
+    b[:] = 2
+    assert np.all(view == 1)  # b did not get view's memory
+    addr_b = b.__array_interface__["data"][0]
+    del b
+    c = arena.empty((big - 7,), np.float32)  # a free buffer that fits is handed out again
+    assert c.__array_interface__["data"][0] == addr_b and c.shape == (big - 7,)
+    d = arena.empty((3, 4), np.float64)  # small arrays: plain np.empty
+    assert d.shape == (3, 4) and d.dtype == np.float64 and d.base is None
+    total, used = arena.pooled_bytes()
+    assert used >= 2 * big * 4 and total >= used
+    del c, view
+    arena.release()
+    assert arena.pooled_bytes()[1] == 0
+    other = {}
+    t = threading.Thread(target=lambda: other.update(sizes=arena.pooled_bytes()))
+    t.start()
+    t.join()
+    assert other["sizes"] == (0, 0)  # one pool per thread

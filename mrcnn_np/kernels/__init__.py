@@ -24,4 +24,6 @@ Each kernel's module docstring states its measured speed-ups.
 - ``kernels.elementwise`` ``np.where(mask, x, 0)`` as a bit mask (``ops.activations``)
 - ``kernels.topk``       the k smallest of each row in stable-sort order, without
                          sorting the row (a per-level top-k)
+- ``kernels.arena``      ``np.empty`` from a per-thread pool of buffers no array
+                         refers to any more (the inference path's outputs)
 """

@@ -87,6 +87,15 @@ repeats, same process, 2-core build machine (shared), path on vs off;
   1.07x (64x256x14x14) against the col2im path. The interleave is one copy per
   kernel tap (unit-stride source rows) rather than one 6-D transposed copy:
   forward 85 -> 65 ms (1.31x).
+- Fused inference conv (:func:`conv2d_fused`, the backbone, FPN and RPN head of
+  ``predict``): bias, residual sum and ReLU applied to each output block right after its
+  GEMM, outputs in memory reused from dead ones (``kernels.arena``: no page faults), no
+  columns kept; plus :func:`conv1x1_stacked` (the RPN head's two 1x1 convs as one GEMM).
+  Bit for bit the unfused steps. 800 px, one thread, CPU time, old and new code
+  alternating call by call (``benchmarks/bench_paired.py``, median of per-call ratios):
+  backbone + FPN 0.90-0.92x, RPN head 0.97x, ``predict`` 0.96x. Blocking the 1x1 GEMMs by
+  columns to run the epilogue in cache was slower (narrow GEMMs, short strided rows):
+  64 -> 256 at 200 x 200, GEMM + three passes 13.2 ms, in 256 KB..2 MB blocks 17.7-24 ms.
 - Weight gradient of a 1x1 conv over a batch of small maps as one GEMM over all
   images (:func:`_batched_outer`): 1.2x to 1.5x (e.g. 4x2048x4x4 -> 256) against
   per-image products summed.
@@ -107,9 +116,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import arena
+
 __all__ = [
     "conv2d_forward",
     "conv2d_infer",
+    "conv2d_fused",
+    "conv1x1_stacked",
     "conv2d_backward",
     "conv_transpose2d_forward",
     "conv_transpose2d_backward",
@@ -225,12 +238,12 @@ def _phase_span(a, s, p, n, nq):
     return t0, t1
 
 
-def _phases(x, padding, taps):
+def _phases(x, padding, taps, alloc=np.empty):
     """Contiguous stride phases {(a, b): xpad[:, :, a::sh, b::sw]} that some tap reads.
 
     x: the unpadded input (N, C, H, W); padding: (ph, pw). For a stride > 1 each
     phase is cut straight from x (one strided copy, zeros written only on the
-    border), never from a padded copy of x.
+    border), never from a padded copy of x. alloc: ``np.empty`` or ``arena.empty``.
     """
     sh, sw = taps.stride
     if (sh, sw) == (1, 1):
@@ -243,7 +256,7 @@ def _phases(x, padding, taps):
         hq, wq = len(range(a, Hp, sh)), len(range(b, Wp, sw))
         t0, t1 = _phase_span(a, sh, ph, H, hq)
         u0, u1 = _phase_span(b, sw, pw, W, wq)
-        d = np.empty((N, C, hq, wq), dtype=x.dtype)
+        d = alloc((N, C, hq, wq), x.dtype)
         d[:, :, :t0] = 0
         d[:, :, t1:] = 0
         d[:, :, t0:t1, :u0] = 0
@@ -316,7 +329,7 @@ def _scatter_block(dphases, cols6, taps, n0, n1, i0, i1):
         dst += cols6[:, p, q].transpose(1, 0, 2, 3)
 
 
-def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None, keep=None):
+def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None, keep=None, epi=None):
     """Block by block, unroll the receptive fields into columns ``cols`` (K, block) and
     compute ``out[n][:, block] = wm @ cols`` (wm (F, K), out (N, F, Ho*Wo)) and/or
     ``dw += src[n][:, block] @ cols.T`` (src (N, F2, Ho*Wo), dw (F2, K), in place).
@@ -326,6 +339,7 @@ def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None, k
     values that receives every block's (K, block) columns, block after block, for
     :func:`_dw_from_cols` (then the blocks are those of the weight gradient; the
     forward's are the same dot products, see below).
+    epi: None or an :class:`_Epilogue` applied to each output block once it is computed.
     """
     N, C, KH, KW, Ho, Wo = shape
     K = C * KH * KW
@@ -352,12 +366,16 @@ def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None, k
         if nb == 1:
             if wm is not None:
                 np.matmul(wm, cols, out=out[n0, :, i0 * Wo:i1 * Wo])
+                if epi is not None:
+                    epi(out, n0, n1, i0 * Wo, i1 * Wo)
             if dw is not None:
                 dw += _outer(src[n0, :, i0 * Wo:i1 * Wo], cols)
         else:  # whole images side by side, columns ordered (n, i, j)
             if wm is not None:
                 res = wm @ cols
                 out[n0:n1] = res.reshape(-1, nb, Ho * Wo).transpose(1, 0, 2)
+                if epi is not None:
+                    epi(out, n0, n1, 0, Ho * Wo)
             if dw is not None:
                 s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
                 dw += _outer(s2, cols)
@@ -413,7 +431,7 @@ def _wide_blocks(N, per_image, F, K, itemsize, budget):
     return blocks
 
 
-def _gemm_wide(x, padding, KH, KW, dilation, out_hw, wm, out):
+def _gemm_wide(x, padding, KH, KW, dilation, out_hw, wm, out, epi=None):
     """Stride-1 im2col GEMMs on "wide" rows: one contiguous copy per (channel, tap).
 
     Lay the images out channel-major on one grid (:func:`_wide_input`): row after row of
@@ -454,6 +472,8 @@ def _gemm_wide(x, padding, KH, KW, dilation, out_hw, wm, out):
         np.copyto(cols.reshape(C, KH, KW, Lb), view)
         res = (wm @ cols).reshape(-1, n1 - n0, Hq, Wq)
         out.reshape(N, -1, Ho, Wo)[n0:n1] = res[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        if epi is not None:
+            epi(out, n0, n1, 0, Ho * Wo)
 
 
 def _dw_from_cols(cols, src, shape, dw):
@@ -483,7 +503,7 @@ def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
     return stride == (1, 1) and KH > 1 and C * KH * KW * Ho * Wo * itemsize > _BLOCK_BYTES
 
 
-def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None):
+def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None, epi=None):
     """Stride-1 im2col GEMMs that copy only KW (not KH*KW) shifted copies of the input.
 
     For a block of output rows i0..i0+r, ``Y[c, q, t, j] = xpad[n, c, i0 + t, j + q*dw]``
@@ -536,6 +556,8 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
                 for p in range(1, KH):
                     np.matmul(wk[p], row_views[p], out=t)
                     o += t
+                if epi is not None:
+                    epi(out, n, n + 1, i0 * Wo, (i0 + r) * Wo)
             if dwk is not None:
                 s = src[n, :, i0 * Wo:(i0 + r) * Wo]
                 for p in range(KH):
@@ -691,6 +713,83 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
             o += wk[p] @ yf[:, p * dh * Wo:p * dh * Wo + L]
         out[n0:n1] = o.reshape(F, nb, Hp, Wo)[:, :, :Ho].transpose(1, 0, 2, 3)
     return out
+
+
+class _Epilogue(NamedTuple):
+    """What :func:`conv2d_fused` does to each block of the output once its GEMM has run:
+    ``o += bias``, ``o += residual``, ``o = max(o, 0)``, in that order (the order of the
+    unfused stage code, so the same bits), on ``out[n0:n1, :, c0:c1]`` while it is still
+    warm in cache, instead of one pass over the whole output per step.
+
+    bias: (F, 1) or None; residual: (N, F, Ho*Wo) or None; relu: bool.
+    """
+
+    bias: np.ndarray
+    residual: np.ndarray
+    relu: bool
+
+    def __call__(self, out, n0, n1, c0, c1):
+        o = out[n0:n1, :, c0:c1]
+        if self.bias is not None:
+            o += self.bias
+        if self.residual is not None:
+            o += self.residual[n0:n1, :, c0:c1]
+        if self.relu:
+            np.maximum(o, o.dtype.type(0), out=o)
+
+
+def conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=None, residual=None, relu=False):
+    """``relu(conv2d_forward(x, w) + bias + residual)`` for inference, bit for bit.
+
+    x (N, C, H, W), w (F, C, KH, KW); bias (F,) or None; residual (N, F, Ho, Wo) or None;
+    relu: whether to clamp at 0 (``np.maximum``: NaN passes, as torch). The same GEMMs
+    on the same blocks as :func:`conv2d_forward` (the 1x1, row-unrolled, wide-row and
+    per-tap paths; ``tests/test_kernels.py`` checks the bits), but
+
+    - the output comes from :func:`arena.empty`, memory reused between calls instead of
+      fresh pages (800 px backbone + FPN: about 10,000 page faults and 0.06-0.1 s of
+      system time a forward before);
+    - bias, residual and ReLU are applied to each output block right after its GEMM
+      (:class:`_Epilogue`), not as whole passes afterwards;
+    - a strided conv keeps no columns for a backward (``keep_cols``).
+    """
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Ho, Wo = out_hw
+    out = arena.empty((N, F, Ho * Wo), x.dtype)
+    res = None if residual is None else residual.reshape(N, F, Ho * Wo)
+    epi = _Epilogue(None if bias is None else bias.reshape(F, 1), res, bool(relu))
+    if _is_pointwise(KH, KW, stride, padding):
+        np.matmul(_weight_matrix(w), np.ascontiguousarray(x).reshape(N, C, H * W), out=out)
+        epi(out, 0, N, 0, Ho * Wo)
+    elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
+        wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
+        _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out, epi=epi)
+    elif _use_wide(C, KH, KW, Ho, Wo, stride, padding):
+        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), _weight_matrix(w), out, epi=epi)
+    else:
+        taps = _taps(KH, KW, stride, dilation)
+        _gemm_im2col(_phases(x, padding, taps, arena.empty), taps, (N, C, KH, KW, Ho, Wo), wm=_weight_matrix(w),
+                     out=out, epi=epi)
+    return out.reshape(N, F, Ho, Wo)
+
+
+def conv1x1_stacked(x, ws, biases):
+    """Several 1x1 stride-1 convs of the same x, with bias: a list of (N, F_i, H, W) outputs,
+    bit for bit :func:`conv2d_fused` of each (the RPN head's objectness and deltas).
+
+    Where every single GEMM is large enough for OpenBLAS's regular kernel
+    (``F_i * C * H * W > _SMALL_GEMM``), the filters are stacked into one GEMM, one pass
+    over x instead of one per conv, and the outputs are views of its result; the small-matrix
+    kernel sums in another order, so smaller maps keep one GEMM per conv (same bits).
+    ws: list of (F_i, C, 1, 1); biases: list of (F_i,).
+    """
+    N, C, H, W = x.shape
+    if min(w.shape[0] for w in ws) * C * H * W <= _SMALL_GEMM:
+        return [conv2d_fused(x, w, (1, 1), (0, 0), (1, 1), (H, W), b) for w, b in zip(ws, biases)]
+    out = conv2d_fused(x, np.concatenate(ws), (1, 1), (0, 0), (1, 1), (H, W), np.concatenate(biases))
+    splits = np.cumsum([w.shape[0] for w in ws])[:-1]
+    return np.split(out, splits, axis=1)
 
 
 def conv2d_backward(dout, x, w, stride, padding, dilation, need_dx=True, cols=None):

@@ -456,6 +456,27 @@ def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1):
     return out
 
 
+def _conv2d_fused(x, w, b, stride=1, padding=0, dilation=1, *, residual=None, relu=False):
+    """``relu(conv2d(x, w, b) + residual)`` for inference, no checks, no cache:
+    :func:`conv2d_forward`'s output plus ``residual`` (an array of the output's shape, or
+    None), clamped at 0 when ``relu``, bit for bit as those steps one after the other.
+    ``kernels.conv.conv2d_fused`` applies the bias, residual and ReLU to each block of the
+    output right after its GEMM and reuses the memory of dead outputs."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    H, W = x.shape[2:]
+    KH, KW = w.shape[2:]
+    Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    Wo = _conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    return _kernel.conv2d_fused(x, w, stride, padding, dilation, (Ho, Wo), b, residual, relu)
+
+
+def _conv1x1_stacked(x, ws, biases):
+    """``[conv2d(x, w, b) for w, b in zip(ws, biases)]`` for 1x1 stride-1 convs, bit for bit,
+    for inference (no checks): ``kernels.conv.conv1x1_stacked`` runs them as one GEMM of the
+    stacked filters where that keeps the bits (one pass over x instead of one per conv)."""
+    return _kernel.conv1x1_stacked(x, list(ws), list(biases))
+
+
 def _conv2d_backward(dout, cache, need_dx=True):
     """:func:`conv2d_backward` without the checks (for the stages)."""
     x, w, has_bias, stride, padding, dilation, cols = cache

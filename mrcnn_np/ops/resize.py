@@ -174,6 +174,21 @@ def _upsample_nearest_forward(x, size):
     return out, UpsampleNearestCache(rows, cols, x.shape, x.dtype)
 
 
+def _add_upsampled_nearest(dst, x):
+    """``dst += upsample_nearest(x, dst.shape[-2:])`` in place (inference: the FPN's top-down
+    sum into the lateral map it owns), no cache; returns dst. The same sums as
+    ``dst + upsample_nearest_forward(x, ...)`` bit for bit (one float addition per value);
+    an exact 2x upsampling (the FPN's, on sizes that are multiples of 32) adds ``x``
+    broadcast over each 2 x 2 block instead of gathering an upsampled copy first."""
+    N, C, h, w = dst.shape
+    H, W = x.shape[2:]
+    if (h, w) == (2 * H, 2 * W):
+        dst.reshape(N, C, H, 2, W, 2)[...] += x[:, :, :, None, :, None]
+    else:
+        dst += _upsample_nearest_forward(x, (h, w))[0]
+    return dst
+
+
 def _check_nearest_input(x):
     x = check_array("x", x, shape=("N", "C", "H", "W"), dtype_kind="f")
     if x.shape[2] == 0 or x.shape[3] == 0:
