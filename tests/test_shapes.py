@@ -1,6 +1,7 @@
 """Synthetic shapes: rasterisation, boxes, occlusion rule, determinism, bad arguments."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mrcnn_np.data.shapes import (CLASS_NAMES, ShapesDataset, masks_to_boxes, render_shapes,
                                   shape_mask)
@@ -227,3 +228,17 @@ def test_chapter00_semantic_and_instance_maps():
     np.testing.assert_array_equal(inst[3], [3, 3, 3, 3, 3])
     # the two circles share one class id but keep different instance ids
     assert len(np.unique(sem[sem > 0])) == 2 and len(np.unique(inst[inst > 0])) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.integers(1, 3), cx=st.floats(-10, 40), cy=st.floats(-10, 40), s=st.floats(0.1, 20),
+       h=st.integers(1, 33), w=st.integers(1, 33))
+def test_shape_window_is_the_whole_grid_mask_cut_to_its_window(kind, cx, cy, s, h, w):
+    from mrcnn_np.data.shapes import _shape_mask, _shape_window
+    whole = _shape_mask(kind, cx, cy, s, (h, w))
+    rows, cols, m = _shape_window(kind, cx, cy, s, (h, w))
+    assert m.shape == whole[rows, cols].shape
+    np.testing.assert_array_equal(m, whole[rows, cols])
+    outside = whole.copy()
+    outside[rows, cols] = False
+    assert not outside.any()  # nothing of the shape lies outside its window

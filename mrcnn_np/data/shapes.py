@@ -83,7 +83,11 @@ def _shape_mask(kind, cx, cy, s, image_size):
     h, w = image_size
     y = np.arange(h, dtype=np.float64)[:, None] + 0.5
     x = np.arange(w, dtype=np.float64)[None, :] + 0.5
-    dx, dy = x - cx, y - cy
+    return _inside(kind, x - cx, y - cy, s)
+
+
+def _inside(kind, dx, dy, s):
+    """Whether the pixel centres at offsets (dx, dy) from the shape's centre lie in it (bool)."""
     if kind == SQUARE:
         return (np.abs(dx) <= s) & (np.abs(dy) <= s)
     if kind == CIRCLE:
@@ -91,6 +95,24 @@ def _shape_mask(kind, cx, cy, s, image_size):
     # triangle: below the base line's top (dy <= s) and inside both slanted edges,
     # which run from the apex (0, -s) to (-s, s) and (s, s): |dx| <= (dy + s) / 2
     return (dy <= s) & (2 * np.abs(dx) <= dy + s)
+
+
+def _shape_window(kind, cx, cy, s, image_size):
+    """:func:`_shape_mask` on the pixels that can be inside the shape, the same bits.
+
+    Every shape lies in its square |x - cx| <= s, |y - cy| <= s, so only pixel
+    centres c + 0.5 in [cx - s, cx + s] (and likewise rows) can be inside; the
+    window is one pixel wider on each side and the test inside it is the same
+    float64 arithmetic as on the whole grid. Returns (rows slice, cols slice,
+    mask (window H, window W) bool); ``_shape_mask(...)[rows, cols]`` equals
+    the mask and is False everywhere else.
+    """
+    h, w = image_size
+    rows = slice(min(h, max(0, int(np.floor(cy - s)) - 1)), max(0, min(h, int(np.ceil(cy + s)) + 1)))
+    cols = slice(min(w, max(0, int(np.floor(cx - s)) - 1)), max(0, min(w, int(np.ceil(cx + s)) + 1)))
+    y = np.arange(rows.start, max(rows.start, rows.stop), dtype=np.float64)[:, None] + 0.5
+    x = np.arange(cols.start, max(cols.start, cols.stop), dtype=np.float64)[None, :] + 0.5
+    return rows, cols, _inside(kind, x - cx, y - cy, s)
 
 
 def render_shapes(shapes, image_size, background):
@@ -120,14 +142,14 @@ def render_shapes(shapes, image_size, background):
 def _render_shapes(shapes, image_size, background):
     """:func:`render_shapes` without the checks (the dataset draws valid shapes): image_size (H, W)."""
     h, w = image_size
-    image = np.empty((h, w, 3), dtype=np.float32)
-    image[:] = background
-    owner = np.full((h, w), -1, dtype=np.int64)
+    owner = np.full((h, w), -1, dtype=np.int64)  # the shape seen at each pixel, -1 the background
     full = np.zeros((len(shapes), h, w), dtype=bool)
     for k, (kind, cx, cy, size, colour) in enumerate(shapes):
-        full[k] = _shape_mask(kind, cx, cy, size, (h, w))
-        image[full[k]] = colour
-        owner[full[k]] = k
+        rows, cols, m = _shape_window(kind, cx, cy, size, (h, w))
+        full[k, rows, cols] = m
+        owner[rows, cols][m] = k
+    palette = np.array([colour for *_, colour in shapes] + [background], dtype=np.float32)
+    image = palette[owner]  # (H, W, 3); owner -1 picks the background, the last row
     masks = owner[None] == np.arange(len(shapes))[:, None, None]
     return image, masks, full
 
@@ -283,16 +305,17 @@ class ShapesDataset:
                 cx = rng.uniform(s, w - s)
                 cy = rng.uniform(s, h - s)
                 colour = self._random_colour(rng, background)
-                m = _shape_mask(kind, cx, cy, s, (h, w))  # (valid by construction: no checks)
+                rows, cols, m = _shape_window(kind, cx, cy, s, (h, w))  # (valid by construction: no checks)
                 area = int(m.sum())
                 if area < self.min_visible:
                     continue
+                under = owner[rows, cols]
                 if shapes:
-                    lost = np.bincount(owner[m & (owner >= 0)], minlength=len(shapes))
+                    lost = np.bincount(under[m & (under >= 0)], minlength=len(shapes))
                     if np.any(np.asarray(visible) - lost < np.asarray(needed)):
                         continue
                     visible = list(np.asarray(visible) - lost)
-                owner[m] = len(shapes)
+                under[m] = len(shapes)
                 visible.append(area)
                 needed.append(max(self.min_visible, self.min_visible_fraction * area))
                 shapes.append((kind, float(cx), float(cy), float(s), colour))
