@@ -57,6 +57,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from . import arena
+
 __all__ = [
     "roi_geometry",
     "axis_samples",
@@ -416,6 +418,24 @@ def cheaper_form(input_shape, boxes, output_size, spatial_scale, sampling_ratio,
 # ---------------------------------------------------------------------------
 
 
+_TRANSPOSE_ROWS_BYTES = 2**20  # channels-last copy in blocks of rows of about this many bytes
+
+
+def _channels_last(x):
+    """``np.ascontiguousarray(x.transpose(0, 2, 3, 1))`` on memory reused between calls
+    (``arena``), copied in blocks of rows: a transposing copy of a map larger than the cache
+    reads each channel at a stride of H*W values; a block of rows keeps its source lines in
+    cache. P2 of an 800 px image (256 x 200 x 200 float32): 19.6 -> 15-16 ms alone (one
+    thread, CPU time), and no page faults on the 41 MB result (twice in ``predict``: box and
+    mask branch)."""
+    n, c, h, w = x.shape
+    out = arena.empty((n, h, w, c), x.dtype)
+    rows = max(1, _TRANSPOSE_ROWS_BYTES // max(1, c * w * x.itemsize))
+    for i0 in range(0, h, rows):
+        np.copyto(out[:, i0:i0 + rows], x[:, :, i0:i0 + rows].transpose(0, 2, 3, 1))
+    return out
+
+
 def roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, method):
     """RoIAlign of input (N, C, H, W) over boxes (K, 5) with the linear map ``method``.
 
@@ -428,8 +448,7 @@ def roi_align_forward(input, boxes, output_size, spatial_scale, sampling_ratio, 
     ph, pw = output_size
     k = boxes.shape[0]
     args = (spatial_scale, sampling_ratio, aligned, input.dtype)
-    # channels last: row (n, h, w) of `cells` is the C-vector of one feature cell
-    cells = np.ascontiguousarray(input.transpose(0, 2, 3, 1))
+    cells = _channels_last(input)  # row (n, h, w) of `cells` is the C-vector of one feature cell
     if method == "separable":
         a_y, s = roi_align_separable(input.shape, boxes, output_size, *args)
         z = a_y @ cells.reshape(n * h, w * c)  # (K*ph, W*C): box rows interpolated along y
