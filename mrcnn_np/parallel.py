@@ -305,10 +305,11 @@ class DataParallel:
         np.ndarray(images.shape, images.dtype, buffer=self._batch.buf)[...] = images
         return self._batch.name, images.shape, images.dtype.name
 
-    def loss_and_grads(self, params, images, targets, config, *, rng, image_sizes=None):
+    def loss_and_grads(self, params, images, targets, config, *, rng, image_sizes=None, loss_weights=None):
         """(losses, grads) of the whole batch, computed by the workers on its shards.
 
-        Arguments as ``model.loss_and_grads`` (each worker checks its shard);
+        Arguments as ``model.loss_and_grads`` (each worker checks its shard;
+        ``loss_weights`` scale each loss's gradient, not the losses returned);
         ``params`` must have the names, shapes and dtype, and ``config`` must be
         the config, that the pool was made with. One int is drawn from ``rng``
         per shard for that shard's random stream.
@@ -319,6 +320,7 @@ class DataParallel:
             raise ValueError("config must be the config this DataParallel was made with")
         _check_layout(params, self._params)
         rng = check_rng(rng)
+        loss_weights = model_lib._check_loss_weights(loss_weights)
         images = model_lib._check_images(images)  # the batch-level checks; each worker checks its shard's targets
         sizes = model_lib._check_image_sizes(image_sizes, images)
         check_sequence("targets", targets, length=len(images))
@@ -335,7 +337,7 @@ class DataParallel:
         weights = shard_weights([counts for _, counts in replies])
         losses = {k: float(sum(wt[k] * r[0][k] for wt, r in zip(weights, replies))) for k in model_lib.LOSS_NAMES}
         for w, wt in enumerate(weights):
-            self._send(w, ("backward", wt))
+            self._send(w, ("backward", {k: wt[k] * loss_weights[k] for k in wt}))
         self._gather(len(shards))
         grads = {k: self._grads[0][k].copy() for k in self.keys}
         for w in range(1, len(shards)):

@@ -326,7 +326,8 @@ def shapes_batch(dataset, indices, *, dtype=np.float32):
 
 def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, momentum=0.9,
           weight_decay=1e-4, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1,
-          max_grad_norm=None, progress=True, callback=None, hflip_prob=0.0, state=None, workers=1):
+          max_grad_norm=None, progress=True, callback=None, hflip_prob=0.0, state=None, workers=1,
+          loss_weights=None):
     """Train ``params`` in place on ``dataset`` for ``steps`` SGD steps.
 
     params: {name: array} from ``model.init_params`` (updated in place).
@@ -347,6 +348,10 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         make a step 1.2-1.4x faster (``mrcnn_np.parallel`` says why not 2x).
         From a script, call it under ``if __name__ == "__main__":``: the workers
         are spawned processes, and each imports the main script again.
+    loss_weights: None (every loss weighs 1, as torchvision's reference sums
+        them) or {loss name: weight} for some of ``model.LOSS_NAMES``: the
+        step descends ``sum_k weight_k * loss_k``; "loss" in the history is
+        that weighted sum, the five losses are recorded as they are.
     callback: optional ``callback(step, record, params)`` after every step
         (``state``, if given, is already updated then).
     state: None, or a dict to resume from and keep up to date, in place:
@@ -357,7 +362,7 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         parameters, this state and ``rng``'s state saved after step k, a
         resumed run repeats the uninterrupted one bit for bit.
     Returns the history: one dict per step run with the five losses, "loss"
-    (their sum), "lr" and "grad_norm".
+    (their sum, weighted by ``loss_weights``), "lr" and "grad_norm".
     """
     dtype = check_param_dict(params)  # the boundary: float arrays of one dtype, finite
     check_instance("config", config, MaskRCNNConfig)
@@ -379,6 +384,7 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         check_callable("callback", callback)
     state = _check_state(state, len(dataset), steps)
     workers = check_positive_int("workers", workers)
+    loss_weights = model_lib._check_loss_weights(loss_weights)  # {name: weight}, all five
     # W > 1: the steps' losses and gradients come from W worker processes (closed on the way out)
     with DataParallel(params, config, workers) if workers > 1 else contextlib.nullcontext() as pool:
         loss_and_grads = model_lib.loss_and_grads if pool is None else pool.loss_and_grads
@@ -398,9 +404,10 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
             batch, image_sizes, targets = transform_forward(
                 images, targets, min_size=config.min_size, max_size=config.max_size,
                 mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
-            losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes)
+            losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes,
+                                           loss_weights=loss_weights)
             record = {k: float(v) for k, v in losses.items()}
-            record["loss"] = sum(record.values())
+            record["loss"] = sum(loss_weights[k] * v for k, v in record.items())
             grad_norm = _global_norm(grads) if max_grad_norm is None else _clip_grad_norm(grads, max_grad_norm)
             if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
                 # stop before the update: the parameters stay those of the last good step

@@ -26,14 +26,21 @@ def test_two_workers_give_the_loss_and_gradient_of_the_whole_batch():
     params = make_params(config)
     images, targets = make_batch(config, n=4, gt_counts=(1, 3, 3, 2))
     losses, grads = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(5))
+    weights = {"loss_mask": 2.5, "loss_box_reg": 0.5}  # a recipe's loss weights scale each loss's gradient
+    _, weighted = M.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(5), loss_weights=weights)
     with DataParallel(params, config, workers=2) as pool:
         dp_losses, dp_grads = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(5))
+        _, dp_weighted = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(5),
+                                             loss_weights=weights)
     assert list(dp_losses) == list(losses) and list(dp_grads) == list(grads)
     for k in losses:
         assert dp_losses[k] == pytest.approx(losses[k], rel=1e-12, abs=1e-15), k
-    for k in grads:
-        scale = np.abs(grads[k]).max()
-        assert np.abs(dp_grads[k] - grads[k]).max() <= 1e-12 * scale + 1e-300, k
+    for ours, expected in ((dp_grads, grads), (dp_weighted, weighted)):
+        for k in expected:
+            scale = np.abs(expected[k]).max()
+            assert np.abs(ours[k] - expected[k]).max() <= 1e-12 * scale + 1e-300, k
+    mask_head = [k for k in grads if k.startswith("roi_heads.mask_head")]
+    assert mask_head and not any(np.allclose(weighted[k], grads[k]) for k in mask_head)
     # the weighting matters: the plain mean of the two shards' losses is not the batch's
     halves = [M.loss_and_grads(params, images[s], [targets[i] for i in range(4)[s]], config,
                                rng=np.random.default_rng(0))[0] for s in (slice(0, 2), slice(2, 4))]

@@ -101,7 +101,8 @@ def test_learning_rate_type_errors():
 from mrcnn_np import model as M  # noqa: E402
 from mrcnn_np.config import shapes_config  # noqa: E402
 from mrcnn_np.data.shapes import ShapesDataset  # noqa: E402
-from mrcnn_np.train import shapes_batch, train  # noqa: E402
+from mrcnn_np.train import dataset_batch, shapes_batch, train  # noqa: E402
+from mrcnn_np.transform import transform_forward  # noqa: E402
 
 
 def test_shapes_batch_is_channels_first_in_the_requested_dtype():
@@ -130,6 +131,31 @@ def test_train_updates_every_trainable_parameter_and_follows_the_schedule():
         changed = not np.array_equal(params[k], before[k])
         assert changed == (k in trainable), k  # frozen BN statistics never move
 
+
+
+def test_train_with_loss_weights_steps_on_the_weighted_gradient():
+    cfg = shapes_config()
+    weights = {"loss_mask": 2.0, "loss_objectness": 0.5}
+    start = M.init_params(cfg, rng=np.random.default_rng(0))
+    params = {k: v.copy() for k, v in start.items()}
+    hist = train(params, cfg, ShapesDataset(4, seed=0), steps=1, rng=np.random.default_rng(3), batch_size=2,
+                 base_lr=0.01, warmup_iters=0, momentum=0.0, weight_decay=0.0, progress=False,
+                 loss_weights=weights)
+    # by hand: the same batch and draws (the rng: the permutation, then the step's samples)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(4)
+    images, targets = dataset_batch(ShapesDataset(4, seed=0), order[:2])
+    batch, sizes, targets = transform_forward(images, targets, min_size=cfg.min_size, max_size=cfg.max_size,
+                                              mean=cfg.image_mean, std=cfg.image_std,
+                                              size_divisible=cfg.size_divisible)
+    losses, grads = M.loss_and_grads(start, batch, targets, cfg, rng=rng, image_sizes=sizes, loss_weights=weights)
+    assert hist[0]["loss"] == pytest.approx(sum(weights.get(k, 1.0) * v for k, v in losses.items()), rel=1e-12)
+    assert hist[0]["loss_mask"] == pytest.approx(losses["loss_mask"], rel=1e-12)  # recorded unweighted
+    for k, g in grads.items():
+        np.testing.assert_allclose(params[k], start[k] - 0.01 * g, rtol=1e-6, atol=1e-9, err_msg=k)
+    with pytest.raises(ValueError, match="loss_weights has unknown key 'loss_rpn'"):
+        train(params, cfg, ShapesDataset(4, seed=0), steps=1, rng=np.random.default_rng(3), batch_size=2,
+              progress=False, loss_weights={"loss_rpn": 1.0})
 
 def test_train_stops_before_stepping_on_a_nonfinite_loss(monkeypatch):
     cfg = shapes_config()
