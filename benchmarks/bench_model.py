@@ -492,6 +492,7 @@ def gemm_flops(fn, stages):
         return M, name, real, wrapper
 
     patches = [counting(KC, "conv2d_forward", conv_fwd), counting(KC, "conv2d_infer", conv_fwd),
+               counting(KC, "conv2d_fused", conv_fwd),
                counting(KC, "conv2d_backward", conv_bwd), counting(KC, "conv_transpose2d_forward", tconv_fwd),
                counting(KC, "conv_transpose2d_backward", tconv_bwd), counting(RH, "_linear_forward", lin_fwd),
                counting(RH, "_linear_backward", lin_bwd), counting(RH, "_mask_head_infer", mask_pred)]
