@@ -169,14 +169,22 @@ def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, wor
     return params, config, history, path
 
 
-def evaluate_on_shapes(params, config, val_images, seed):
+#: held-out shapes images the demo and ``evaluate`` score on by default. The set moves AP: the
+#: shipped model over ten sets of 100 images has box AP 0.840..0.895 (sd 0.016) and mask AP
+#: 0.805..0.834 (sd 0.011); two sets of 500 agree to 0.005. Detecting 500 images takes ~25 s.
+HELD_OUT_IMAGES = 500
+
+
+def evaluate_on_shapes(params, config, val_images, seed, *, progress=True):
     """Detect on held-out shapes images (seed + 10000: never seen in training) and score them.
 
     Returns (dataset, ground truth list, detections list with binary masks, {iou_type: stats (12,)}).
     """
+    from tqdm.auto import tqdm
+
     val_set = ShapesDataset(val_images, seed=seed + HELD_OUT_SEED_OFFSET)
     gt, dets = [], []
-    for i0 in range(0, len(val_set), 8):
+    for i0 in tqdm(range(0, len(val_set), 8), desc="detect", unit="batch", disable=not progress):
         items = [val_set[i] for i in range(i0, min(len(val_set), i0 + 8))]
         images = [np.ascontiguousarray(it["image"].transpose(2, 0, 1)) for it in items]
         for item, det in zip(items, model.detect(params, images, config)):
@@ -201,7 +209,7 @@ def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_
     params, config, history, ckpt = run_train(
         steps=steps, train_images=train_images, batch_size=batch_size, base_lr=base_lr, seed=seed,
         checkpoint=Path(out_dir) / "shapes_demo.npz", workers=workers, progress=progress)
-    val_set, gt, dets, stats = evaluate_on_shapes(params, config, val_images, seed)
+    val_set, gt, dets, stats = evaluate_on_shapes(params, config, val_images, seed, progress=progress)
     _, meta = load_checkpoint(ckpt)
     meta.update(val_images=val_images, val_seed=seed + HELD_OUT_SEED_OFFSET,
                 box_ap=round(float(stats["bbox"][0]), 4), mask_ap=round(float(stats["segm"][0]), 4),
@@ -620,8 +628,8 @@ def _build_parser():
         p.add_argument("--workers", type=int, default=None,
                        help=f"processes that share each batch, one per core (default {recipe['workers']}"
                        + ("; with --resume the checkpoint's" if p is tr else "") + "; the result depends on it)")
-    demo.add_argument("--val-images", type=int, default=100,
-                      help="held-out images to evaluate on (default 100)")
+    demo.add_argument("--val-images", type=int, default=HELD_OUT_IMAGES,
+                      help=f"held-out images to evaluate on (default {HELD_OUT_IMAGES})")
     demo.add_argument("--out-dir", default="demo_output",
                       help="folder for the checkpoint and the figures (default demo_output)")
     demo.add_argument("--figures-dir", default=None, help="folder for the figures (default: --out-dir)")
@@ -661,7 +669,8 @@ def _build_parser():
                     help="evaluate on this COCO-format annotation file (detections mapped to its category ids)")
     ev.add_argument("--images", metavar="DIR", default=None,
                     help="folder of the --coco images (default: the json's folder)")
-    ev.add_argument("--val-images", type=int, default=100, help="held-out images (default 100)")
+    ev.add_argument("--val-images", type=int, default=HELD_OUT_IMAGES,
+                    help=f"held-out images (default {HELD_OUT_IMAGES})")
     ev.add_argument("--seed", type=int, default=None,
                     help="the training seed (default: the checkpoint's); held-out images use seed + 10000")
     pr = command("predict", "detect objects in image files, print and draw the detections",
