@@ -478,12 +478,14 @@ def _fold_bn(params, spec, dtype):
     return w * scale[:, None, None, None], shift, scale
 
 
-def _conv_bn_infer(params, spec, x, *, residual=None, relu=False):
+def _conv_bn_infer(params, spec, x, *, residual=None, relu=False, reuse=True):
     """conv + frozen BN (folded) for inference, no cache: the output of :func:`_conv_bn_forward`,
     plus ``residual`` when given, then the ReLU when ``relu``, bit for bit as those steps in
-    turn (``ops.conv._conv2d_fused`` applies them block by block as the GEMMs finish)."""
+    turn (``ops.conv._conv2d_fused`` applies them block by block as the GEMMs finish; reuse:
+    its output on memory reused from dead arrays, see there)."""
     w_folded, shift, _ = _fold_bn(params, spec, x.dtype)
-    return _conv2d_fused(x, w_folded, shift, spec.stride, spec.padding, residual=residual, relu=relu)
+    return _conv2d_fused(x, w_folded, shift, spec.stride, spec.padding, residual=residual, relu=relu,
+                         reuse=reuse)
 
 
 def _conv_bn_backward(dout, cache, grads, *, need_dx=True, need_dw=True):
@@ -634,7 +636,9 @@ def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
     stem_spec, stage_specs = resnet_conv_specs(structure)
     frozen = frozen if fold_bn else 0
     if frozen > 0:
-        out = _max_pool2d(_conv_bn_infer(params, stem_spec, x, relu=True), (3, 3), (2, 2), (1, 1))
+        # (fresh memory, reuse=False: these arrays live in the step, see ops.conv._conv2d_fused)
+        out = _max_pool2d(_conv_bn_infer(params, stem_spec, x, relu=True, reuse=False), (3, 3), (2, 2), (1, 1),
+                          reuse=False)
         stem = stem_relu = pool = None
     else:
         out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
@@ -645,7 +649,7 @@ def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
     for s, (name, blocks) in enumerate(zip(FEATURE_NAMES, stage_specs), start=1):
         if s < frozen:
             for specs in blocks:
-                out = _bottleneck_infer(params, specs, out)
+                out = _bottleneck_infer(params, specs, out, reuse=False)
             stages.append(None)
         else:
             caches = []
@@ -659,14 +663,14 @@ def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
     return features, cache
 
 
-def _bottleneck_infer(params, specs, x):
+def _bottleneck_infer(params, specs, x, reuse=True):
     """One bottleneck block for inference: :func:`_bottleneck_forward`'s output, bit for bit,
     no cache (bias, residual sum and ReLU applied by each conv to its own output)."""
     s1, s2, s3, sd = specs
-    y = _conv_bn_infer(params, s1, x, relu=True)
-    y = _conv_bn_infer(params, s2, y, relu=True)
-    identity = _conv_bn_infer(params, sd, x) if sd is not None else x
-    return _conv_bn_infer(params, s3, y, residual=identity, relu=True)  # relu(bn3(conv3(y)) + identity)
+    y = _conv_bn_infer(params, s1, x, relu=True, reuse=reuse)
+    y = _conv_bn_infer(params, s2, y, relu=True, reuse=reuse)
+    identity = _conv_bn_infer(params, sd, x, reuse=reuse) if sd is not None else x
+    return _conv_bn_infer(params, s3, y, residual=identity, relu=True, reuse=reuse)  # relu(bn3(conv3(y)) + identity)
 
 
 def _resnet_infer(params, x, structure):

@@ -457,18 +457,19 @@ def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1):
     return out
 
 
-def _conv2d_fused(x, w, b, stride=1, padding=0, dilation=1, *, residual=None, relu=False):
+def _conv2d_fused(x, w, b, stride=1, padding=0, dilation=1, *, residual=None, relu=False, reuse=True):
     """``relu(conv2d(x, w, b) + residual)`` for inference, no checks, no cache:
     :func:`conv2d_forward`'s output plus ``residual`` (an array of the output's shape, or
     None), clamped at 0 when ``relu``, bit for bit as those steps one after the other.
     ``kernels.conv.conv2d_fused`` applies the bias, residual and ReLU to each block of the
-    output right after its GEMM and reuses the memory of dead outputs."""
+    output right after its GEMM and reuses the memory of dead outputs (``reuse=False``:
+    fresh memory, for a training step's frozen layers)."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     H, W = x.shape[2:]
     KH, KW = w.shape[2:]
     Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
     Wo = _conv_output_size(W, KW, stride[1], padding[1], dilation[1])
-    return _kernel.conv2d_fused(x, w, stride, padding, dilation, (Ho, Wo), b, residual, relu)
+    return _kernel.conv2d_fused(x, w, stride, padding, dilation, (Ho, Wo), b, residual, relu, reuse)
 
 
 def _conv1x1_stacked(x, ws, biases):

@@ -135,7 +135,7 @@ def _max_pool2d_forward(x, kernel_size, stride, padding):
     return out, cache
 
 
-def _max_pool2d(x, kernel_size, stride, padding, keep_views=False):
+def _max_pool2d(x, kernel_size, stride, padding, keep_views=False, reuse=True):
     """The pooled maximum alone (inference: no winner indices, no cache): out (N, C, Ho, Wo).
     (h, w) pairs, unchecked. keep_views: also return the KH*KW window views (the forward
     reads them again to find the winners); without, :func:`_max_pool2d_separable` (the same
@@ -147,7 +147,7 @@ def _max_pool2d(x, kernel_size, stride, padding, keep_views=False):
         out = x[:, :, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw].copy()
         return (out, None) if keep_views else out
     if not keep_views:  # the maximum alone: columns, then rows (kernels.pool)
-        out = _max_pool2d_separable(x, kernel_size, stride, padding, (ho, wo))
+        out = _max_pool2d_separable(x, kernel_size, stride, padding, (ho, wo), reuse)
         if out is not None:
             return out
     hq, wq = _phase_shape(x.shape, kernel_size, stride, padding)
@@ -176,7 +176,7 @@ def _separable_taps(n, k, s, p, n_out):
     return spans
 
 
-def _max_pool2d_separable(x, kernel_size, stride, padding, out_hw):
+def _max_pool2d_separable(x, kernel_size, stride, padding, out_hw, reuse=True):
     """Max pooling of x (N, C, H, W) -> (N, C, Ho, Wo) for inference, padding -inf; None when
     the split does not apply (an even kernel padded by half: the caller's path).
 
@@ -188,14 +188,15 @@ def _max_pool2d_separable(x, kernel_size, stride, padding, out_hw):
     holds both -0.0 and +0.0. ResNet's stem pool (3x3, stride 2, padding 1) of 1 x 64 x 400
     x 400 float32: 15 ms against 32 ms for the stride phases of the padded input and nine
     slice maxima (one thread, CPU time, paired). The outputs come from ``kernels.arena``
-    (through ``ops.conv``, the kernels' one importer among the ops)."""
+    (through ``ops.conv``, the kernels' one importer among the ops) unless ``reuse`` is False."""
+    alloc = _arena_empty if reuse else np.empty
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel_size, stride, padding, out_hw
     cols = _separable_taps(W, kw, sw, pw, wo)
     rows = _separable_taps(H, kh, sh, ph, ho)
     if cols is None or rows is None:
         return None
-    m = _arena_empty((N, C, H, wo), x.dtype)  # maxima over the columns of each window
+    m = alloc((N, C, H, wo), x.dtype)  # maxima over the columns of each window
     for i, (q, j0, j1) in enumerate(cols):
         c0 = j0 * sw + q - pw
         src = x[:, :, :, c0:c0 + sw * (j1 - j0 - 1) + 1:sw]
@@ -203,7 +204,7 @@ def _max_pool2d_separable(x, kernel_size, stride, padding, out_hw):
             np.copyto(m, src)
         else:
             np.maximum(m[:, :, :, j0:j1], src, out=m[:, :, :, j0:j1])
-    out = _arena_empty((N, C, ho, wo), x.dtype)
+    out = alloc((N, C, ho, wo), x.dtype)
     for i, (p, i0, i1) in enumerate(rows):
         r0 = i0 * sh + p - ph
         src = m[:, :, r0:r0 + sh * (i1 - i0 - 1) + 1:sh]
