@@ -600,3 +600,39 @@ def test_arena_reuses_only_buffers_no_array_refers_to():
     t.start()
     t.join()
     assert other["sizes"] == (0, 0)  # one pool per thread
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_unrolled_gemm_with_stacked_kernel_rows_equals_one_gemm_per_row(dtype, monkeypatch):
+    # _gemm_rows runs convs of few filters as ONE GEMM of the KH kernel rows' weights stacked:
+    # the same partial sums, added in the same order, so the same bits where the GEMMs are
+    # above OpenBLAS's small-matrix kernel (and the naive loops' values everywhere); forward
+    # and the stride-1 input gradient (a forward conv), blocks of rows or whole images
+    rng = np.random.default_rng(19)
+    cases = [(1, 8, 12, 14, 64, 3, 3, (1, 1), (1, 1)), (2, 3, 9, 11, 5, 3, 2, (1, 0), (2, 1)),
+             (1, 16, 10, 9, 32, 5, 5, (2, 2), (1, 1)), (1, 4, 7, 6, 3, 2, 3, (0, 1), (1, 1))]
+    for budget in (1, 300):
+        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+        for N, C, H, W, F, KH, KW, p, d in cases:
+            x, w = _rand(rng, (N, C, H, W), dtype), _rand(rng, (F, C, KH, KW), dtype)
+            Ho, Wo = _out_hw(H, W, KH, KW, (1, 1), p, d)
+            dout = _rand(rng, (N, F, Ho, Wo), dtype)
+            assert kconv._use_rows(N, C, KH, KW, Ho, Wo, (1, 1), x.itemsize)
+            got = kconv.conv2d_forward(x, w, (1, 1), p, d, (Ho, Wo))
+            gdx, _ = kconv.conv2d_backward(dout, x, w, (1, 1), p, d)
+            monkeypatch.setattr(kconv, "_STACK_ROWS_MAX_F", 0)  # one GEMM per kernel row
+            want = kconv.conv2d_forward(x, w, (1, 1), p, d, (Ho, Wo))
+            wdx, _ = kconv.conv2d_backward(dout, x, w, (1, 1), p, d)
+            monkeypatch.setattr(kconv, "_STACK_ROWS_MAX_F", 64)
+            if F * C * KW * Wo * min(Ho, 2) > kconv._SMALL_GEMM:
+                assert np.array_equal(got, want)
+            np.testing.assert_allclose(got, want, **_tol(dtype))
+            np.testing.assert_allclose(gdx, wdx, **_tol(dtype))
+            np.testing.assert_allclose(got, conv2d_naive(x.astype(np.float64), w.astype(np.float64), None,
+                                                         stride=1, padding=p, dilation=d), **_tol(dtype))
+    # a block of 3 x 64 x 40 rows of 200: above the small-matrix kernel, the same bits
+    x, w = _rand(rng, (1, 64, 40, 200), np.float32), _rand(rng, (64, 64, 3, 3), np.float32)
+    monkeypatch.setattr(kconv, "_BLOCK_BYTES", 2**20)
+    got = kconv.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), (40, 200))
+    monkeypatch.setattr(kconv, "_STACK_ROWS_MAX_F", 0)
+    assert np.array_equal(got, kconv.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), (40, 200)))
