@@ -341,8 +341,46 @@ def shapes_config(num_classes=4):
     E  10,000 steps (the shipped model, seed 0)                   10000  0.883   0.835   --
     ==========================================================  =====  ======  ======  =======
 
-    Differences below ~0.01 are within what the seed alone moves (the
-    README gives the spread over seeds). What the table says: the anchors
+    Second ablation, a steadier protocol: the table above scores each run on
+    100 held-out images, and the choice of those images alone moves AP by
+    sd 0.016 (box) / 0.011 (mask) (the shipped model over ten sets of 100:
+    0.840..0.895 / 0.805..0.834). Here every run is scored on the same 400
+    held-out images (``ShapesDataset(400, seed=10000)``; the first 100 are the
+    table's set), one process, 2,900 steps (the demo's), seed 0 unless said;
+    on this set the training seed moves AP by about 0.01 (seeds 0 / 1 of the
+    same recipe: 0.824 / 0.822 box, 0.785 / 0.783 mask, but 0.837 / 0.820 for
+    another):
+
+    ================================================================  ======  =======
+    change (from this config and recipe)                               box AP  mask AP
+    ================================================================  ======  =======
+    none (seed 0 / seed 1)                                             0.824   0.785
+                                                                       0.822   0.783
+    average of the weights (EMA 0.99 / 0.995 / 0.998), same run        0.828   0.781
+                                                                       0.825   0.780
+                                                                       0.821   0.781
+    batch 8 for 1,450 steps (the same images), lr 0.02 / 0.04          0.801   0.759
+                                                                       0.816   0.776
+    cosine learning rate instead of the drop at 80 %                   0.824   0.779
+    drop at 90 %                                                       0.822   0.781
+    base_lr 0.01                                                       0.814   0.761
+    RoI positive fraction 0.125 (a 25 % cheaper step)                  0.810   0.771
+    mask head 16 channels                                              0.812   0.768
+    loss_mask weighted 2x (seed 0 / seed 1) (``train(loss_weights=)``) 0.830   0.793
+                                                                       0.816   0.784
+    loss_mask weighted 3x                                              0.820   0.781
+    RoI foreground / background IoU 0.7                                0.809   0.769
+    RoI foreground / background IoU 0.65 (seed 0 / seed 1)             0.837   0.787
+                                                                       0.820   0.769
+    IoU 0.65 and loss_mask 2x (seed 0 / seed 1)                        0.833   0.784
+                                                                       0.825   0.780
+    10,000 steps (the shipped model)                                   0.870   0.825
+    ================================================================  ======  =======
+
+    Nothing here moves AP by more than the training seed does, so the config
+    and recipe stay as they are: at this size, what the model reaches is set by
+    the number of steps, and 0.85 / 0.80 take more steps than four minutes
+    give. What the first table says: the anchors
     were the cause of the missed objects; after them, capacity (width, fc,
     RoIAlign size) buys nothing, training steps buy ~0.03 AP per doubling, and
     what the box head is trained on (foreground at IoU 0.6) buys 0.03 box AP.
