@@ -52,7 +52,7 @@ def test_separable_max_pool_equals_naive(dtype):
     # predict's max-pool (columns then rows, -inf padding never written): the maxima of
     # ops.pool.max_pool2d_naive (NaN wins its windows); an even kernel padded by half is
     # refused (None)
-    from mrcnn_np.ops.pool import _max_pool2d_separable as max_pool2d
+    from mrcnn_np.kernels.pool import max_pool2d_separable as max_pool2d
     from mrcnn_np.ops.pool import max_pool2d_naive
     rng = np.random.default_rng(18)
     for i in range(40):

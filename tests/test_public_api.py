@@ -23,7 +23,8 @@ def test_ops_exports_every_forward_with_its_backward():
                                     "roi_align", "roi_heads", "evaluate", "data.shapes",
                                     "data.coco", "gradcheck", "transform", "train", "io", "config", "model",
                                     "kernels.conv", "kernels.roi_align", "kernels.iou", "kernels.nms",
-                                    "kernels.elementwise", "kernels.topk"])
+                                    "kernels.elementwise", "kernels.topk", "kernels.pool",
+                                    "kernels.arena"])
 def test_module_all_names_exist(module):
     mod = importlib.import_module(f"mrcnn_np.{module}")
     for name in getattr(mod, "__all__", []):
@@ -58,7 +59,8 @@ def test_kernels_are_internal_and_only_stage_modules_import_them():
             assert not re.search(r"^\s*(from\s+\.\.|from\s+mrcnn_np|import\s+mrcnn_np)", src, re.M), rel
         elif re.search(r"^\s*(from|import)\s+[\w.]*kernels\b", src, re.M):
             importers.add(rel)
-    assert importers == {"ops/conv.py", "ops/activations.py", "roi_align.py", "boxes.py", "rpn.py"}
+    assert importers == {"ops/conv.py", "ops/activations.py", "ops/pool.py", "roi_align.py", "boxes.py",
+                         "rpn.py"}
     for name in ("boxes", "roi_align", "ops", "ops.conv"):
         mod = importlib.import_module(f"mrcnn_np.{name}")
         assert not any(getattr(getattr(mod, n), "__module__", "").startswith("mrcnn_np.kernels")

@@ -24,6 +24,8 @@ Each kernel's module docstring states its measured speed-ups.
 - ``kernels.elementwise`` ``np.where(mask, x, 0)`` as a bit mask (``ops.activations``)
 - ``kernels.topk``       the k smallest of each row in stable-sort order, without
                          sorting the row (a per-level top-k)
+- ``kernels.pool``       max pooling as a pass over the columns, then the rows
+                         (``ops.pool``'s inference path)
 - ``kernels.arena``      ``np.empty`` from a per-thread pool of buffers no array
                          refers to any more (the inference path's outputs)
 """

@@ -47,7 +47,6 @@ from numpy.lib.stride_tricks import as_strided
 from .._checks import (check_array, check_bool, check_instance, check_pair, check_positive_int, check_same_dtype,
                        quiet_math)
 from ..kernels import conv as _kernel
-from ..kernels.arena import empty as _arena_empty  # (for ops.pool: np.empty on reused memory)
 
 __all__ = [
     "Conv2dCache",
