@@ -421,12 +421,14 @@ def shapes_recipe():
     (fractions of ``steps`` where the learning rate drops 10x), weight_decay, workers
     (processes that share each batch, ``train.train(workers=...)``: 2, one per core
     of a 2-core machine; the result depends on it, as each worker samples from a
-    random stream of its own, so it is part of the recipe). 2900 steps: what two
-    workers train in the demo's four minutes on the idle 2-core build machine
-    (170, 194 and 251 s over three runs; later steps cost more than the first
-    ones, as the RPN learns to find the objects and the RoI heads get more
-    positives; AP grows by about 0.03 per doubling of the steps, the ablation in
-    :func:`shapes_config`).
+    random stream of its own, so it is part of the recipe). 2900 steps: chosen
+    when two workers trained them in 170, 194 and 251 s on the idle 2-core build
+    machine; with the faster convolutions of issue 17 they take 132 s, and 5,000
+    steps 287 s (later steps cost more than the first ones, as the RPN learns to
+    find the objects and the RoI heads get more positives). The steps stay at
+    2900, so that the demo keeps inside its four minutes on a slower or busier
+    machine: 3,600 would buy about +0.01 AP (AP grows by about 0.03 per doubling
+    of the steps, the ablation in :func:`shapes_config`).
     See :func:`shapes_config` for the measured effect of each choice.
     """
     return {"steps": 2900, "batch_size": 4, "base_lr": 0.02, "train_images": 2000,
