@@ -423,7 +423,7 @@ def shapes_recipe():
     of a 2-core machine; the result depends on it, as each worker samples from a
     random stream of its own, so it is part of the recipe). 2900 steps: chosen
     when two workers trained them in 170, 194 and 251 s on the idle 2-core build
-    machine; with the faster convolutions of issue 17 they take 132 s, and 5,000
+    machine; with the faster convolutions of issue 17 they take 126-132 s, and 5,000
     steps 287 s (later steps cost more than the first ones, as the RPN learns to
     find the objects and the RoI heads get more positives). The steps stay at
     2900, so that the demo keeps inside its four minutes on a slower or busier
