@@ -171,7 +171,7 @@ def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, wor
 
 #: held-out shapes images the demo and ``evaluate`` score on by default. The set moves AP: the
 #: shipped model over ten sets of 100 images has box AP 0.840..0.895 (sd 0.016) and mask AP
-#: 0.805..0.834 (sd 0.011); two sets of 500 agree to 0.005. Detecting 500 images takes ~25 s.
+#: 0.805..0.834 (sd 0.011); two sets of 500 agree to 0.005. Detecting 500 images takes ~4 s.
 HELD_OUT_IMAGES = 500
 
 
