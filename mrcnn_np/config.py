@@ -347,7 +347,7 @@ def shapes_config(num_classes=4):
     0.840..0.895 / 0.805..0.834). Here every run is scored on the same 400
     held-out images (``ShapesDataset(400, seed=10000)``; the first 100 are the
     table's set), one process, 2,900 steps (the demo's), seed 0 unless said;
-    on this set the training seed moves AP by about 0.01 (seeds 0 / 1 of the
+    on this set the training seed moves AP by up to about 0.015 (seeds 0 / 1 of the
     same recipe: 0.824 / 0.822 box, 0.785 / 0.783 mask, but 0.837 / 0.820 for
     another):
 
