@@ -4,9 +4,10 @@ This is a speed engine, not part of the model's math: it computes what
 ``model.loss_and_grads`` computes for a batch, on W processes at once, so that
 a machine with W cores trains more images per second (NumPy's small GEMMs use
 one core well and two cores badly). On the 2-core build machine two workers
-make a shapes training step 1.2-1.4x faster than one process, not 2x (57-67 ms
-against 80 ms over the first few hundred steps): the two processes share the
-caches, and the main process's share (data, SGD) is serial.
+make a shapes training step about 1.4x faster than one process, not 2x (42-46 ms
+against 60-66 ms, median over steps 50-400 of two runs each): the two processes
+share the caches, and the main process's share (data, SGD; 5.3 ms of CPU a
+step) is serial.
 
 One training step with W workers (N images, shard w holds N_w of them)::
 

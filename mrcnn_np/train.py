@@ -345,7 +345,7 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         loss and gradient of the whole batch, each shard sampling anchors and
         RoIs from a random stream of its own drawn from ``rng``, so a run is
         reproducible for a given seed and W). Two workers on a 2-core machine
-        make a step 1.2-1.4x faster (``mrcnn_np.parallel`` says why not 2x).
+        make a step about 1.4x faster (``mrcnn_np.parallel`` says why not 2x).
         From a script, call it under ``if __name__ == "__main__":``: the workers
         are spawned processes, and each imports the main script again.
     loss_weights: None (every loss weighs 1, as torchvision's reference sums
