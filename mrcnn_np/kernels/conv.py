@@ -368,22 +368,15 @@ def _gemm_im2col(phases, taps, shape, *, wm=None, out=None, src=None, dw=None, k
         cols6 = buf[at:at + K * nb * r * Wo].reshape(C, KH, KW, nb, r, Wo)
         _unroll_block(cols6, phases, taps, n0, n1, i0, i1)
         cols = cols6.reshape(K, nb * r * Wo)
-        if nb == 1:
-            if wm is not None:
+        if wm is not None:
+            if nb == 1:
                 np.matmul(wm, cols, out=out[n0, :, i0 * Wo:i1 * Wo])
-                if epi is not None:
-                    epi(out, n0, n1, i0 * Wo, i1 * Wo)
-            if dw is not None:
-                dw += _outer(src[n0, :, i0 * Wo:i1 * Wo], cols)
-        else:  # whole images side by side, columns ordered (n, i, j)
-            if wm is not None:
-                res = wm @ cols
-                out[n0:n1] = res.reshape(-1, nb, Ho * Wo).transpose(1, 0, 2)
-                if epi is not None:
-                    epi(out, n0, n1, 0, Ho * Wo)
-            if dw is not None:
-                s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
-                dw += _outer(s2, cols)
+            else:  # whole images side by side (i0, i1 = 0, Ho), columns ordered (n, i, j)
+                out[n0:n1] = (wm @ cols).reshape(-1, nb, Ho * Wo).transpose(1, 0, 2)
+            if epi is not None:
+                epi(out, n0, n1, i0 * Wo, i1 * Wo)
+        if dw is not None:
+            _add_dw_block(dw, src, cols, n0, n1, i0, i1, Wo)
 
 
 _WIDE_MAX_WO = 32  # stride-1 convs with output rows this short take the wide-row path
@@ -493,14 +486,17 @@ def _dw_from_cols(cols, src, shape, dw):
     K = C * KH * KW
     blocks, _ = _blocks(N, Ho, Wo, K, cols.itemsize)
     for n0, n1, i0, i1 in blocks:
-        nb, r = n1 - n0, i1 - i0
         at = K * (n0 * Ho * Wo + i0 * Wo)
-        c = cols[at:at + K * nb * r * Wo].reshape(K, nb * r * Wo)
-        if nb == 1:
-            dw += _outer(src[n0, :, i0 * Wo:i1 * Wo], c)
-        else:
-            s2 = np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(-1, nb * Ho * Wo)
-            dw += _outer(s2, c)
+        _add_dw_block(dw, src, cols[at:at + K * (n1 - n0) * (i1 - i0) * Wo].reshape(K, -1), n0, n1, i0, i1, Wo)
+
+
+def _add_dw_block(dw, src, cols, n0, n1, i0, i1, Wo):
+    """``dw += src-block @ cols.T`` for one block of :func:`_blocks` (K, block) columns: output
+    rows i0..i1-1 of image n0, or whole images n0..n1-1 side by side (columns ordered (n, i, j))."""
+    if n1 - n0 == 1:
+        dw += _outer(src[n0, :, i0 * Wo:i1 * Wo], cols)
+    else:
+        dw += _outer(np.ascontiguousarray(src[n0:n1].transpose(1, 0, 2)).reshape(src.shape[1], -1), cols)
 
 
 def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
@@ -573,8 +569,6 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
                 np.add(z[:F, :r * Wo], z[F:2 * F, dh * Wo:(dh + r) * Wo], out=o)
                 for p in range(2, KH):
                     o += z[p * F:(p + 1) * F, p * dh * Wo:(p * dh + r) * Wo]
-                if epi is not None:
-                    epi(out, n, n + 1, i0 * Wo, (i0 + r) * Wo)
             elif wk is not None:
                 o = out[n, :, i0 * Wo:(i0 + r) * Wo]
                 np.matmul(wk[0], row_views[0], out=o)
@@ -582,8 +576,8 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
                 for p in range(1, KH):
                     np.matmul(wk[p], row_views[p], out=t)
                     o += t
-                if epi is not None:
-                    epi(out, n, n + 1, i0 * Wo, (i0 + r) * Wo)
+            if wk is not None and epi is not None:
+                epi(out, n, n + 1, i0 * Wo, (i0 + r) * Wo)
             if dwk is not None:
                 s = src[n, :, i0 * Wo:(i0 + r) * Wo]
                 for p in range(KH):
