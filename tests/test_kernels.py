@@ -60,6 +60,14 @@ def _out_hw(H, W, KH, KW, stride, padding, dilation):
                  for n, k, st, pa, di in zip((H, W), (KH, KW), stride, padding, dilation))
 
 
+def _set_block_budget(monkeypatch, budget):
+    """budget None: the engine's own block sizes; else tiny byte budgets that send even small
+    problems through the row-blocked and per-block paths."""
+    if budget is not None:
+        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
+        monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget // 2 + 1)
+
+
 def _spy_paths(monkeypatch):
     """Count the calls of each engine path of kernels.conv."""
     seen = {}
@@ -77,9 +85,7 @@ def _spy_paths(monkeypatch):
 @pytest.mark.parametrize("budget", [None, 1, 700])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_kernel_equals_naive(dtype, budget, monkeypatch):
-    if budget is not None:
-        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
-        monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget // 2 + 1)
+    _set_block_budget(monkeypatch, budget)
     seen = _spy_paths(monkeypatch)
     rng = np.random.default_rng([1, budget or 0])
     for _ in range(25):
@@ -525,9 +531,7 @@ def test_fused_conv_is_conv_then_bias_residual_relu_bit_for_bit(dtype, budget, m
     # same bits as conv2d_forward followed by those three steps over the whole output, on
     # every path (1x1, rows, wide rows, per-tap engine; tiny budgets send small problems
     # through the row and block paths); NaN and inf pass the ReLU as np.maximum lets them
-    if budget is not None:
-        monkeypatch.setattr(kconv, "_BLOCK_BYTES", budget)
-        monkeypatch.setattr(kconv, "_CACHE_BLOCK_BYTES", budget // 2 + 1)
+    _set_block_budget(monkeypatch, budget)
     seen = _spy_paths(monkeypatch)
     rng = np.random.default_rng([16, budget or 0])
     for i in range(40):
