@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import _common  # the GEMM rate (and the checkout on sys.path)
+
 clock = time.process_time
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -47,12 +49,6 @@ def load(path):
         sys.path.pop(0)
     assert mods["model"].__file__.startswith(path), mods["model"].__file__
     return mods
-
-
-def gemm_rate(n=1024, repeats=5):
-    a = np.ones((n, n), np.float32)
-    best = min(_timed(lambda: a @ a) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
 
 
 def _timed(fn):
@@ -123,7 +119,7 @@ def main(argv=None):
     old_tasks, _ = tasks_800(old, args.size, None)
     new = load(ROOT)
     new_tasks, t_tasks = tasks_800(new, args.size, torch)
-    g0 = gemm_rate()
+    g0 = _common.gemm_gflops(clock=clock)
     print(f"GEMM {g0:.1f} GFLOP/s (CPU time, one thread); old {args.old}, new {ROOT}; "
           f"{args.calls} calls each, alternating")
     for task in args.tasks:
@@ -147,7 +143,7 @@ def main(argv=None):
             r_ot = statistics.median(o / t for o, t in zip(times["old"], times["torch"]))
             line += f"  torch {med['torch']:.3f} s  new/torch {r_t:.3f}  old/torch {r_ot:.3f}"
         print(line, flush=True)
-    print(f"GEMM at the end {gemm_rate():.1f} GFLOP/s")
+    print(f"GEMM at the end {_common.gemm_gflops(clock=clock):.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
