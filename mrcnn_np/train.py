@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,7 +37,7 @@ from .parallel import DataParallel
 from .transform import transform_forward
 
 __all__ = ["learning_rate", "sgd_step", "global_norm", "clip_grad_norm", "hflip", "training_target", "dataset_batch",
-           "shapes_batch", "train"]
+           "load_batch", "shapes_batch", "train"]
 
 
 def learning_rate(step, *, base_lr, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1):
@@ -277,16 +278,58 @@ def dataset_batch(dataset, indices, *, dtype=np.float32, rng=None, hflip_prob=0.
     indices = _check_indices(indices, len(dataset))
     dtype = check_float_dtype(dtype)
     hflip_prob = check_float("hflip_prob", hflip_prob, minimum=0.0, maximum=1.0)
-    if hflip_prob > 0:
-        rng = check_rng(rng)
+    return _items(dataset, indices, dtype, _draw_flips(rng, len(indices), hflip_prob))
+
+
+def _draw_flips(rng, n, hflip_prob):
+    """Which of n images to mirror: ``rng.random() < hflip_prob``, one draw per image in
+    order; hflip_prob 0 draws nothing and returns None (rng may then be None)."""
+    if hflip_prob == 0:
+        return None
+    rng = check_rng(rng)
+    return [bool(rng.random() < hflip_prob) for _ in range(n)]
+
+
+def _items(dataset, indices, dtype, flips):
+    """(images, targets) of checked ``indices``; image k mirrored when ``flips[k]`` (flips may be None)."""
     images, targets = [], []
-    for i in indices:
+    for k, i in enumerate(indices):
         image, target = training_target(dataset[int(i)], dtype=dtype)
-        if hflip_prob > 0 and rng.random() < hflip_prob:
+        if flips is not None and flips[k]:
             image, target = hflip(image, target)
         images.append(image)
         targets.append(target)
     return images, targets
+
+
+def load_batch(dataset, indices, config, *, dtype=np.float32, flips=None):
+    """The model's input for some dataset items: what one training step feeds ``loss_and_grads``.
+
+    dataset, indices: as :func:`dataset_batch`. config: ``MaskRCNNConfig`` (its
+    transform numbers: min_size, max_size, image_mean, image_std, size_divisible).
+    flips: None, or one bool per index: mirror that image (:func:`hflip`).
+    Returns (batch (N, 3, H, W) in dtype, image_sizes [(h, w)], targets in the batch's
+    frame): :func:`dataset_batch` then ``transform.transform_forward``. ``train``'s
+    workers each call it on their own shard of a step's indices.
+    """
+    _check_dataset(dataset)
+    indices = _check_indices(indices, len(dataset))
+    check_instance("config", config, MaskRCNNConfig)
+    dtype = check_float_dtype(dtype)
+    if flips is not None:
+        flips = _check_flips(flips, len(indices))
+    images, targets = _items(dataset, indices, dtype, flips)
+    return transform_forward(images, targets, min_size=config.min_size, max_size=config.max_size,
+                             mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
+
+
+def _check_flips(flips, n):
+    if isinstance(flips, (str, bytes, dict)) or not hasattr(flips, "__len__") or len(flips) != n:
+        raise ValueError(f"flips must be None or one bool per index ({n}), got {flips!r:.60}")
+    for f in flips:
+        if not isinstance(f, (bool, np.bool_)):
+            raise TypeError(f"flips must be bools, got {f!r}")
+    return [bool(f) for f in flips]
 
 
 def _check_dataset(dataset):
@@ -324,6 +367,19 @@ def shapes_batch(dataset, indices, *, dtype=np.float32):
     return dataset_batch(dataset, indices, dtype=dtype)
 
 
+def _data_parallel(params, config, workers, dataset):
+    """The step's engine: None (a null context) for one process, else a ``DataParallel`` pool
+    whose workers load their own shards of each batch when ``dataset`` can be pickled to
+    them (each worker then holds a copy of it; else the main process loads every batch)."""
+    if workers == 1:
+        return contextlib.nullcontext()
+    try:
+        pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # (a lambda inside, an open file ...): the batches go through the pipes
+        dataset = None
+    return DataParallel(params, config, workers, dataset=dataset)
+
+
 def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, momentum=0.9,
           weight_decay=1e-4, warmup_iters=1000, warmup_factor=1e-3, milestones=(), gamma=0.1,
           max_grad_norm=None, progress=True, callback=None, hflip_prob=0.0, state=None, workers=1,
@@ -346,6 +402,10 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         RoIs from a random stream of its own drawn from ``rng``, so a run is
         reproducible for a given seed and W). Two workers on a 2-core machine
         make a step about 1.4x faster (``mrcnn_np.parallel`` says why not 2x).
+        When ``dataset`` pickles, each worker gets a copy of it and loads its
+        own shard of every batch (``DataParallel.loss_and_grads_of``); else the
+        batches are loaded here and sent to the workers. Both give the same bits
+        for images of one size (each shard is padded on its own).
         From a script, call it under ``if __name__ == "__main__":``: the workers
         are spawned processes, and each imports the main script again.
     loss_weights: None (every loss weighs 1, as torchvision's reference sums
@@ -386,8 +446,7 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
     workers = check_positive_int("workers", workers)
     loss_weights = model_lib._check_loss_weights(loss_weights)  # {name: weight}, all five
     # W > 1: the steps' losses and gradients come from W worker processes (closed on the way out)
-    with DataParallel(params, config, workers) if workers > 1 else contextlib.nullcontext() as pool:
-        loss_and_grads = model_lib.loss_and_grads if pool is None else pool.loss_and_grads
+    with _data_parallel(params, config, workers, dataset) as pool:
         history = []
         buffers = state.setdefault("buffers", {})
         if state.get("order") is None:
@@ -398,14 +457,17 @@ def train(params, config, dataset, *, steps, rng, batch_size=4, base_lr=0.02, mo
         for step in bar:
             if pos + batch_size > len(order):
                 order, pos = rng.permutation(len(dataset)), 0
-            images, targets = dataset_batch(dataset, order[pos:pos + batch_size], dtype=dtype, rng=rng,
-                                            hflip_prob=hflip_prob)
+            indices = order[pos:pos + batch_size].tolist()
             pos += batch_size
-            batch, image_sizes, targets = transform_forward(
-                images, targets, min_size=config.min_size, max_size=config.max_size,
-                mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
-            losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes,
-                                           loss_weights=loss_weights)
+            flips = _draw_flips(rng, batch_size, hflip_prob)
+            if pool is not None and pool.loads_items:  # each worker loads its own shard
+                losses, grads = pool.loss_and_grads_of(params, indices, rng=rng, flips=flips,
+                                                       loss_weights=loss_weights)
+            else:
+                batch, image_sizes, targets = load_batch(dataset, indices, config, dtype=dtype, flips=flips)
+                loss_and_grads = model_lib.loss_and_grads if pool is None else pool.loss_and_grads
+                losses, grads = loss_and_grads(params, batch, targets, config, rng=rng, image_sizes=image_sizes,
+                                               loss_weights=loss_weights)
             record = {k: float(v) for k, v in losses.items()}
             record["loss"] = sum(loss_weights[k] * v for k, v in record.items())
             grad_norm = _global_norm(grads) if max_grad_norm is None else _clip_grad_norm(grads, max_grad_norm)

@@ -155,3 +155,61 @@ def test_bad_batches_are_refused_before_any_worker_sees_them():
             pool.loss_and_grads(params, images, targets[:1], config, rng=np.random.default_rng(0))
         losses, _ = pool.loss_and_grads(params, images, targets, config, rng=np.random.default_rng(0))
         assert set(losses) == set(M.LOSS_NAMES)
+
+
+def test_workers_that_load_their_own_shards_give_the_same_bits():
+    config = micro_config()
+    data = _dataset(config)
+    params = make_params(config, dtype=np.float32)
+    flips = [False, True, True, False]
+    batch, sizes, targets = T.load_batch(data, [5, 1, 2, 7], config, flips=flips)
+    with DataParallel(params, config, workers=2, dataset=data) as pool:
+        assert pool.loads_items
+        losses, grads = pool.loss_and_grads_of(params, [5, 1, 2, 7], rng=np.random.default_rng(4), flips=flips)
+        expected_losses, expected_grads = pool.loss_and_grads(params, batch, targets, config,
+                                                              rng=np.random.default_rng(4), image_sizes=sizes)
+        assert losses == expected_losses
+        assert all(np.array_equal(grads[k], expected_grads[k]) for k in expected_grads)
+        unflipped, _ = pool.loss_and_grads_of(params, [5, 1, 2, 7], rng=np.random.default_rng(4))
+        assert unflipped != losses  # the flips reached the workers
+        with pytest.raises(ValueError, match="indices"):
+            pool.loss_and_grads_of(params, [0, 8], rng=np.random.default_rng(0))
+        with pytest.raises(TypeError, match="indices"):
+            pool.loss_and_grads_of(params, [0, 1.0], rng=np.random.default_rng(0))
+        with pytest.raises(ValueError, match="flips"):
+            pool.loss_and_grads_of(params, [0, 1], rng=np.random.default_rng(0), flips=[True])
+        with pytest.raises(TypeError, match="flips"):
+            pool.loss_and_grads_of(params, [0, 1], rng=np.random.default_rng(0), flips=[1, 0])
+    bad = [dict(item) for item in data]
+    bad[3]["labels"] = bad[3]["labels"].astype(np.float32)  # the worker that loads it names it
+    with DataParallel(params, config, workers=2, dataset=bad) as pool:
+        with pytest.raises(TypeError, match=r"item\['labels'\]"):
+            pool.loss_and_grads_of(params, [0, 3], rng=np.random.default_rng(0))
+        again, _ = pool.loss_and_grads_of(params, [0, 1], rng=np.random.default_rng(0))  # still in step
+        assert set(again) == set(M.LOSS_NAMES)
+    with DataParallel(params, config, workers=2) as pool:
+        assert not pool.loads_items
+        with pytest.raises(ValueError, match="dataset="):
+            pool.loss_and_grads_of(params, [0, 1], rng=np.random.default_rng(0))
+    with pytest.raises(TypeError, match="dataset"):
+        DataParallel(params, config, workers=2, dataset={"image": 1})
+
+
+class _UnpicklableData(list):
+    """A dataset the workers cannot receive (pickling it fails): train loads its batches itself."""
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def test_train_falls_back_to_loading_in_the_main_process_for_a_dataset_that_does_not_pickle():
+    config = micro_config()
+    data = _dataset(config)
+    runs = []
+    for dataset in (data, _UnpicklableData(data)):
+        params = M.init_params(config, rng=np.random.default_rng(0))
+        history = T.train(params, config, dataset, steps=2, rng=np.random.default_rng(1), batch_size=4,
+                          warmup_iters=0, progress=False, workers=2, hflip_prob=0.5)
+        runs.append((params, history))
+    (p1, h1), (p2, h2) = runs
+    assert h1 == h2 and all(np.array_equal(p1[k], p2[k]) for k in p1)

@@ -329,3 +329,32 @@ def test_resuming_from_the_state_repeats_the_uninterrupted_run_bit_for_bit():
         train(params, cfg, ds, rng=rng2, state=saved, **kw)
     with pytest.raises(ValueError, match="permutation"):
         train(params, cfg, ds, rng=rng2, state={"order": np.zeros(5, np.int64)}, **kw)
+
+
+def test_load_batch_is_dataset_batch_then_the_transform():
+    from mrcnn_np.train import load_batch
+    from mrcnn_np.transform import transform_forward
+
+    cfg = shapes_config()
+    ds = ShapesDataset(4, seed=2)
+    flips = [True, False, False, True]
+    batch, sizes, targets = load_batch(ds, [3, 0, 2, 1], cfg, flips=flips)
+    images = [ds[i]["image"].transpose(2, 0, 1) for i in (3, 0, 2, 1)]
+    images = [im[:, :, ::-1] if f else im for im, f in zip(images, flips)]
+    expected, expected_sizes, _ = transform_forward(
+        [np.ascontiguousarray(im) for im in images], None, min_size=cfg.min_size, max_size=cfg.max_size,
+        mean=cfg.image_mean, std=cfg.image_std, size_divisible=cfg.size_divisible)
+    np.testing.assert_array_equal(batch, expected)
+    assert sizes == expected_sizes and batch.dtype == np.float32
+    assert [len(t["boxes"]) for t in targets] == [len(ds[i]["boxes"]) for i in (3, 0, 2, 1)]
+    w = batch.shape[-1]
+    np.testing.assert_array_equal(targets[0]["boxes"][:, [2, 0]], w - ds[3]["boxes"][:, [0, 2]])  # mirrored
+    np.testing.assert_array_equal(targets[1]["boxes"], ds[0]["boxes"])
+    with pytest.raises(ValueError, match="flips"):
+        load_batch(ds, [0, 1], cfg, flips=[True])
+    with pytest.raises(TypeError, match="flips"):
+        load_batch(ds, [0], cfg, flips=[1])
+    with pytest.raises(ValueError, match="indices"):
+        load_batch(ds, [4], cfg)
+    with pytest.raises(TypeError, match="config"):
+        load_batch(ds, [0], "shapes")
