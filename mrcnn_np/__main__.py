@@ -67,6 +67,11 @@ def run_figures(patterns, timeout):
 
     The kernels run with MRCNN_NP_WRITE_FIGURES=1: only then do the notebooks
     rewrite images/ (``viz.common.save_figure``); a test or Jupyter run leaves it alone.
+    They also run with one BLAS thread: OpenBLAS splits some products differently over
+    two threads than over one (other last bits), and a training loop in a chapter
+    carries such bits into its printed losses and figures (chapter 09's 150 steps:
+    mean loss 1.342 on one thread, 1.354 on two), so the outputs would depend on the
+    machine's core count.
     """
     import os
 
@@ -83,8 +88,9 @@ def run_figures(patterns, timeout):
     paths = sorted(p for pat in patterns for p in nb_dir.glob(pat))
     if not paths:
         raise SystemExit(f"no notebook in {nb_dir} matches {patterns}")
-    previous = os.environ.get("MRCNN_NP_WRITE_FIGURES")
-    os.environ["MRCNN_NP_WRITE_FIGURES"] = "1"  # inherited by the kernels started below
+    settings = {"MRCNN_NP_WRITE_FIGURES": "1", **{k: "1" for k in _BLAS_THREADS}}
+    previous = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)  # inherited by the kernels started below
     try:
         for path in tqdm(paths, desc="notebooks", unit="nb"):
             nb = nbformat.read(path, as_version=4)
@@ -94,11 +100,16 @@ def run_figures(patterns, timeout):
             with atomic_path(path) as tmp:
                 nbformat.write(nb, str(tmp))
     finally:
-        if previous is None:
-            del os.environ["MRCNN_NP_WRITE_FIGURES"]
-        else:
-            os.environ["MRCNN_NP_WRITE_FIGURES"] = previous
+        for k, v in previous.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
     return paths
+
+
+#: the thread counts of the BLAS libraries NumPy may use (``run_figures`` sets them to 1)
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def run_bench(names):
@@ -136,7 +147,8 @@ def load_model(path):
     return params, _config_from_meta(meta, path), meta
 
 
-def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, workers=None, progress=True):
+def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, workers=None, train_objects=None,
+              progress=True):
     """Train the shapes model from scratch and save it with its provenance.
 
     Returns (params, config, history, path). The checkpoint's metadata holds the
@@ -145,13 +157,14 @@ def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, wor
     config = shapes_config()
     recipe = shapes_recipe()
     workers = recipe["workers"] if workers is None else workers
+    lo, hi = recipe["train_objects"] if train_objects is None else train_objects
     rng = np.random.default_rng(seed)
     params = model.init_params(config, rng=rng)
     print(f"training the shapes Mask R-CNN ({sum(v.size for v in params.values()):,} parameters) "
           f"for {steps} steps of {batch_size} images" + (f" ({workers} processes)" if workers > 1 else ""))
     start = time.perf_counter()
     history = train.train(
-        params, config, ShapesDataset(train_images, seed=seed), steps=steps, rng=rng,
+        params, config, ShapesDataset(train_images, seed=seed, min_objects=lo, max_objects=hi), steps=steps, rng=rng,
         batch_size=batch_size, base_lr=base_lr,
         warmup_iters=min(recipe["warmup_iters"], steps // 5),
         milestones=tuple(int(f * steps) for f in recipe["milestones"]),
@@ -160,7 +173,8 @@ def run_train(*, steps, train_images, batch_size, base_lr, seed, checkpoint, wor
     meta = {
         "command": "python -m mrcnn_np " + " ".join(sys.argv[1:]) if sys.argv[1:] else "run_train",
         "steps": steps, "seed": seed, "batch_size": batch_size, "base_lr": base_lr,
-        "train_images": train_images, "workers": workers, "train_seconds": round(seconds, 1),
+        "train_images": train_images, "train_objects": [int(lo), int(hi)], "workers": workers,
+        "train_seconds": round(seconds, 1),
         "config": dataclasses.asdict(config), "class_names": list(CLASS_NAMES),
         "trained_on": SHAPES_DATA, "final_loss": history[-1]["loss"],
     }
@@ -199,7 +213,7 @@ def evaluate_on_shapes(params, config, val_images, seed, *, progress=True):
 
 
 def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_dir, figures_dir=None,
-             workers=None, progress=True):
+             workers=None, train_objects=None, progress=True):
     """Train the shapes model, evaluate it, draw it. Returns a dict of results.
 
     Everything goes to ``out_dir`` (figures to ``figures_dir``, default ``out_dir``):
@@ -208,7 +222,8 @@ def run_demo(*, steps, train_images, val_images, batch_size, base_lr, seed, out_
     """
     params, config, history, ckpt = run_train(
         steps=steps, train_images=train_images, batch_size=batch_size, base_lr=base_lr, seed=seed,
-        checkpoint=Path(out_dir) / "shapes_demo.npz", workers=workers, progress=progress)
+        checkpoint=Path(out_dir) / "shapes_demo.npz", workers=workers, train_objects=train_objects,
+        progress=progress)
     val_set, gt, dets, stats = evaluate_on_shapes(params, config, val_images, seed, progress=progress)
     _, meta = load_checkpoint(ckpt)
     meta.update(val_images=val_images, val_seed=seed + HELD_OUT_SEED_OFFSET,
@@ -623,6 +638,10 @@ def _build_parser():
         p.add_argument("--train-images", type=int, default=recipe["train_images"],
                        help=f"size of the synthetic training set (default {recipe['train_images']})"
                        + ("; not used with --coco" if p is tr else ""))
+        lo, hi = recipe["train_objects"]
+        p.add_argument("--train-objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                       help=f"shapes per training image, uniform in MIN..MAX (default {lo} {hi}; the held-out "
+                       "images have 1..4)" + ("; not used with --coco" if p is tr else ""))
         p.add_argument("--seed", type=int, default=0,
                        help="seed of the data, the initialisation and the sampling (default 0)")
         p.add_argument("--workers", type=int, default=None,
@@ -748,6 +767,9 @@ def main(argv=None):
                                  if getattr(args, n) is not None])
         if args.lr is not None:
             _finite_positive(parser, args, "lr")
+        if args.train_objects is not None and not 1 <= args.train_objects[0] <= args.train_objects[1]:
+            parser.error(f"--train-objects MIN MAX must have 1 <= MIN <= MAX, got {args.train_objects[0]} "
+                         f"{args.train_objects[1]}")
     if args.command == "evaluate" and args.images is not None and args.coco is None:
         parser.error("--images is the folder of the --coco images; give --coco VAL.json too")
     if args.command == "export-shapes":
@@ -769,7 +791,7 @@ def _run(parser, args):
     if args.command == "demo":
         run_demo(steps=args.steps, train_images=args.train_images, val_images=args.val_images,
                  batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, out_dir=args.out_dir,
-                 figures_dir=args.figures_dir, workers=args.workers)
+                 figures_dir=args.figures_dir, workers=args.workers, train_objects=args.train_objects)
     elif args.command == "train" and args.coco is not None:
         run_train_coco(coco=args.coco, images=args.images, checkpoint=args.checkpoint, val_coco=args.val_coco,
                        val_images=args.val_images_dir, backbone_weights=args.backbone_weights,
@@ -778,7 +800,8 @@ def _run(parser, args):
                        save_every=args.save_every, resume=args.resume, workers=args.workers)
     elif args.command == "train":
         run_train(steps=args.steps, train_images=args.train_images, batch_size=args.batch_size,
-                  base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint, workers=args.workers)
+                  base_lr=args.lr, seed=args.seed, checkpoint=args.checkpoint, workers=args.workers,
+                  train_objects=args.train_objects)
     elif args.command == "evaluate" and args.coco is not None:
         run_evaluate_coco(args.checkpoint, args.coco, args.images)
     elif args.command == "export-shapes":

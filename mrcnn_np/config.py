@@ -379,15 +379,41 @@ def shapes_config(num_classes=4):
     10,000 steps (the shipped model)                                   0.870   0.825
     ================================================================  ======  =======
 
-    Nothing here moves AP by more than the training seed does, so the config
-    and recipe stay as they are: at this size, what the model reaches is set by
-    the number of steps, and 0.85 / 0.80 take about 6,000, twice what four
-    minutes give. What the first table says: the anchors
-    were the cause of the missed objects; after them, capacity (width, fc,
-    RoIAlign size) buys nothing, training steps buy ~0.03 AP per doubling, and
-    what the box head is trained on (foreground at IoU 0.6) buys 0.03 box AP.
-    The rows before E come from a single process; a run with 2 workers draws
-    other samples (each worker its own random stream), as a seed change does.
+    Nothing there moves AP by more than the training seed does: at this size, what
+    the model reaches is set by the number of steps and by the data it sees. What the
+    first table says: the anchors were the cause of the missed objects; after them,
+    capacity (width, fc, RoIAlign size) buys nothing, training steps buy ~0.03 AP
+    per doubling, and what the box head is trained on (foreground at IoU 0.6) buys
+    0.03 box AP. The rows before E come from a single process; a run with 2 workers
+    draws other samples (each worker its own random stream), as a seed change does.
+
+    Third ablation, the training images (:func:`shapes_recipe`'s ``train_objects``):
+    two workers (the demo's way), scored on the same 500 held-out images
+    (``ShapesDataset(500, seed=10000)``); the rows "the demo" are
+    ``python -m mrcnn_np demo --seed S`` itself, which scores on the 500 images of
+    seed S + 10000:
+
+    ========================================  =====  =============  =============  =============
+    shapes per training image                 steps  seed 0         seed 1         seed 2
+    (the held-out images hold 1..4)                  box / mask     box / mask     box / mask
+    ========================================  =====  =============  =============  =============
+    1..4 (the old recipe)                      2900  0.821 / 0.780  0.813 / 0.775  0.823 / 0.779
+    1..6                                       2900  0.823 / 0.781  --             --
+    2..6                                       2900  0.831 / 0.785  0.826 / 0.799  0.837 / 0.793
+    3..6 (this recipe)                         2900  0.836 / 0.793  0.836 / 0.790  --
+    2..8                                       2900  0.830 / 0.788  --             --
+    1..4, the demo                             2900  0.821 / 0.780  0.804 / 0.769  0.815 / 0.777
+    1..4, the demo                             5000  0.848 / 0.797  --             --
+    2..6, the demo                             4000  0.846 / 0.805  0.836 / 0.791  0.839 / 0.793
+    3..6, the demo (:func:`shapes_recipe`)     4400  0.856 / 0.809  0.848 / 0.802  0.846 / 0.809
+    ========================================  =====  =============  =============  =============
+
+    More shapes in a training image give each step more objects to learn from (more
+    positive anchors and RoIs; the positive RoIs stay capped at 8 an image); 3..6 and
+    2..6 are alike (3..6 a little ahead on box AP), 2..8 no better. Training took
+    126-143 s for 2,900 steps with 1..4 or 2..6 shapes, 134-141 s with 3..6 and 154 s
+    with 2..8 (on a busier machine); the demo took 170-192 s for 4,000 steps (2..6),
+    192-226 s for 4,400 (3..6), and 253 s for 5,000 (1..4).
     """
     return MaskRCNNConfig(
         num_classes=num_classes,
@@ -417,21 +443,29 @@ def shapes_recipe():
     """How ``python -m mrcnn_np demo`` trains :func:`shapes_config` (``train.train`` arguments).
 
     Returns a dict: steps, batch_size, base_lr, train_images (size of the synthetic
-    training set), warmup_iters (linear warm-up from 1/1000 of base_lr), milestones
-    (fractions of ``steps`` where the learning rate drops 10x), weight_decay, workers
-    (processes that share each batch, ``train.train(workers=...)``: 2, one per core
-    of a 2-core machine; the result depends on it, as each worker samples from a
-    random stream of its own, so it is part of the recipe). 2900 steps: chosen
-    when two workers trained them in 170, 194 and 251 s on the idle 2-core build
-    machine; with the faster convolutions of issue 17 they take 126-132 s, and 5,000
-    steps 287 s (later steps cost more than the first ones, as the RPN learns to
-    find the objects and the RoI heads get more positives). The steps stay at
-    2900, so that the demo keeps inside its four minutes on a slower or busier
-    machine: 3,600 would buy about +0.01 AP (AP grows by about 0.03 per doubling
-    of the steps, the ablation in :func:`shapes_config`).
+    training set), train_objects (the (min, max) number of shapes in a training image,
+    ``ShapesDataset(min_objects=, max_objects=)``), warmup_iters (linear warm-up from
+    1/1000 of base_lr), milestones (fractions of ``steps`` where the learning rate drops
+    10x), weight_decay, workers (processes that share each batch,
+    ``train.train(workers=...)``: 2, one per core of a 2-core machine; the result
+    depends on it, as each worker samples from a random stream of its own, so it is
+    part of the recipe).
+
+    * train_objects (3, 6): the held-out images hold 1..4 shapes (the dataset's
+      default); training images with more of them give the RPN and the RoI heads more
+      objects, and so more positive anchors and RoIs, per step, for about 5 % more time
+      a step. At 2,900 steps, 2..6 shapes bought about +0.015 box and mask AP on each of
+      three seeds, and 3..6 a little more box AP (two seeds; third table of
+      :func:`shapes_config`): more than any other change of the recipe.
+    * steps 4,400: what fits in the demo's four minutes. Two workers trained them in
+      192, 202 and 226 s on the idle 2-core build machine (seeds 0 / 1 / 2; the same
+      code runs about 10 % faster or slower from one hour to the next there); 4,000
+      steps took 170-192 s. Later steps cost more than the first ones (the RPN
+      learns to find the objects and the RoI heads get more positives).
+
     See :func:`shapes_config` for the measured effect of each choice.
     """
-    return {"steps": 2900, "batch_size": 4, "base_lr": 0.02, "train_images": 2000,
+    return {"steps": 4400, "batch_size": 4, "base_lr": 0.02, "train_images": 2000, "train_objects": (3, 6),
             "warmup_iters": 100, "milestones": (0.8,), "weight_decay": 1e-4, "workers": 2}
 
 

@@ -9,6 +9,29 @@ def test_figures_without_matching_notebook_exits_with_message():
         run_figures(["does-not-exist-*.ipynb"], timeout=10)
 
 
+def test_figures_run_the_notebooks_on_one_blas_thread_and_restore_the_environment(monkeypatch, tmp_path):
+    import contextlib
+    import os
+
+    import mrcnn_np.__main__ as cli
+
+    nbformat = pytest.importorskip("nbformat")
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    names = ("MRCNN_NP_WRITE_FIGURES", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    seen = []
+    monkeypatch.setattr(ExecutePreprocessor, "preprocess",
+                        lambda self, nb, resources: seen.append({k: os.environ.get(k) for k in names}))
+    # the notebook in the checkout stays as it is: nothing is written over it
+    monkeypatch.setattr(cli, "atomic_path", lambda path: contextlib.nullcontext(tmp_path / "out.ipynb"))
+    monkeypatch.setattr(nbformat, "write", lambda *args, **kwargs: None)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run_figures(["00_*.ipynb"], timeout=10)
+    assert seen == [dict.fromkeys(names, "1")]
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and "OMP_NUM_THREADS" not in os.environ
+
+
 def test_bench_unknown_name_lists_the_known_ones():
     with pytest.raises(SystemExit, match="unknown benchmark"):
         run_bench(["no_such_bench"])
@@ -46,6 +69,25 @@ def test_demo_rejects_bad_counts(capsys):
         main(["demo", "--steps", "0"])
     assert info.value.code == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+    for bad in (["0", "3"], ["4", "2"]):
+        with pytest.raises(SystemExit) as info:
+            main(["train", "--train-objects", *bad])
+        assert info.value.code == 2
+        assert f"--train-objects MIN MAX must have 1 <= MIN <= MAX, got {bad[0]} {bad[1]}" in capsys.readouterr().err
+
+
+def test_train_objects_set_the_training_images_and_are_recorded(tmp_path):
+    from mrcnn_np.config import shapes_recipe
+    from mrcnn_np.io import load_checkpoint
+
+    counts = {}
+    for objects in (None, ["3", "3"]):
+        ckpt = tmp_path / f"m{objects is None}.npz"
+        argv = ["train", "--steps", "1", "--batch-size", "2", "--train-images", "4", "--checkpoint", str(ckpt)]
+        assert main(argv + (["--train-objects", *objects] if objects else [])) == 0
+        _, meta = load_checkpoint(ckpt)
+        counts[objects is None] = meta["train_objects"]
+    assert counts == {True: list(shapes_recipe()["train_objects"]), False: [3, 3]}
 
 
 def test_train_then_evaluate_then_predict_from_the_checkpoint(tmp_path, capsys):
@@ -250,7 +292,7 @@ def test_interrupted_coco_training_resumes_bit_for_bit(tmp_path, monkeypatch, ca
     common = ["train", "--coco", str(ann), "--images", str(images), "--steps", "4", "--batch-size", "2",
               "--save-every", "2", *_TINY]  # the default 2 workers
     assert main(common + ["--checkpoint", str(tmp_path / "straight.npz")]) == 0
-    real, calls = DataParallel.loss_and_grads, []
+    real, calls = DataParallel._step, []  # (the workers load the CocoData items: loss_and_grads_of)
 
     def interrupted(*args, **kwargs):  # Ctrl-C during the third step
         calls.append(1)
@@ -258,10 +300,10 @@ def test_interrupted_coco_training_resumes_bit_for_bit(tmp_path, monkeypatch, ca
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(DataParallel, "loss_and_grads", interrupted)
+    monkeypatch.setattr(DataParallel, "_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(common + ["--checkpoint", str(tmp_path / "cut.npz")])
-    monkeypatch.setattr(DataParallel, "loss_and_grads", real)
+    monkeypatch.setattr(DataParallel, "_step", real)
     assert load_checkpoint(tmp_path / "cut.npz")[1]["train_state"]["step"] == 2  # the save after step 2
     assert main(["train", "--coco", str(ann), "--images", str(images), "--resume",
                  "--checkpoint", str(tmp_path / "cut.npz")]) == 0

@@ -683,6 +683,7 @@ GOOD = {
     "train.training_target": lambda: dict(item=dict(CTX.dataset[0])),
     "train.dataset_batch": lambda: dict(dataset=CTX.dataset, indices=[0, 2], rng=rng(), hflip_prob=0.5),
     "train.shapes_batch": lambda: dict(dataset=CTX.dataset, indices=[0, 2]),
+    "train.load_batch": lambda: dict(dataset=CTX.dataset, indices=[0, 2], config=CTX.config, flips=[True, False]),
     "train.train": lambda: dict(params=copy.deepcopy(CTX.params), config=CTX.config, dataset=CTX.dataset, steps=1,
                                 rng=rng(), batch_size=1, progress=False, warmup_iters=0),
     # transform
