@@ -280,6 +280,34 @@ def check_sequence(name, value, *, length=None, what="list"):
     return value
 
 
+def check_indices(indices, n, name="indices"):
+    """Ints in [0, n), the positions of dataset items (a list, a tuple or a 1-D integer array);
+    returns them as a list of ints."""
+    if isinstance(indices, np.ndarray):
+        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+            raise TypeError(f"{name} must be a 1-D array of ints, got {indices.dtype} {indices.shape}")
+        indices = indices.tolist()
+    if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(indices).__name__}")
+    indices = list(indices)
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{name} must be ints, got {i!r}")
+        if not 0 <= i < n:
+            raise ValueError(f"{name} must be in [0, {n}) (the dataset's length), got {i}")
+    return [int(i) for i in indices]
+
+
+def check_flags(name, flags, n):
+    """One bool per item (a list or tuple of n bools); returns them as a list of bools."""
+    if isinstance(flags, (str, bytes, dict)) or not hasattr(flags, "__len__") or len(flags) != n:
+        raise ValueError(f"{name} must be None or one bool per index ({n}), got {flags!r:.60}")
+    for f in flags:
+        if not isinstance(f, (bool, np.bool_)):
+            raise TypeError(f"{name} must be bools, got {f!r}")
+    return [bool(f) for f in flags]
+
+
 def check_callable(name, value):
     """A callable (a function, a lambda) or TypeError naming ``name``; returns it."""
     if not callable(value):

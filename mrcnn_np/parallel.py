@@ -65,7 +65,8 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from . import model as model_lib
-from ._checks import check_array, check_instance, check_param_dict, check_rng, check_sequence
+from ._checks import (check_array, check_flags, check_indices, check_instance, check_param_dict, check_rng,
+                      check_sequence)
 from .config import MaskRCNNConfig
 
 __all__ = ["DataParallel", "loss_counts", "shard_weights"]
@@ -382,20 +383,13 @@ class DataParallel:
         _check_layout(params, self._params)
         rng = check_rng(rng)
         loss_weights = model_lib._check_loss_weights(loss_weights)
-        indices = check_sequence("indices", indices)
-        for i in indices:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise TypeError(f"indices must be ints, got {i!r}")
-            if not 0 <= i < self.dataset_size:
-                raise ValueError(f"indices must be in [0, {self.dataset_size}) (the dataset's length), got {i}")
+        indices = check_indices(indices, self.dataset_size)
         if not indices:
             raise ValueError("indices must name at least one item, got none")
         if flips is not None:
-            check_sequence("flips", flips, length=len(indices))
-            if not all(isinstance(f, (bool, np.bool_)) for f in flips):
-                raise TypeError(f"flips must be None or bools, got {list(flips)!r:.60}")
-        return self._step(params, [("forward_items", [int(indices[i]) for i in idx],
-                                    None if flips is None else [bool(flips[i]) for i in idx])
+            flips = check_flags("flips", flips, len(indices))
+        return self._step(params, [("forward_items", [indices[i] for i in idx],
+                                    None if flips is None else [flips[i] for i in idx])
                                    for idx in _shards(len(indices), self.workers)], rng, loss_weights)
 
     def _step(self, params, forwards, rng, loss_weights):

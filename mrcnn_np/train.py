@@ -30,8 +30,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import model as model_lib
-from ._checks import (check_array, check_bool, check_callable, check_coordinates, check_finite, check_float,
-                      check_float_dtype, check_instance, check_param_dict, check_positive_int, check_rng)
+from ._checks import (check_array, check_bool, check_callable, check_coordinates, check_finite, check_flags,
+                      check_float, check_float_dtype, check_indices, check_instance, check_param_dict,
+                      check_positive_int, check_rng)
 from .config import MaskRCNNConfig
 from .parallel import DataParallel
 from .transform import transform_forward
@@ -275,7 +276,7 @@ def dataset_batch(dataset, indices, *, dtype=np.float32, rng=None, hflip_prob=0.
     Returns (images [(3, H_i, W_i)], targets [{"boxes", "labels", "masks"}]).
     """
     _check_dataset(dataset)
-    indices = _check_indices(indices, len(dataset))
+    indices = check_indices(indices, len(dataset))
     dtype = check_float_dtype(dtype)
     hflip_prob = check_float("hflip_prob", hflip_prob, minimum=0.0, maximum=1.0)
     return _items(dataset, indices, dtype, _draw_flips(rng, len(indices), hflip_prob))
@@ -313,23 +314,14 @@ def load_batch(dataset, indices, config, *, dtype=np.float32, flips=None):
     workers each call it on their own shard of a step's indices.
     """
     _check_dataset(dataset)
-    indices = _check_indices(indices, len(dataset))
+    indices = check_indices(indices, len(dataset))
     check_instance("config", config, MaskRCNNConfig)
     dtype = check_float_dtype(dtype)
     if flips is not None:
-        flips = _check_flips(flips, len(indices))
+        flips = check_flags("flips", flips, len(indices))
     images, targets = _items(dataset, indices, dtype, flips)
     return transform_forward(images, targets, min_size=config.min_size, max_size=config.max_size,
                              mean=config.image_mean, std=config.image_std, size_divisible=config.size_divisible)
-
-
-def _check_flips(flips, n):
-    if isinstance(flips, (str, bytes, dict)) or not hasattr(flips, "__len__") or len(flips) != n:
-        raise ValueError(f"flips must be None or one bool per index ({n}), got {flips!r:.60}")
-    for f in flips:
-        if not isinstance(f, (bool, np.bool_)):
-            raise TypeError(f"flips must be bools, got {f!r}")
-    return [bool(f) for f in flips]
 
 
 def _check_dataset(dataset):
@@ -338,23 +330,6 @@ def _check_dataset(dataset):
         raise TypeError(f"dataset must be indexable with a length (ShapesDataset, CocoData, a list of dicts), "
                         f"got {type(dataset).__name__}")
     return dataset
-
-
-def _check_indices(indices, n):
-    """Ints in [0, n) (a list, a tuple or an integer array)."""
-    if isinstance(indices, np.ndarray):
-        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
-            raise TypeError(f"indices must be a 1-D array of ints, got {indices.dtype} {indices.shape}")
-        indices = indices.tolist()
-    if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__"):
-        raise TypeError(f"indices must be a sequence of ints, got {type(indices).__name__}")
-    indices = list(indices)
-    for i in indices:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"indices must be ints, got {i!r}")
-        if not 0 <= i < n:
-            raise ValueError(f"indices must be in [0, {n}) (the dataset's length), got {i}")
-    return indices
 
 
 def shapes_batch(dataset, indices, *, dtype=np.float32):
