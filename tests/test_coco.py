@@ -1,6 +1,7 @@
 """Tests for mrcnn_np.data.coco: RLE, polygons, annotation files, results files.
 (Bit-for-bit comparisons with pycocotools live in tests/reference/.)"""
 import json
+import warnings
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -45,6 +46,13 @@ def test_known_compressed_strings():
     # 100 = 0b11_00100: low group 4 with the continuation bit 0x20 -> chr(48+4+32) = 'T',
     # then 3 -> '3'
     assert rle_counts_to_string([100]) == "T3"
+    # no counts is the empty string, whatever dtype the empty array has (found by the fuzz:
+    # an empty complex array reached the int64 cast and warned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rle_counts_to_string([]) == rle_counts_to_string(np.zeros(0, complex)) == ""
+    with pytest.raises(TypeError, match="counts"):
+        rle_counts_to_string(np.array([1.0, 2.0]))
     m = np.array([0, 0, 1, 1, 1, 0, 1], bool)[:, None]
     assert rle_encode(m) == {"size": [7, 1], "counts": "231N"}
     np.testing.assert_array_equal(rle_decode({"size": [7, 1], "counts": "231N"}), m)

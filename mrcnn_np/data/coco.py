@@ -132,13 +132,13 @@ def rle_counts_to_string(counts):
         arr = np.asarray(counts)
     except (ValueError, OverflowError):
         raise ValueError(f"counts must be a flat sequence of ints, got {counts!r}") from None
-    if arr.size and arr.dtype.kind not in "iu":  # floats, complex, objects (ints beyond int64)
+    if arr.size == 0:  # (an empty list is a float array: no count, whatever the dtype)
+        return ""
+    if arr.dtype.kind not in "iu":  # floats, complex, objects (ints beyond int64)
         raise TypeError(f"counts must be ints that fit int64, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
+    if arr.min() < 0:
         raise ValueError("counts must be non-negative")
     cnts = arr.astype(np.int64).ravel()
-    if cnts.size == 0:
-        return ""
     x = cnts.copy()
     x[3:] -= cnts[1:-2]  # from the fourth count on: difference to two places before
     groups = 8
