@@ -643,39 +643,53 @@ def _is_pointwise(KH, KW, stride, padding):
 _KEEP_COLS_BYTES = 16 * 2**20  # conv2d_forward(keep_cols=True) keeps the columns up to this size
 
 
-def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False):
-    """conv2d without bias: x (N, C, H, W), w (F, C, KH, KW) -> (N, F, Ho, Wo).
-
-    stride, padding, dilation: (h, w) pairs; out_hw: (Ho, Wo). A 1x1 stride-1
-    conv is one GEMM on x itself; large stride-1 maps take the row-unrolled
-    path; small ones the wide rows; the others (strided convs) the blocked per-tap
-    engine on the stride phases.
-    keep_cols: return (out, cols): the per-tap engine's unrolled columns
-    (1-D, K*N*Ho*Wo: its blocks' (K, block) matrices end to end) when it ran and they take at most ``_KEEP_COLS_BYTES``, else None;
-    :func:`conv2d_backward` takes them back (``cols=``) and does not unroll x again.
+def _conv_into(out, x, w, stride, padding, dilation, out_hw, *, epi=None, alloc=np.empty, keep_cols=False):
+    """``out[:] = conv2d(x, w)`` (out (N, F, Ho*Wo)) by the path that fits the problem, for
+    :func:`conv2d_forward` and :func:`conv2d_fused`: a 1x1 stride-1 conv is one GEMM on x
+    itself; large stride-1 maps take the row-unrolled path (:func:`_gemm_rows`), small ones
+    the wide rows (:func:`_gemm_wide`); the others (strided convs) the blocked per-tap engine
+    on the stride phases (:func:`_gemm_im2col`).
+    epi: None or an :class:`_Epilogue` applied to each output block after its GEMM.
+    alloc: where a strided conv's phases come from (``np.empty`` or ``arena.empty``).
+    keep_cols: keep the per-tap engine's columns when it runs and they take at most
+    ``_KEEP_COLS_BYTES``. Returns those columns (1-D), else None.
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Ho, Wo = out_hw
-    wm = _weight_matrix(w)
     cols = None
     if _is_pointwise(KH, KW, stride, padding):
-        out = np.matmul(wm, np.ascontiguousarray(x).reshape(N, C, H * W))
+        np.matmul(_weight_matrix(w), np.ascontiguousarray(x).reshape(N, C, H * W), out=out)
+        if epi is not None:
+            epi(out, 0, N, 0, Ho * Wo)
     elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
-        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
-        _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out)
+        _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out, epi=epi)
     elif _use_wide(C, KH, KW, Ho, Wo, stride, padding):
-        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
-        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), wm, out)
+        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), _weight_matrix(w), out, epi=epi)
     else:
-        out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
         taps = _taps(KH, KW, stride, dilation)
-        phases = _phases(x, padding, taps)
         K = C * KH * KW
         if keep_cols and 0 < K * N * Ho * Wo * x.itemsize <= _KEEP_COLS_BYTES:
             cols = np.empty(K * N * Ho * Wo, dtype=x.dtype)
-        _gemm_im2col(phases, taps, (N, C, KH, KW, Ho, Wo), wm=wm, out=out, keep=cols)
+        _gemm_im2col(_phases(x, padding, taps, alloc), taps, (N, C, KH, KW, Ho, Wo), wm=_weight_matrix(w),
+                     out=out, keep=cols, epi=epi)
+    return cols
+
+
+def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False):
+    """conv2d without bias: x (N, C, H, W), w (F, C, KH, KW) -> (N, F, Ho, Wo).
+
+    stride, padding, dilation: (h, w) pairs; out_hw: (Ho, Wo). The path is chosen by
+    :func:`_conv_into` (the 1x1 GEMM, row-unrolled, wide rows, per-tap engine).
+    keep_cols: return (out, cols): the per-tap engine's unrolled columns
+    (1-D, K*N*Ho*Wo: its blocks' (K, block) matrices end to end) when it ran and they take at most ``_KEEP_COLS_BYTES``, else None;
+    :func:`conv2d_backward` takes them back (``cols=``) and does not unroll x again.
+    """
+    N, F = x.shape[0], w.shape[0]
+    Ho, Wo = out_hw
+    out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+    cols = _conv_into(out, x, w, stride, padding, dilation, out_hw, keep_cols=keep_cols)
     out = out.reshape(N, F, Ho, Wo)
     return (out, cols) if keep_cols else out
 
@@ -792,25 +806,13 @@ def conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=None, residual=No
     frozen layers of a training step, where reused memory parked in the pool between steps
     would only add to the step's peak (measured: +119 MB at 800 px).
     """
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
+    N, F = x.shape[0], w.shape[0]
     Ho, Wo = out_hw
     alloc = arena.empty if reuse else np.empty
     out = alloc((N, F, Ho * Wo), x.dtype)
     res = None if residual is None else residual.reshape(N, F, Ho * Wo)
     epi = _Epilogue(None if bias is None else bias.reshape(F, 1), res, bool(relu))
-    if _is_pointwise(KH, KW, stride, padding):
-        np.matmul(_weight_matrix(w), np.ascontiguousarray(x).reshape(N, C, H * W), out=out)
-        epi(out, 0, N, 0, Ho * Wo)
-    elif _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
-        wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)
-        _gemm_rows(x, padding, KH, KW, dilation, (Ho, Wo), wk=wk, out=out, epi=epi)
-    elif _use_wide(C, KH, KW, Ho, Wo, stride, padding):
-        _gemm_wide(x, padding, KH, KW, dilation, (Ho, Wo), _weight_matrix(w), out, epi=epi)
-    else:
-        taps = _taps(KH, KW, stride, dilation)
-        _gemm_im2col(_phases(x, padding, taps, alloc), taps, (N, C, KH, KW, Ho, Wo), wm=_weight_matrix(w),
-                     out=out, epi=epi)
+    _conv_into(out, x, w, stride, padding, dilation, out_hw, epi=epi, alloc=alloc)
     return out.reshape(N, F, Ho, Wo)
 
 
