@@ -380,6 +380,23 @@ def ms(t):
     return "-" if t is None else f"{t * 1e3:.0f}" if t >= 0.1 else f"{t * 1e3:.1f}"
 
 
+def back_to_back(tasks, steps, rounds):
+    """{name: seconds}: one call of each task as it runs in a loop, ``steps`` calls in a row
+    (caches, branch predictors and the allocator warm, as in ``train.train``), the median call
+    of a block, best over ``rounds`` blocks; the tasks' blocks alternate. The grouped timings
+    above start each group cold, after a pause and the other library's work."""
+    best = {}
+    for _ in range(rounds):
+        for name, fn in tasks:
+            times = []
+            for _ in range(steps):
+                t0 = clock()
+                fn()
+                times.append(clock() - t0)
+            best[name] = min(best.get(name, float("inf")), float(np.median(times)))
+    return best
+
+
 def table(timer, rows, torch_on):
     """rows: (label, our key, torch key or None)."""
     head = f"  {'':34s} {'mrcnn_np ms':>11s}"
@@ -585,6 +602,17 @@ def bench_shapes(args, torch, timer):
                gemm=args.gemm)
     if torch is not None:
         stage_rows(timer, "shapes/t_predict", T_PREDICT, "  torch, predict by stage")
+
+    steps = 10
+    tasks = [("shapes/b2b", lambda: M.loss_and_grads(params, batch, tt, config, rng=np.random.default_rng(1),
+                                                     image_sizes=sizes))]
+    if torch is not None:
+        tasks.append(("shapes/t_b2b", t_train))
+    for name, seconds in back_to_back(tasks, steps, args.repeats).items():
+        timer.add(name, seconds)
+    print(f"  back to back: {steps} calls in a row, the median call, best of {args.repeats} blocks "
+          f"(the demo's inner loop)")
+    table(timer, [("forward + backward (loss_and_grads)", "shapes/b2b", "shapes/t_b2b")], torch is not None)
 
 
 def param_check(torch, tmodel, params, images, sizes, config):

@@ -842,7 +842,7 @@ def _mask_head_infer(params, pooled, *, dilation=1):
     x = pooled
     for i in range(_count_mask_layers(params)):
         wk, bk = _mask_head_layer_keys(i)
-        x = _relu_inplace(_conv2d_infer(x, params[wk], params[bk], 1, d, d))
+        x = _conv2d_infer(x, params[wk], params[bk], 1, d, d, relu=True)
     r, c, h, w = x.shape
     w5 = params[_MASK_PRED + "conv5_mask.weight"]  # (C, D, 2, 2)
     b5 = params[_MASK_PRED + "conv5_mask.bias"][:, None]

@@ -130,6 +130,35 @@ def test_conv2d_infer_equals_naive(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_infer_bias_relu_and_stacked_rows_are_the_same_bits(dtype, monkeypatch):
+    # the bias and ReLU applied block by block are the two passes afterwards, bit for bit; the
+    # kernel rows stacked into one GEMM (F <= _STACK_ROWS_MAX_F) sum the same partial sums in
+    # the same order as one GEMM per kernel row; the fallback (strided, 1x1, one image) is
+    # conv2d_forward's bits, then the bias and ReLU
+    rng = np.random.default_rng(16)
+    for budget in (3000, 1 << 30):
+        monkeypatch.setattr(kconv, "_INFER_BLOCK_BYTES", budget)
+        for _ in range(10):
+            N, C, H, W, F, KH, KW, s, p, d = _conv_problem(rng)
+            N, F = N + int(rng.integers(0, 3)), F + int(rng.integers(0, 40))
+            if rng.random() < 0.7:
+                s = (1, 1)
+            x, w, b = (_rand(rng, shape).astype(dtype) for shape in ((N, C, H, W), (F, C, KH, KW), (F,)))
+            Ho, Wo = _out_hw(H, W, KH, KW, s, p, d)
+            plain = kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo))
+            two_passes = np.maximum(plain + b.reshape(1, F, 1, 1), 0)
+            assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo), bias=b, relu=True), two_passes)
+            assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo), bias=b),
+                                  plain + b.reshape(1, F, 1, 1))
+            monkeypatch.setattr(kconv, "_STACK_ROWS_MAX_F", 0)  # one GEMM per kernel row
+            assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo)), plain)
+            monkeypatch.undo()
+            monkeypatch.setattr(kconv, "_INFER_BLOCK_BYTES", budget)
+            if s != (1, 1) or KH == 1 or N < 2:
+                assert np.array_equal(plain, kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_gradient_product_in_either_orientation_is_bit_identical(dtype):
     # _outer computes a @ b.T as (b @ a.T).T when a has fewer rows: the same dot product
     # per entry, so the weight gradients (and loss_and_grads) do not change by a bit

@@ -698,8 +698,13 @@ _INFER_BLOCK_BYTES = 2**21  # shifted copies of one block of images in conv2d_in
 _INFER_MAX_BLOCKS = 8  # ... in at most this many blocks
 
 
-def conv2d_infer(x, w, stride, padding, dilation, out_hw):
-    """conv2d for inference: :func:`conv2d_forward`'s result up to float32 rounding.
+def conv2d_infer(x, w, stride, padding, dilation, out_hw, bias=None, relu=False):
+    """conv2d for inference: ``relu(conv2d_forward(x, w) + bias)`` up to float32 rounding.
+
+    bias: (F,) or None; relu: whether to clamp at 0. Both are applied to each block of the
+    output while it is in cache, before it is copied out (:class:`_Epilogue`, as in
+    :func:`conv2d_fused`): the same values as two whole passes afterwards, which on the
+    shapes model's ``predict`` (400 RoIs 32 x 14 x 14, four convs) cost 7-10 ms.
 
     Stride-1 convs of many small images (the mask head's 3x3 convs over hundreds of
     14 x 14 RoIs) unroll rows, as :func:`_gemm_rows`, over blocks of whole images:
@@ -716,13 +721,15 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
     split into KH partial sums, so it differs from :func:`conv2d_forward` by float32
     rounding only: both are within gamma_K * sum_k |w_k x_k| of the exact value
     (gamma_K = K u / (1 - K u), u = 2**-24, K = C*KH*KW), so they differ by at most
-    twice that. Other convs: :func:`conv2d_forward`.
+    twice that. Other convs: :func:`conv2d_fused` (bit for bit ``conv2d_forward``, then the
+    bias and ReLU).
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Ho, Wo = out_hw
     if stride != (1, 1) or KH == 1 or N < 2 or _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
-        return conv2d_forward(x, w, stride, padding, dilation, out_hw)
+        return conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=bias, relu=relu)
+    epi = _Epilogue(None if bias is None else bias.reshape(F, 1), None, bool(relu))
     (ph, pw), (dh, dw) = padding, dilation
     Hp = H + 2 * ph
     wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)  # row p: (F, (c, q))
@@ -735,7 +742,13 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
     # per mask-head conv of 100 RoIs); only the padding of the copies is zeroed
     Lmax = per * Hp * Wo
     ybuf = _scratch("cols", C * KW * (Lmax + ext), x.dtype)
-    obuf = _scratch("rows_out", 2 * F * Lmax, x.dtype)
+    # F <= _STACK_ROWS_MAX_F filters (the shapes model's 32): ONE GEMM of the KH kernel rows'
+    # weights stacked (M = KH*F) over the block and its ext columns, as _gemm_rows; kernel row p's
+    # partial sums are then rows p*F.. of the result, p*dh*Wo columns further on (the same
+    # products, summed in the same order: the same bits; 400 RoIs 32 x 14 x 14, 3x3 to 32:
+    # GEMMs at M = 32 run at ~120 GFLOP/s, at M = 96 ~170)
+    stacked = KH >= 2 and F <= _STACK_ROWS_MAX_F
+    obuf = _scratch("rows_out", (KH * F * (Lmax + ext) if stacked else F * Lmax) + F * Lmax, x.dtype)
     for n0 in range(0, N, per):
         n1 = min(N, n0 + per)
         nb = n1 - n0
@@ -755,11 +768,19 @@ def conv2d_infer(x, w, stride, padding, dilation, out_hw):
                 rows[..., j0:j1] = xs[:, :, :, j0 + q * dw - pw:j1 + q * dw - pw]
         yf = y.reshape(C * KW, -1)
         o = obuf[:F * L].reshape(F, L)
-        t = obuf[F * Lmax:F * (Lmax + L)].reshape(F, L)
-        np.matmul(wk[0], yf[:, :L], out=o)
-        for p in range(1, KH):
-            np.matmul(wk[p], yf[:, p * dh * Wo:p * dh * Wo + L], out=t)
-            o += t
+        if stacked:
+            z = obuf[F * Lmax:F * Lmax + KH * F * (L + ext)].reshape(KH * F, L + ext)
+            np.matmul(wk.reshape(KH * F, C * KW), yf, out=z)
+            np.add(z[:F, :L], z[F:2 * F, dh * Wo:dh * Wo + L], out=o)
+            for p in range(2, KH):
+                o += z[p * F:(p + 1) * F, p * dh * Wo:p * dh * Wo + L]
+        else:
+            t = obuf[F * Lmax:F * (Lmax + L)].reshape(F, L)
+            np.matmul(wk[0], yf[:, :L], out=o)
+            for p in range(1, KH):
+                np.matmul(wk[p], yf[:, p * dh * Wo:p * dh * Wo + L], out=t)
+                o += t
+        epi(o[None], 0, 1, 0, L)
         out[n0:n1] = o.reshape(F, nb, Hp, Wo)[:, :, :Ho].transpose(1, 0, 2, 3)
     return out
 

@@ -441,19 +441,17 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     return _conv2d_backward(dout, cache, need_dx=check_bool("need_dx", need_dx))
 
 
-def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1):
-    """:func:`conv2d_forward`'s output for inference (no checks, no cache), up to float32
-    rounding: ``kernels.conv.conv2d_infer`` (row-unrolled blocks of small images; its
-    docstring bounds the difference)."""
+def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1, *, relu=False):
+    """:func:`conv2d_forward`'s output for inference (no checks, no cache), clamped at 0 when
+    ``relu``, up to float32 rounding: ``kernels.conv.conv2d_infer`` (row-unrolled blocks of
+    small images, the bias and ReLU applied block by block; its docstring bounds the
+    difference)."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     H, W = x.shape[2:]
-    F, _, KH, KW = w.shape
+    KH, KW = w.shape[2:]
     Ho = conv_output_size(H, KH, stride=stride[0], padding=padding[0], dilation=dilation[0])
     Wo = conv_output_size(W, KW, stride=stride[1], padding=padding[1], dilation=dilation[1])
-    out = _kernel.conv2d_infer(x, w, stride, padding, dilation, (Ho, Wo))
-    if b is not None:
-        out += b.reshape(1, F, 1, 1)
-    return out
+    return _kernel.conv2d_infer(x, w, stride, padding, dilation, (Ho, Wo), bias=b, relu=relu)
 
 
 def _conv2d_fused(x, w, b, stride=1, padding=0, dilation=1, *, residual=None, relu=False, reuse=True):
