@@ -91,7 +91,7 @@ from .ops.activations import _relu_backward, _relu_forward, _relu_inplace, _sigm
 from .ops.conv import (
     _conv2d_backward,
     _conv2d_forward,
-    _conv2d_infer,
+    _conv_stack_infer,
     _conv_transpose2d_backward,
     _conv_transpose2d_forward,
 )
@@ -824,8 +824,9 @@ _INFER_BLOCK_ROIS = 64  # RoIs of the mask predictor's tap products at a time (t
 def _mask_head_infer(params, pooled, *, dilation=1):
     """:func:`mask_head_forward` for inference (no checks): its mask logits (P, K+1, 2Hm, 2Wm)
     up to float32 rounding, with no caches and the ReLUs in place. The 3x3 convs run
-    ``ops.conv._conv2d_infer`` (row-unrolled blocks of RoIs: each sum split in three
-    partial sums, see ``kernels.conv.conv2d_infer`` for the bound).
+    ``ops.conv._conv_stack_infer`` (the RoIs laid end to end on one zero-padded grid for all
+    four convs; each sum split in three partial sums, one per kernel row: see
+    ``kernels.conv.conv2d_infer`` for the bound).
 
     The predictor runs at the Hm x Wm input resolution. The 2x2 stride-2 transposed conv
     paints one 2x2 cell per input pixel, so output pixel (2i + p, 2j + q) depends only on
@@ -839,10 +840,8 @@ def _mask_head_infer(params, pooled, *, dilation=1):
     K+1 logit channels are interleaved, and blocks of RoIs stay in cache.
     """
     d = dilation
-    x = pooled
-    for i in range(_count_mask_layers(params)):
-        wk, bk = _mask_head_layer_keys(i)
-        x = _conv2d_infer(x, params[wk], params[bk], 1, d, d, relu=True)
+    keys = [_mask_head_layer_keys(i) for i in range(_count_mask_layers(params))]
+    x = _conv_stack_infer(pooled, [params[wk] for wk, _ in keys], [params[bk] for _, bk in keys], d, d)
     r, c, h, w = x.shape
     w5 = params[_MASK_PRED + "conv5_mask.weight"]  # (C, D, 2, 2)
     b5 = params[_MASK_PRED + "conv5_mask.bias"][:, None]

@@ -159,6 +159,40 @@ def test_conv2d_infer_bias_relu_and_stacked_rows_are_the_same_bits(dtype, monkey
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_stack_infer_is_conv2d_infer_layer_by_layer(dtype, monkeypatch):
+    # the activations between layers stay on the padded grid of the first: the values that land
+    # on its separators (outputs off the image, relu(bias) != 0 there) must be zeroed again, or
+    # the next layer reads them as padding; each layer is conv2d_infer's bits, and the naive
+    # loops up to rounding; stacks that change the map size, one image, 1x1: layer by layer
+    rng = np.random.default_rng(17)
+    for budget in (3000, 1 << 30):
+        monkeypatch.setattr(kconv, "_INFER_BLOCK_BYTES", budget)
+        for _ in range(8):
+            N, C, H, W = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+            K = int(rng.choice([1, 3, 5]))
+            d = int(rng.integers(1, 3))
+            p = d * (K - 1) // 2 if rng.random() < 0.8 else 0  # mostly the same size out as in
+            widths = [int(v) for v in rng.integers(1, 70, int(rng.integers(1, 4)))]
+            if p != d * (K - 1) // 2:
+                widths = widths[:1]
+            x = _rand(rng, (N, C, H, W)).astype(dtype)
+            ws, bs, c = [], [], C
+            for f in widths:
+                ws.append(_rand(rng, (f, c, K, K)).astype(dtype))
+                bs.append(_rand(rng, (f,)).astype(dtype))
+                c = f
+            got = kconv.conv_stack_infer(x, ws, bs, (p, p), (d, d))
+            want, ref = x, x.astype(np.float64)
+            for w, b in zip(ws, bs):
+                Ho, Wo = _out_hw(want.shape[2], want.shape[3], K, K, (1, 1), (p, p), (d, d))
+                want = kconv.conv2d_infer(want, w, (1, 1), (p, p), (d, d), (Ho, Wo), bias=b, relu=True)
+                ref = np.maximum(conv2d_naive(ref, w.astype(np.float64), b.astype(np.float64), stride=(1, 1),
+                                              padding=(p, p), dilation=(d, d)), 0)
+            assert got.dtype == dtype and np.array_equal(got, want)
+            np.testing.assert_allclose(got, ref, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_gradient_product_in_either_orientation_is_bit_identical(dtype):
     # _outer computes a @ b.T as (b @ a.T).T when a has fewer rows: the same dot product
     # per entry, so the weight gradients (and loss_and_grads) do not change by a bit

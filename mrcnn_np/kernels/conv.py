@@ -126,6 +126,7 @@ from . import arena
 __all__ = [
     "conv2d_forward",
     "conv2d_infer",
+    "conv_stack_infer",
     "conv2d_fused",
     "conv1x1_stacked",
     "conv2d_backward",
@@ -401,14 +402,15 @@ def _wide_layout(H, W, KH, KW, padding, dilation):
     return sh, sw, H + sh, W + sw
 
 
-def _wide_input(x, layout, tail):
+def _wide_input(x, layout, tail, alloc=np.empty):
     """Channel-major copy on the grid of :func:`_wide_layout`, laid end to end:
     ``xw[c, sh*Wq + n*Hq*Wq + t*Wq + sw + u] = x[n, c, t, u]``, zero elsewhere (the first sh rows,
-    the separators, and ``tail`` values after the last image)."""
+    the separators, and ``tail`` values after the last image). alloc: ``np.empty`` or
+    ``arena.empty``."""
     N, C, H, W = x.shape
     sh, sw, Hq, Wq = layout
     head, L = sh * Wq, N * Hq * Wq
-    xw = np.empty((C, head + L + tail), dtype=x.dtype)
+    xw = alloc((C, head + L + tail), x.dtype)
     xw[:, :head] = 0
     xw[:, head + L:] = 0
     v = xw[:, head:head + L].reshape(C, N, Hq, Wq)
@@ -694,94 +696,135 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False):
     return (out, cols) if keep_cols else out
 
 
-_INFER_BLOCK_BYTES = 2**21  # shifted copies of one block of images in conv2d_infer (they stay in cache)
+_INFER_BLOCK_BYTES = 2**21  # columns of one block of images in conv2d_infer (they stay in cache)
 _INFER_MAX_BLOCKS = 8  # ... in at most this many blocks
+
+
+def _infer_eligible(x, w, stride):
+    """conv2d_infer's own path: stride-1 convs with a kernel taller than one row over several
+    small images (the mask head's 3x3 convs over hundreds of RoIs); others take conv2d_fused."""
+    N, C, _, _ = x.shape
+    KH, KW = w.shape[2:]
+    Ho_Wo_small = not _use_rows(N, C, KH, KW, x.shape[2], x.shape[3], stride, x.itemsize)
+    return stride == (1, 1) and KH > 1 and N >= 2 and Ho_Wo_small
 
 
 def conv2d_infer(x, w, stride, padding, dilation, out_hw, bias=None, relu=False):
     """conv2d for inference: ``relu(conv2d_forward(x, w) + bias)`` up to float32 rounding.
 
-    bias: (F,) or None; relu: whether to clamp at 0. Both are applied to each block of the
-    output while it is in cache, before it is copied out (:class:`_Epilogue`, as in
-    :func:`conv2d_fused`): the same values as two whole passes afterwards, which on the
-    shapes model's ``predict`` (400 RoIs 32 x 14 x 14, four convs) cost 7-10 ms.
-
+    x (N, C, H, W), w (F, C, KH, KW); bias: (F,) or None; relu: whether to clamp at 0.
     Stride-1 convs of many small images (the mask head's 3x3 convs over hundreds of
-    14 x 14 RoIs) unroll rows, as :func:`_gemm_rows`, over blocks of whole images:
-    ``Y[c, q, n, t, j] = xpad[n, c, t, j + q*dw]``, the KW shifted copies of the block
-    (t < Hp: every padded row). Laid end to end, image after image, the columns of
-    kernel row p for every output row of the block are then ONE contiguous slice of
-    Y, from ``p*dh*Wo`` on, and the output is KH GEMMs of K = C*KW, summed; an
-    image's last ``Hp - Ho`` output rows read into the next image and are dropped.
-    A third of the copying of im2col: 400 RoIs 32 x 14 x 14, 3x3 to 32: 32 -> 25 ms
-    (one thread, CPU time, blocks of about ``_INFER_BLOCK_BYTES`` = 2 MB, at most
-    ``_INFER_MAX_BLOCKS``; 512 KB blocks give 22 ms alone but many more GEMM calls,
-    and with two BLAS threads on cores shared with other work each call can stall
-    for a scheduler slice: 100 RoIs of 256 channels in 2 MB blocks took 10 s so). The sum of each output is
-    split into KH partial sums, so it differs from :func:`conv2d_forward` by float32
-    rounding only: both are within gamma_K * sum_k |w_k x_k| of the exact value
+    14 x 14 RoIs) run on the wide grid of :func:`_gemm_wide`, kernel row by kernel row
+    (:func:`_wide_chain`): each output is the sum of KH partial sums, one per kernel row,
+    so it differs from :func:`conv2d_forward` (one sum over all C*KH*KW products) by
+    float32 rounding only: both are within gamma_K * sum_k |w_k x_k| of the exact value
     (gamma_K = K u / (1 - K u), u = 2**-24, K = C*KH*KW), so they differ by at most
-    twice that. Other convs: :func:`conv2d_fused` (bit for bit ``conv2d_forward``, then the
-    bias and ReLU).
+    twice that. Other convs: :func:`conv2d_fused` (bit for bit ``conv2d_forward``, then
+    the bias and ReLU).
+    """
+    if not _infer_eligible(x, w, stride):
+        return conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=bias, relu=relu)
+    return _wide_chain(x, [(w, bias)], padding, dilation, out_hw, relu)
+
+
+def conv_stack_infer(x, weights, biases, padding, dilation):
+    """``x -> relu(conv(x, w_k) + b_k)`` for each layer k in turn, for inference: a stack of
+    stride-1 convs that keep the map size (the mask head's four 3x3 convs).
+
+    weights: list of (F_k, C_k, KH, KW) of one kernel size (C_k = F_{k-1}); biases: list of
+    (F_k,) or None; padding, dilation: (h, w) pairs with 2*padding = dilation*(KH-1, KW-1).
+    Each layer's values are :func:`conv2d_infer`'s, bit for bit; the activations between
+    layers stay on the wide grid of the first (:func:`_wide_chain`), so only the input is
+    laid out on it and only the output is cropped from it. Other inputs: :func:`conv2d_infer`
+    layer by layer.
     """
     N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    Ho, Wo = out_hw
-    if stride != (1, 1) or KH == 1 or N < 2 or _use_rows(N, C, KH, KW, Ho, Wo, stride, x.itemsize):
-        return conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=bias, relu=relu)
-    epi = _Epilogue(None if bias is None else bias.reshape(F, 1), None, bool(relu))
-    (ph, pw), (dh, dw) = padding, dilation
-    Hp = H + 2 * ph
-    wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)  # row p: (F, (c, q))
-    out = arena.empty((N, F, Ho, Wo), x.dtype)
-    per = max(1, min(N, _INFER_BLOCK_BYTES // (C * KW * Hp * Wo * x.itemsize)))
-    per = max(per, -(-N // _INFER_MAX_BLOCKS))  # few GEMM calls: each one a BLAS thread may stall
-    ext = dh * (KH - 1) * Wo  # kernel row KH-1 of the last image reads this far past the block
-    # the shifted copies, the block's output and one partial sum live in reused buffers (a
-    # fresh np.zeros / GEMM result per block cost 4,500 page faults and 15 ms of system time
-    # per mask-head conv of 100 RoIs); only the padding of the copies is zeroed
-    Lmax = per * Hp * Wo
-    ybuf = _scratch("cols", C * KW * (Lmax + ext), x.dtype)
-    # F <= _STACK_ROWS_MAX_F filters (the shapes model's 32): ONE GEMM of the KH kernel rows'
-    # weights stacked (M = KH*F) over the block and its ext columns, as _gemm_rows; kernel row p's
-    # partial sums are then rows p*F.. of the result, p*dh*Wo columns further on (the same
-    # products, summed in the same order: the same bits; 400 RoIs 32 x 14 x 14, 3x3 to 32:
-    # GEMMs at M = 32 run at ~120 GFLOP/s, at M = 96 ~170)
-    stacked = KH >= 2 and F <= _STACK_ROWS_MAX_F
-    obuf = _scratch("rows_out", (KH * F * (Lmax + ext) if stacked else F * Lmax) + F * Lmax, x.dtype)
-    for n0 in range(0, N, per):
-        n1 = min(N, n0 + per)
-        nb = n1 - n0
-        L = nb * Hp * Wo
-        y = ybuf[:C * KW * (L + ext)].reshape(C, KW, L + ext)
-        y[:, :, L:] = 0
-        yv = y[:, :, :L].reshape(C, KW, nb, Hp, Wo)
-        yv[:, :, :, :ph] = 0
-        yv[:, :, :, ph + H:] = 0
-        xs = x[n0:n1].transpose(1, 0, 2, 3)  # (C, nb, H, W)
-        for q in range(KW):  # padded columns q*dw .. q*dw + Wo - 1 are x columns q*dw - pw ..
-            j0, j1 = max(0, pw - q * dw), min(Wo, W + pw - q * dw)
-            rows = yv[:, q, :, ph:ph + H]
-            rows[..., :max(j0, 0)] = 0
-            rows[..., max(j1, j0):] = 0
-            if j1 > j0:
-                rows[..., j0:j1] = xs[:, :, :, j0 + q * dw - pw:j1 + q * dw - pw]
-        yf = y.reshape(C * KW, -1)
-        o = obuf[:F * L].reshape(F, L)
-        if stacked:
-            z = obuf[F * Lmax:F * Lmax + KH * F * (L + ext)].reshape(KH * F, L + ext)
-            np.matmul(wk.reshape(KH * F, C * KW), yf, out=z)
-            np.add(z[:F, :L], z[F:2 * F, dh * Wo:dh * Wo + L], out=o)
-            for p in range(2, KH):
-                o += z[p * F:(p + 1) * F, p * dh * Wo:p * dh * Wo + L]
+    KH, KW = weights[0].shape[2:]
+    same = all(w.shape[2:] == (KH, KW) for w in weights) and all(
+        2 * p == d * (k - 1) for p, d, k in zip(padding, dilation, (KH, KW)))
+    if same and _infer_eligible(x, weights[0], (1, 1)):
+        return _wide_chain(x, list(zip(weights, biases)), padding, dilation, (H, W), True)
+    for w, b in zip(weights, biases):
+        out_hw = tuple(n + 2 * p - d * (k - 1) for n, p, d, k in zip(x.shape[2:], padding, dilation, w.shape[2:]))
+        x = conv2d_infer(x, w, (1, 1), padding, dilation, out_hw, bias=b, relu=True)
+    return x
+
+
+def _wide_chain(x, layers, padding, dilation, out_hw, relu):
+    """Stride-1 convs, one after the other, on the wide grid of :func:`_wide_layout` (the images
+    channel-major, end to end, zero separators shared by neighbours as their padding).
+
+    For a block of images, the KW copies ``Y[c, q, m] = xw[c, o + q*dw + m]`` are one copy of a
+    strided view with runs as long as the block (the grid puts tap (p, q) of output position l
+    at ``xw[c, o + l + p*dh*Wq + q*dw]``), and kernel row p's partial sums for every output of
+    the block are ONE product with the columns of Y from ``p*dh*Wq`` on: ``wk[p] @ Y_p``
+    (for F <= _STACK_ROWS_MAX_F filters all kernel rows in one GEMM of M = KH*F, as
+    :func:`_gemm_rows`); they are added in kernel-row order, then the bias and ReLU
+    (:class:`_Epilogue`) while the block is in cache. The positions off the images are
+    computed and dropped (15 * 15 / (14 * 14) = 1.15x the products at 14 x 14).
+
+    layers: list of (w, bias or None); every layer but the last must keep the map size (its
+    output then lands on the grid positions of its input, and becomes the next layer's input
+    once the separators are zeroed again). relu: clamp every layer's output at 0 (layers
+    before the last always are). Returns the last layer's output (N, F, Ho, Wo), out_hw its size.
+    """
+    N, C, H, W = x.shape
+    KH, KW = layers[0][0].shape[2:]
+    (ph, pw), (dh, dw), (Ho, Wo) = padding, dilation, out_hw
+    layout = sh, sw, Hq, Wq = _wide_layout(H, W, KH, KW, padding, dilation)
+    head, per_image = sh * Wq, Hq * Wq
+    L = N * per_image
+    o = (sh - ph) * Wq + sw - pw  # tap (0, 0) of output position l reads xw[c, o + l]
+    ext = dh * (KH - 1) * Wq  # kernel row KH-1 reads this far past a block
+    tail = o + ext + dw * (KW - 1)
+    xw = _wide_input(x, layout, tail, alloc=arena.empty)
+    out = None
+    for k, (w, bias) in enumerate(layers):
+        F = w.shape[0]
+        last = k == len(layers) - 1
+        wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)  # row p: (F, (c, q))
+        stacked = KH >= 2 and F <= _STACK_ROWS_MAX_F
+        epi = _Epilogue(None if bias is None else bias.reshape(F, 1), None, relu or not last)
+        if last:
+            out = arena.empty((N, F, Ho, Wo), x.dtype)
         else:
-            t = obuf[F * Lmax:F * (Lmax + L)].reshape(F, L)
-            np.matmul(wk[0], yf[:, :L], out=o)
-            for p in range(1, KH):
-                np.matmul(wk[p], yf[:, p * dh * Wo:p * dh * Wo + L], out=t)
-                o += t
-        epi(o[None], 0, 1, 0, L)
-        out[n0:n1] = o.reshape(F, nb, Hp, Wo)[:, :, :Ho].transpose(1, 0, 2, 3)
+            nxt = arena.empty((F, xw.shape[1]), x.dtype)
+        per = max(1, min(N, _INFER_BLOCK_BYTES // (C * KW * per_image * x.itemsize)))
+        per = max(per, -(-N // _INFER_MAX_BLOCKS))  # few GEMM calls: each one a BLAS thread may stall
+        Lmax = per * per_image
+        ybuf = _scratch("cols", C * KW * (Lmax + ext), x.dtype)
+        obuf = _scratch("rows_out", (KH * F * (Lmax + ext) if stacked else F * Lmax) + F * Lmax, x.dtype)
+        for n0 in range(0, N, per):
+            n1 = min(N, n0 + per)
+            Lb = (n1 - n0) * per_image
+            y = ybuf[:C * KW * (Lb + ext)].reshape(C, KW, Lb + ext)
+            np.copyto(y, _strided(xw, o + n0 * per_image, (C, KW, Lb + ext), (xw.shape[1], dw, 1)))
+            yf = y.reshape(C * KW, Lb + ext)
+            ob = obuf[:F * Lb].reshape(F, Lb)
+            if stacked:
+                z = obuf[F * Lmax:F * Lmax + KH * F * (Lb + ext)].reshape(KH * F, Lb + ext)
+                np.matmul(wk.reshape(KH * F, C * KW), yf, out=z)
+                np.add(z[:F, :Lb], z[F:2 * F, dh * Wq:dh * Wq + Lb], out=ob)
+                for p in range(2, KH):
+                    ob += z[p * F:(p + 1) * F, p * dh * Wq:p * dh * Wq + Lb]
+            else:
+                t = obuf[F * Lmax:F * (Lmax + Lb)].reshape(F, Lb)
+                np.matmul(wk[0], yf[:, :Lb], out=ob)
+                for p in range(1, KH):
+                    np.matmul(wk[p], yf[:, p * dh * Wq:p * dh * Wq + Lb], out=t)
+                    ob += t
+            epi(ob[None], 0, 1, 0, Lb)
+            if last:
+                out[n0:n1] = ob.reshape(F, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+            else:  # output (i, j) of image n is grid position head + sw + l: its input pixel's
+                nxt[:, head + sw + n0 * per_image:head + sw + n1 * per_image] = ob
+        if not last:  # the values that landed on separators (outputs off the image) are zeroed
+            nxt[:, :head + sw] = 0
+            nxt[:, head + L:] = 0
+            grid = nxt[:, head:head + L].reshape(F, N, Hq, Wq)
+            grid[:, :, H:] = 0
+            grid[:, :, :H, :sw] = 0
+            xw, C = nxt, F
     return out
 
 

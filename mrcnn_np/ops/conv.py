@@ -454,6 +454,14 @@ def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1, *, relu=False):
     return _kernel.conv2d_infer(x, w, stride, padding, dilation, (Ho, Wo), bias=b, relu=relu)
 
 
+def _conv_stack_infer(x, weights, biases, padding=0, dilation=1):
+    """``x -> relu(conv2d(x, w_k, b_k))`` for each layer k in turn, stride 1, for inference (no
+    checks, no cache): each layer the values of :func:`_conv2d_infer` with ``relu=True``, bit
+    for bit. ``kernels.conv.conv_stack_infer`` keeps the activations between layers on one
+    padded grid when the layers keep the map size (2*padding = dilation*(kernel - 1))."""
+    return _kernel.conv_stack_infer(x, list(weights), list(biases), _pair(padding), _pair(dilation))
+
+
 def _conv2d_fused(x, w, b, stride=1, padding=0, dilation=1, *, residual=None, relu=False, reuse=True):
     """``relu(conv2d(x, w, b) + residual)`` for inference, no checks, no cache:
     :func:`conv2d_forward`'s output plus ``residual`` (an array of the output's shape, or
