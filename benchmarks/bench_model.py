@@ -407,7 +407,7 @@ def table(timer, rows, torch_on):
         line = f"  {label:34s} {ms(timer[ours]):>11s}"
         if torch_on:
             tt = timer[theirs] if theirs else None
-            ratio = f"{timer[ours] / tt:.1f}x" if tt and timer[ours] else ""
+            ratio = f"{timer[ours] / tt:.2f}x" if tt and timer[ours] else ""
             line += f" {ms(tt):>9s} {ratio:>10s}"
         print(line)
 
@@ -718,7 +718,7 @@ def bench_800(args, torch, timer):
     if torch is not None:
         tshare = timer["800/t_predict/backbone+FPN"] / timer["800/t_predict"]
         ratio = timer["800/predict/backbone+FPN"] / timer["800/t_predict/backbone+FPN"]
-        line += f" (torch {tshare:.0%}); backbone+FPN ours/torch {ratio:.1f}x"
+        line += f" (torch {tshare:.0%}); backbone+FPN ours/torch {ratio:.2f}x"
     print(line)
 
     if args.train_repeats < 1:
