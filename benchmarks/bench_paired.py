@@ -12,7 +12,8 @@ Tasks (torchvision_config, one normalised 1 x 3 x S x S image, random ``init_par
 weights, as ``bench_model.py``): ``backbone`` (``fpn._backbone_infer``, torch:
 ``model.backbone`` under ``no_grad``), ``rpn_head`` (``rpn._rpn_head_infer`` on the
 pyramid; torch: ``model.rpn.head``), ``predict`` (``model.predict``; torch: backbone -> rpn -> roi_heads, as ``bench_model.py``),
-``train`` (``forward_train`` + ``backward``; torch: train-mode forward + ``loss.backward()``).
+``train`` (``forward_train`` + ``backward``; torch: train-mode forward + ``loss.backward()``);
+and the shapes model's ``shapes_predict`` and ``shapes_train`` (:func:`tasks_shapes`).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 \\
         /work/torchvenv/bin/python benchmarks/bench_paired.py --old /tmp/snap_old --tasks backbone predict
@@ -99,6 +100,30 @@ def tasks_800(m, size, torch):
     return out, t
 
 
+def tasks_shapes(m, torch):
+    """{task: fn} of the shapes model (``shapes_config``, 4 images of ``ShapesDataset(64, seed=0)``,
+    random ``init_params`` weights, as ``bench_model.py``): ``shapes_predict`` (``model.predict``;
+    torch: backbone -> rpn -> roi_heads) and ``shapes_train`` (``model.loss_and_grads``; torch:
+    train-mode forward + ``loss.backward()``), plus the torch twins when torch is given."""
+    M, B, T = m["model"], m["bench"], m["transform"]
+    config = m["config"].shapes_config()
+    params = M.init_params(config, rng=np.random.default_rng(0))
+    images, targets = m["train"].shapes_batch(B.ShapesDataset(64, seed=0), [0, 1, 2, 3])
+    batch, sizes, tt = T.transform_forward(images, targets, min_size=config.min_size, max_size=config.max_size,
+                                           mean=config.image_mean, std=config.image_std,
+                                           size_divisible=config.size_divisible)
+    out = {
+        "shapes_predict": lambda: M.predict(params, batch, config, image_sizes=sizes),
+        "shapes_train": lambda: M.loss_and_grads(params, batch, tt, config, rng=np.random.default_rng(1),
+                                                 image_sizes=sizes),
+    }
+    t = {}
+    if torch is not None:
+        t_pred, t_train = B.torch_stage_fns(torch, B.torch_shapes_model(torch, config, params), batch, sizes, tt)
+        t = {"shapes_predict": t_pred, "shapes_train": t_train}
+    return out, t
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--old", required=True, help="path of the old snapshot (a directory holding mrcnn_np/)")
@@ -116,9 +141,10 @@ def main(argv=None):
         except ImportError:
             torch = None
     old = load(args.old)
-    old_tasks, _ = tasks_800(old, args.size, None)
+    old_tasks = {**tasks_800(old, args.size, None)[0], **tasks_shapes(old, None)[0]}
     new = load(ROOT)
-    new_tasks, t_tasks = tasks_800(new, args.size, torch)
+    (new_800, t_800), (new_shapes, t_shapes) = tasks_800(new, args.size, torch), tasks_shapes(new, torch)
+    new_tasks, t_tasks = {**new_800, **new_shapes}, {**t_800, **t_shapes}
     g0 = _common.gemm_gflops(clock=clock)
     print(f"GEMM {g0:.1f} GFLOP/s (CPU time, one thread); old {args.old}, new {ROOT}; "
           f"{args.calls} calls each, alternating")
