@@ -453,6 +453,11 @@ def gemm_flops(fn, stages):
         ho, wo = args[3]
         add(2 * n * f * ho * wo * c * kh * kwd)
 
+    def stack_fwd(x, weights, biases, padding, dilation):  # map-size-keeping 3x3 convs, one after the other
+        n, _, h, w_ = x.shape
+        for w in weights:
+            add(2 * n * h * w_ * w.size)
+
     def conv_bwd(dout, x, w, stride, padding, dilation, need_dx=True, **kw):
         add(2 * dout.size * w[0].size * (2 if need_dx else 1))
 
@@ -474,7 +479,7 @@ def gemm_flops(fn, stages):
         k1 = params["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0]
         add(2 * r * h * w * 4 * w5.shape[1] * (w5.shape[0] + k1))
 
-    inside_conv = [False]  # conv2d_infer falls back on conv2d_forward: count the outer call only
+    inside_conv = [False]  # conv2d_infer / conv_stack_infer fall back on conv2d_fused: count the outer call only
 
     def counting(mod, name, count):
         real = getattr(mod, name)
@@ -503,7 +508,7 @@ def gemm_flops(fn, stages):
         return M, name, real, wrapper
 
     patches = [counting(KC, "conv2d_forward", conv_fwd), counting(KC, "conv2d_infer", conv_fwd),
-               counting(KC, "conv2d_fused", conv_fwd),
+               counting(KC, "conv_stack_infer", stack_fwd), counting(KC, "conv2d_fused", conv_fwd),
                counting(KC, "conv2d_backward", conv_bwd), counting(KC, "conv_transpose2d_forward", tconv_fwd),
                counting(KC, "conv_transpose2d_backward", tconv_bwd), counting(RH, "_linear_forward", lin_fwd),
                counting(RH, "_linear_backward", lin_bwd), counting(RH, "_mask_head_infer", mask_pred)]

@@ -99,7 +99,7 @@ def test_mask_head_gradients():
 
 
 def test_mask_head_inference_path_equals_the_forward():
-    # _mask_head_infer (predict's path: no caches, convs by row-unrolled blocks of RoIs, the
+    # _mask_head_infer (predict's path: no caches, the convs on one padded grid of all RoIs, the
     # predictor at 14 x 14 tap by tap) gives mask_head_forward's logits up to rounding
     from mrcnn_np.roi_heads import _mask_head_infer
     rng = np.random.default_rng(3)
