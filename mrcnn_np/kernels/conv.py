@@ -101,6 +101,14 @@ repeats, same process, 2-core build machine (shared), path on vs off;
   backbone + FPN 0.90-0.92x, RPN head 0.97x, ``predict`` 0.96x. Blocking the 1x1 GEMMs by
   columns to run the epilogue in cache was slower (narrow GEMMs, short strided rows):
   64 -> 256 at 200 x 200, GEMM + three passes 13.2 ms, in 256 KB..2 MB blocks 17.7-24 ms.
+- The mask head's inference convs (:func:`conv2d_infer`, :func:`conv_stack_infer`): the RoIs
+  on the wide grid, each output the sum of KH kernel-row partial sums (float32 rounding
+  from :func:`conv2d_forward`), the kernel rows stacked into one GEMM for F <= 64, the bias
+  and ReLU applied per block, and the activations kept on the grid from one conv to the
+  next (each conv's block columns one copy with runs as long as the block, instead of KW
+  copies with runs of one image row): the same bits as the row-unrolled version before,
+  shapes model (400 RoIs, 32 channels) mask head 100 -> 77 ms, ``predict`` 0.87-0.88x
+  paired (``benchmarks/bench_paired.py``); 100 RoIs of 256 channels unchanged (GEMM-bound).
 - Weight gradient of a 1x1 conv over a batch of small maps as one GEMM over all
   images (:func:`_batched_outer`): 1.2x to 1.5x (e.g. 4x2048x4x4 -> 256) against
   per-image products summed.
@@ -110,6 +118,12 @@ the wide-row forward on large maps (pad once, each tap a contiguous run of ``Ho*
 columns, crop the ``Wp - Wo`` junk columns afterwards), with or without an im2col copy:
 no faster on 256x64x64 and 1.15x to 1.3x slower on the other two benchmark shapes (their
 rows are long already; it pays on small maps only, see above).
+Also dropped, measured: Winograd F(2x2, 3x3) for the inference 3x3 convs (its transforms as
+NumPy passes cost more than the products they save: 256 -> 256 at 200 x 200 310 ms against
+319 ms direct, 0.3-0.85x on the smaller maps, 1.2x only for 100 RoIs of 14 x 14); a
+two-stage unroll of the per-tap columns (rows first, then whole blocks: no faster, 0.6-1.0x);
+the 4 transposed-conv taps of the mask predictor as one stacked GEMM (the same bits, 0.8x at
+32 channels but 1.05-1.1x at 256).
 Also dropped: splitting stride-2 float32 columns by reading each pair as one
 uint64 and keeping a half by an integer cast (2x faster on a contiguous
 source, no faster than the strided copy once rows are strided too).
