@@ -824,8 +824,8 @@ _INFER_BLOCK_ROIS = 64  # RoIs of the mask predictor's tap products at a time (t
 def _mask_head_infer(params, pooled, *, dilation=1):
     """:func:`mask_head_forward` for inference (no checks): its mask logits (P, K+1, 2Hm, 2Wm)
     up to float32 rounding, with no caches and the ReLUs in place. The 3x3 convs run
-    ``ops.conv._conv_stack_infer`` (the RoIs laid end to end on one zero-padded grid for all
-    four convs; each sum split in three partial sums, one per kernel row: see
+    ``ops.conv._conv_stack_infer`` (the RoIs laid end to end on one zero-padded grid from the
+    first conv to the last; each sum split in three partial sums, one per kernel row: see
     ``kernels.conv.conv2d_infer`` for the bound).
 
     The predictor runs at the Hm x Wm input resolution. The 2x2 stride-2 transposed conv

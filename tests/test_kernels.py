@@ -190,6 +190,7 @@ def test_conv_stack_infer_is_conv2d_infer_layer_by_layer(dtype, monkeypatch):
                                               padding=(p, p), dilation=(d, d)), 0)
             assert got.dtype == dtype and np.array_equal(got, want)
             np.testing.assert_allclose(got, ref, **_tol(dtype))
+    assert kconv.conv_stack_infer(x, [], [], (1, 1), (1, 1)) is x  # no layers: the input itself
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

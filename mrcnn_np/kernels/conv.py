@@ -716,11 +716,12 @@ _INFER_MAX_BLOCKS = 8  # ... in at most this many blocks
 
 def _infer_eligible(x, w, stride):
     """conv2d_infer's own path: stride-1 convs with a kernel taller than one row over several
-    small images (the mask head's 3x3 convs over hundreds of RoIs); others take conv2d_fused."""
-    N, C, _, _ = x.shape
+    small images (the mask head's 3x3 convs over hundreds of RoIs; maps too large for the
+    row-unrolled engine, see :func:`_use_rows`); others take conv2d_fused."""
+    N, C, H, W = x.shape
     KH, KW = w.shape[2:]
-    Ho_Wo_small = not _use_rows(N, C, KH, KW, x.shape[2], x.shape[3], stride, x.itemsize)
-    return stride == (1, 1) and KH > 1 and N >= 2 and Ho_Wo_small
+    small_maps = not _use_rows(N, C, KH, KW, H, W, stride, x.itemsize)
+    return stride == (1, 1) and KH > 1 and N >= 2 and small_maps
 
 
 def conv2d_infer(x, w, stride, padding, dilation, out_hw, bias=None, relu=False):
@@ -752,6 +753,8 @@ def conv_stack_infer(x, weights, biases, padding, dilation):
     laid out on it and only the output is cropped from it. Other inputs: :func:`conv2d_infer`
     layer by layer.
     """
+    if not weights:
+        return x
     N, C, H, W = x.shape
     KH, KW = weights[0].shape[2:]
     same = all(w.shape[2:] == (KH, KW) for w in weights) and all(

@@ -443,9 +443,9 @@ def conv2d_backward(dout, cache, *, need_dx=True):
 
 def _conv2d_infer(x, w, b, stride=1, padding=0, dilation=1, *, relu=False):
     """:func:`conv2d_forward`'s output for inference (no checks, no cache), clamped at 0 when
-    ``relu``, up to float32 rounding: ``kernels.conv.conv2d_infer`` (row-unrolled blocks of
-    small images, the bias and ReLU applied block by block; its docstring bounds the
-    difference)."""
+    ``relu``, up to float32 rounding: ``kernels.conv.conv2d_infer`` (small images laid end
+    to end on one zero-padded grid, kernel row by kernel row, the bias and ReLU applied
+    block by block; its docstring bounds the difference)."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     H, W = x.shape[2:]
     KH, KW = w.shape[2:]
