@@ -121,9 +121,11 @@ rows are long already; it pays on small maps only, see above).
 Also dropped, measured: Winograd F(2x2, 3x3) for the inference 3x3 convs (its transforms as
 NumPy passes cost more than the products they save: 256 -> 256 at 200 x 200 310 ms against
 319 ms direct, 0.3-0.85x on the smaller maps, 1.2x only for 100 RoIs of 14 x 14); a
-two-stage unroll of the per-tap columns (rows first, then whole blocks: no faster, 0.6-1.0x);
-the 4 transposed-conv taps of the mask predictor as one stacked GEMM (the same bits, 0.8x at
-32 channels but 1.05-1.1x at 256).
+two-stage unroll of the per-tap columns (rows first, then whole blocks: 0.6-1.4x the speed,
+slower on most shapes); channel-major col2im accumulators, so that the tap additions of a
+strided conv's input gradient run over matching layouts (0.85-1.05x the speed); the 4
+transposed-conv taps of the mask predictor as one stacked GEMM (the same bits; 0.8x the
+time at 32 channels, 0.9-1.2x at 256 from run to run).
 Also dropped: splitting stride-2 float32 columns by reading each pair as one
 uint64 and keeping a half by an integer cast (2x faster on a contiguous
 source, no faster than the strided copy once rows are strided too).
