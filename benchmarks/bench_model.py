@@ -15,6 +15,11 @@ means something):
    mask branch; what is left: input checks and glue). The stages are timed
    INSIDE the library call: ``model.py`` calls them through its module
    globals, which are wrapped with a stopwatch for the duration of the call;
+   then ``loss_and_grads`` (and torch's train-mode forward + backward) back to
+   back, 10 calls in a row, the median call, best of ``--repeats`` blocks
+   (:func:`back_to_back`): the step as the demo's loop runs it, warm, where the
+   grouped timings start each group cold (a pause, then the other library's
+   work: our forward then takes about 3 ms more);
 2. ``torchvision_config()`` (ResNet-50-FPN, 91 classes, random ``init_params``
    weights, which give ~100 detections per image) on one normalised
    1 x 3 x 800 x 800 batch: ``model.predict`` with its stage breakdown and the
