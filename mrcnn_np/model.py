@@ -656,7 +656,7 @@ def _backward(c, w, *, release):
     dfeat = _multiscale_roi_align_backward(dbox_pooled, take("box_pool"))
     del dbox_pooled
     for i in range(_ROI_LEVELS):
-        dpyramid[i] = dpyramid[i] + dfeat[i]
+        dpyramid[i] += dfeat[i]  # in place: the RPN head's fresh gradients (P2 at 800 px: 41 MB)
     del dfeat
     dmask = _scaled(take("dmask_logits"), w["loss_mask"])
     mask_grads, dmask_pooled = _mask_head_backward(dmask, take("mask_head"))
@@ -664,7 +664,7 @@ def _backward(c, w, *, release):
     dfeat = _multiscale_roi_align_backward(dmask_pooled, take("mask_pool"))
     del dmask_pooled
     for i in range(_ROI_LEVELS):
-        dpyramid[i] = dpyramid[i] + dfeat[i]
+        dpyramid[i] += dfeat[i]
     del dfeat
     backbone_grads, _ = _backbone_backward(dpyramid, take("backbone"), config.trainable_layers, release=release)
 
