@@ -150,10 +150,9 @@ def test_conv2d_infer_bias_relu_and_stacked_rows_are_the_same_bits(dtype, monkey
             assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo), bias=b, relu=True), two_passes)
             assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo), bias=b),
                                   plain + b.reshape(1, F, 1, 1))
-            monkeypatch.setattr(kconv, "_STACK_ROWS_MAX_F", 0)  # one GEMM per kernel row
-            assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo)), plain)
-            monkeypatch.undo()
-            monkeypatch.setattr(kconv, "_INFER_BLOCK_BYTES", budget)
+            with monkeypatch.context() as per_row:
+                per_row.setattr(kconv, "_STACK_ROWS_MAX_F", 0)  # one GEMM per kernel row
+                assert np.array_equal(kconv.conv2d_infer(x, w, s, p, d, (Ho, Wo)), plain)
             if s != (1, 1) or KH == 1 or N < 2:
                 assert np.array_equal(plain, kconv.conv2d_forward(x, w, s, p, d, (Ho, Wo)))
 

@@ -525,6 +525,42 @@ def _use_rows(N, C, KH, KW, Ho, Wo, stride, itemsize):
 _STACK_ROWS_MAX_F = 64  # _gemm_rows stacks the kernel rows' weights into one GEMM up to this many filters
 
 
+def _stacks_rows(KH, F):
+    """Whether :func:`_kernel_row_sums` runs the kernel rows as one stacked GEMM."""
+    return KH >= 2 and F <= _STACK_ROWS_MAX_F
+
+
+def _kernel_row_sums(wk, yf, step, width, out, tmp):
+    """``out = sum_p wk[p] @ yf[:, p*step:p*step + width]``, kernel row by kernel row, summed
+    in row order: the GEMMs of :func:`_gemm_rows` and :func:`_wide_chain`.
+
+    wk: (KH, F, C*KW); yf: (C*KW, cols) with cols >= (KH-1)*step + width; out: (F, width).
+    tmp: scratch of at least ``KH*F*cols`` values (F <= _STACK_ROWS_MAX_F: ONE GEMM of the
+    kernel rows' weights stacked, M = KH*F, over all of yf; kernel row p's partial sums are
+    then rows p*F.. of the result, p*step columns further on; OpenBLAS runs M = F slowly for
+    few filters) or ``F*width`` (one GEMM per kernel row). The same products, summed in the
+    same order, either way: the same bits.
+    """
+    KH, F, _ = wk.shape
+    if _stacks_rows(KH, F):
+        z = tmp[:KH * F * yf.shape[1]].reshape(KH * F, yf.shape[1])
+        np.matmul(wk.reshape(KH * F, -1), yf, out=z)
+        np.add(z[:F, :width], z[F:2 * F, step:step + width], out=out)
+        for p in range(2, KH):
+            out += z[p * F:(p + 1) * F, p * step:p * step + width]
+        return
+    np.matmul(wk[0], yf[:, :width], out=out)
+    t = tmp[:F * width].reshape(F, width)
+    for p in range(1, KH):
+        np.matmul(wk[p], yf[:, p * step:p * step + width], out=t)
+        out += t
+
+
+def _kernel_row_tmp_size(KH, F, cols, width):
+    """Values of ``tmp`` :func:`_kernel_row_sums` needs for yf of ``cols`` columns."""
+    return KH * F * cols if _stacks_rows(KH, F) else F * width
+
+
 def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=None, dwk=None, epi=None):
     """Stride-1 im2col GEMMs that copy only KW (not KH*KW) shifted copies of the input.
 
@@ -548,12 +584,9 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
     ext = dh * (KH - 1)
     rows = max(1, min(Ho, _BLOCK_BYTES // (C * KW * Wo * x.itemsize)))
     buf = _scratch("cols", C * KW * (rows + ext) * Wo, x.dtype)
-    # F <= _STACK_ROWS_MAX_F filters (layer1's 64): one GEMM with the KH kernel rows stacked
-    # (M = KH*F rows) instead of KH GEMMs of F rows, which OpenBLAS runs slowly
-    stacked = wk is not None and KH >= 2 and wk.shape[1] <= _STACK_ROWS_MAX_F
     tmp = None
-    if wk is not None:
-        tmp = _scratch("rows_out", wk.shape[1] * (KH * (rows + ext) if stacked else rows) * Wo, x.dtype)
+    if wk is not None:  # kernel rows stacked into one GEMM for few filters (layer1's 64)
+        tmp = _scratch("rows_out", _kernel_row_tmp_size(KH, wk.shape[1], (rows + ext) * Wo, rows * Wo), x.dtype)
     for n in range(N):
         for i0 in range(0, Ho, rows):
             r = min(rows, Ho - i0)
@@ -575,31 +608,14 @@ def _gemm_rows(x, padding, KH, KW, dilation, out_hw, *, wk=None, out=None, src=N
                     np.copyto(yq[:, :, j0:j1], x[n, :, i0 + t0 - ph:i0 + t1 - ph,
                                                  j0 + q * dw - pw:j1 + q * dw - pw])
             yf = y.reshape(C * KW, R * Wo)
-            row_views = [yf[:, p * dh * Wo:(p * dh + r) * Wo] for p in range(KH)]
-            if wk is not None and stacked:
-                # few filters: ONE GEMM of the KH kernel rows' weights stacked, over all R
-                # rows of Y; kernel row p's partial sums are then rows p*F.. of the result,
-                # p*dh output rows further on (the same products, summed in the same order)
-                F = wk.shape[1]
-                z = tmp[:KH * F * R * Wo].reshape(KH * F, R * Wo)
-                np.matmul(wk.reshape(KH * F, C * KW), yf, out=z)
-                o = out[n, :, i0 * Wo:(i0 + r) * Wo]
-                np.add(z[:F, :r * Wo], z[F:2 * F, dh * Wo:(dh + r) * Wo], out=o)
-                for p in range(2, KH):
-                    o += z[p * F:(p + 1) * F, p * dh * Wo:(p * dh + r) * Wo]
-            elif wk is not None:
-                o = out[n, :, i0 * Wo:(i0 + r) * Wo]
-                np.matmul(wk[0], row_views[0], out=o)
-                t = tmp[:wk.shape[1] * r * Wo].reshape(-1, r * Wo)
-                for p in range(1, KH):
-                    np.matmul(wk[p], row_views[p], out=t)
-                    o += t
-            if wk is not None and epi is not None:
-                epi(out, n, n + 1, i0 * Wo, (i0 + r) * Wo)
+            if wk is not None:  # kernel row p reads the rows of Y from p*dh on
+                _kernel_row_sums(wk, yf, dh * Wo, r * Wo, out[n, :, i0 * Wo:(i0 + r) * Wo], tmp)
+                if epi is not None:
+                    epi(out, n, n + 1, i0 * Wo, (i0 + r) * Wo)
             if dwk is not None:
                 s = src[n, :, i0 * Wo:(i0 + r) * Wo]
                 for p in range(KH):
-                    dwk[p] += _outer(s, row_views[p])
+                    dwk[p] += _outer(s, yf[:, p * dh * Wo:(p * dh + r) * Wo])
 
 
 def _gemm_col2im(wmT, src, dphases, taps, shape):
@@ -777,9 +793,8 @@ def _wide_chain(x, layers, padding, dilation, out_hw, relu):
     strided view with runs as long as the block (the grid puts tap (p, q) of output position l
     at ``xw[c, o + l + p*dh*Wq + q*dw]``), and kernel row p's partial sums for every output of
     the block are ONE product with the columns of Y from ``p*dh*Wq`` on: ``wk[p] @ Y_p``
-    (for F <= _STACK_ROWS_MAX_F filters all kernel rows in one GEMM of M = KH*F, as
-    :func:`_gemm_rows`); they are added in kernel-row order, then the bias and ReLU
-    (:class:`_Epilogue`) while the block is in cache. The positions off the images are
+    (:func:`_kernel_row_sums`, as :func:`_gemm_rows`); they are added in kernel-row order,
+    then the bias and ReLU (:class:`_Epilogue`) while the block is in cache. The positions off the images are
     computed and dropped (15 * 15 / (14 * 14) = 1.15x the products at 14 x 14).
 
     layers: list of (w, bias or None); every layer but the last must keep the map size (its
@@ -802,7 +817,6 @@ def _wide_chain(x, layers, padding, dilation, out_hw, relu):
         F = w.shape[0]
         last = k == len(layers) - 1
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)  # row p: (F, (c, q))
-        stacked = KH >= 2 and F <= _STACK_ROWS_MAX_F
         epi = _Epilogue(None if bias is None else bias.reshape(F, 1), None, relu or not last)
         if last:
             out = arena.empty((N, F, Ho, Wo), x.dtype)
@@ -812,26 +826,14 @@ def _wide_chain(x, layers, padding, dilation, out_hw, relu):
         per = max(per, -(-N // _INFER_MAX_BLOCKS))  # few GEMM calls: each one a BLAS thread may stall
         Lmax = per * per_image
         ybuf = _scratch("cols", C * KW * (Lmax + ext), x.dtype)
-        obuf = _scratch("rows_out", (KH * F * (Lmax + ext) if stacked else F * Lmax) + F * Lmax, x.dtype)
+        obuf = _scratch("rows_out", F * Lmax + _kernel_row_tmp_size(KH, F, Lmax + ext, Lmax), x.dtype)
         for n0 in range(0, N, per):
             n1 = min(N, n0 + per)
             Lb = (n1 - n0) * per_image
             y = ybuf[:C * KW * (Lb + ext)].reshape(C, KW, Lb + ext)
             np.copyto(y, _strided(xw, o + n0 * per_image, (C, KW, Lb + ext), (xw.shape[1], dw, 1)))
-            yf = y.reshape(C * KW, Lb + ext)
             ob = obuf[:F * Lb].reshape(F, Lb)
-            if stacked:
-                z = obuf[F * Lmax:F * Lmax + KH * F * (Lb + ext)].reshape(KH * F, Lb + ext)
-                np.matmul(wk.reshape(KH * F, C * KW), yf, out=z)
-                np.add(z[:F, :Lb], z[F:2 * F, dh * Wq:dh * Wq + Lb], out=ob)
-                for p in range(2, KH):
-                    ob += z[p * F:(p + 1) * F, p * dh * Wq:p * dh * Wq + Lb]
-            else:
-                t = obuf[F * Lmax:F * (Lmax + Lb)].reshape(F, Lb)
-                np.matmul(wk[0], yf[:, :Lb], out=ob)
-                for p in range(1, KH):
-                    np.matmul(wk[p], yf[:, p * dh * Wq:p * dh * Wq + Lb], out=t)
-                    ob += t
+            _kernel_row_sums(wk, y.reshape(C * KW, Lb + ext), dh * Wq, Lb, ob, obuf[F * Lmax:])
             epi(ob[None], 0, 1, 0, Lb)
             if last:
                 out[n0:n1] = ob.reshape(F, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
