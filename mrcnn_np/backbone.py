@@ -89,7 +89,7 @@ from ._checks import (
     quiet_math,
 )
 from .ops.activations import _relu_backward, _relu_forward
-from .ops.conv import _conv2d_backward, _conv2d_forward, _conv2d_fused, conv_output_size
+from .ops.conv import _conv2d_backward, _conv2d_forward, _conv2d_fused, _conv2d_relu_forward, conv_output_size
 from .ops.norm import frozen_batch_norm_backward, frozen_batch_norm_forward
 from .ops.pool import _max_pool2d, _max_pool2d_backward, _max_pool2d_forward
 
@@ -451,6 +451,8 @@ def resnet_receptive_fields(*, layers=50):
 
 
 def _conv_bn_forward(params, spec, x, fold_bn):
+    """conv + frozen BN: (out, ConvBNCache). fold_bn: the BN folded into the conv's weight
+    and bias (:func:`_fold_bn`), else the conv, then ``frozen_batch_norm_forward``."""
     w = params[spec.conv]
     bn = [params[f"{spec.bn}.{f}"] for f in _BN_FIELDS]
     if not fold_bn:
@@ -460,6 +462,23 @@ def _conv_bn_forward(params, spec, x, fold_bn):
     w_folded, shift, scale = _fold_bn(params, spec, x.dtype)
     out, conv_cache = _conv2d_forward(x, w_folded, shift, spec.stride, spec.padding)
     return out, ConvBNCache(spec, conv_cache._replace(w=params[spec.conv]), None, scale)
+
+
+def _conv_bn_relu_forward(params, spec, x, fold_bn, *, residual=None):
+    """``relu(bn(conv(x)) + residual)``: (out, ConvBNCache, ReluCache), bit for bit
+    :func:`_conv_bn_forward`, ``+= residual`` and ``_relu_forward`` in turn. Folded, the
+    bias, residual and ReLU are applied as the conv's GEMMs finish
+    (``ops.conv._conv2d_relu_forward``)."""
+    if not fold_bn:
+        out, cache = _conv_bn_forward(params, spec, x, fold_bn)
+        if residual is not None:
+            out += residual  # ``out`` is a fresh array
+        out, relu_cache = _relu_forward(out)
+        return out, cache, relu_cache
+    w_folded, shift, scale = _fold_bn(params, spec, x.dtype)
+    out, conv_cache, relu_cache = _conv2d_relu_forward(x, w_folded, shift, spec.stride, spec.padding,
+                                                       residual=residual)
+    return out, ConvBNCache(spec, conv_cache._replace(w=params[spec.conv]), None, scale), relu_cache
 
 
 def _fold_bn(params, spec, dtype):
@@ -530,17 +549,13 @@ def bottleneck_forward(params, specs, x, *, fold_bn=True):
 def _bottleneck_forward(params, specs, x, fold_bn=True):
     """:func:`bottleneck_forward` without the checks (``resnet_forward`` checked once)."""
     s1, s2, s3, sd = specs
-    out, cb1 = _conv_bn_forward(params, s1, x, fold_bn)
-    out, r1 = _relu_forward(out)
-    out, cb2 = _conv_bn_forward(params, s2, out, fold_bn)
-    out, r2 = _relu_forward(out)
-    out, cb3 = _conv_bn_forward(params, s3, out, fold_bn)
+    out, cb1, r1 = _conv_bn_relu_forward(params, s1, x, fold_bn)
+    out, cb2, r2 = _conv_bn_relu_forward(params, s2, out, fold_bn)
     if sd is not None:
         identity, cbd = _conv_bn_forward(params, sd, x, fold_bn)
     else:
         identity, cbd = x, None
-    out += identity  # ``out`` is a fresh array owned by this function
-    out, r3 = _relu_forward(out)
+    out, cb3, r3 = _conv_bn_relu_forward(params, s3, out, fold_bn, residual=identity)  # relu(bn3(conv3) + identity)
     return out, BottleneckCache(cb1, r1, cb2, r2, cb3, cbd, r3)
 
 
@@ -641,8 +656,7 @@ def _resnet_forward(params, x, structure, fold_bn=True, frozen=0):
                           reuse=False)
         stem = stem_relu = pool = None
     else:
-        out, stem = _conv_bn_forward(params, stem_spec, x, fold_bn)
-        out, stem_relu = _relu_forward(out)
+        out, stem, stem_relu = _conv_bn_relu_forward(params, stem_spec, x, fold_bn)
         out, pool = _max_pool2d_forward(out, (3, 3), (2, 2), (1, 1))
     features = {}
     stages = []

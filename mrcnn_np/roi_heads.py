@@ -91,6 +91,7 @@ from .ops.activations import _relu_backward, _relu_forward, _relu_inplace, _sigm
 from .ops.conv import (
     _conv2d_backward,
     _conv2d_forward,
+    _conv2d_relu_forward,
     _conv_stack_infer,
     _conv_transpose2d_backward,
     _conv_transpose2d_forward,
@@ -807,8 +808,7 @@ def _mask_head_forward(params, pooled, *, dilation=1):
     convs = []
     for i in range(n_layers):
         wk, bk = _mask_head_layer_keys(i)
-        x, cc = _conv2d_forward(x, params[wk], params[bk], 1, d, d)
-        x, rc = _relu_forward(x)
+        x, cc, rc = _conv2d_relu_forward(x, params[wk], params[bk], 1, d, d)
         convs.append(MaskConvLayerCache(cc, rc))
     x, c5 = _conv_transpose2d_forward(x, params[_MASK_PRED + "conv5_mask.weight"],
                                       params[_MASK_PRED + "conv5_mask.bias"], stride=2, padding=0)

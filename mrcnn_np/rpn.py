@@ -61,8 +61,8 @@ from .boxes import (_box_iou, _clip_boxes_to_image, _decode_boxes, _encode_boxes
                     _upcast16)
 from .kernels.topk import smallest_k
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, _balanced_positive_negative_sampler, _matcher
-from .ops.activations import _relu_backward, _relu_forward, _sigmoid
-from .ops.conv import _conv1x1_stacked, _conv2d_backward, _conv2d_forward, _conv2d_fused
+from .ops.activations import _relu_backward, _sigmoid
+from .ops.conv import _conv1x1_stacked, _conv2d_backward, _conv2d_forward, _conv2d_fused, _conv2d_relu_forward
 from .ops.losses import _bce_with_logits, _smooth_l1
 
 __all__ = [
@@ -213,8 +213,7 @@ def _rpn_head_forward(params, features):
     """:func:`rpn_head_forward` without the checks (for ``model``)."""
     objectness, deltas, caches = [], [], []
     for x in features:
-        t, conv_cache = _conv2d_forward(x, params[_CONV_W], params[_CONV_B], padding=1)
-        t, relu_cache = _relu_forward(t)
+        t, conv_cache, relu_cache = _conv2d_relu_forward(x, params[_CONV_W], params[_CONV_B], padding=1)
         logits, cls_cache = _conv2d_forward(t, params[_CLS_W], params[_CLS_B])
         d, box_cache = _conv2d_forward(t, params[_BOX_W], params[_BOX_B])
         objectness.append(logits)

@@ -646,3 +646,37 @@ def test_fused_inference_conv_equals_conv_then_residual_then_relu():
         assert np.array_equal(_conv2d_fused(x, w, b, stride, padding), out)
         assert np.array_equal(_conv2d_fused(x, w, b, stride, padding, residual=res, relu=True),
                               np.maximum(out + res, 0))
+
+
+@pytest.mark.parametrize("shape, k, stride, padding", [
+    ((2, 5, 13, 11), 1, 1, 0),      # 1x1: one GEMM on x
+    ((2, 5, 13, 11), 3, 2, 1),      # strided: the per-tap engine (its columns kept for the backward)
+    ((3, 5, 14, 14), 3, 1, 1),      # small maps: the wide rows
+    ((2, 3, 29, 31), 7, 2, 3),      # the stem's 7x7, stride 2
+    ((1, 64, 100, 100), 3, 1, 1),   # large maps: the row-unrolled engine
+])
+def test_training_conv_bias_residual_relu_are_the_separate_passes_bit_for_bit(shape, k, stride, padding):
+    # the stages' training convs apply the bias (ops.conv._conv2d_forward) and the residual and
+    # ReLU (_conv2d_relu_forward) to each block of the output as its GEMM finishes: the same
+    # bits as conv, + bias, + residual, relu as passes over the whole output, and the ReLU's
+    # mask is relu_forward's, on every path of the engine
+    from mrcnn_np.kernels import conv as kc
+    from mrcnn_np.ops.activations import relu_forward
+    from mrcnn_np.ops.conv import _conv2d_forward, _conv2d_relu_forward
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((6, shape[1], k, k)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    out, cache = _conv2d_forward(x, w, b, stride, padding)
+    plain = kc.conv2d_forward(x, w, (stride, stride), (padding, padding), (1, 1), out.shape[2:])
+    assert np.array_equal(out, plain + b.reshape(1, -1, 1, 1))
+    assert cache.has_bias and cache.x is x and cache.w is w
+    res = rng.standard_normal(out.shape).astype(np.float32)
+    res.flat[::7] = np.nan  # NaN passes the ReLU and is not positive, as in relu_forward
+    got, conv_cache, relu_cache = _conv2d_relu_forward(x, w, b, stride, padding, residual=res)
+    want, want_cache = relu_forward(out + res)
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(relu_cache.positive, want_cache.positive) and relu_cache.dtype == want_cache.dtype
+    assert (conv_cache.cols is None) == (cache.cols is None)
+    got, _, relu_cache = _conv2d_relu_forward(x, w, None, stride, padding)
+    assert np.array_equal(got, np.maximum(plain, 0)) and np.array_equal(relu_cache.positive, plain > 0)

@@ -25,6 +25,7 @@ from mrcnn_np.data.shapes import ShapesDataset
 from mrcnn_np.fpn import backbone_forward
 from mrcnn_np.gradcheck import relative_error
 from mrcnn_np.ops.activations import ReluCache, relu_forward
+from mrcnn_np.ops.conv import _conv2d_forward
 from mrcnn_np.roi_align import multiscale_roi_align_forward
 from mrcnn_np.roi_heads import (
     box_head_forward,
@@ -118,7 +119,8 @@ class FrozenPattern:
       it) is replayed on every later call (torchvision detaches them; a finite
       difference must not let them move);
     * the ReLU on/off pattern: the first forward pass records each ReLU's mask
-      (in call order) and later passes reuse it. Away from a kink this is the
+      (in call order; a conv that applies its own ReLU, ``_conv2d_relu_forward``,
+      runs here as the conv and then this ReLU) and later passes reuse it. Away from a kink this is the
       same function to first order, so it has the same gradient; it only
       stops a ~1e-6 step from flipping one of the ~10^5 ReLUs of the model,
       which would spoil the central difference (seen at 1e-3 relative).
@@ -131,8 +133,10 @@ class FrozenPattern:
         self.recording = True
         self._filter_proposals = M._filter_proposals
         monkeypatch.setattr(M, "_filter_proposals", self.propose)
-        for module in (backbone_module, rpn_module, roi_heads_module):
+        for module in (backbone_module, roi_heads_module):  # (the box head's, the unfolded BN's)
             monkeypatch.setattr(module, "_relu_forward", self.relu)
+        for module in (backbone_module, rpn_module, roi_heads_module):  # the convs that apply their own ReLU
+            monkeypatch.setattr(module, "_conv2d_relu_forward", self.conv_relu)
 
     def propose(self, *args, **kw):
         if self.proposals is None:
@@ -147,6 +151,13 @@ class FrozenPattern:
         mask = self.masks[self.index]
         self.index += 1
         return np.where(mask, x, x.dtype.type(0)), ReluCache(mask, x.dtype)
+
+    def conv_relu(self, x, w, b, stride=1, padding=0, dilation=1, *, residual=None):
+        out, conv_cache = _conv2d_forward(x, w, b, stride, padding, dilation)
+        if residual is not None:
+            out += residual
+        out, relu_cache = self.relu(out)
+        return out, conv_cache, relu_cache
 
     def replay(self):
         self.recording = False

@@ -711,11 +711,15 @@ def _conv_into(out, x, w, stride, padding, dilation, out_hw, *, epi=None, alloc=
     return cols
 
 
-def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False):
-    """conv2d without bias: x (N, C, H, W), w (F, C, KH, KW) -> (N, F, Ho, Wo).
+def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False, bias=None, residual=None, relu=False):
+    """conv2d: x (N, C, H, W), w (F, C, KH, KW) -> (N, F, Ho, Wo), then ``+ bias``, ``+ residual``
+    and the ReLU when given, in that order.
 
     stride, padding, dilation: (h, w) pairs; out_hw: (Ho, Wo). The path is chosen by
     :func:`_conv_into` (the 1x1 GEMM, row-unrolled, wide rows, per-tap engine).
+    bias (F,), residual (N, F, Ho, Wo), relu: applied to each block of the output right after
+    its GEMM (:class:`_Epilogue`), bit for bit the passes over the whole output one after the
+    other, but while the block is in cache and without a new array for each.
     keep_cols: return (out, cols): the per-tap engine's unrolled columns
     (1-D, K*N*Ho*Wo: its blocks' (K, block) matrices end to end) when it ran and they take at most ``_KEEP_COLS_BYTES``, else None;
     :func:`conv2d_backward` takes them back (``cols=``) and does not unroll x again.
@@ -723,7 +727,8 @@ def conv2d_forward(x, w, stride, padding, dilation, out_hw, keep_cols=False):
     N, F = x.shape[0], w.shape[0]
     Ho, Wo = out_hw
     out = np.empty((N, F, Ho * Wo), dtype=x.dtype)
-    cols = _conv_into(out, x, w, stride, padding, dilation, out_hw, keep_cols=keep_cols)
+    cols = _conv_into(out, x, w, stride, padding, dilation, out_hw, epi=_epilogue(bias, residual, relu, out.shape),
+                      keep_cols=keep_cols)
     out = out.reshape(N, F, Ho, Wo)
     return (out, cols) if keep_cols else out
 
@@ -872,6 +877,16 @@ class _Epilogue(NamedTuple):
             np.maximum(o, o.dtype.type(0), out=o)
 
 
+def _epilogue(bias, residual, relu, shape):
+    """The :class:`_Epilogue` of an output of ``shape`` (N, F, Ho*Wo), or None when there is
+    nothing to apply. bias (F,) or None; residual (N, F, Ho, Wo) or None."""
+    if bias is None and residual is None and not relu:
+        return None
+    N, F, L = shape
+    return _Epilogue(None if bias is None else bias.reshape(F, 1),
+                     None if residual is None else residual.reshape(N, F, L), bool(relu))
+
+
 def conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=None, residual=None, relu=False, reuse=True):
     """``relu(conv2d_forward(x, w) + bias + residual)`` for inference, bit for bit.
 
@@ -895,9 +910,8 @@ def conv2d_fused(x, w, stride, padding, dilation, out_hw, bias=None, residual=No
     Ho, Wo = out_hw
     alloc = arena.empty if reuse else np.empty
     out = alloc((N, F, Ho * Wo), x.dtype)
-    res = None if residual is None else residual.reshape(N, F, Ho * Wo)
-    epi = _Epilogue(None if bias is None else bias.reshape(F, 1), res, bool(relu))
-    _conv_into(out, x, w, stride, padding, dilation, out_hw, epi=epi, alloc=alloc)
+    _conv_into(out, x, w, stride, padding, dilation, out_hw, epi=_epilogue(bias, residual, relu, out.shape),
+               alloc=alloc)
     return out.reshape(N, F, Ho, Wo)
 
 

@@ -47,6 +47,7 @@ from numpy.lib.stride_tricks import as_strided
 from .._checks import (check_array, check_bool, check_instance, check_pair, check_positive_int, check_same_dtype,
                        quiet_math)
 from ..kernels import conv as _kernel
+from .activations import ReluCache
 
 __all__ = [
     "Conv2dCache",
@@ -401,19 +402,35 @@ def _pair(v):
     return v if isinstance(v, tuple) else (v, v)
 
 
-def _conv2d_forward(x, w, b, stride=1, padding=0, dilation=1):
+def _conv2d_forward(x, w, b, stride=1, padding=0, dilation=1, *, residual=None, relu=False):
     """:func:`conv2d_forward` without the checks, for the stages (which validate
-    their inputs once, at their public entry). stride, padding, dilation: int or pair."""
+    their inputs once, at their public entry). stride, padding, dilation: int or pair.
+
+    residual (an array of the output's shape) and relu: the output is
+    ``relu(conv2d(x, w) + b + residual)``, bit for bit those steps one after the other
+    (the kernel applies the bias, residual and ReLU to each block of the output as its
+    GEMM finishes). The cache is the conv's; :func:`_conv2d_relu_forward` adds the ReLU's.
+    """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     H, W = x.shape[2:]
-    F, _, KH, KW = w.shape
+    KH, KW = w.shape[2:]
     Ho = _conv_output_size(H, KH, stride[0], padding[0], dilation[0])
     Wo = _conv_output_size(W, KW, stride[1], padding[1], dilation[1])
-    out, cols = _kernel.conv2d_forward(x, w, stride, padding, dilation, (Ho, Wo), keep_cols=True)
-    if b is not None:
-        out += b.reshape(1, F, 1, 1)
+    out, cols = _kernel.conv2d_forward(x, w, stride, padding, dilation, (Ho, Wo), keep_cols=True, bias=b,
+                                       residual=residual, relu=relu)
     cache = Conv2dCache(x, w, b is not None, stride, padding, dilation, cols)
     return out, cache
+
+
+def _conv2d_relu_forward(x, w, b, stride=1, padding=0, dilation=1, *, residual=None):
+    """``relu(conv2d(x, w, b) + residual)`` for training: (out, conv cache, ReLU cache), bit
+    for bit :func:`_conv2d_forward`, ``+= residual`` and ``activations._relu_forward`` one
+    after the other, but the bias, residual and ReLU are applied block by block as the
+    GEMMs finish (no pass over the whole output for each, no second array). The ReLU's
+    mask ``x > 0`` is ``out > 0``: the clamped output is positive exactly where its input
+    was (NaN in neither)."""
+    out, cache = _conv2d_forward(x, w, b, stride, padding, dilation, residual=residual, relu=True)
+    return out, cache, ReluCache(out > 0, out.dtype)
 
 
 @quiet_math
