@@ -58,7 +58,7 @@ from .backbone import (EXPANSION, _check_trainable_layers, _resnet_backward, _re
                        check_resnet_params, init_resnet)
 from .ops.conv import _conv2d_backward, _conv2d_forward, _conv2d_fused
 from .ops.pool import _max_pool2d, _max_pool2d_backward, _max_pool2d_forward
-from .ops.resize import _add_upsampled_nearest, _upsample_nearest_backward, _upsample_nearest_forward
+from .ops.resize import _add_upsampled_nearest, _upsample_nearest_backward, _upsample_nearest_cache
 
 __all__ = [
     "FPNCache",
@@ -249,9 +249,10 @@ def _fpn_forward(params, features, in_names):
     for i in range(num - 2, -1, -1):
         kw, kb, lw, lb = _keys(i)
         lateral, inner[i] = _conv2d_forward(features[in_names[i]], params[kw], params[kb])
-        top_down, ups[i] = _upsample_nearest_forward(last, lateral.shape[-2:])
-        lateral += top_down  # in place: the conv's fresh output, which no cache holds (P2 at 800 px: 41 MB)
-        last = lateral
+        # lateral + upsample(last), added in place into the conv's fresh output (no cache holds
+        # it) without forming the upsampled map (P2 at 800 px: 41 MB), as _fpn_infer
+        ups[i] = _upsample_nearest_cache(last, lateral.shape[-2:])
+        last = _add_upsampled_nearest(lateral, last)
         outs[i], layer[i] = _conv2d_forward(last, params[lw], params[lb], padding=1)
     extra, pool = _max_pool2d_forward(outs[top], (1, 1), (2, 2), (0, 0))
     pyramid = outs + [extra]

@@ -163,20 +163,25 @@ def upsample_nearest_forward(x, size):
 
 def _upsample_nearest_forward(x, size):
     """:func:`upsample_nearest_forward` without the checks (for the stages): size (h, w)."""
-    h, w = size
-    N, C, H, W = x.shape
-    rows = _nearest_index(H, h)
-    cols = _nearest_index(W, w)
-    if (h, w) == (H, W):  # (the transform's masks at scale 1) a copy: the gather's values
+    cache = _upsample_nearest_cache(x, size)
+    if tuple(size) == x.shape[2:]:  # (the transform's masks at scale 1) a copy: the gather's values
         out = x.copy()
     else:
-        out = x[:, :, rows[:, None], cols[None, :]]
-    return out, UpsampleNearestCache(rows, cols, x.shape, x.dtype)
+        out = x[:, :, cache.rows[:, None], cache.cols[None, :]]
+    return out, cache
+
+
+def _upsample_nearest_cache(x, size):
+    """The :class:`UpsampleNearestCache` of ``upsample_nearest_forward(x, size)``, without the
+    upsampled map (for a caller that adds it in place, :func:`_add_upsampled_nearest`)."""
+    h, w = size
+    N, C, H, W = x.shape
+    return UpsampleNearestCache(_nearest_index(H, h), _nearest_index(W, w), x.shape, x.dtype)
 
 
 def _add_upsampled_nearest(dst, x):
-    """``dst += upsample_nearest(x, dst.shape[-2:])`` in place (inference: the FPN's top-down
-    sum into the lateral map it owns), no cache; returns dst. The same sums as
+    """``dst += upsample_nearest(x, dst.shape[-2:])`` in place (the FPN's top-down sum into
+    the lateral map it owns), no cache; returns dst. The same sums as
     ``dst + upsample_nearest_forward(x, ...)`` bit for bit (one float addition per value);
     an exact 2x upsampling (the FPN's, on sizes that are multiples of 32) repeats each
     column of ``x`` twice and adds that to both rows of each pair: 256 x 200 x 200, 6.6 ms
