@@ -101,6 +101,10 @@ repeats, same process, 2-core build machine (shared), path on vs off;
   backbone + FPN 0.90-0.92x, RPN head 0.97x, ``predict`` 0.96x. Blocking the 1x1 GEMMs by
   columns to run the epilogue in cache was slower (narrow GEMMs, short strided rows):
   64 -> 256 at 200 x 200, GEMM + three passes 13.2 ms, in 256 KB..2 MB blocks 17.7-24 ms.
+  The training convs take the same epilogue (:func:`conv2d_forward`'s ``bias``, ``residual``,
+  ``relu``; bit for bit, their outputs fresh memory, kept for the backward): 800 px backbone
+  training forward 0.97x paired; no change on the 32-channel shapes model (its passes are
+  over arrays that fit in cache).
 - The mask head's inference convs (:func:`conv2d_infer`, :func:`conv_stack_infer`): the RoIs
   on the wide grid, each output the sum of KH kernel-row partial sums (float32 rounding
   from :func:`conv2d_forward`), the kernel rows stacked into one GEMM for F <= 64, the bias
@@ -126,6 +130,11 @@ slower on most shapes); channel-major col2im accumulators, so that the tap addit
 strided conv's input gradient run over matching layouts (0.85-1.05x the speed); the 4
 transposed-conv taps of the mask predictor as one stacked GEMM (the same bits; 0.8x the
 time at 32 channels, 0.9-1.2x at 256 from run to run).
+Not taken (it moves the training bits, and so the demo's AP): the small stride-1 convs'
+training forward, input gradient and weight gradient kernel row by kernel row on the wide
+grid (the KW shifted copies Y of :func:`_wide_chain`, the weight gradient as
+``dgrid @ Y_p.T`` per kernel row): 12-20 % less time per conv on the shapes model's
+13 x 32 x 14 x 14 and 4 x 32 x 32 x 32, slower on 4 x 4 maps.
 Also dropped: splitting stride-2 float32 columns by reading each pair as one
 uint64 and keeping a half by an integer cast (2x faster on a contiguous
 source, no faster than the strided copy once rows are strided too).
