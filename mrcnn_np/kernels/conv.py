@@ -134,7 +134,11 @@ Not taken (it moves the training bits, and so the demo's AP): the small stride-1
 training forward, input gradient and weight gradient kernel row by kernel row on the wide
 grid (the KW shifted copies Y of :func:`_wide_chain`, the weight gradient as
 ``dgrid @ Y_p.T`` per kernel row): 12-20 % less time per conv on the shapes model's
-13 x 32 x 14 x 14 and 4 x 32 x 32 x 32, slower on 4 x 4 maps.
+13 x 32 x 14 x 14 and 4 x 32 x 32 x 32, slower on 4 x 4 maps and on one 25 x 25 image of
+512 channels (1.15x); taken only on grids of 2,048 positions or more, the shapes training
+step 0.94x and 0.96x of the code without it (paired, 30 and 40 calls). A row-phase stem
+(the 7x7 stride-2 conv on 3 channels as one GEMM per row phase over C*KW column-strided
+copies instead of C*KH*KW) was slower: 1.95 -> 3.3 ms forward.
 Also dropped: splitting stride-2 float32 columns by reading each pair as one
 uint64 and keeping a half by an integer cast (2x faster on a contiguous
 source, no faster than the strided copy once rows are strided too).
