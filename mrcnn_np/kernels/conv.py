@@ -835,7 +835,7 @@ def _wide_chain(x, layers, padding, dilation, out_hw, relu):
         F = w.shape[0]
         last = k == len(layers) - 1
         wk = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(KH, F, C * KW)  # row p: (F, (c, q))
-        epi = _Epilogue(None if bias is None else bias.reshape(F, 1), None, relu or not last)
+        epi = _epilogue(bias, None, relu or not last, (1, F, N * per_image))  # None: nothing to apply
         if last:
             out = arena.empty((N, F, Ho, Wo), x.dtype)
         else:
@@ -852,7 +852,8 @@ def _wide_chain(x, layers, padding, dilation, out_hw, relu):
             np.copyto(y, _strided(xw, o + n0 * per_image, (C, KW, Lb + ext), (xw.shape[1], dw, 1)))
             ob = obuf[:F * Lb].reshape(F, Lb)
             _kernel_row_sums(wk, y.reshape(C * KW, Lb + ext), dh * Wq, Lb, ob, obuf[F * Lmax:])
-            epi(ob[None], 0, 1, 0, Lb)
+            if epi is not None:
+                epi(ob[None], 0, 1, 0, Lb)
             if last:
                 out[n0:n1] = ob.reshape(F, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
             else:  # output (i, j) of image n is grid position head + sw + l: its input pixel's
